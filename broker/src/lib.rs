@@ -1,0 +1,2 @@
+//! Tessera's MQTT engine.
+pub mod codec;
