@@ -1,0 +1,180 @@
+//! The authentication seam: how the broker asks a mechanism whether a client may connect, runs
+//! an MQTT 5 enhanced-authentication exchange (AUTH packets) with it, and learns the client's
+//! topic rights.
+//!
+//! The broker knows nothing of users, passwords or tokens. On CONNECT it hands the mechanism a
+//! [`ConnectRequest`]; the mechanism answers with an [`AuthStep`]: success (a [`Grant`]), failure
+//! (a reason code and a Reason String), or a challenge to send in AUTH 0x18 together with the
+//! [`AuthExchange`] that will read the client's answer. Re-authentication (client AUTH 0x19)
+//! goes through [`Authenticator::reauthenticate`] and ends the same way. A mechanism can also end
+//! live sessions later through [`crate::BrokerHandle::disconnect_where`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::codec::{ReasonCode, Version};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a CONNECT (or a re-authentication) presents.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    pub client_id: String,
+    pub username: Option<String>,
+    /// Never logged.
+    pub password: Option<Bytes>,
+    /// Authentication Method property (MQTT 5 only).
+    pub method: Option<String>,
+    /// Authentication Data property. Never logged.
+    pub data: Option<Bytes>,
+    pub peer: SocketAddr,
+    /// Listener kind: "tcp", "tls", "ws" or "wss".
+    pub transport: &'static str,
+    pub version: Version,
+}
+
+/// A client AUTH 0x19 on an established connection.
+#[derive(Debug, Clone)]
+pub struct ReauthRequest {
+    pub client_id: String,
+    /// The identity granted at CONNECT (or by the last re-authentication).
+    pub identity: Option<String>,
+    pub method: String,
+    pub data: Option<Bytes>,
+    pub peer: SocketAddr,
+}
+
+/// The next move in an authentication.
+pub enum AuthStep {
+    /// The client is in. Its rights and, if any, its deadline are in the grant.
+    Success(Grant),
+    /// Send AUTH 0x18 with `data`, then hand the client's next AUTH 0x18 data to `exchange`.
+    Continue {
+        data: Option<Bytes>,
+        exchange: Box<dyn AuthExchange>,
+    },
+    /// The client is refused: CONNACK (or, for re-authentication, DISCONNECT) with this code.
+    Failure(AuthFailure),
+}
+
+/// A refusal. `reason_string` goes to the client and the log: it must never hold a secret.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    pub reason: ReasonCode,
+    pub reason_string: String,
+}
+
+impl AuthFailure {
+    pub fn new(reason: ReasonCode, reason_string: impl Into<String>) -> AuthFailure {
+        AuthFailure {
+            reason,
+            reason_string: reason_string.into(),
+        }
+    }
+}
+
+/// What a successful authentication grants.
+#[derive(Clone)]
+pub struct Grant {
+    /// The user the session acts as (`%u` in ACLs, logs, `disconnect_where`).
+    pub identity: Option<String>,
+    /// Authentication Data for the CONNACK or AUTH 0x00 that ends the exchange.
+    pub data: Option<Bytes>,
+    /// When the credential stops being valid: unless the client re-authenticates first, the
+    /// broker then sends DISCONNECT 0xA0 (Maximum connect time).
+    pub expires_at: Option<SystemTime>,
+    /// An opaque label of the credential used (a token id, never the token), so the mechanism
+    /// can later end the sessions that use it.
+    pub credential: Option<String>,
+    /// The client's topic rights for this session.
+    pub acl: Arc<dyn TopicAcl>,
+}
+
+impl Grant {
+    /// Everything allowed, no deadline.
+    pub fn allow_all(identity: Option<String>) -> Grant {
+        Grant {
+            identity,
+            data: None,
+            expires_at: None,
+            credential: None,
+            acl: Arc::new(AllowAll),
+        }
+    }
+}
+
+/// Topic rights of one session.
+pub trait TopicAcl: Send + Sync {
+    fn can_publish(&self, topic: &str) -> bool;
+    fn can_subscribe(&self, filter: &str) -> bool;
+}
+
+/// No restriction.
+pub struct AllowAll;
+
+impl TopicAcl for AllowAll {
+    fn can_publish(&self, _topic: &str) -> bool {
+        true
+    }
+    fn can_subscribe(&self, _filter: &str) -> bool {
+        true
+    }
+}
+
+/// One pending challenge of a multi-step exchange.
+pub trait AuthExchange: Send {
+    /// The client's AUTH 0x18 carried `data`; decide the next step.
+    fn step(self: Box<Self>, data: Option<Bytes>) -> BoxFuture<'static, AuthStep>;
+}
+
+/// An authentication mechanism (or a set of them) the broker consults.
+pub trait Authenticator: Send + Sync + 'static {
+    /// A CONNECT arrived.
+    fn connect(&self, request: ConnectRequest) -> BoxFuture<'_, AuthStep>;
+
+    /// A client AUTH 0x19 arrived on an authenticated connection.
+    fn reauthenticate(&self, request: ReauthRequest) -> BoxFuture<'_, AuthStep> {
+        let _ = request;
+        Box::pin(async {
+            AuthStep::Failure(AuthFailure::new(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "re-authentication is not supported",
+            ))
+        })
+    }
+}
+
+/// The embedded default before a token service is configured: anonymous clients are accepted
+/// when allowed; any authentication method is unknown (CONNACK 0x8C).
+pub struct AnonymousOnly {
+    pub allow_anonymous: bool,
+}
+
+impl Authenticator for AnonymousOnly {
+    fn connect(&self, request: ConnectRequest) -> BoxFuture<'_, AuthStep> {
+        let step = if let Some(method) = request.method {
+            AuthStep::Failure(AuthFailure::new(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                format!("authentication method {method:?} is not supported"),
+            ))
+        } else if request.password.is_some() {
+            AuthStep::Failure(AuthFailure::new(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "password logins are not configured",
+            ))
+        } else if self.allow_anonymous {
+            AuthStep::Success(Grant::allow_all(request.username))
+        } else {
+            AuthStep::Failure(AuthFailure::new(
+                ReasonCode::NOT_AUTHORIZED,
+                "anonymous clients are not allowed",
+            ))
+        };
+        Box::pin(async move { step })
+    }
+}

@@ -1,0 +1,463 @@
+//! The broker's shared state and the operations connections perform on it: opening and ending
+//! sessions (takeover included), subscribing, routing a message to every matching session,
+//! retained messages, wills and session expiry, and ending connections on request.
+//!
+//! Connections own the protocol; this file owns what they share. Locks are held for
+//! microseconds and never across an await.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tessera_config::{MqttConfig, QueueFullPolicy};
+
+use crate::auth::Authenticator;
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::codec::topic::parse_shared;
+use crate::message::{Delivery, Message};
+use crate::retained::RetainedTree;
+use crate::session::{ConnLink, Control, Enqueued, QueueLimits, Session, SubRecord};
+use crate::stats::Stats;
+use crate::subscriptions::{Subscriber, SubscriptionTree};
+
+/// What a connection registers so it can be found and told to disconnect.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub conn_id: u64,
+    pub client_id: Arc<str>,
+    /// The identity granted by authentication.
+    pub identity: Option<String>,
+    /// The credential label from the grant (a token id, never a token).
+    pub credential: Option<String>,
+    pub control: tokio::sync::mpsc::UnboundedSender<Control>,
+}
+
+/// Result of routing one message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed {
+    /// Sessions the message was offered to.
+    pub matched: usize,
+    /// Some session refused it because its queue was full (policy `reject`).
+    pub rejected: bool,
+}
+
+pub struct Broker {
+    pub config: MqttConfig,
+    pub limits: QueueLimits,
+    pub auth: Arc<dyn Authenticator>,
+    pub stats: Stats,
+    pub started: Instant,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    subscriptions: RwLock<SubscriptionTree>,
+    retained: RwLock<RetainedTree>,
+    connections: Mutex<HashMap<u64, ConnectionInfo>>,
+    next_id: AtomicU64,
+}
+
+/// A cloneable handle for code outside the broker (the auth service, the binary).
+#[derive(Clone)]
+pub struct BrokerHandle(pub(crate) Arc<Broker>);
+
+impl BrokerHandle {
+    /// Sends DISCONNECT `reason` to every live connection `pred` selects and closes them.
+    /// Returns how many were told.
+    pub fn disconnect_where(
+        &self,
+        pred: impl Fn(&ConnectionInfo) -> bool,
+        reason: ReasonCode,
+        reason_string: &str,
+    ) -> usize {
+        self.0.disconnect_where(pred, reason, reason_string)
+    }
+
+    /// Client identifiers of the live connections.
+    pub fn connected_clients(&self) -> Vec<ConnectionInfo> {
+        self.0.connections.lock().values().cloned().collect()
+    }
+}
+
+impl Broker {
+    pub fn new(config: MqttConfig, auth: Arc<dyn Authenticator>) -> Arc<Broker> {
+        let limits = QueueLimits {
+            max_messages: config.max_queued_messages as usize,
+            max_bytes: config.max_queued_bytes as usize,
+            drop_oldest: config.queue_full == QueueFullPolicy::DropOldest,
+            queue_qos0_offline: config.queue_qos0_offline,
+        };
+        Arc::new(Broker {
+            config,
+            limits,
+            auth,
+            stats: Stats::default(),
+            started: Instant::now(),
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(SubscriptionTree::default()),
+            retained: RwLock::new(RetainedTree::default()),
+            connections: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn register_connection(&self, info: ConnectionInfo) {
+        self.connections.lock().insert(info.conn_id, info);
+        self.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn update_connection(&self, conn_id: u64, identity: Option<String>, credential: Option<String>) {
+        if let Some(c) = self.connections.lock().get_mut(&conn_id) {
+            c.identity = identity;
+            c.credential = credential;
+        }
+    }
+
+    pub fn unregister_connection(&self, conn_id: u64) {
+        if self.connections.lock().remove(&conn_id).is_some() {
+            self.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.lock().len()
+    }
+
+    pub fn disconnect_where(
+        &self,
+        pred: impl Fn(&ConnectionInfo) -> bool,
+        reason: ReasonCode,
+        reason_string: &str,
+    ) -> usize {
+        let conns = self.connections.lock();
+        let mut n = 0;
+        for c in conns.values().filter(|c| pred(c)) {
+            let _ = c.control.send(Control::Disconnect {
+                reason,
+                reason_string: Some(reason_string.to_string()),
+            });
+            n += 1;
+        }
+        n
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.read().len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Attaches a connection to the session of `client_id`, creating or replacing it as Clean
+    /// Start asks (§3.1.2.4). Returns the session, whether it existed (Session Present) and
+    /// the connection it was taken from, which the caller must tell to go (0x8E).
+    pub fn open_session(
+        self: &Arc<Self>,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+        link: ConnLink,
+    ) -> (Arc<Session>, bool, Option<ConnLink>) {
+        let mut sessions = self.sessions.lock();
+        if let Some(existing) = sessions.get(client_id).cloned() {
+            let mut st = existing.state.lock();
+            let old_link = st.conn.clone();
+            if !clean_start && !st.ended {
+                existing.attach(&mut st, link);
+                st.expiry_interval = expiry_interval;
+                // A reconnect before the will delay elapsed cancels the will (§3.1.3.2.2).
+                st.pending_will = None;
+                drop(st);
+                return (existing, true, old_link);
+            }
+            drop(st);
+            sessions.remove(client_id);
+            drop(sessions);
+            self.end_session(&existing);
+            sessions = self.sessions.lock();
+            let session = Session::new(self.next_id(), client_id.into(), expiry_interval);
+            session.attach(&mut session.state.lock(), link);
+            sessions.insert(session.client_id.clone(), session.clone());
+            return (session, false, old_link);
+        }
+        let session = Session::new(self.next_id(), client_id.into(), expiry_interval);
+        session.attach(&mut session.state.lock(), link);
+        sessions.insert(session.client_id.clone(), session.clone());
+        (session, false, None)
+    }
+
+    /// Discards a session: its subscriptions leave the tree, its queue is dropped, and a will
+    /// waiting on its delay is published now (the session ended, §3.1.2.5).
+    pub fn end_session(&self, session: &Arc<Session>) {
+        let (subs, will) = {
+            let mut st = session.state.lock();
+            if st.ended {
+                return;
+            }
+            st.ended = true;
+            st.pending.clear();
+            st.pending_bytes = 0;
+            st.inflight.clear();
+            let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            (subs, st.pending_will.take())
+        };
+        {
+            let mut tree = self.subscriptions.write();
+            for f in &subs {
+                let (group, filter) = split_shared(f);
+                tree.remove(filter, group, session.id);
+            }
+        }
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions.get(&session.client_id).is_some_and(|s| s.id == session.id) {
+                sessions.remove(&session.client_id);
+            }
+        }
+        if let Some(w) = will {
+            self.publish(w);
+        }
+    }
+
+    /// A connection attached to `session` closed. `will` is its will message unless the client
+    /// disconnected normally; `will_delay` its Will Delay Interval.
+    pub fn connection_closed(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        conn_id: u64,
+        will: Option<Arc<Message>>,
+        will_delay: u32,
+    ) {
+        let mut st = session.state.lock();
+        let was_attached = session.detach(&mut st, conn_id);
+        let epoch = st.epoch;
+        let mut publish_now = None;
+        if let Some(w) = will {
+            if st.ended || will_delay == 0 {
+                publish_now = Some(w);
+            } else if was_attached {
+                // The will waits for the smaller of its delay and the session's expiry.
+                let delay = will_delay.min(st.expiry_interval);
+                st.pending_will = Some(w);
+                self.schedule_will(session, epoch, delay);
+            }
+            // Taken over while the session continues: a delayed will is cancelled.
+        }
+        if was_attached && !st.ended {
+            match st.expiry_interval {
+                0 => {
+                    drop(st);
+                    self.end_session(session);
+                }
+                u32::MAX => {}
+                secs => self.schedule_expiry(session, epoch, secs),
+            }
+        }
+        if let Some(w) = publish_now {
+            self.publish(w);
+        }
+    }
+
+    /// Publishes the session's pending will after `secs` unless a connection attached since
+    /// `epoch` (which cancels it) or the session ended (which already published it).
+    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, epoch: u64, secs: u32) {
+        let broker = Arc::downgrade(self);
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs as u64)).await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            let will = {
+                let mut st = session.state.lock();
+                if st.epoch != epoch || st.ended {
+                    return;
+                }
+                st.pending_will.take()
+            };
+            if let Some(w) = will {
+                broker.publish(w);
+            }
+        });
+    }
+
+    /// Ends the session after `secs` unless a connection attached since `epoch`.
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, epoch: u64, secs: u32) {
+        let broker = Arc::downgrade(self);
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs as u64)).await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            {
+                let st = session.state.lock();
+                if st.epoch != epoch || st.ended || st.conn.is_some() {
+                    return;
+                }
+            }
+            broker.end_session(&session);
+        });
+    }
+
+    /// Stores or clears the retained message and routes `message` to every matching session.
+    pub fn publish(&self, message: Arc<Message>) -> Routed {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.publish_internal(message)
+    }
+
+    /// `publish` without counting the message as received (the broker's own `$SYS` updates).
+    pub fn publish_internal(&self, message: Arc<Message>) -> Routed {
+        if message.retain && self.config.retain_available {
+            let mut retained = self.retained.write();
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.insert(message.clone());
+            }
+        }
+        self.route(&message)
+    }
+
+    fn route(&self, message: &Arc<Message>) -> Routed {
+        struct Target<'t> {
+            session: &'t Arc<Session>,
+            qos: QoS,
+            retain_as_published: bool,
+            ids: Vec<u32>,
+            shared: bool,
+        }
+        let tree = self.subscriptions.read();
+        let mut targets: Vec<Target<'_>> = Vec::new();
+        tree.for_each_match(&message.topic, &mut |m| {
+            let s = m.subscriber;
+            if s.options.no_local && !m.shared && s.session.id == message.publisher {
+                return;
+            }
+            targets.push(Target {
+                session: &s.session,
+                qos: s.options.qos,
+                retain_as_published: s.options.retain_as_published,
+                ids: s.subscription_id.into_iter().collect(),
+                shared: m.shared,
+            });
+        });
+        // One copy per session for overlapping subscriptions: the highest QoS and every
+        // Subscription Identifier (MQTT-3.3.4-2, -3). Shared ones are delivered apart.
+        targets.sort_by_key(|t| (t.session.id, t.shared));
+        let mut merged: Vec<Target<'_>> = Vec::with_capacity(targets.len());
+        for t in targets {
+            if let Some(last) = merged.last_mut()
+                && !t.shared
+                && !last.shared
+                && last.session.id == t.session.id
+            {
+                last.qos = last.qos.max(t.qos);
+                last.retain_as_published |= t.retain_as_published;
+                last.ids.extend(t.ids);
+                continue;
+            }
+            merged.push(t);
+        }
+        let mut routed = Routed {
+            matched: merged.len(),
+            rejected: false,
+        };
+        for t in merged {
+            let d = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(t.qos),
+                retain: t.retain_as_published && message.retain,
+                subscription_ids: t.ids,
+            };
+            let mut st = t.session.state.lock();
+            match t.session.enqueue(&mut st, d, &self.limits) {
+                Enqueued::Queued | Enqueued::Skipped => {}
+                Enqueued::QueuedDroppedOldest => {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Enqueued::Rejected => {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    routed.rejected = true;
+                }
+            }
+        }
+        routed
+    }
+
+    /// Adds (or replaces) a subscription of `session`. Returns whether it replaced one.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> bool {
+        let (group, inner) = split_shared(filter);
+        let mut tree = self.subscriptions.write();
+        let mut st = session.state.lock();
+        if st.ended {
+            return false;
+        }
+        st.subscriptions.insert(
+            filter.to_string(),
+            SubRecord {
+                options,
+                subscription_id,
+            },
+        );
+        drop(st);
+        tree.insert(
+            inner,
+            group,
+            Subscriber {
+                session: session.clone(),
+                options,
+                subscription_id,
+            },
+        )
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let (group, inner) = split_shared(filter);
+        let mut tree = self.subscriptions.write();
+        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        tree.remove(inner, group, session.id);
+        existed
+    }
+
+    /// The live retained messages matching `filter`.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained.read().matching(filter, Instant::now())
+    }
+
+    /// Tells every connection the server is going away (DISCONNECT 0x8B).
+    pub fn shutdown_connections(&self) -> usize {
+        self.disconnect_where(
+            |_| true,
+            ReasonCode::SERVER_SHUTTING_DOWN,
+            "server shutting down",
+        )
+    }
+
+    pub fn handle(self: &Arc<Self>) -> BrokerHandle {
+        BrokerHandle(self.clone())
+    }
+}
+
+/// `$share/g/a/b` → `(Some("g"), "a/b")`; other filters → `(None, filter)`.
+pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}

@@ -1,0 +1,523 @@
+//! One client connection, from its first byte to its close: reading and writing, keep-alive,
+//! flow control towards the client, orders from the broker (takeover, revocation, shutdown),
+//! and the way it ends (DISCONNECT reason, will, session detach).
+//!
+//! The protocol steps live beside it: `handshake.rs` (CONNECT, enhanced authentication,
+//! CONNACK) and `protocol.rs` (every packet after CONNACK).
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info};
+
+use crate::auth::{AuthExchange, Grant};
+use crate::broker::Broker;
+use crate::codec::{
+    self, DecodeError, Disconnect, Packet, Properties, PublishHead, QoS, ReasonCode, Utf8Bytes,
+    Version, Will,
+};
+use crate::message::Message;
+use crate::outbuf::OutBuf;
+use crate::session::{Control, Inflight, Session};
+
+/// Bytes read from the socket at a time (the read buffer grows by this much when full).
+const READ_CHUNK: usize = 4096;
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+pub(crate) type Reader<S> = ReadHalf<S>;
+pub(crate) type Writer<S> = WriteHalf<S>;
+
+/// How a connection ends.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// The client sent DISCONNECT. Its will is still published unless the reason was 0x00.
+    ClientDisconnect { publish_will: bool },
+    /// The broker closes it with this reason (DISCONNECT is sent to 5.0 clients).
+    Server { reason: ReasonCode, why: String },
+    /// The socket closed or failed.
+    Transport(String),
+}
+
+impl Ending {
+    pub(crate) fn server(reason: ReasonCode, why: impl Into<String>) -> Ending {
+        Ending::Server {
+            reason,
+            why: why.into(),
+        }
+    }
+}
+
+/// Everything known about the client once CONNACK is sent.
+pub(crate) struct Active {
+    pub session: Arc<Session>,
+    pub client_id: Arc<str>,
+    /// 1.5 × the keep-alive in force; `None` when keep-alive is off.
+    pub keep_alive_window: Option<Duration>,
+    /// The client's Receive Maximum: outgoing QoS 1/2 messages unacknowledged at once.
+    pub receive_maximum: usize,
+    /// The client's Maximum Packet Size.
+    pub max_packet_out: usize,
+    pub topic_alias_max_out: u16,
+    pub aliases_in: HashMap<u16, Utf8Bytes>,
+    pub aliases_out: HashMap<Utf8Bytes, u16>,
+    /// Request Problem Information: false forbids Reason Strings outside PUBLISH, CONNACK and
+    /// DISCONNECT (MQTT-3.1.2-29).
+    pub problem_info: bool,
+    pub will: Option<Will>,
+    pub grant: Grant,
+    /// When the grant's credential expires, on the runtime clock.
+    pub credential_deadline: Option<Instant>,
+    pub auth_method: Option<String>,
+    /// A re-authentication waiting for the client's next AUTH 0x18.
+    pub reauth: Option<Box<dyn AuthExchange>>,
+    /// The CONNECT asked for Session Expiry 0, so DISCONNECT may not raise it (MQTT-3.14.2-2).
+    pub expiry_zero_at_connect: bool,
+    /// Resend in-flight messages before new ones (session resumed).
+    pub resend: bool,
+}
+
+pub(crate) struct Connection {
+    pub broker: Arc<Broker>,
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub transport: &'static str,
+    pub version: Version,
+    pub rbuf: BytesMut,
+    pub out: OutBuf,
+    pub control_tx: mpsc::UnboundedSender<Control>,
+    pub control_rx: mpsc::UnboundedReceiver<Control>,
+    /// The broker's Maximum Packet Size.
+    pub max_packet_in: usize,
+    /// Encoded bytes buffered for the client before the broker stops reading from it and
+    /// stops taking messages from its queue.
+    pub high_water: usize,
+    /// Protocol level of a CONNECT seen at the front of the read buffer, kept so a CONNECT
+    /// that fails to decode can still be answered in its version.
+    pub connect_level: Option<u8>,
+}
+
+/// Serves one accepted stream until it closes.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, transport: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    broker.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    let (mut r, mut w) = tokio::io::split(stream);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let mut conn = Connection {
+        id: broker.next_id(),
+        peer,
+        transport,
+        version: Version::V5,
+        rbuf: BytesMut::new(),
+        out: OutBuf::default(),
+        control_tx,
+        control_rx,
+        max_packet_in: broker.config.max_packet_size as usize,
+        high_water: broker.config.max_client_buffer as usize,
+        connect_level: None,
+        broker,
+    };
+    let Some(mut active) = conn.handshake(&mut r, &mut w).await else {
+        conn.flush_and_close(&mut w).await;
+        return;
+    };
+    let ending = conn.run(&mut active, &mut r, &mut w).await;
+    conn.finish(active, ending, &mut w).await;
+}
+
+impl Connection {
+    /// The connected phase: until the client, the broker or the network ends it.
+    async fn run<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        a: &mut Active,
+        r: &mut Reader<S>,
+        w: &mut Writer<S>,
+    ) -> Ending {
+        let mut keep_alive_deadline = a.keep_alive_window.map(|d| Instant::now() + d);
+        // TLS and WebSocket streams buffer inside; they must be flushed once the buffer empties.
+        let mut needs_flush = false;
+        loop {
+            if let Some(end) = self.fill(a) {
+                return end;
+            }
+            let want_read = self.out.len() < self.high_water;
+            if want_read && self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            let far = Instant::now() + Duration::from_secs(86_400 * 365);
+            tokio::select! {
+                biased;
+                ctrl = self.control_rx.recv() => {
+                    let Some(Control::Disconnect { reason, reason_string }) = ctrl else {
+                        return Ending::server(ReasonCode::UNSPECIFIED_ERROR, "control channel closed");
+                    };
+                    return Ending::server(reason, reason_string.unwrap_or_default());
+                }
+                res = r.read_buf(&mut self.rbuf), if want_read => {
+                    match res {
+                        Ok(0) => return Ending::Transport("connection closed by client".into()),
+                        Err(e) => return Ending::Transport(e.to_string()),
+                        Ok(n) => {
+                            self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    loop {
+                        match codec::decode(&mut self.rbuf, self.version, self.max_packet_in) {
+                            Ok(Some(packet)) => {
+                                keep_alive_deadline = a.keep_alive_window.map(|d| Instant::now() + d);
+                                if let Some(end) = self.handle(a, packet).await {
+                                    return end;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => return Ending::server(e.reason_code(), e.to_string()),
+                        }
+                    }
+                }
+                // One branch both writes and, once the buffer is empty, flushes.
+                res = poll_fn(|cx| {
+                    if self.out.is_empty() {
+                        std::pin::Pin::new(&mut *w).poll_flush(cx).map_ok(|()| None)
+                    } else {
+                        self.out.poll_write(cx, w).map_ok(Some)
+                    }
+                }), if !self.out.is_empty() || needs_flush => {
+                    match res {
+                        Ok(Some(n)) => {
+                            self.broker.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                            needs_flush = true;
+                        }
+                        Ok(None) => needs_flush = false,
+                        Err(e) => return Ending::Transport(e.to_string()),
+                    }
+                }
+                _ = a.session.notify.notified(), if self.out.len() < self.high_water => {}
+                _ = sleep_until(keep_alive_deadline.unwrap_or(far)), if keep_alive_deadline.is_some() => {
+                    return Ending::server(ReasonCode::KEEP_ALIVE_TIMEOUT, "no packet within 1.5 times the keep-alive");
+                }
+                _ = sleep_until(a.credential_deadline.unwrap_or(far)), if a.credential_deadline.is_some() => {
+                    return Ending::server(ReasonCode::MAXIMUM_CONNECT_TIME, "credential expired; re-authenticate before expiry to stay connected");
+                }
+            }
+        }
+    }
+
+    /// Moves messages from the session into the write buffer, within the client's Receive
+    /// Maximum and Maximum Packet Size. Returns an ending if the session was taken away.
+    fn fill(&mut self, a: &mut Active) -> Option<Ending> {
+        let session = a.session.clone();
+        let mut st = session.state.lock();
+        if st.ended || st.conn.as_ref().map(|c| c.conn_id) != Some(self.id) {
+            return Some(Ending::server(
+                ReasonCode::SESSION_TAKEN_OVER,
+                "session taken over",
+            ));
+        }
+        let now = std::time::Instant::now();
+        if a.resend {
+            a.resend = false;
+            let ids: Vec<u16> = st.inflight.keys().copied().collect();
+            for pid in ids {
+                match st.inflight.get(&pid) {
+                    Some(Inflight::Published(d)) => {
+                        let d = d.clone();
+                        self.write_publish(a, &d, Some(pid), true, now);
+                    }
+                    Some(Inflight::Released) => self.out.packet(
+                        &Packet::PubRel(codec::PubResp {
+                            packet_id: pid,
+                            ..Default::default()
+                        }),
+                        self.version,
+                    ),
+                    None => {}
+                }
+            }
+        }
+        while self.out.len() < self.high_water {
+            let Some(front) = st.pending.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && st.inflight_count() >= a.receive_maximum {
+                break;
+            }
+            let Some(d) = st.pop_pending() else { break };
+            if d.message.is_expired(now) {
+                self.broker.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let pid = if d.qos == QoS::AtMostOnce {
+                None
+            } else {
+                st.allocate_packet_id()
+            };
+            if self.write_publish(a, &d, pid, false, now) {
+                if let Some(pid) = pid {
+                    st.inflight.insert(pid, Inflight::Published(d));
+                }
+            } else {
+                // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
+                self.broker.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        None
+    }
+
+    /// Encodes one PUBLISH for this client; false if it exceeds the client's maximum size.
+    fn write_publish(
+        &mut self,
+        a: &mut Active,
+        d: &crate::message::Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: std::time::Instant,
+    ) -> bool {
+        let m = &d.message;
+        let v5 = self.version.is_v5();
+        let mut topic: &str = &m.topic;
+        let mut alias = None;
+        if v5 && a.topic_alias_max_out > 0 {
+            if let Some(&existing) = a.aliases_out.get(&m.topic) {
+                alias = Some(existing);
+                topic = "";
+            } else if a.aliases_out.len() < a.topic_alias_max_out as usize {
+                let next = a.aliases_out.len() as u16 + 1;
+                a.aliases_out.insert(m.topic.clone(), next);
+                alias = Some(next);
+            }
+        }
+        let head = PublishHead {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            message_properties: &m.properties,
+            message_expiry: m.remaining_expiry(now),
+            topic_alias: alias,
+            subscription_ids: &d.subscription_ids,
+            payload_len: m.payload.len(),
+        };
+        let (_, total) = codec::publish_head_len(&head, self.version);
+        if total > a.max_packet_out {
+            if alias.is_some() && !topic.is_empty() {
+                // The alias was not announced after all.
+                a.aliases_out.remove(&m.topic);
+            }
+            return false;
+        }
+        self.out.publish(&head, self.version, &m.payload);
+        self.broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Queues a non-PUBLISH packet, dropping the Reason String and User Properties where the
+    /// client asked for no problem information or where they would exceed its maximum size.
+    pub(crate) fn send(&mut self, a: &Active, mut packet: Packet) {
+        let exempt = matches!(
+            packet,
+            Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
+        );
+        if let Some(props) = properties_mut(&mut packet) {
+            if !a.problem_info && !exempt {
+                props.reason_string = None;
+                props.user_properties.clear();
+            }
+            if props.reason_string.is_some() || !props.user_properties.is_empty() {
+                let mut scratch = BytesMut::new();
+                codec::encode(&packet, self.version, &mut scratch);
+                if scratch.len() > a.max_packet_out
+                    && let Some(props) = properties_mut(&mut packet)
+                {
+                    props.reason_string = None;
+                    props.user_properties.clear();
+                }
+            }
+        }
+        self.out.packet(&packet, self.version);
+    }
+
+    /// Ends the connected phase: DISCONNECT if the broker ends it, the will, the session.
+    async fn finish<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        a: Active,
+        ending: Ending,
+        w: &mut Writer<S>,
+    ) {
+        let publish_will = match &ending {
+            Ending::ClientDisconnect { publish_will } => {
+                info!(client_id = %a.client_id, "client disconnected");
+                *publish_will
+            }
+            Ending::Server { reason, why } => {
+                info!(client_id = %a.client_id, reason = %reason, why = %why, "disconnecting client");
+                if self.version.is_v5() {
+                    let props = Properties {
+                        reason_string: (!why.is_empty()).then(|| Utf8Bytes::from(why.as_str())),
+                        ..Default::default()
+                    };
+                    self.send(
+                        &a,
+                        Packet::Disconnect(Disconnect {
+                            reason_code: *reason,
+                            properties: props,
+                        }),
+                    );
+                }
+                true
+            }
+            Ending::Transport(why) => {
+                info!(client_id = %a.client_id, why = %why, "connection lost");
+                true
+            }
+        };
+        self.flush_and_close(w).await;
+        let (will, delay) = match (publish_will, a.will) {
+            (true, Some(will)) => {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                (Some(Arc::new(will_message(will))), delay)
+            }
+            _ => (None, 0),
+        };
+        self.broker.unregister_connection(self.id);
+        self.broker
+            .connection_closed(&a.session, self.id, will, delay);
+    }
+
+    /// Writes what is buffered (bounded in time) and closes the write side.
+    pub(crate) async fn flush_and_close<S: AsyncRead + AsyncWrite>(&mut self, w: &mut Writer<S>) {
+        let flush = async {
+            while !self.out.is_empty() {
+                if poll_fn(|cx| self.out.poll_write(cx, w)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = w.flush().await;
+            let _ = w.shutdown().await;
+        };
+        if tokio::time::timeout(CLOSE_FLUSH, flush).await.is_err() {
+            debug!(conn = self.id, "flush on close timed out");
+        }
+    }
+
+    /// Writes everything buffered now (used before CONNACK, when nothing else runs).
+    pub(crate) async fn write_all<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        w: &mut Writer<S>,
+    ) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            let n = poll_fn(|cx| self.out.poll_write(cx, w)).await?;
+            self.broker.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        w.flush().await
+    }
+
+    /// Reads until one packet is decoded, or `deadline` passes.
+    pub(crate) async fn read_packet<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        r: &mut Reader<S>,
+        deadline: Instant,
+    ) -> Result<Packet, ReadError> {
+        loop {
+            if self.rbuf.first() == Some(&0x10) {
+                self.connect_level = crate::handshake::sniff_connect_level(&self.rbuf);
+            }
+            match codec::decode(&mut self.rbuf, self.version, self.max_packet_in) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Decode(e)),
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            match tokio::time::timeout_at(deadline, r.read_buf(&mut self.rbuf)).await {
+                Err(_) => return Err(ReadError::Timeout),
+                Ok(Ok(0)) => return Err(ReadError::Closed),
+                Ok(Err(e)) => return Err(ReadError::Io(e)),
+                Ok(Ok(n)) => {
+                    self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Decode(DecodeError),
+    Timeout,
+    Closed,
+    Io(std::io::Error),
+}
+
+fn properties_mut(p: &mut Packet) -> Option<&mut Properties> {
+    match p {
+        Packet::ConnAck(x) => Some(&mut x.properties),
+        Packet::PubAck(x) | Packet::PubRec(x) | Packet::PubRel(x) | Packet::PubComp(x) => {
+            Some(&mut x.properties)
+        }
+        Packet::SubAck(x) => Some(&mut x.properties),
+        Packet::UnsubAck(x) => Some(&mut x.properties),
+        Packet::Disconnect(x) => Some(&mut x.properties),
+        Packet::Auth(x) => Some(&mut x.properties),
+        _ => None,
+    }
+}
+
+/// The application message a will becomes when it is published.
+fn will_message(will: Will) -> Message {
+    let mut properties = will.properties;
+    let expires_at = properties
+        .message_expiry_interval
+        .take()
+        .map(|s| std::time::Instant::now() + Duration::from_secs(s as u64));
+    properties.will_delay_interval = None;
+    Message {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties,
+        expires_at,
+        publisher: 0,
+    }
+}
+
+/// A credential's expiry on the runtime clock.
+pub(crate) fn deadline_from(expires_at: Option<SystemTime>) -> Option<Instant> {
+    expires_at.map(|t| {
+        let left = t
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Instant::now() + left
+    })
+}
+
+/// A fresh client identifier for a client that sent an empty one.
+pub(crate) fn assign_client_id() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Fall back to time; uniqueness then rests on the clock.
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes[..12].copy_from_slice(&t.to_be_bytes()[4..]);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("auto-{hex}")
+}
+
+pub(crate) fn bytes_opt(s: &Option<Utf8Bytes>) -> Option<String> {
+    s.as_ref().map(|u| u.to_string())
+}

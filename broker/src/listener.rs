@@ -1,0 +1,116 @@
+//! Listeners: bind the configured addresses, accept connections, and turn each into a byte
+//! stream (plain TCP, TLS, WebSocket or TLS WebSocket) for `connection::serve`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_config::{Listener, Transport};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::connection::serve;
+use crate::{tls, websocket};
+
+pub struct BoundListener {
+    pub transport: Transport,
+    pub local_addr: SocketAddr,
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    ws_path: String,
+}
+
+/// Binds one listener; the error names it.
+pub async fn bind(l: &Listener, data_dir: &Path) -> io::Result<BoundListener> {
+    let name = format!("{} listener on {}", l.transport.name(), l.bind);
+    let tcp = TcpListener::bind(l.bind)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the {name}: {e}")))?;
+    let tls = if l.transport.uses_tls() {
+        let files = l.certificate.as_deref().zip(l.private_key.as_deref());
+        let config = tls::server_config(files, data_dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
+        Some(TlsAcceptor::from(config))
+    } else {
+        None
+    };
+    let local_addr = tcp.local_addr()?;
+    info!(transport = l.transport.name(), addr = %local_addr, "listener ready");
+    Ok(BoundListener {
+        transport: l.transport,
+        local_addr,
+        tcp,
+        tls,
+        ws_path: l.path.clone(),
+    })
+}
+
+/// Accepts connections until `stop` turns true.
+pub fn spawn_accept_loop(
+    l: BoundListener,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let l = Arc::new(l);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                res = l.tcp.accept() => match res {
+                    Ok((stream, peer)) => {
+                        let l = l.clone();
+                        let broker = broker.clone();
+                        tokio::spawn(async move { l.handle(stream, peer, broker).await });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+impl BoundListener {
+    async fn handle(&self, stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+        let _ = stream.set_nodelay(true);
+        let transport = self.transport.name();
+        let setup = Duration::from_secs(broker.config.connect_timeout as u64);
+        match (&self.tls, self.transport.uses_websocket()) {
+            (None, false) => serve(broker, stream, peer, transport).await,
+            (Some(acceptor), false) => {
+                match tokio::time::timeout(setup, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => serve(broker, s, peer, transport).await,
+                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
+                }
+            }
+            (None, true) => {
+                match tokio::time::timeout(setup, websocket::accept(stream, &self.ws_path)).await {
+                    Ok(Ok(ws)) => serve(broker, ws, peer, transport).await,
+                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "WebSocket upgrade failed"),
+                    Err(_) => debug!(peer = %peer, "WebSocket upgrade timed out"),
+                }
+            }
+            (Some(acceptor), true) => {
+                let upgraded = async {
+                    let tls = acceptor.accept(stream).await?;
+                    websocket::accept(tls, &self.ws_path).await
+                };
+                match tokio::time::timeout(setup, upgraded).await {
+                    Ok(Ok(ws)) => serve(broker, ws, peer, transport).await,
+                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS WebSocket setup failed"),
+                    Err(_) => debug!(peer = %peer, "TLS WebSocket setup timed out"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Application messages as the broker holds them: one shared [`Message`] per PUBLISH received,
+//! and one small [`Delivery`] per subscriber that references it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{Properties, Publish, QoS, Utf8Bytes};
+
+/// A message as published. Shared by every delivery of it; never copied per subscriber.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: Utf8Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The forwarded properties (payload format, content type, response topic, correlation
+    /// data, user properties). Per-hop ones in it are ignored when encoding.
+    pub properties: Properties,
+    /// From Message Expiry Interval; `None` = never expires.
+    pub expires_at: Option<Instant>,
+    /// The session that published it (for No Local); 0 for the broker itself ($SYS, wills).
+    pub publisher: u64,
+}
+
+impl Message {
+    pub fn from_publish(p: Publish, topic: Utf8Bytes, publisher: u64) -> Message {
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|s| Instant::now() + Duration::from_secs(s as u64));
+        let mut properties = p.properties;
+        // Per-hop fields must not travel on.
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        properties.message_expiry_interval = None;
+        Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            publisher,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Remaining expiry interval in whole seconds (rounded up, so never 0 for a live message).
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            secs.clamp(1, u32::MAX as u64) as u32
+        })
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, subscription QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send: set for retained messages sent on subscribe, and for live
+    /// messages only with Retain As Published.
+    pub retain: bool,
+    /// Subscription Identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+}

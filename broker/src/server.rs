@@ -1,0 +1,75 @@
+//! The running broker: listeners bound from the configuration, the `$SYS` publisher, and a
+//! graceful stop that tells every client the server is shutting down (DISCONNECT 0x8B).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_config::{Config, Transport};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::auth::Authenticator;
+use crate::broker::{Broker, BrokerHandle};
+use crate::{listener, sys};
+
+pub struct Server {
+    broker: Arc<Broker>,
+    addrs: Vec<(Transport, SocketAddr)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener (all or nothing) and starts serving.
+    pub async fn start(config: &Config, auth: Arc<dyn Authenticator>) -> io::Result<Server> {
+        let broker = Broker::new(config.mqtt.clone(), auth);
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push(listener::bind(&l.value, &config.data_dir).await?);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let addrs = bound.iter().map(|b| (b.transport, b.local_addr)).collect();
+        let mut tasks: Vec<JoinHandle<()>> = bound
+            .into_iter()
+            .map(|b| listener::spawn_accept_loop(b, broker.clone(), stop_rx.clone()))
+            .collect();
+        tasks.extend(sys::spawn(broker.clone(), config.sys.interval, stop_rx));
+        Ok(Server {
+            broker,
+            addrs,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound addresses (with the real port where 0 was configured).
+    pub fn local_addrs(&self) -> &[(Transport, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The first bound address of a transport.
+    pub fn addr(&self, t: Transport) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(k, _)| *k == t).map(|(_, a)| *a)
+    }
+
+    pub fn handle(&self) -> BrokerHandle {
+        self.broker.handle()
+    }
+
+    /// Stops accepting, disconnects every client with 0x8B and waits (up to 5 s) for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let told = self.broker.shutdown_connections();
+        info!(clients = told, "shutting down");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.broker.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

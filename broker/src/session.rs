@@ -1,0 +1,282 @@
+//! Session state (MQTT 5.0 §4.1): what outlives a network connection - subscriptions, messages
+//! queued for the client, outgoing QoS 1/2 messages not yet acknowledged, and incoming QoS 2
+//! packet identifiers not yet released.
+//!
+//! A [`Session`] is shared between the connection attached to it (if any), the subscription
+//! tree and publishers. Publishers append to `pending` under the state lock and wake the
+//! connection through `notify`; only the attached connection takes messages out.
+//!
+//! Lock order: the subscription tree, then a session's state. Never the reverse.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::message::{Delivery, Message};
+
+/// Orders to a live connection from elsewhere in the broker.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Send DISCONNECT with this reason (5.0 only) and close.
+    Disconnect {
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    },
+}
+
+/// The link from a session to the connection currently attached to it.
+#[derive(Debug, Clone)]
+pub struct ConnLink {
+    pub conn_id: u64,
+    pub control: mpsc::UnboundedSender<Control>,
+}
+
+/// An outgoing QoS 1/2 message awaiting its acknowledgement.
+#[derive(Debug, Clone)]
+pub enum Inflight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubRecord {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+pub struct SessionState {
+    pub conn: Option<ConnLink>,
+    /// Set once the session is discarded (clean start, expiry, Session Expiry 0 on close). A
+    /// connection still holding it must stop using it.
+    pub ended: bool,
+    /// Seconds the session outlives its connection; `u32::MAX` = forever.
+    pub expiry_interval: u32,
+    /// Full filter (with any `$share/group/` prefix) → options.
+    pub subscriptions: HashMap<String, SubRecord>,
+    pub pending: VecDeque<Delivery>,
+    pub pending_bytes: usize,
+    pub inflight: BTreeMap<u16, Inflight>,
+    next_packet_id: u16,
+    /// Incoming QoS 2 packet identifiers received and not yet released (PUBREL).
+    pub incoming_qos2: HashSet<u16>,
+    /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
+    pub pending_will: Option<Arc<Message>>,
+    /// Bumped at every attach and detach; delayed tasks (will, expiry) act only if it is
+    /// unchanged since they were scheduled.
+    pub epoch: u64,
+}
+
+/// Bounds on what may wait in `pending`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub drop_oldest: bool,
+    pub queue_qos0_offline: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued after dropping the oldest message.
+    QueuedDroppedOldest,
+    /// Not queued: QoS 0 for an offline session, or the session ended.
+    Skipped,
+    /// Not queued: the queue is full and the policy is to reject.
+    Rejected,
+}
+
+pub struct Session {
+    /// Unique for the broker's lifetime; a new session for the same client id gets a new id.
+    pub id: u64,
+    pub client_id: Arc<str>,
+    pub state: Mutex<SessionState>,
+    /// Wakes the attached connection when `pending` gains a message.
+    pub notify: Notify,
+    /// Mirrors `state.conn.is_some()` for lock-free reads (shared-subscription choice).
+    connected: AtomicBool,
+}
+
+impl Session {
+    pub fn new(id: u64, client_id: Arc<str>, expiry_interval: u32) -> Arc<Session> {
+        Arc::new(Session {
+            id,
+            client_id,
+            state: Mutex::new(SessionState {
+                conn: None,
+                ended: false,
+                expiry_interval,
+                subscriptions: HashMap::new(),
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                inflight: BTreeMap::new(),
+                next_packet_id: 1,
+                incoming_qos2: HashSet::new(),
+                pending_will: None,
+                epoch: 0,
+            }),
+            notify: Notify::new(),
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn new_for_test(id: u64) -> Arc<Session> {
+        Session::new(id, format!("test-{id}").into(), 0)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Attaches a connection; returns the link it replaced, if any.
+    pub fn attach(&self, state: &mut SessionState, link: ConnLink) -> Option<ConnLink> {
+        state.epoch += 1;
+        self.connected.store(true, Ordering::Relaxed);
+        state.conn.replace(link)
+    }
+
+    /// Detaches `conn_id` if it is the attached connection. Returns whether it was.
+    pub fn detach(&self, state: &mut SessionState, conn_id: u64) -> bool {
+        if state.conn.as_ref().is_some_and(|c| c.conn_id == conn_id) {
+            state.conn = None;
+            state.epoch += 1;
+            self.connected.store(false, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Queues a delivery for the client and wakes its connection.
+    pub fn enqueue(&self, state: &mut SessionState, d: Delivery, limits: &QueueLimits) -> Enqueued {
+        if state.ended {
+            return Enqueued::Skipped;
+        }
+        let online = state.conn.is_some();
+        if !online && d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
+            return Enqueued::Skipped;
+        }
+        let size = d.message.payload.len();
+        let mut result = Enqueued::Queued;
+        while !state.pending.is_empty()
+            && (state.pending.len() >= limits.max_messages
+                || state.pending_bytes + size > limits.max_bytes)
+        {
+            if !limits.drop_oldest {
+                return Enqueued::Rejected;
+            }
+            if let Some(old) = state.pending.pop_front() {
+                state.pending_bytes -= old.message.payload.len();
+            }
+            result = Enqueued::QueuedDroppedOldest;
+        }
+        state.pending_bytes += size;
+        state.pending.push_back(d);
+        if online {
+            self.notify.notify_one();
+        }
+        result
+    }
+}
+
+impl SessionState {
+    /// Takes the next queued delivery.
+    pub fn pop_pending(&mut self) -> Option<Delivery> {
+        let d = self.pending.pop_front()?;
+        self.pending_bytes -= d.message.payload.len();
+        Some(d)
+    }
+
+    /// A packet identifier not used by any in-flight outgoing message.
+    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+        if self.inflight.len() >= u16::MAX as usize {
+            return None;
+        }
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// Counts outgoing QoS 1/2 messages toward the client's Receive Maximum.
+    pub fn inflight_count(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Properties, Utf8Bytes};
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS, n: usize) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Utf8Bytes::from("t"),
+                payload: Bytes::from(vec![0u8; n]),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: 0,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 2,
+        max_bytes: 100,
+        drop_oldest: true,
+        queue_qos0_offline: false,
+    };
+
+    #[test]
+    fn offline_qos0_is_skipped_and_bounds_drop_oldest() {
+        let s = Session::new_for_test(1);
+        let mut st = s.state.lock();
+        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS), Enqueued::Skipped);
+        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS), Enqueued::Queued);
+        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 3), &LIMITS),
+            Enqueued::QueuedDroppedOldest
+        );
+        assert_eq!(st.pending.len(), 2);
+        assert_eq!(st.pending_bytes, 5);
+        // A byte bound too.
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 99), &LIMITS),
+            Enqueued::QueuedDroppedOldest
+        );
+        assert_eq!(st.pending.len(), 1);
+        let reject = QueueLimits {
+            drop_oldest: false,
+            ..LIMITS
+        };
+        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject), Enqueued::Rejected);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let s = Session::new_for_test(1);
+        let mut st = s.state.lock();
+        st.next_packet_id = u16::MAX;
+        assert_eq!(st.allocate_packet_id(), Some(u16::MAX));
+        st.inflight.insert(1, Inflight::Released);
+        assert_eq!(st.allocate_packet_id(), Some(2));
+    }
+}
