@@ -13,7 +13,11 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "MQTT 5.0 broker whose devices log in with OAuth2 bearer tokens")]
+#[command(
+    name = "tessera",
+    version,
+    about = "MQTT 5.0 broker whose devices log in with OAuth2 bearer tokens"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,9 +32,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Check a configuration file and exit (0 if valid).
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
     /// Print the embedded default configuration (the commented example).
     DefaultConfig,
 }
@@ -64,7 +66,10 @@ fn main() -> ExitCode {
                 None => Config::embedded(),
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tessera_config::{MqttConfig, QueueFullPolicy};
+use tracing::info;
 
 use crate::auth::Authenticator;
-use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::codec::topic::parse_shared;
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::retained::RetainedTree;
 use crate::session::{ConnLink, Control, Enqueued, QueueLimits, Session, SubRecord};
@@ -109,7 +110,12 @@ impl Broker {
         self.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn update_connection(&self, conn_id: u64, identity: Option<String>, credential: Option<String>) {
+    pub fn update_connection(
+        &self,
+        conn_id: u64,
+        identity: Option<String>,
+        credential: Option<String>,
+    ) {
         if let Some(c) = self.connections.lock().get_mut(&conn_id) {
             c.identity = identity;
             c.credential = credential;
@@ -218,7 +224,10 @@ impl Broker {
         }
         {
             let mut sessions = self.sessions.lock();
-            if sessions.get(&session.client_id).is_some_and(|s| s.id == session.id) {
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| s.id == session.id)
+            {
                 sessions.remove(&session.client_id);
             }
         }
@@ -304,6 +313,7 @@ impl Broker {
                     return;
                 }
             }
+            info!(client_id = %session.client_id, "session expired");
             broker.end_session(&session);
         });
     }

@@ -110,7 +110,10 @@ pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, transpor
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    broker.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    broker
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let (mut r, mut w) = tokio::io::split(stream);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let mut conn = Connection {
@@ -253,7 +256,10 @@ impl Connection {
             }
             let Some(d) = st.pop_pending() else { break };
             if d.message.is_expired(now) {
-                self.broker.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                self.broker
+                    .stats
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let pid = if d.qos == QoS::AtMostOnce {
@@ -267,7 +273,10 @@ impl Connection {
                 }
             } else {
                 // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
-                self.broker.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                self.broker
+                    .stats
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         None
@@ -317,7 +326,10 @@ impl Connection {
             return false;
         }
         self.out.publish(&head, self.version, &m.payload);
-        self.broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.broker
+            .stats
+            .messages_sent
+            .fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -417,7 +429,10 @@ impl Connection {
     ) -> std::io::Result<()> {
         while !self.out.is_empty() {
             let n = poll_fn(|cx| self.out.poll_write(cx, w)).await?;
-            self.broker.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            self.broker
+                .stats
+                .bytes_sent
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         w.flush().await
     }
@@ -445,7 +460,10 @@ impl Connection {
                 Ok(Ok(0)) => return Err(ReadError::Closed),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(n)) => {
-                    self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    self.broker
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
         }

@@ -60,10 +60,7 @@ impl Connection {
                 info!(peer = %self.peer, reason = ?reason, why = %why, "connection refused");
                 if let Some(reason) = reason {
                     let props = Properties {
-                        reason_string: self
-                            .version
-                            .is_v5()
-                            .then(|| Utf8Bytes::from(why.as_str())),
+                        reason_string: self.version.is_v5().then(|| Utf8Bytes::from(why.as_str())),
                         ..Default::default()
                     };
                     self.out.packet(
@@ -182,7 +179,9 @@ impl Connection {
                             return Err(Refusal::new(e.reason_code(), e.to_string()));
                         }
                         Err(_) => {
-                            return Err(Refusal::silent("no answer to the authentication challenge"));
+                            return Err(Refusal::silent(
+                                "no answer to the authentication challenge",
+                            ));
                         }
                     };
                     match answer {
@@ -310,7 +309,10 @@ impl Connection {
             session_present,
             "client connected"
         );
-        if grant.expires_at.is_some_and(|t| t <= std::time::SystemTime::now()) {
+        if grant
+            .expires_at
+            .is_some_and(|t| t <= std::time::SystemTime::now())
+        {
             warn!(client_id = %client_id, "credential expires at connect time");
         }
         let credential_deadline = deadline_from(grant.expires_at);

@@ -119,7 +119,11 @@ mod tests {
         max: usize,
     }
     impl AsyncWrite for Trickle {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
             let n = b.len().min(self.max);
             self.got.extend_from_slice(&b[..n]);
             Poll::Ready(Ok(n))
@@ -157,9 +161,13 @@ mod tests {
         let big = Bytes::from(vec![7u8; 5000]);
         let mut out = OutBuf::default();
         let mut expected = BytesMut::new();
-        for (i, payload) in [Bytes::from_static(b"small"), big.clone(), Bytes::from_static(b"x")]
-            .iter()
-            .enumerate()
+        for (i, payload) in [
+            Bytes::from_static(b"small"),
+            big.clone(),
+            Bytes::from_static(b"x"),
+        ]
+        .iter()
+        .enumerate()
         {
             let head = PublishHead {
                 dup: false,
@@ -182,11 +190,17 @@ mod tests {
             }
         }
         assert_eq!(out.len(), expected.len());
-        let mut w = Trickle { got: Vec::new(), max: 777 };
+        let mut w = Trickle {
+            got: Vec::new(),
+            max: 777,
+        };
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         while !out.is_empty() {
-            assert!(matches!(out.poll_write(&mut cx, &mut w), Poll::Ready(Ok(_))));
+            assert!(matches!(
+                out.poll_write(&mut cx, &mut w),
+                Poll::Ready(Ok(_))
+            ));
         }
         assert_eq!(w.got, expected.to_vec());
     }

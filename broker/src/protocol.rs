@@ -224,7 +224,7 @@ impl Connection {
         for (filter, opts) in &s.filters {
             let shared = parse_shared(filter);
             let code = match shared {
-                Err(()) => ReasonCode::TOPIC_FILTER_INVALID,
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(_) if !valid_topic_filter(filter) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(Some(_)) if !cfg.shared_subscriptions => {
                     ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
@@ -235,15 +235,18 @@ impl Connection {
                         "No Local on a shared subscription",
                     ));
                 }
-                Ok(inner) if !cfg.wildcard_subscriptions
-                    && has_wildcard(inner.map_or(filter.as_str(), |s| s.filter)) =>
+                Ok(inner)
+                    if !cfg.wildcard_subscriptions
+                        && has_wildcard(inner.map_or(filter.as_str(), |s| s.filter)) =>
                 {
                     ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
                 }
                 Ok(_) if !a.grant.acl.can_subscribe(filter) => ReasonCode::NOT_AUTHORIZED,
                 Ok(inner) => {
                     let mut opts = *opts;
-                    opts.qos = opts.qos.min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
+                    opts.qos = opts
+                        .qos
+                        .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
                     let existed = self.broker.subscribe(&a.session, filter, opts, sub_id);
                     let send_retained = inner.is_none()
                         && match opts.retain_handling {
@@ -351,8 +354,11 @@ impl Connection {
             AuthStep::Success(grant) => {
                 info!(client_id = %a.client_id, "client re-authenticated");
                 a.credential_deadline = deadline_from(grant.expires_at);
-                self.broker
-                    .update_connection(self.id, grant.identity.clone(), grant.credential.clone());
+                self.broker.update_connection(
+                    self.id,
+                    grant.identity.clone(),
+                    grant.credential.clone(),
+                );
                 let data = grant.data.clone();
                 a.grant = grant;
                 self.send(

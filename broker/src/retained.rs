@@ -177,8 +177,12 @@ mod tests {
 
     #[test]
     fn agrees_with_reference_matcher() {
-        let topics = ["a", "a/b", "a/b/c", "/", "/x", "a/", "$SYS/up", "b/b", "a//c"];
-        let filters = ["#", "+", "a/#", "a/+", "+/b", "/+", "$SYS/#", "+/+/c", "a/b", "a/+/c"];
+        let topics = [
+            "a", "a/b", "a/b/c", "/", "/x", "a/", "$SYS/up", "b/b", "a//c",
+        ];
+        let filters = [
+            "#", "+", "a/#", "a/+", "+/b", "/+", "$SYS/#", "+/+/c", "a/b", "a/+/c",
+        ];
         let mut tree = RetainedTree::default();
         for t in topics {
             tree.insert(msg(t));

@@ -248,9 +248,18 @@ mod tests {
     fn offline_qos0_is_skipped_and_bounds_drop_oldest() {
         let s = Session::new_for_test(1);
         let mut st = s.state.lock();
-        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS), Enqueued::Skipped);
-        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS), Enqueued::Queued);
-        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS),
+            Enqueued::Skipped
+        );
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS),
+            Enqueued::Queued
+        );
         assert_eq!(
             s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 3), &LIMITS),
             Enqueued::QueuedDroppedOldest
@@ -267,7 +276,10 @@ mod tests {
             drop_oldest: false,
             ..LIMITS
         };
-        assert_eq!(s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject), Enqueued::Rejected);
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject),
+            Enqueued::Rejected
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.exact.is_empty() && self.hash.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_empty()
+            && self.hash.is_empty()
     }
 }
 
@@ -266,12 +269,12 @@ mod tests {
     #[test]
     fn agrees_with_reference_matcher() {
         let filters = [
-            "#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/b/c", "a/+/c", "+/+/+", "/",
-            "/+", "+/", "a//b", "$SYS/#", "$SYS/+", "a/b/#", "", 
+            "#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/b/c", "a/+/c", "+/+/+", "/", "/+",
+            "+/", "a//b", "$SYS/#", "$SYS/+", "a/b/#", "",
         ];
         let topics = [
-            "a", "a/b", "a/b/c", "b", "/", "/a", "a/", "a//b", "$SYS/x", "$SYS", "a/x/c",
-            "x/b", "$x/b",
+            "a", "a/b", "a/b/c", "b", "/", "/a", "a/", "a//b", "$SYS/x", "$SYS", "a/x/c", "x/b",
+            "$x/b",
         ];
         let mut tree = SubscriptionTree::default();
         let filters: Vec<_> = filters.iter().filter(|f| !f.is_empty()).collect();

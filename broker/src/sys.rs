@@ -15,7 +15,11 @@ use crate::message::Message;
 
 pub const VERSION: &str = concat!("tessera ", env!("CARGO_PKG_VERSION"));
 
-pub fn spawn(broker: Arc<Broker>, interval: u32, mut stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+pub fn spawn(
+    broker: Arc<Broker>,
+    interval: u32,
+    mut stop: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
     if interval == 0 {
         return None;
     }
@@ -34,17 +38,33 @@ pub fn spawn(broker: Arc<Broker>, interval: u32, mut stop: watch::Receiver<bool>
 fn publish_all(b: &Broker) {
     let s = &b.stats;
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
-    publish(b, "$SYS/broker/uptime", format!("{} seconds", b.started.elapsed().as_secs()));
+    publish(
+        b,
+        "$SYS/broker/uptime",
+        format!("{} seconds", b.started.elapsed().as_secs()),
+    );
     publish(b, "$SYS/broker/clients/connected", n(&s.clients_connected));
-    publish(b, "$SYS/broker/clients/total", b.session_count().to_string());
+    publish(
+        b,
+        "$SYS/broker/clients/total",
+        b.session_count().to_string(),
+    );
     publish(b, "$SYS/broker/connections/total", n(&s.connections_total));
     publish(b, "$SYS/broker/messages/received", n(&s.messages_received));
     publish(b, "$SYS/broker/messages/sent", n(&s.messages_sent));
     publish(b, "$SYS/broker/messages/dropped", n(&s.messages_dropped));
     publish(b, "$SYS/broker/bytes/received", n(&s.bytes_received));
     publish(b, "$SYS/broker/bytes/sent", n(&s.bytes_sent));
-    publish(b, "$SYS/broker/subscriptions/count", b.subscription_count().to_string());
-    publish(b, "$SYS/broker/retained messages/count", b.retained_count().to_string());
+    publish(
+        b,
+        "$SYS/broker/subscriptions/count",
+        b.subscription_count().to_string(),
+    );
+    publish(
+        b,
+        "$SYS/broker/retained messages/count",
+        b.retained_count().to_string(),
+    );
 }
 
 fn publish(b: &Broker, topic: &'static str, value: String) {

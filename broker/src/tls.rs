@@ -106,7 +106,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&k2).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&k2).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         server_config(None, dir.path()).unwrap();
     }

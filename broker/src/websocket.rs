@@ -22,6 +22,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let path = path.to_string();
+    // The callback's signature is tungstenite's; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             let mut e = ErrorResponse::new(Some("no MQTT endpoint at this path".into()));
@@ -106,15 +108,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
             .map_err(io::Error::other)?;
         // Push the frame out now; a pending flush is finished by the next write or flush.
-        let _ = Pin::new(&mut self.ws).poll_flush(cx).map_err(io::Error::other)?;
+        let _ = Pin::new(&mut self.ws)
+            .poll_flush(cx)
+            .map_err(io::Error::other)?;
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(io::Error::other)
+        Pin::new(&mut self.ws)
+            .poll_flush(cx)
+            .map_err(io::Error::other)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(io::Error::other)
+        Pin::new(&mut self.ws)
+            .poll_close(cx)
+            .map_err(io::Error::other)
     }
 }

@@ -229,12 +229,30 @@ macro_rules! bounded {
         }
     };
 }
-bounded!(max_packet_size, u32, 16, 268_435_455, "must be between 16 and 268435455");
+bounded!(
+    max_packet_size,
+    u32,
+    16,
+    268_435_455,
+    "must be between 16 and 268435455"
+);
 bounded!(receive_maximum, u16, 1, u16::MAX, "must be at least 1");
 bounded!(max_qos, u8, 0, 2, "must be 0, 1 or 2");
-bounded!(connect_timeout, u32, 1, 3600, "must be between 1 and 3600 seconds");
+bounded!(
+    connect_timeout,
+    u32,
+    1,
+    3600,
+    "must be between 1 and 3600 seconds"
+);
 bounded!(max_queued_messages, u32, 1, u32::MAX, "must be at least 1");
-bounded!(max_client_buffer, u32, 4096, u32::MAX, "must be at least 4096");
+bounded!(
+    max_client_buffer,
+    u32,
+    4096,
+    u32::MAX,
+    "must be at least 4096"
+);
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("tessera-data")
@@ -328,7 +346,10 @@ impl Config {
         };
         let nowhere = serde_saphyr::Location::UNKNOWN;
         if self.listeners.is_empty() {
-            return Err(err(nowhere, "field `listeners`: at least one listener is needed".into()));
+            return Err(err(
+                nowhere,
+                "field `listeners`: at least one listener is needed".into(),
+            ));
         }
         for (i, spanned) in self.listeners.iter().enumerate() {
             let l = &spanned.value;
@@ -336,9 +357,7 @@ impl Config {
             if l.certificate.is_some() != l.private_key.is_some() {
                 return Err(err(
                     here,
-                    format!(
-                        "field `listeners[{i}]`: `certificate` and `private_key` go together"
-                    ),
+                    format!("field `listeners[{i}]`: `certificate` and `private_key` go together"),
                 ));
             }
             if l.certificate.is_some() && !l.transport.uses_tls() {
@@ -410,15 +429,18 @@ mod tests {
 
     #[test]
     fn bad_value_names_line() {
-        let e = Config::parse("listeners:\n  - type: tcp\n    bind: nowhere\n", "t.yml")
-            .unwrap_err();
+        let e =
+            Config::parse("listeners:\n  - type: tcp\n    bind: nowhere\n", "t.yml").unwrap_err();
         assert_eq!(e.line, 3, "{e}");
     }
 
     #[test]
     fn bad_transport_is_rejected() {
-        let e = Config::parse("listeners:\n  - type: udp\n    bind: 127.0.0.1:1\n", "t.yml")
-            .unwrap_err();
+        let e = Config::parse(
+            "listeners:\n  - type: udp\n    bind: 127.0.0.1:1\n",
+            "t.yml",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("udp"), "{e}");
     }

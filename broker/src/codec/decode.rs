@@ -50,7 +50,9 @@ pub fn peek_fixed_header(buf: &[u8]) -> Result<Option<FixedHeader>, DecodeError>
             }));
         }
     }
-    Err(DecodeError::Malformed("remaining length longer than 4 bytes"))
+    Err(DecodeError::Malformed(
+        "remaining length longer than 4 bytes",
+    ))
 }
 
 /// Takes one packet off the front of `buf`.
@@ -198,7 +200,8 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
         }
         14 => {
             expect_flags(0)?;
-            let (reason_code, properties) = decode_reason_and_props(&mut b, v5, Context::Disconnect)?;
+            let (reason_code, properties) =
+                decode_reason_and_props(&mut b, v5, Context::Disconnect)?;
             Packet::Disconnect(Disconnect {
                 reason_code,
                 properties,
@@ -218,7 +221,9 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
         _ => return Err(DecodeError::Malformed("reserved packet type")),
     };
     if b.has_remaining() {
-        return Err(DecodeError::Malformed("bytes left after the packet's fields"));
+        return Err(DecodeError::Malformed(
+            "bytes left after the packet's fields",
+        ));
     }
     Ok(packet)
 }
@@ -262,7 +267,9 @@ fn decode_connect(b: &mut Bytes) -> Result<Connect, DecodeError> {
     let username_flag = flags & 0x80 != 0;
     let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::Malformed("will QoS 3"))?;
     if !will_flag && (will_qos != QoS::AtMostOnce || will_retain) {
-        return Err(DecodeError::Malformed("will QoS or retain set without a will"));
+        return Err(DecodeError::Malformed(
+            "will QoS or retain set without a will",
+        ));
     }
     if version != Version::V5 && password_flag && !username_flag {
         return Err(DecodeError::Malformed("password without user name"));
@@ -287,7 +294,9 @@ fn decode_connect(b: &mut Bytes) -> Result<Connect, DecodeError> {
         };
         let topic = read_utf8(b)?;
         if !valid_topic_name(&topic) {
-            return Err(DecodeError::Malformed("will topic is not a valid topic name"));
+            return Err(DecodeError::Malformed(
+                "will topic is not a valid topic name",
+            ));
         }
         let payload = read_binary(b)?;
         Some(Will {
@@ -450,18 +459,21 @@ pub(crate) fn read_varint(b: &mut Bytes) -> Result<u32, DecodeError> {
             return Ok(value);
         }
     }
-    Err(DecodeError::Malformed("variable byte integer longer than 4 bytes"))
+    Err(DecodeError::Malformed(
+        "variable byte integer longer than 4 bytes",
+    ))
 }
 
 pub(crate) fn read_binary(b: &mut Bytes) -> Result<Bytes, DecodeError> {
     let len = read_u16(b)? as usize;
     if b.remaining() < len {
-        return Err(DecodeError::Malformed("string or binary longer than the packet"));
+        return Err(DecodeError::Malformed(
+            "string or binary longer than the packet",
+        ));
     }
     Ok(b.split_to(len))
 }
 
 pub(crate) fn read_utf8(b: &mut Bytes) -> Result<Utf8Bytes, DecodeError> {
-    Utf8Bytes::try_from_bytes(read_binary(b)?)
-        .ok_or(DecodeError::Malformed("invalid UTF-8 string"))
+    Utf8Bytes::try_from_bytes(read_binary(b)?).ok_or(DecodeError::Malformed("invalid UTF-8 string"))
 }

@@ -351,7 +351,9 @@ pub fn encode(packet: &Packet, version: Version, buf: &mut BytesMut) {
         }
         Packet::PingReq => put_header(buf, 0xC0, 0),
         Packet::PingResp => put_header(buf, 0xD0, 0),
-        Packet::Disconnect(d) => encode_reason_and_props(buf, 0xE0, d.reason_code, &d.properties, v5),
+        Packet::Disconnect(d) => {
+            encode_reason_and_props(buf, 0xE0, d.reason_code, &d.properties, v5)
+        }
         Packet::Auth(a) => encode_reason_and_props(buf, 0xF0, a.reason_code, &a.properties, v5),
     }
 }

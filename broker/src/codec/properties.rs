@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::DecodeError;
-use super::decode::{read_binary, read_u16, read_u32, read_u8, read_utf8, read_varint};
+use super::decode::{read_binary, read_u8, read_u16, read_u32, read_utf8, read_varint};
 use super::encode::{put_binary, put_str, put_varint, varint_len};
 use super::strings::Utf8Bytes;
 
@@ -107,7 +107,9 @@ impl Properties {
             let id = read_varint(&mut p)?;
             let id = u8::try_from(id).map_err(|_| DecodeError::Malformed("unknown property"))?;
             if !allowed(id, ctx) {
-                return Err(DecodeError::Malformed("property not allowed in this packet"));
+                return Err(DecodeError::Malformed(
+                    "property not allowed in this packet",
+                ));
             }
             match id {
                 0x01 => set_once(

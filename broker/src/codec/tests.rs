@@ -247,10 +247,13 @@ fn roundtrips() {
         roundtrip(&Packet::PubRec(r.clone()), Version::V5);
         roundtrip(&Packet::PubRel(r.clone()), Version::V5);
         roundtrip(&Packet::PubComp(r.clone()), Version::V5);
-        roundtrip(&Packet::Disconnect(Disconnect {
-            reason_code: code,
-            properties: r.properties.clone(),
-        }), Version::V5);
+        roundtrip(
+            &Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: r.properties.clone(),
+            }),
+            Version::V5,
+        );
     }
     roundtrip(
         &Packet::Subscribe(Subscribe {
@@ -360,21 +363,45 @@ fn strictness() {
     // PUBREL with flags 0000 instead of 0010.
     assert!(matches!(err_of("60020001", Version::V5), Malformed(_)));
     // SUBSCRIBE with flags 0000.
-    assert!(matches!(err_of("8006000100016100", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("8006000100016100", Version::V3_1_1),
+        Malformed(_)
+    ));
     // PUBLISH QoS 3.
-    assert!(matches!(err_of("36050001610001", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("36050001610001", Version::V3_1_1),
+        Malformed(_)
+    ));
     // DUP on QoS 0.
-    assert!(matches!(err_of("3803000161", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("3803000161", Version::V3_1_1),
+        Malformed(_)
+    ));
     // Topic with a wildcard.
-    assert!(matches!(err_of("300300012b", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("300300012b", Version::V3_1_1),
+        Malformed(_)
+    ));
     // Topic with U+0000.
-    assert!(matches!(err_of("3003000100", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("3003000100", Version::V3_1_1),
+        Malformed(_)
+    ));
     // Topic with an encoded surrogate.
-    assert!(matches!(err_of("30050003eda080", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("30050003eda080", Version::V3_1_1),
+        Malformed(_)
+    ));
     // String longer than the packet.
-    assert!(matches!(err_of("3003000561", Version::V3_1_1), Malformed(_)));
+    assert!(matches!(
+        err_of("3003000561", Version::V3_1_1),
+        Malformed(_)
+    ));
     // Packet id 0 on QoS 1.
-    assert!(matches!(err_of("320500016100 00", Version::V3_1_1), Protocol(_)));
+    assert!(matches!(
+        err_of("320500016100 00", Version::V3_1_1),
+        Protocol(_)
+    ));
     // Duplicate property: two Payload Format Indicators.
     assert!(matches!(
         err_of("3008000161 04 01000100", Version::V5),
@@ -388,9 +415,15 @@ fn strictness() {
     // SUBSCRIBE with no filter.
     assert!(matches!(err_of("8203000100", Version::V5), Protocol(_)));
     // Subscription options with reserved bits.
-    assert!(matches!(err_of("820700010000016140", Version::V5), Malformed(_)));
+    assert!(matches!(
+        err_of("820700010000016140", Version::V5),
+        Malformed(_)
+    ));
     // Retain handling 3.
-    assert!(matches!(err_of("820700010000016130", Version::V5), Protocol(_)));
+    assert!(matches!(
+        err_of("820700010000016130", Version::V5),
+        Protocol(_)
+    ));
     // CONNECT with the reserved flag.
     assert!(matches!(
         err_of("100d00044d5154540401003c000163", Version::V5),
@@ -424,7 +457,11 @@ fn incomplete_input_waits() {
     let full = hex(MOSQUITTO_PUB_V5);
     for cut in 0..22 {
         let mut part = BytesMut::from(&full[..cut]);
-        assert_eq!(decode(&mut part, Version::V5, 1 << 20).unwrap(), None, "{cut}");
+        assert_eq!(
+            decode(&mut part, Version::V5, 1 << 20).unwrap(),
+            None,
+            "{cut}"
+        );
         assert_eq!(part.len(), cut, "nothing consumed");
     }
 }

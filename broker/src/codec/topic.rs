@@ -39,23 +39,27 @@ pub struct SharedFilter<'a> {
     pub filter: &'a str,
 }
 
+/// A `$share/...` filter whose share name or inner filter is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidSharedFilter;
+
 /// Splits a shared subscription. `Ok(None)` for an ordinary filter; `Err` when it starts with
 /// `$share/` but the share name or filter is invalid (MQTT-4.8.2-1, -2).
-pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, ()> {
+pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, InvalidSharedFilter> {
     let Some(rest) = filter.strip_prefix("$share/") else {
         if filter == "$share" {
-            return Err(());
+            return Err(InvalidSharedFilter);
         }
         return Ok(None);
     };
     let Some((group, inner)) = rest.split_once('/') else {
-        return Err(());
+        return Err(InvalidSharedFilter);
     };
     if group.is_empty() || group.contains('+') || group.contains('#') {
-        return Err(());
+        return Err(InvalidSharedFilter);
     }
     if !valid_topic_filter(inner) {
-        return Err(());
+        return Err(InvalidSharedFilter);
     }
     Ok(Some(SharedFilter {
         group,
@@ -97,7 +101,16 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/#", "a/+/b", "+/+", "/", "a//b", "sport/tennis/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/",
+            "a//b",
+            "sport/tennis/#",
+        ] {
             assert!(valid_topic_filter(ok), "{ok}");
         }
         for bad in ["", "a/#/b", "a#", "a/b+", "+a", "##", "#/"] {
@@ -108,7 +121,10 @@ mod tests {
     #[test]
     fn matching() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("sport/+", "sport/"));
         assert!(!matches("sport/+", "sport"));

@@ -1,0 +1,204 @@
+//! Bad input: each answered as the specification says, and only the offending connection
+//! closes while another client keeps being served.
+
+use std::time::Duration;
+
+use tessera_broker::codec::{Packet, QoS, ReasonCode};
+
+use crate::harness::TestBroker;
+use crate::raw::{Raw, connect_v5};
+
+/// A bystander subscribed to `ok`, and a publisher proving it is still served.
+async fn still_served(b: &TestBroker, bystander: &mut Raw) {
+    let mut p = Raw::v5(b.tcp, "prover").await;
+    p.publish("ok", b"alive", QoS::AtMostOnce, 0).await;
+    assert_eq!(&bystander.next_publish().await.payload[..], b"alive");
+}
+
+async fn bystander(b: &TestBroker) -> Raw {
+    let mut s = Raw::v5(b.tcp, "bystander").await;
+    s.subscribe("ok", QoS::AtMostOnce).await;
+    s
+}
+
+#[tokio::test]
+async fn malformed_packets_after_connect_get_disconnect_with_the_named_code() {
+    let b = TestBroker::start();
+    let mut by = bystander(&b).await;
+    let cases: &[(&str, &[u8], ReasonCode)] = &[
+        // Remaining length with five bytes.
+        (
+            "bad remaining length",
+            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            ReasonCode::MALFORMED_PACKET,
+        ),
+        // Topic with an invalid UTF-8 sequence.
+        (
+            "bad utf-8",
+            &[0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, 0x00],
+            ReasonCode::MALFORMED_PACKET,
+        ),
+        // SUBSCRIBE with reserved flags 0000.
+        (
+            "wrong flags",
+            &[0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61],
+            ReasonCode::MALFORMED_PACKET,
+        ),
+        // PUBLISH with QoS 3.
+        (
+            "qos 3",
+            &[0x36, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01],
+            ReasonCode::MALFORMED_PACKET,
+        ),
+        // A second CONNECT.
+        (
+            "second connect",
+            &[
+                0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x00, 0x00,
+                0x00,
+            ],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+        // A duplicate property (two Payload Format Indicators).
+        (
+            "duplicate property",
+            &[0x30, 0x08, 0x00, 0x01, 0x61, 0x04, 0x01, 0x00, 0x01, 0x00],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+        // A packet the client may not send.
+        (
+            "server packet",
+            &[0x20, 0x03, 0x00, 0x00, 0x00],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+    ];
+    for (name, bytes, code) in cases {
+        let mut c = Raw::v5(b.tcp, name).await;
+        c.send_bytes(bytes).await;
+        match c.recv().await {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, *code, "{name}"),
+            other => panic!("{name}: expected DISCONNECT, got {other:?}"),
+        }
+        c.expect_closed().await;
+    }
+    still_served(&b, &mut by).await;
+}
+
+#[tokio::test]
+async fn truncated_packet_then_close_loses_nothing_else() {
+    let b = TestBroker::start();
+    let mut by = bystander(&b).await;
+    let mut c = Raw::v5(b.tcp, "trunc").await;
+    // Announces 100 bytes, sends 3, then closes.
+    c.send_bytes(&[0x30, 100, 0x00, 0x01, b'a']).await;
+    drop(c);
+    still_served(&b, &mut by).await;
+}
+
+#[tokio::test]
+async fn packet_before_connect_closes_without_answer() {
+    let b = TestBroker::start();
+    let mut c = Raw::open(b.tcp).await;
+    c.send_bytes(&[0xC0, 0x00]).await; // PINGREQ
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_level_gets_0x84_in_a_form_the_client_reads() {
+    let b = TestBroker::start();
+    let mut c = Raw::open(b.tcp).await;
+    c.version = tessera_broker::codec::Version::V3_1_1;
+    c.send_bytes(&[
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x09, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ])
+    .await;
+    // 3.1.1 form: return code 1, unacceptable protocol version.
+    let mut raw = [0u8; 4];
+    use tokio::io::AsyncReadExt;
+    c.stream.read_exact(&mut raw).await.unwrap();
+    assert_eq!(raw, [0x20, 0x02, 0x00, 0x01]);
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn malformed_v5_connect_gets_connack_0x81() {
+    let b = TestBroker::start();
+    let mut c = Raw::open(b.tcp).await;
+    // Reserved CONNECT flag set.
+    c.send_bytes(&[
+        0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x03, 0x00, 0x3C, 0x00, 0x00, 0x01,
+        b'c',
+    ])
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::MALFORMED_PACKET),
+        other => panic!("{other:?}"),
+    }
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn oversized_connect_is_refused() {
+    let b = TestBroker::start_with("mqtt:\n  max_packet_size: 64\n");
+    let mut c = connect_v5("x");
+    c.password = Some(bytes::Bytes::from(vec![b'p'; 200]));
+    c.username = Some("u".into());
+    let mut raw = Raw::open(b.tcp).await;
+    raw.send(&Packet::Connect(Box::new(c))).await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::PACKET_TOO_LARGE),
+        other => panic!("{other:?}"),
+    }
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn silent_socket_is_closed_after_the_connect_timeout() {
+    let b = TestBroker::start_with("mqtt:\n  connect_timeout: 1\n");
+    let mut by = bystander(&b).await;
+    let mut silent = Raw::open(b.tcp).await;
+    let start = std::time::Instant::now();
+    silent.expect_closed().await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    still_served(&b, &mut by).await;
+}
+
+#[tokio::test]
+async fn connection_limit_gets_quota_exceeded() {
+    let b = TestBroker::start_with("mqtt:\n  max_connections: 1\n");
+    let _first = Raw::v5(b.tcp, "first").await;
+    let (_c, ack) = Raw::connect(b.tcp, connect_v5("second")).await;
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+}
+
+#[tokio::test]
+async fn unknown_authentication_method_gets_0x8c() {
+    let b = TestBroker::start();
+    let mut c = connect_v5("m");
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let (mut raw, ack) = Raw::connect(b.tcp, c).await;
+    assert_eq!(ack.reason_code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    raw.expect_closed().await;
+    // mosquitto_pub reports it too.
+    let port = b.tcp.port().to_string();
+    let out = crate::clients::mosquitto_pub(&[
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-t",
+        "t",
+        "-m",
+        "x",
+        "-D",
+        "connect",
+        "authentication-method",
+        "X-UNKNOWN",
+    ])
+    .await;
+    assert!(!out.status.success());
+}

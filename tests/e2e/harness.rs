@@ -1,0 +1,153 @@
+//! Starts the real `tessera` binary on free loopback ports with its own data directory, and
+//! follows its log so tests wait on events, not sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct TestBroker {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+    pub ws: SocketAddr,
+    pub wss: SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl TestBroker {
+    pub fn start() -> TestBroker {
+        TestBroker::start_with("")
+    }
+
+    /// `extra` is appended to the generated configuration (e.g. an `mqtt:` block).
+    pub fn start_with(extra: &str) -> TestBroker {
+        TestBroker::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Starts on an existing directory (a restart keeps the data directory).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> TestBroker {
+        let config = format!(
+            "data_dir: {data}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\n  - type: tls\n    bind: 127.0.0.1:0\n  - type: ws\n    bind: 127.0.0.1:0\n  - type: wss\n    bind: 127.0.0.1:0\n{extra}\n",
+            data = dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("tessera.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tessera");
+        let stderr = child.stderr.take().unwrap();
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lines, cv) = &*sink;
+                lines.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        let mut b = TestBroker {
+            child,
+            dir,
+            tcp: addr0(),
+            tls: addr0(),
+            ws: addr0(),
+            wss: addr0(),
+            log,
+        };
+        assert!(
+            b.wait_log("tessera running", Duration::from_secs(30)),
+            "broker did not start:\n{}",
+            b.log_text()
+        );
+        for line in b.lines() {
+            if !line.contains("listener ready") {
+                continue;
+            }
+            let addr: SocketAddr = field(&line, "addr=").parse().unwrap();
+            match field(&line, "transport=").trim_matches('"') {
+                "tcp" => b.tcp = addr,
+                "tls" => b.tls = addr,
+                "ws" => b.ws = addr,
+                "wss" => b.wss = addr,
+                other => panic!("unknown transport {other}"),
+            }
+        }
+        b
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lines, cv) = &*self.log;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if guard.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("data/tls/dev-cert.pem")
+    }
+
+    /// Stops the broker and hands back its directory for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.terminate();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), 15);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr0() -> SocketAddr {
+    "0.0.0.0:0".parse().unwrap()
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(key).map(|i| i + key.len()).unwrap_or(line.len());
+    line[start..].split_whitespace().next().unwrap_or("")
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `tessera` binary on free loopback ports, driven by real clients
+//! (rumqttc 5.0 and 3.1.1, mosquitto_pub / mosquitto_sub) and by a byte-level client for the
+//! exact packets the specification requires.
+
+mod harness;
+mod raw;
+
+mod bad_input;
+mod clients;
+mod features;
+mod operations;
+mod sessions;
+mod transports;
