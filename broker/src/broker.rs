@@ -245,33 +245,39 @@ impl Broker {
         will: Option<Arc<Message>>,
         will_delay: u32,
     ) {
-        let mut st = session.state.lock();
-        let was_attached = session.detach(&mut st, conn_id);
-        let epoch = st.epoch;
-        let mut publish_now = None;
-        if let Some(w) = will {
-            if st.ended || will_delay == 0 {
-                publish_now = Some(w);
-            } else if was_attached {
-                // The will waits for the smaller of its delay and the session's expiry.
-                let delay = will_delay.min(st.expiry_interval);
-                st.pending_will = Some(w);
-                self.schedule_will(session, epoch, delay);
-            }
-            // Taken over while the session continues: a delayed will is cancelled.
-        }
-        if was_attached && !st.ended {
-            match st.expiry_interval {
-                0 => {
-                    drop(st);
-                    self.end_session(session);
+        // Decide under the session lock; publish and end the session after releasing it, since
+        // both take the subscription tree (lock order: tree, then session).
+        let (publish_now, end_now) = {
+            let mut st = session.state.lock();
+            let was_attached = session.detach(&mut st, conn_id);
+            let epoch = st.epoch;
+            let mut publish_now = None;
+            if let Some(w) = will {
+                if st.ended || will_delay == 0 {
+                    publish_now = Some(w);
+                } else if was_attached {
+                    // The will waits for the smaller of its delay and the session's expiry.
+                    let delay = will_delay.min(st.expiry_interval);
+                    st.pending_will = Some(w);
+                    self.schedule_will(session, epoch, delay);
                 }
-                u32::MAX => {}
-                secs => self.schedule_expiry(session, epoch, secs),
+                // Taken over while the session continues: a delayed will is cancelled.
             }
-        }
+            let mut end_now = false;
+            if was_attached && !st.ended {
+                match st.expiry_interval {
+                    0 => end_now = true,
+                    u32::MAX => {}
+                    secs => self.schedule_expiry(session, epoch, secs),
+                }
+            }
+            (publish_now, end_now)
+        };
         if let Some(w) = publish_now {
             self.publish(w);
+        }
+        if end_now {
+            self.end_session(session);
         }
     }
 

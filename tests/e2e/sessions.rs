@@ -253,3 +253,17 @@ async fn v311_clean_session_false_keeps_subscriptions() {
     assert!(ack.session_present);
     assert_eq!(&s.next_publish().await.payload[..], b"kept");
 }
+
+#[tokio::test]
+async fn will_to_a_topic_the_closing_session_subscribes_reaches_it_later() {
+    let b = TestBroker::start();
+    let mut c = with_will("selfish", None, 60);
+    c.clean_start = false;
+    let (mut s, _) = Raw::connect(b.tcp, c).await;
+    s.subscribe("wills/#", QoS::AtLeastOnce).await;
+    drop(s);
+    // The broker stays responsive, and the will waits in the session.
+    let (mut back, ack) = Raw::connect(b.tcp, persistent("selfish", 60)).await;
+    assert!(ack.session_present);
+    assert_eq!(&back.next_publish().await.payload[..], b"gone");
+}
