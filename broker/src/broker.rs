@@ -12,15 +12,19 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tessera_config::{MqttConfig, QueueFullPolicy};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::auth::Authenticator;
 use crate::codec::topic::parse_shared;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::retained::RetainedTree;
-use crate::session::{ConnLink, Control, Enqueued, QueueLimits, Session, SubRecord};
+use crate::session::{ConnLink, Control, Enqueued, Inflight, QueueLimits, Session, SubRecord};
 use crate::stats::Stats;
+use crate::store::{
+    Store, StoredDelivery, StoredInflight, StoredMessage, StoredSession, StoredState,
+    StoredSubscription,
+};
 use crate::subscriptions::{Subscriber, SubscriptionTree};
 
 /// What a connection registers so it can be found and told to disconnect.
@@ -48,6 +52,7 @@ pub struct Broker {
     pub config: MqttConfig,
     pub limits: QueueLimits,
     pub auth: Arc<dyn Authenticator>,
+    pub store: Arc<dyn Store>,
     pub stats: Stats,
     pub started: Instant,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
@@ -80,7 +85,11 @@ impl BrokerHandle {
 }
 
 impl Broker {
-    pub fn new(config: MqttConfig, auth: Arc<dyn Authenticator>) -> Arc<Broker> {
+    pub fn new(
+        config: MqttConfig,
+        auth: Arc<dyn Authenticator>,
+        store: Arc<dyn Store>,
+    ) -> Arc<Broker> {
         let limits = QueueLimits {
             max_messages: config.max_queued_messages as usize,
             max_bytes: config.max_queued_bytes as usize,
@@ -91,6 +100,7 @@ impl Broker {
             config,
             limits,
             auth,
+            store,
             stats: Stats::default(),
             started: Instant::now(),
             sessions: Mutex::new(HashMap::new()),
@@ -203,7 +213,7 @@ impl Broker {
     /// Discards a session: its subscriptions leave the tree, its queue is dropped, and a will
     /// waiting on its delay is published now (the session ended, §3.1.2.5).
     pub fn end_session(&self, session: &Arc<Session>) {
-        let (subs, will) = {
+        let (subs, will, persisted) = {
             let mut st = session.state.lock();
             if st.ended {
                 return;
@@ -213,7 +223,11 @@ impl Broker {
             st.pending_bytes = 0;
             st.inflight.clear();
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            (subs, st.pending_will.take())
+            (
+                subs,
+                st.pending_will.take(),
+                std::mem::take(&mut st.persisted),
+            )
         };
         {
             let mut tree = self.subscriptions.write();
@@ -231,6 +245,9 @@ impl Broker {
                 sessions.remove(&session.client_id);
             }
         }
+        if persisted && let Err(e) = self.store.delete_session(&session.client_id) {
+            warn!(client_id = %session.client_id, error = %e, "store: cannot delete session");
+        }
         if let Some(w) = will {
             self.publish(w);
         }
@@ -247,7 +264,7 @@ impl Broker {
     ) {
         // Decide under the session lock; publish and end the session after releasing it, since
         // both take the subscription tree (lock order: tree, then session).
-        let (publish_now, end_now) = {
+        let (publish_now, end_now, snapshot) = {
             let mut st = session.state.lock();
             let was_attached = session.detach(&mut st, conn_id);
             let epoch = st.epoch;
@@ -271,8 +288,17 @@ impl Broker {
                     secs => self.schedule_expiry(session, epoch, secs),
                 }
             }
-            (publish_now, end_now)
+            let snapshot = (was_attached && !end_now && !st.ended).then(|| {
+                st.persisted = true;
+                snapshot(&session.client_id, &st)
+            });
+            (publish_now, end_now, snapshot)
         };
+        if let Some(record) = snapshot
+            && let Err(e) = self.store.put_session(&record)
+        {
+            warn!(client_id = %session.client_id, error = %e, "store: cannot save session");
+        }
         if let Some(w) = publish_now {
             self.publish(w);
         }
@@ -333,11 +359,23 @@ impl Broker {
     /// `publish` without counting the message as received (the broker's own `$SYS` updates).
     pub fn publish_internal(&self, message: Arc<Message>) -> Routed {
         if message.retain && self.config.retain_available {
-            let mut retained = self.retained.write();
-            if message.payload.is_empty() {
-                retained.remove(&message.topic);
+            let delete = message.payload.is_empty();
+            {
+                let mut retained = self.retained.write();
+                if delete {
+                    retained.remove(&message.topic);
+                } else {
+                    retained.insert(message.clone());
+                }
+            }
+            let written = if delete {
+                self.store.delete_retained(&message.topic)
             } else {
-                retained.insert(message.clone());
+                self.store
+                    .put_retained(&StoredMessage::from_message(&message))
+            };
+            if let Err(e) = written {
+                warn!(topic = %message.topic, error = %e, "store: cannot save retained message");
             }
         }
         self.route(&message)
@@ -465,8 +503,130 @@ impl Broker {
         )
     }
 
+    /// Writes every persistent session to the store (at shutdown, so queued messages survive).
+    pub fn save_sessions(&self) {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            let record = {
+                let mut st = session.state.lock();
+                if st.ended || st.expiry_interval == 0 {
+                    continue;
+                }
+                st.persisted = true;
+                snapshot(&session.client_id, &st)
+            };
+            if let Err(e) = self.store.put_session(&record) {
+                warn!(client_id = %session.client_id, error = %e, "store: cannot save session");
+            }
+        }
+    }
+
+    /// Rebuilds retained messages and sessions from the store (at start, before listening).
+    pub fn restore(self: &Arc<Self>, state: StoredState) {
+        let now = std::time::SystemTime::now();
+        {
+            let mut retained = self.retained.write();
+            for m in &state.retained {
+                if m.expires_at.is_none_or(|t| t > now) {
+                    retained.insert(Arc::new(m.to_message()));
+                }
+            }
+        }
+        let mut restored = 0;
+        for rec in state.sessions {
+            let elapsed = now
+                .duration_since(rec.saved_at)
+                .unwrap_or_default()
+                .as_secs();
+            let remaining = match rec.expiry_interval {
+                u32::MAX => u32::MAX,
+                e if elapsed >= e as u64 => {
+                    let _ = self.store.delete_session(&rec.client_id);
+                    continue;
+                }
+                e => e - elapsed as u32,
+            };
+            let session = Session::new(
+                self.next_id(),
+                rec.client_id.as_str().into(),
+                rec.expiry_interval,
+            );
+            {
+                let mut st = session.state.lock();
+                st.persisted = true;
+                for d in &rec.pending {
+                    let d = d.to_delivery();
+                    st.pending_bytes += d.message.payload.len();
+                    st.pending.push_back(d);
+                }
+                for (pid, i) in &rec.inflight {
+                    let entry = match i {
+                        StoredInflight::Published(d) => Inflight::Published(d.to_delivery()),
+                        StoredInflight::Released => Inflight::Released,
+                    };
+                    st.inflight.insert(*pid, entry);
+                }
+                st.incoming_qos2.extend(rec.incoming_qos2.iter().copied());
+            }
+            for sub in &rec.subscriptions {
+                self.subscribe(&session, &sub.filter, sub.options, sub.subscription_id);
+            }
+            self.sessions
+                .lock()
+                .insert(session.client_id.clone(), session.clone());
+            if remaining != u32::MAX {
+                self.schedule_expiry(&session, 0, remaining);
+            }
+            restored += 1;
+        }
+        if restored > 0 || !state.retained.is_empty() {
+            info!(
+                sessions = restored,
+                retained = self.retained_count(),
+                "restored state from the store"
+            );
+        }
+    }
+
     pub fn handle(self: &Arc<Self>) -> BrokerHandle {
         BrokerHandle(self.clone())
+    }
+}
+
+/// The session as a store record.
+fn snapshot(client_id: &str, st: &crate::session::SessionState) -> StoredSession {
+    StoredSession {
+        client_id: client_id.to_string(),
+        expiry_interval: st.expiry_interval,
+        subscriptions: st
+            .subscriptions
+            .iter()
+            .map(|(f, r)| StoredSubscription {
+                filter: f.clone(),
+                options: r.options,
+                subscription_id: r.subscription_id,
+            })
+            .collect(),
+        inflight: st
+            .inflight
+            .iter()
+            .map(|(pid, i)| {
+                let rec = match i {
+                    Inflight::Published(d) => {
+                        StoredInflight::Published(StoredDelivery::from_delivery(d))
+                    }
+                    Inflight::Released => StoredInflight::Released,
+                };
+                (*pid, rec)
+            })
+            .collect(),
+        pending: st
+            .pending
+            .iter()
+            .map(StoredDelivery::from_delivery)
+            .collect(),
+        incoming_qos2: st.incoming_qos2.iter().copied().collect(),
+        saved_at: std::time::SystemTime::now(),
     }
 }
 

@@ -12,6 +12,7 @@ mod protocol;
 pub mod retained;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod subscriptions;
 
 pub use broker::{Broker, BrokerHandle, ConnectionInfo};

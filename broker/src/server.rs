@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerHandle};
+use crate::store::{MemoryStore, Store};
 use crate::{listener, sys};
 
 pub struct Server {
@@ -23,9 +24,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener (all or nothing) and starts serving.
+    /// Binds every listener (all or nothing) and starts serving, with state kept in memory.
     pub async fn start(config: &Config, auth: Arc<dyn Authenticator>) -> io::Result<Server> {
-        let broker = Broker::new(config.mqtt.clone(), auth);
+        Server::start_with_store(config, auth, Arc::new(MemoryStore::default())).await
+    }
+
+    /// As `start`, restoring retained messages and sessions from `store` and writing to it.
+    pub async fn start_with_store(
+        config: &Config,
+        auth: Arc<dyn Authenticator>,
+        store: Arc<dyn Store>,
+    ) -> io::Result<Server> {
+        let broker = Broker::new(config.mqtt.clone(), auth, store.clone());
+        broker.restore(store.load()?);
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push(listener::bind(&l.value, &config.data_dir).await?);
@@ -71,5 +82,6 @@ impl Server {
         while self.broker.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.broker.save_sessions();
     }
 }

@@ -65,6 +65,8 @@ pub struct SessionState {
     next_packet_id: u16,
     /// Incoming QoS 2 packet identifiers received and not yet released (PUBREL).
     pub incoming_qos2: HashSet<u16>,
+    /// A record of this session was written to the store (so ending it must delete it).
+    pub persisted: bool,
     /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
     pub pending_will: Option<Arc<Message>>,
     /// Bumped at every attach and detach; delayed tasks (will, expiry) act only if it is
@@ -119,6 +121,7 @@ impl Session {
                 next_packet_id: 1,
                 incoming_qos2: HashSet::new(),
                 pending_will: None,
+                persisted: false,
                 epoch: 0,
             }),
             notify: Notify::new(),
