@@ -613,7 +613,7 @@ fn snapshot(client_id: &str, st: &crate::session::SessionState) -> StoredSession
             .map(|(pid, i)| {
                 let rec = match i {
                     Inflight::Published(d) => {
-                        StoredInflight::Published(StoredDelivery::from_delivery(d))
+                        StoredInflight::Published(Box::new(StoredDelivery::from_delivery(d)))
                     }
                     Inflight::Released => StoredInflight::Released,
                 };
