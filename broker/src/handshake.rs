@@ -115,7 +115,8 @@ impl Connection {
         // Client identifier (§3.1.3.1).
         let mut assigned = None;
         let client_id: Arc<str> = if c.client_id.is_empty() {
-            if !v5 && !c.clean_start {
+            // 3.1 requires an identifier; 3.1.1 allows none only with a clean session.
+            if c.version == Version::V3_1 || (!v5 && !c.clean_start) {
                 return Err(Refusal::new(
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                     "an empty client identifier needs a clean session",

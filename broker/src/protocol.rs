@@ -111,6 +111,13 @@ impl Connection {
 
     fn on_publish(&mut self, a: &mut Active, p: Publish) -> Option<Ending> {
         let cfg = &self.broker.config;
+        if !p.properties.subscription_identifiers.is_empty() {
+            // MQTT-3.3.4-6: only the server sends Subscription Identifiers.
+            return Some(Ending::server(
+                ReasonCode::PROTOCOL_ERROR,
+                "subscription identifier in a client PUBLISH",
+            ));
+        }
         // Topic Alias (§3.3.2.3.4).
         let topic = match p.properties.topic_alias {
             Some(alias) => {

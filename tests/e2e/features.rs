@@ -394,3 +394,77 @@ async fn v311_client_gets_no_5_0_properties() {
         }
     }
 }
+
+#[tokio::test]
+async fn mqtt_3_1_clients_are_served() {
+    let b = TestBroker::start();
+    let mut c = connect_v5("old31");
+    c.version = Version::V3_1;
+    let (mut s, ack) = Raw::connect(b.tcp, c.clone()).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    s.subscribe("legacy", QoS::AtLeastOnce).await;
+    let mut publ = Raw::v5(b.tcp, "pub").await;
+    publ.publish("legacy", b"still here", QoS::AtLeastOnce, 1)
+        .await;
+    assert_eq!(&s.next_publish().await.payload[..], b"still here");
+    // 3.1 has no empty client identifier: return code 2.
+    c.client_id = "".into();
+    let (_s, ack) = Raw::connect(b.tcp, c).await;
+    assert_eq!(
+        ack.reason_code.0, 2,
+        "3.1 return code 2: identifier rejected"
+    );
+}
+
+#[tokio::test]
+async fn client_may_not_send_subscription_identifiers_or_wildcard_response_topics() {
+    let b = TestBroker::start();
+    let mut c = Raw::v5(b.tcp, "sneaky").await;
+    let mut p = publish("t", b"x", QoS::AtMostOnce, 0);
+    p.properties.subscription_identifiers = vec![5];
+    c.send(&Packet::Publish(p)).await;
+    c.expect_disconnect(ReasonCode::PROTOCOL_ERROR).await;
+    let mut c = Raw::v5(b.tcp, "sneaky2").await;
+    let mut p = publish("t", b"x", QoS::AtMostOnce, 0);
+    p.properties.response_topic = Some("replies/#".into());
+    c.send(&Packet::Publish(p)).await;
+    c.expect_disconnect(ReasonCode::MALFORMED_PACKET).await;
+}
+
+#[tokio::test]
+async fn request_response_properties_travel_unaltered() {
+    let b = TestBroker::start();
+    let mut s = Raw::v5(b.tcp, "responder").await;
+    s.subscribe("req", QoS::AtMostOnce).await;
+    let mut c = Raw::v5(b.tcp, "requester").await;
+    let mut p = publish("req", b"{}", QoS::AtMostOnce, 0);
+    p.properties.response_topic = Some("replies/requester".into());
+    p.properties.correlation_data = Some(bytes::Bytes::from_static(b"id-42"));
+    p.properties.content_type = Some("application/json".into());
+    p.properties.payload_format_indicator = Some(1);
+    p.properties.user_properties = vec![
+        ("a".into(), "1".into()),
+        ("b".into(), "2".into()),
+        ("a".into(), "3".into()),
+    ];
+    c.send(&Packet::Publish(p.clone())).await;
+    let got = s.next_publish().await;
+    assert_eq!(got.properties.response_topic, p.properties.response_topic);
+    assert_eq!(
+        got.properties.correlation_data,
+        p.properties.correlation_data
+    );
+    assert_eq!(got.properties.content_type, p.properties.content_type);
+    assert_eq!(got.properties.payload_format_indicator, Some(1));
+    assert_eq!(
+        got.properties.user_properties, p.properties.user_properties,
+        "order kept"
+    );
+    // A payload declared UTF-8 that is not: 0x99 for QoS 1.
+    let mut bad = publish("req", &[0xFF, 0xFE], QoS::AtLeastOnce, 9);
+    bad.properties.payload_format_indicator = Some(1);
+    c.send(&Packet::Publish(bad)).await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::PAYLOAD_FORMAT_INVALID)
+    );
+}

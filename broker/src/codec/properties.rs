@@ -118,7 +118,14 @@ impl Properties {
                 )?,
                 0x02 => set_once(&mut props.message_expiry_interval, read_u32(&mut p)?)?,
                 0x03 => set_once(&mut props.content_type, read_utf8(&mut p)?)?,
-                0x08 => set_once(&mut props.response_topic, read_utf8(&mut p)?)?,
+                0x08 => {
+                    let t = read_utf8(&mut p)?;
+                    // MQTT-3.3.2-14: a Response Topic is a topic name, without wildcards.
+                    if !super::topic::valid_topic_name(&t) {
+                        return Err(DecodeError::Malformed("response topic is not a topic name"));
+                    }
+                    set_once(&mut props.response_topic, t)?
+                }
                 0x09 => set_once(&mut props.correlation_data, read_binary(&mut p)?)?,
                 0x0B => {
                     let v = read_varint(&mut p)?;
