@@ -311,7 +311,7 @@ impl Connection {
             retain: d.retain,
             topic,
             packet_id,
-            message_properties: &m.properties,
+            message_properties: m.wire_properties(),
             message_expiry: m.remaining_expiry(now),
             topic_alias: alias,
             subscription_ids: &d.subscription_ids,
@@ -508,6 +508,7 @@ fn will_message(will: Will) -> Message {
         properties,
         expires_at,
         publisher: 0,
+        encoded_properties: Default::default(),
     }
 }
 

@@ -1,12 +1,12 @@
 //! Application messages as the broker holds them: one shared [`Message`] per PUBLISH received,
 //! and one small [`Delivery`] per subscriber that references it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::codec::{Properties, Publish, QoS, Utf8Bytes};
+use crate::codec::{Properties, Publish, QoS, Utf8Bytes, encode_message_properties};
 
 /// A message as published. Shared by every delivery of it; never copied per subscriber.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The session that published it (for No Local); 0 for the broker itself ($SYS, wills).
     pub publisher: u64,
+    /// `properties` encoded once, on first delivery, and shared by every subscriber.
+    pub encoded_properties: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -43,7 +45,14 @@ impl Message {
             properties,
             expires_at,
             publisher,
+            encoded_properties: OnceLock::new(),
         }
+    }
+
+    /// The forwarded properties as wire bytes (encoded on first use).
+    pub fn wire_properties(&self) -> &[u8] {
+        self.encoded_properties
+            .get_or_init(|| encode_message_properties(&self.properties))
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {

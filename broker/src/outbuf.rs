@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn large_payloads_are_shared_and_order_is_kept() {
-        let props = Properties::default();
+        let props = crate::codec::encode_message_properties(&Properties::default());
         let big = Bytes::from(vec![7u8; 5000]);
         let mut out = OutBuf::default();
         let mut expected = BytesMut::new();

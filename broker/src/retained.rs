@@ -172,6 +172,7 @@ mod tests {
             properties: Properties::default(),
             expires_at: None,
             publisher: 0,
+            encoded_properties: Default::default(),
         })
     }
 

@@ -61,6 +61,7 @@ impl StoredMessage {
                 .expires_at
                 .map(|t| now_i + t.duration_since(now_s).unwrap_or_default()),
             publisher: 0,
+            encoded_properties: Default::default(),
         }
     }
 }

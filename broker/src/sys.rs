@@ -76,6 +76,7 @@ fn publish(b: &Broker, topic: &'static str, value: String) {
         properties: Properties::default(),
         expires_at: None,
         publisher: 0,
+        encoded_properties: Default::default(),
     };
     // $SYS updates are not counted as received messages.
     b.publish_internal(Arc::new(message));

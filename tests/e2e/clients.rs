@@ -186,3 +186,185 @@ async fn mosquitto_tools_v5_and_v311_at_every_qos() {
         }
     }
 }
+
+#[tokio::test]
+async fn mosquitto_sub_will_with_delay_is_published_when_it_is_killed() {
+    let b = TestBroker::start();
+    let port = b.tcp.port().to_string();
+    let (_watch, mut wills) =
+        mosquitto_sub(&["-p", &port, "-V", "mqttv5", "-t", "wills/#", "-v"]).await;
+    let (mut dying, _) = mosquitto_sub(&[
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-i",
+        "dying",
+        "-t",
+        "x",
+        "--will-topic",
+        "wills/dying",
+        "--will-payload",
+        "lost",
+        "--will-qos",
+        "1",
+        "-D",
+        "will",
+        "will-delay-interval",
+        "1",
+        "-x",
+        "60",
+    ])
+    .await;
+    let killed = std::time::Instant::now();
+    dying.start_kill().unwrap();
+    assert_eq!(recv(&mut wills).await, "wills/dying lost");
+    assert!(
+        killed.elapsed() >= Duration::from_millis(900),
+        "will delay honoured"
+    );
+}
+
+#[tokio::test]
+async fn mosquitto_subs_share_a_subscription() {
+    let b = TestBroker::start();
+    let port = b.tcp.port().to_string();
+    let (_a, mut ra) = mosquitto_sub(&[
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-t",
+        "$share/g/jobs",
+        "-q",
+        "1",
+    ])
+    .await;
+    let (_b, mut rb) = mosquitto_sub(&[
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-t",
+        "$share/g/jobs",
+        "-q",
+        "1",
+    ])
+    .await;
+    let (publ, _rx) = rumqttc_v5(Options5::new("jobber", "127.0.0.1", b.tcp.port())).await;
+    for i in 0..20 {
+        publ.publish("jobs", QoS5::AtLeastOnce, false, format!("job{i}"))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let (mut na, mut nb) = (0, 0);
+    while got.len() < 20 {
+        tokio::select! {
+            Some(l) = ra.recv() => { na += 1; got.push(l); }
+            Some(l) = rb.recv() => { nb += 1; got.push(l); }
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of 20 jobs arrived", got.len()),
+        }
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 20, "each job exactly once");
+    assert!(na > 0 && nb > 0, "both members got work ({na}, {nb})");
+}
+
+#[tokio::test]
+async fn rumqttc_session_resumes_with_queued_messages_and_expired_ones_are_dropped() {
+    let b = TestBroker::start();
+    let port = b.tcp.port().to_string();
+    let mut opts = Options5::new("resumer", "127.0.0.1", b.tcp.port());
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(300));
+    let (client, mut rx) = rumqttc_v5(opts.clone()).await;
+    client
+        .subscribe("inbox/#", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    // Prove the subscription is in place, then leave.
+    loop {
+        let out = mosquitto_pub(&[
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-t",
+            "inbox/probe",
+            "-m",
+            "p",
+            "-q",
+            "1",
+        ])
+        .await;
+        assert!(out.status.success());
+        if tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    client.disconnect().await.unwrap();
+    while tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("eventloop ends")
+        .is_some()
+    {}
+
+    for (i, expiry) in [(1, None), (2, Some("1")), (3, None)] {
+        let topic = format!("inbox/{i}");
+        let mut args = vec![
+            "-p", &port, "-V", "mqttv5", "-t", &topic, "-m", "queued", "-q", "1",
+        ];
+        if let Some(e) = expiry {
+            args.extend(["-D", "publish", "message-expiry-interval", e]);
+        }
+        assert!(mosquitto_pub(&args).await.status.success());
+    }
+    // Let the one-second message expire while the client is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_client, mut rx) = rumqttc_v5(opts).await;
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        topics.push(recv(&mut rx).await.0);
+    }
+    assert_eq!(topics, vec!["inbox/1", "inbox/3"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn rumqttc_takeover_sends_session_taken_over() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    use rumqttc::v5::{ConnectionError, StateError};
+    let b = TestBroker::start();
+    let opts = Options5::new("twin", "127.0.0.1", b.tcp.port());
+    let (_c1, mut el1) = Client5::new(opts.clone(), 10);
+    loop {
+        if let Event5::Incoming(Packet5::ConnAck(_)) = el1.poll().await.unwrap() {
+            break;
+        }
+    }
+    let (_c2, _rx2) = rumqttc_v5(opts).await;
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            match el1.poll().await {
+                Ok(_) => {}
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return reason_code,
+                Err(e) => panic!("closed without DISCONNECT: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, DisconnectReasonCode::SessionTakenOver);
+}

@@ -74,8 +74,9 @@ pub struct PublishHead<'a> {
     pub topic: &'a str,
     pub packet_id: Option<u16>,
     /// The message's forwarded properties (payload format, content type, response topic,
-    /// correlation data, user properties); other fields of it are ignored.
-    pub message_properties: &'a Properties,
+    /// correlation data, user properties), already encoded once for every subscriber by
+    /// [`encode_message_properties`].
+    pub message_properties: &'a [u8],
     /// Remaining message expiry, rewritten per delivery (MQTT-3.3.2-6).
     pub message_expiry: Option<u32>,
     pub topic_alias: Option<u16>,
@@ -85,7 +86,7 @@ pub struct PublishHead<'a> {
 
 impl PublishHead<'_> {
     fn properties_len(&self) -> usize {
-        self.message_properties.message_properties_len()
+        self.message_properties.len()
             + self.message_expiry.map_or(0, |_| 5)
             + self.topic_alias.map_or(0, |_| 3)
             + self
@@ -144,8 +145,15 @@ pub fn encode_publish_head(head: &PublishHead<'_>, version: Version, buf: &mut B
             buf.put_u8(0x23);
             buf.put_u16(a);
         }
-        head.message_properties.encode_message_properties(buf);
+        buf.put_slice(head.message_properties);
     }
+}
+
+/// Encodes the properties that travel with a message from publisher to subscribers, once.
+pub fn encode_message_properties(p: &Properties) -> Bytes {
+    let mut buf = BytesMut::with_capacity(p.message_properties_len());
+    p.encode_message_properties(&mut buf);
+    buf.freeze()
 }
 
 fn put_header(buf: &mut BytesMut, first: u8, remaining: usize) {

@@ -18,7 +18,9 @@ mod tests;
 use bytes::Bytes;
 
 pub use decode::{FixedHeader, decode, peek_fixed_header};
-pub use encode::{PublishHead, encode, encode_publish_head, publish_head_len};
+pub use encode::{
+    PublishHead, encode, encode_message_properties, encode_publish_head, publish_head_len,
+};
 pub use properties::Properties;
 pub use strings::Utf8Bytes;
 
