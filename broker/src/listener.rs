@@ -84,6 +84,7 @@ impl BoundListener {
         let _ = stream.set_nodelay(true);
         let transport = self.transport.name();
         let setup = Duration::from_secs(broker.config.connect_timeout as u64);
+        let max_size = broker.config.max_packet_size as usize;
         match (&self.tls, self.transport.uses_websocket()) {
             (None, false) => serve(broker, stream, peer, transport).await,
             (Some(acceptor), false) => {
@@ -94,7 +95,12 @@ impl BoundListener {
                 }
             }
             (None, true) => {
-                match tokio::time::timeout(setup, websocket::accept(stream, &self.ws_path)).await {
+                match tokio::time::timeout(
+                    setup,
+                    websocket::accept(stream, &self.ws_path, max_size),
+                )
+                .await
+                {
                     Ok(Ok(ws)) => serve(broker, ws, peer, transport).await,
                     Ok(Err(e)) => debug!(peer = %peer, error = %e, "WebSocket upgrade failed"),
                     Err(_) => debug!(peer = %peer, "WebSocket upgrade timed out"),
@@ -103,7 +109,7 @@ impl BoundListener {
             (Some(acceptor), true) => {
                 let upgraded = async {
                     let tls = acceptor.accept(stream).await?;
-                    websocket::accept(tls, &self.ws_path).await
+                    websocket::accept(tls, &self.ws_path, max_size).await
                 };
                 match tokio::time::timeout(setup, upgraded).await {
                     Ok(Ok(ws)) => serve(broker, ws, peer, transport).await,

@@ -52,7 +52,11 @@ fn publish_all(b: &Broker) {
     publish(b, "$SYS/broker/connections/total", n(&s.connections_total));
     publish(b, "$SYS/broker/messages/received", n(&s.messages_received));
     publish(b, "$SYS/broker/messages/sent", n(&s.messages_sent));
-    publish(b, "$SYS/broker/messages/dropped", n(&s.messages_dropped));
+    publish(
+        b,
+        "$SYS/broker/publish/messages/dropped",
+        n(&s.messages_dropped),
+    );
     publish(b, "$SYS/broker/bytes/received", n(&s.bytes_received));
     publish(b, "$SYS/broker/bytes/sent", n(&s.bytes_sent));
     publish(

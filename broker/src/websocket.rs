@@ -14,10 +14,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Performs the upgrade; refuses other paths (404) and clients that offer subprotocols but not
-/// `mqtt` (400).
-pub async fn accept<S>(stream: S, path: &str) -> io::Result<WsStream<S>>
+/// `mqtt` (400). Frames and messages are bounded by `max_size` (the broker's Maximum Packet
+/// Size plus framing), so a WebSocket client cannot make the broker buffer more than a TCP one.
+pub async fn accept<S>(stream: S, path: &str, max_size: usize) -> io::Result<WsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -51,7 +53,11 @@ where
         }
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+    let limit = max_size.saturating_add(64 * 1024);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
         .map_err(io::Error::other)?;
     Ok(WsStream {
