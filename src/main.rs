@@ -1,16 +1,15 @@
-//! The `tessera` command: `serve` runs the broker; `check-config` validates a file.
+//! The `tessera` command: `serve` runs the broker and its token service; the other commands
+//! manage users, OAuth clients and tokens (through the running server's admin socket, or on the
+//! store file when no server runs), with ejabberdctl's `oauth_*` names as aliases.
 
-use std::io::IsTerminal;
+mod cli;
+mod serve;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tessera_broker::Server;
-use tessera_broker::auth::AnonymousOnly;
-use tessera_config::{Config, LogFormat};
-use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
+use tessera_config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +18,12 @@ use tracing_subscriber::EnvFilter;
     about = "MQTT 5.0 broker whose devices log in with OAuth2 bearer tokens"
 )]
 struct Cli {
+    /// YAML configuration file; without it the embedded default is used.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print results as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,15 +31,60 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker in the foreground (SIGINT/SIGTERM stop it gracefully).
-    Serve {
-        /// YAML configuration file; without it the embedded default is used.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    Serve,
     /// Check a configuration file and exit (0 if valid).
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration (the commented example).
     DefaultConfig,
+    /// Manage users (who log in to get tokens).
+    #[command(subcommand)]
+    User(cli::UserCmd),
+    /// Manage OAuth clients (the apps that request tokens).
+    #[command(subcommand)]
+    Client(cli::ClientCmd),
+    /// Issue, list and revoke access tokens.
+    #[command(subcommand)]
+    Token(cli::TokenCmd),
+    /// ejabberdctl: register a confidential client with its secret.
+    #[command(name = "oauth_add_client_password")]
+    OauthAddClientPassword {
+        client_id: String,
+        client_name: String,
+        secret: String,
+    },
+    /// ejabberdctl: register an implicit-flow client with its redirect URI.
+    #[command(name = "oauth_add_client_implicit")]
+    OauthAddClientImplicit {
+        client_id: String,
+        client_name: String,
+        redirect_uri: String,
+    },
+    /// ejabberdctl: remove a client and its tokens.
+    #[command(name = "oauth_remove_client")]
+    OauthRemoveClient { client_id: String },
+    /// ejabberdctl: issue a token for user@host with a ttl (seconds) and ';'-separated scopes.
+    #[command(name = "oauth_issue_token")]
+    OauthIssueToken {
+        user: String,
+        ttl: u64,
+        scopes: String,
+    },
+    /// ejabberdctl: list tokens (ids and metadata, never the token).
+    #[command(name = "oauth_list_tokens")]
+    OauthListTokens,
+    /// ejabberdctl: revoke a token; sessions using it are disconnected.
+    #[command(name = "oauth_revoke_token")]
+    OauthRevokeToken { token: String },
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<Config, ExitCode> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Config::embedded()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -54,83 +104,20 @@ fn main() -> ExitCode {
             print!("{}", tessera_config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
         }
-        Command::Serve { config } => {
-            let config = match config {
-                Some(path) => match Config::load(&path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::embedded(),
+        Command::Serve => match load_config(&cli.config) {
+            Ok(config) => serve::run(config),
+            Err(code) => code,
+        },
+        other => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let request = match cli::request(other) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
-            runtime.block_on(serve(config))
+            cli::run(&config, request, cli.json)
         }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn serve(config: Config) -> ExitCode {
-    let auth = Arc::new(AnonymousOnly {
-        allow_anonymous: config.auth.allow_anonymous,
-    });
-    let server = match Server::start(&config, auth).await {
-        Ok(s) => s,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    info!(version = tessera_broker::sys::VERSION, "tessera running");
-    wait_for_signal().await;
-    server.shutdown().await;
-    info!("stopped");
-    ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -31,6 +31,107 @@ pub struct Config {
     pub sys: SysConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub oauth: OAuthConfig,
+    /// Topic rights: filter (with `%u` user and `%c` client id) → who may use it.
+    #[serde(default)]
+    pub access_publish: std::collections::BTreeMap<String, AccessRule>,
+    #[serde(default)]
+    pub access_subscribe: std::collections::BTreeMap<String, AccessRule>,
+}
+
+/// Who a topic rule admits: `all`, `none`, or a list of user names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AccessRule {
+    Named(NamedRule),
+    Users(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedRule {
+    All,
+    None,
+}
+
+impl AccessRule {
+    pub fn admits(&self, user: Option<&str>) -> bool {
+        match self {
+            AccessRule::Named(NamedRule::All) => true,
+            AccessRule::Named(NamedRule::None) => false,
+            AccessRule::Users(list) => user.is_some_and(|u| list.iter().any(|x| x == u)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdCheck {
+    /// No check of `client_id`.
+    Allow,
+    /// The client must be registered (and authenticate if confidential).
+    #[default]
+    Db,
+    /// No client may obtain tokens.
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// Serve the OAuth2 endpoint.
+    pub enabled: bool,
+    /// Address of the HTTPS endpoint (paths under `/oauth`).
+    pub bind: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS (only for a TLS-terminating proxy in front).
+    pub plain_http: bool,
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// The URL clients see (metadata, device verification links); default from `bind`.
+    pub issuer: Option<String>,
+    /// Host names accepted in `user@host`.
+    pub hosts: Vec<String>,
+    /// Default access token lifetime in seconds (ejabberd's `oauth_expire`).
+    pub oauth_expire: u64,
+    /// Upper bound on a requested `ttl` in seconds.
+    pub max_ttl: u64,
+    /// Who may obtain tokens: `all`, `none`, or a list of users (ejabberd's `oauth_access`).
+    pub oauth_access: AccessRule,
+    /// ejabberd's `oauth_client_id_check`: `allow`, `db` or `deny`.
+    pub oauth_client_id_check: ClientIdCheck,
+    /// Refresh token lifetime in seconds.
+    pub refresh_token_expire: u64,
+    /// Scopes a token may carry. `mqtt:publish:*` admits any `mqtt:publish:<filter>`.
+    pub scopes: Vec<String>,
+    /// Failed logins per user or per IP address before answers are delayed (429).
+    pub max_failures: u32,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        OAuthConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 5443)),
+            plain_http: false,
+            certificate: None,
+            private_key: None,
+            issuer: None,
+            hosts: vec!["localhost".to_string()],
+            oauth_expire: 2_592_000,
+            max_ttl: 7_776_000,
+            oauth_access: AccessRule::Named(NamedRule::All),
+            oauth_client_id_check: ClientIdCheck::Db,
+            refresh_token_expire: 7_776_000,
+            scopes: vec![
+                "sasl_auth".to_string(),
+                "mqtt".to_string(),
+                "mqtt:publish:*".to_string(),
+                "mqtt:subscribe:*".to_string(),
+            ],
+            max_failures: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,12 +304,21 @@ impl Default for SysConfig {
 pub struct AuthConfig {
     /// Accept clients that present no credentials and no authentication method.
     pub allow_anonymous: bool,
+    /// Enhanced authentication with method `X-OAUTH2` (one or two steps, re-authentication).
+    pub x_oauth2: bool,
+    /// An access token sent as the MQTT password (for 3.1.1 devices).
+    pub token_as_password: bool,
+    /// User name and password checked against the user store.
+    pub password_login: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            allow_anonymous: true,
+            allow_anonymous: false,
+            x_oauth2: true,
+            token_as_password: true,
+            password_login: true,
         }
     }
 }
@@ -338,6 +448,16 @@ impl Config {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let o = &self.oauth;
+        if o.certificate.is_some() != o.private_key.is_some() {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                message: "field `oauth.certificate`: `certificate` and `private_key` go together"
+                    .into(),
+            });
+        }
         let err = |loc: serde_saphyr::Location, message: String| ConfigError {
             file: file.to_string(),
             line: loc.line(),
@@ -409,7 +529,8 @@ mod tests {
         let c = Config::embedded();
         assert_eq!(c.listeners[0].value.transport, Transport::Tcp);
         assert_eq!(c.listeners[0].value.bind.to_string(), "127.0.0.1:1883");
-        assert!(c.auth.allow_anonymous);
+        assert!(!c.auth.allow_anonymous);
+        assert!(c.auth.x_oauth2 && c.oauth.enabled);
     }
 
     #[test]
@@ -465,5 +586,25 @@ mod tests {
         let text = "listeners:\n  - type: tls\n    bind: 127.0.0.1:0\n    certificate: a.pem\n";
         let e = Config::parse(text, "t.yml").unwrap_err();
         assert!(e.message.contains("private_key"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    #[test]
+    fn access_rules_parse_and_admit() {
+        let c = Config::parse(
+            "access_publish:\n  \"devices/%u/#\": all\n  \"admin/#\": [alice, bob]\n  \"nobody/#\": none\n",
+            "t.yml",
+        )
+        .unwrap();
+        assert!(c.access_publish["devices/%u/#"].admits(Some("x")));
+        assert!(c.access_publish["admin/#"].admits(Some("bob")));
+        assert!(!c.access_publish["admin/#"].admits(Some("eve")));
+        assert!(!c.access_publish["nobody/#"].admits(Some("alice")));
+        let e = Config::parse("oauth:\n  oauth_client_id_check: maybe\n", "t.yml").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
     }
 }

@@ -15,6 +15,8 @@ pub struct TestBroker {
     pub tls: SocketAddr,
     pub ws: SocketAddr,
     pub wss: SocketAddr,
+    /// The OAuth2 endpoint (HTTPS with the development certificate).
+    pub oauth: SocketAddr,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
@@ -25,13 +27,26 @@ impl TestBroker {
 
     /// `extra` is appended to the generated configuration (e.g. an `mqtt:` block).
     pub fn start_with(extra: &str) -> TestBroker {
+        TestBroker::start_in(
+            tempfile::tempdir().unwrap(),
+            &format!("auth:\n  allow_anonymous: true\n{extra}"),
+        )
+    }
+
+    /// The broker as shipped: no anonymous clients; logins through the token service.
+    pub fn start_secure(extra: &str) -> TestBroker {
         TestBroker::start_in(tempfile::tempdir().unwrap(), extra)
     }
 
     /// Starts on an existing directory (a restart keeps the data directory).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> TestBroker {
+        let oauth = if extra.contains("oauth:") {
+            String::new()
+        } else {
+            "oauth:\n  bind: 127.0.0.1:0\n".to_string()
+        };
         let config = format!(
-            "data_dir: {data}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\n  - type: tls\n    bind: 127.0.0.1:0\n  - type: ws\n    bind: 127.0.0.1:0\n  - type: wss\n    bind: 127.0.0.1:0\n{extra}\n",
+            "{oauth}data_dir: {data}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\n  - type: tls\n    bind: 127.0.0.1:0\n  - type: ws\n    bind: 127.0.0.1:0\n  - type: wss\n    bind: 127.0.0.1:0\n{extra}\n",
             data = dir.path().join("data").display()
         );
         let config_path = dir.path().join("tessera.yml");
@@ -63,6 +78,7 @@ impl TestBroker {
             tls: addr0(),
             ws: addr0(),
             wss: addr0(),
+            oauth: addr0(),
             log,
         };
         assert!(
@@ -71,6 +87,10 @@ impl TestBroker {
             b.log_text()
         );
         for line in b.lines() {
+            if line.contains("oauth endpoint ready") {
+                b.oauth = field(&line, "addr=").parse().unwrap();
+                continue;
+            }
             if !line.contains("listener ready") {
                 continue;
             }
@@ -115,9 +135,38 @@ impl TestBroker {
         self.dir.path().join("data/tls/dev-cert.pem")
     }
 
+    /// Runs an operator command (`tessera --config ... ARGS`) with `stdin`; returns its output.
+    pub fn command(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--config")
+            .arg(self.dir.path().join("tessera.yml"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Stops the broker and hands back its directory for a restart.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.terminate();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// SIGKILL (no chance to flush anything), then hand back the directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }

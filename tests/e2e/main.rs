@@ -3,11 +3,13 @@
 //! exact packets the specification requires.
 
 mod harness;
+mod https;
 mod raw;
 
 mod bad_input;
 mod clients;
 mod features;
+mod oauth;
 mod operations;
 mod sessions;
 mod transports;

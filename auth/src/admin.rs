@@ -1,0 +1,292 @@
+//! Operator commands: one set of requests, executed on the token service either by the
+//! running server (through its admin socket, a Unix socket of mode 0600 in the data directory,
+//! one JSON request and one JSON answer per connection) or, when no server runs, directly on the
+//! store file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::model::ClientKind;
+use crate::service::{NewClient, ServiceError, TokenService};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    UserAdd {
+        name: String,
+        password: String,
+    },
+    UserPasswd {
+        name: String,
+        password: String,
+    },
+    UserDel {
+        name: String,
+    },
+    UserList,
+    ClientAdd {
+        id: String,
+        name: String,
+        kind: ClientKind,
+        secret: Option<String>,
+        redirect_uris: Vec<String>,
+        service_user: Option<String>,
+    },
+    ClientRemove {
+        id: String,
+    },
+    ClientList,
+    TokenIssue {
+        user: String,
+        ttl: Option<u64>,
+        scopes: Vec<String>,
+    },
+    TokenList {
+        user: Option<String>,
+    },
+    TokenRevoke {
+        token: Option<String>,
+        user: Option<String>,
+    },
+}
+
+/// The answer: a message for people and data for scripts, or an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AdminResponse {
+    Ok { message: String, data: Value },
+    Error { message: String, exit_code: u8 },
+}
+
+fn err(e: ServiceError) -> AdminResponse {
+    let exit_code = match e {
+        ServiceError::NotFound(_) => 3,
+        ServiceError::AlreadyExists(_) => 4,
+        ServiceError::Invalid(_) => 2,
+        ServiceError::Storage(_) => 1,
+    };
+    AdminResponse::Error {
+        message: e.to_string(),
+        exit_code,
+    }
+}
+
+fn ok(message: impl Into<String>, data: Value) -> AdminResponse {
+    AdminResponse::Ok {
+        message: message.into(),
+        data,
+    }
+}
+
+/// Runs a request. Blocking (argon2, store writes): call from `spawn_blocking` in async code.
+pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
+    let r: Result<AdminResponse, ServiceError> = (|| {
+        Ok(match req {
+            AdminRequest::UserAdd { name, password } => {
+                s.add_user(&name, &password)?;
+                ok(format!("user {name} added"), json!({ "user": name }))
+            }
+            AdminRequest::UserPasswd { name, password } => {
+                let n = s.set_password(&name, &password)?;
+                ok(
+                    format!("password of {name} changed; {n} token(s) revoked"),
+                    json!({ "user": name, "revoked": n }),
+                )
+            }
+            AdminRequest::UserDel { name } => {
+                let n = s.delete_user(&name)?;
+                ok(
+                    format!("user {name} deleted; {n} token(s) revoked"),
+                    json!({ "user": name, "revoked": n }),
+                )
+            }
+            AdminRequest::UserList => {
+                let users = s.list_users()?;
+                let data: Vec<Value> = users
+                    .iter()
+                    .map(|(n, c)| json!({ "name": n, "created_at": c }))
+                    .collect();
+                ok(format!("{} user(s)", users.len()), Value::Array(data))
+            }
+            AdminRequest::ClientAdd {
+                id,
+                name,
+                kind,
+                secret,
+                redirect_uris,
+                service_user,
+            } => {
+                let generated = s.add_client(NewClient {
+                    id: id.clone(),
+                    name,
+                    kind,
+                    secret,
+                    redirect_uris,
+                    service_user,
+                })?;
+                let message = match &generated {
+                    Some(secret) => format!(
+                        "client {id} registered ({}); its secret, shown only now: {secret}",
+                        kind.name()
+                    ),
+                    None => format!("client {id} registered ({})", kind.name()),
+                };
+                ok(
+                    message,
+                    json!({ "client_id": id, "client_secret": generated }),
+                )
+            }
+            AdminRequest::ClientRemove { id } => {
+                let n = s.remove_client(&id)?;
+                ok(
+                    format!("client {id} removed; {n} token(s) revoked"),
+                    json!({ "client_id": id, "revoked": n }),
+                )
+            }
+            AdminRequest::ClientList => {
+                let clients = s.list_clients()?;
+                ok(
+                    format!("{} client(s)", clients.len()),
+                    serde_json::to_value(&clients).unwrap_or(Value::Null),
+                )
+            }
+            AdminRequest::TokenIssue { user, ttl, scopes } => {
+                let Some(local) = s.local_user(&user).map(str::to_string) else {
+                    return Err(ServiceError::Invalid(format!("invalid user name {user:?}")));
+                };
+                if !s.user_exists(&local)? {
+                    return Err(ServiceError::NotFound(format!("user {local}")));
+                }
+                let scopes = s.check_scopes(&scopes)?;
+                let t = s.issue(&local, None, scopes, ttl, false)?;
+                ok(
+                    format!("token for {local} (id {}), shown only now", t.id),
+                    json!({
+                        "access_token": t.access_token,
+                        "token_type": "bearer",
+                        "scope": t.scope,
+                        "expires_in": t.expires_in,
+                        "id": t.id,
+                    }),
+                )
+            }
+            AdminRequest::TokenList { user } => {
+                let tokens = s.list_tokens(user.as_deref())?;
+                ok(
+                    format!("{} token(s)", tokens.len()),
+                    serde_json::to_value(&tokens).unwrap_or(Value::Null),
+                )
+            }
+            AdminRequest::TokenRevoke { token, user } => {
+                let n = match (token, user) {
+                    (Some(t), None) => s.revoke(&t)?,
+                    (None, Some(u)) => s.revoke_user(&u)?,
+                    _ => {
+                        return Err(ServiceError::Invalid(
+                            "give a token (or token id), or --user".into(),
+                        ));
+                    }
+                };
+                if n == 0 {
+                    return Err(ServiceError::NotFound("token".into()));
+                }
+                ok(format!("{n} token(s) revoked"), json!({ "revoked": n }))
+            }
+        })
+    })();
+    r.unwrap_or_else(err)
+}
+
+/// Where the admin socket of a data directory is. Its directory has mode 0700 and the socket
+/// 0600: only the broker's own user may run commands.
+pub fn socket_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("run").join("admin.sock")
+}
+
+/// Serves the admin socket until the task is aborted.
+pub fn serve(path: &Path, service: Arc<TokenService>) -> std::io::Result<JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    info!(path = %path.display(), "admin socket ready");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, service).await {
+                    warn!(error = %e, "admin connection");
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(stream: UnixStream, service: Arc<TokenService>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).take_line(&mut line).await?;
+    let answer = match serde_json::from_str::<AdminRequest>(&line) {
+        Ok(req) => tokio::task::spawn_blocking(move || execute(&service, req))
+            .await
+            .unwrap_or_else(|_| AdminResponse::Error {
+                message: "internal error".into(),
+                exit_code: 1,
+            }),
+        Err(e) => AdminResponse::Error {
+            message: format!("bad request: {e}"),
+            exit_code: 2,
+        },
+    };
+    let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
+/// Sends one request to a running server. `Err` if no server listens on `path`.
+pub async fn call(path: &Path, req: &AdminRequest) -> std::io::Result<AdminResponse> {
+    let stream = UnixStream::connect(path).await?;
+    let (r, mut w) = stream.into_split();
+    let mut out = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(r).take_line(&mut line).await?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+trait TakeLine {
+    async fn take_line(&mut self, line: &mut String) -> std::io::Result<()>;
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> TakeLine for BufReader<R> {
+    /// Reads one line of at most 1 MiB.
+    async fn take_line(&mut self, line: &mut String) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut limited = (&mut *self).take(1 << 20);
+        limited.read_line(line).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! Browser flows: `GET/POST /oauth/authorize` (RFC 6749 §4.1 code with PKCE S256 per RFC 7636,
+//! §4.2 implicit `token`) and ejabberd's `GET/POST /oauth/authorization_token` (its implicit
+//! login form, with a `ttl` choice).
+//!
+//! An unknown client or a redirect URI that is not registered exactly gets an error page, never
+//! a redirect (RFC 6749 §4.1.2.1): no open redirect. Tokens go in the fragment (§4.2.2) unless
+//! the request asks `response_mode=query` (ejabberd's form).
+
+use axum::Extension;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::pages::{self, esc, hidden};
+use super::{AppState, Peer};
+use crate::kv::Bucket;
+use crate::model::{AuthCode, Client, ClientKind};
+use crate::redb_store::now_secs;
+use crate::secrets;
+
+/// Lifetime of an authorization code (RFC 6749 §4.1.2 recommends at most 10 minutes).
+const CODE_TTL: u64 = 600;
+
+#[derive(Debug, Deserialize, Default, Clone)]
+pub struct AuthorizeParams {
+    response_type: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    scope: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    response_mode: Option<String>,
+    // Form-only fields.
+    username: Option<String>,
+    password: Option<String>,
+    ttl: Option<String>,
+    csrf: Option<String>,
+    action: Option<String>,
+}
+
+/// A validated request: the client and where answers may go.
+struct Valid {
+    client: Client,
+    redirect_uri: String,
+    scopes: Vec<String>,
+    token: bool,
+}
+
+enum Invalid {
+    /// Shown as a page: the redirect URI cannot be trusted.
+    Page(Response),
+    /// Sent back to the client's redirect URI.
+    Redirect(Response),
+}
+
+fn append(uri: &str, params: &[(&str, &str)], fragment: bool) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        s.append_pair(k, v);
+    }
+    let encoded = s.finish();
+    let sep = if fragment {
+        '#'
+    } else if uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{uri}{sep}{encoded}")
+}
+
+fn error_redirect(v: &Valid, p: &AuthorizeParams, error: &str, description: &str) -> Response {
+    let mut params = vec![("error", error), ("error_description", description)];
+    if let Some(s) = &p.state {
+        params.push(("state", s));
+    }
+    pages::redirect(&append(&v.redirect_uri, &params, v.token && !query_mode(p)))
+}
+
+fn query_mode(p: &AuthorizeParams) -> bool {
+    p.response_mode.as_deref() == Some("query")
+}
+
+async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Result<Valid, Invalid> {
+    let bad_page = |text: &str| {
+        Invalid::Page(pages::message(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            text,
+        ))
+    };
+    let Some(client_id) = p.client_id.clone() else {
+        return Err(bad_page("client_id is missing."));
+    };
+    let service = state.service.clone();
+    let client = tokio::task::spawn_blocking(move || service.get_client(&client_id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let Some(client) = client else {
+        return Err(bad_page("Unknown client."));
+    };
+    let redirect_uri = match &p.redirect_uri {
+        Some(u) if client.redirect_uris.iter().any(|r| r == u) => u.clone(),
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        _ => {
+            return Err(bad_page(
+                "The redirect_uri is not registered for this client.",
+            ));
+        }
+    };
+    let token = p.response_type.as_deref() == Some("token");
+    let v = Valid {
+        client,
+        redirect_uri,
+        scopes: Vec::new(),
+        token,
+    };
+    match p.response_type.as_deref() {
+        Some("token") if v.client.kind == ClientKind::Implicit || ejabberd => {}
+        Some("token") => {
+            return Err(Invalid::Redirect(error_redirect(
+                &v,
+                p,
+                "unauthorized_client",
+                "this client is not registered for the implicit flow",
+            )));
+        }
+        Some("code") if !ejabberd && v.client.kind != ClientKind::Implicit => {
+            match (
+                p.code_challenge.as_deref(),
+                p.code_challenge_method.as_deref(),
+            ) {
+                (Some(c), Some("S256")) if c.len() >= 43 && c.len() <= 128 => {}
+                (None, _) if v.client.kind == ClientKind::Confidential => {}
+                (None, _) => {
+                    return Err(Invalid::Redirect(error_redirect(
+                        &v,
+                        p,
+                        "invalid_request",
+                        "public clients must use PKCE (code_challenge with S256)",
+                    )));
+                }
+                _ => {
+                    return Err(Invalid::Redirect(error_redirect(
+                        &v,
+                        p,
+                        "invalid_request",
+                        "code_challenge_method must be S256",
+                    )));
+                }
+            }
+        }
+        _ => {
+            return Err(Invalid::Redirect(error_redirect(
+                &v,
+                p,
+                "unsupported_response_type",
+                "unsupported response_type",
+            )));
+        }
+    }
+    let requested: Vec<String> = p
+        .scope
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    match state.service.check_scopes(&requested) {
+        Ok(scopes) => Ok(Valid { scopes, ..v }),
+        Err(e) => Err(Invalid::Redirect(error_redirect(
+            &v,
+            p,
+            "invalid_scope",
+            &e.to_string(),
+        ))),
+    }
+}
+
+fn login_form(
+    state: &AppState,
+    action: &str,
+    p: &AuthorizeParams,
+    v: &Valid,
+    error: Option<&str>,
+    ttl_choice: bool,
+) -> Response {
+    let (cookie, csrf) = pages::new_csrf(state);
+    let err = error
+        .map(|e| format!("<p class=\"error\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    let ttl = if ttl_choice {
+        "<label for=\"ttl\">Keep me logged in for</label><select id=\"ttl\" name=\"ttl\">\
+         <option value=\"3600\">1 hour</option><option value=\"86400\">1 day</option>\
+         <option value=\"2592000\" selected>30 days</option><option value=\"31536000\">1 year</option></select>"
+    } else {
+        ""
+    };
+    let body = format!(
+        "<p><strong>{client}</strong> asks to act as you with the scopes <code>{scopes}</code>. \
+         It will not see your password.</p>{err}\
+         <form method=\"post\" action=\"{action}\">{hidden}\
+         <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{user}\" required>\
+         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         {ttl}<div class=\"buttons\"><button type=\"submit\" name=\"action\" value=\"allow\">Log in and allow</button>\
+         <button type=\"submit\" name=\"action\" value=\"deny\" formnovalidate>Deny</button></div></form>\
+         <p class=\"meta\">You will be sent back to {redirect}</p>",
+        client = esc(&v.client.name),
+        scopes = esc(&v.scopes.join(" ")),
+        action = esc(action),
+        user = esc(p.username.as_deref().unwrap_or("")),
+        redirect = esc(&v.redirect_uri),
+        hidden = hidden(&[
+            ("response_type", p.response_type.as_deref()),
+            ("client_id", p.client_id.as_deref()),
+            ("redirect_uri", Some(v.redirect_uri.as_str())),
+            ("scope", Some(v.scopes.join(" ").as_str())),
+            ("state", p.state.as_deref()),
+            ("code_challenge", p.code_challenge.as_deref()),
+            ("code_challenge_method", p.code_challenge_method.as_deref()),
+            ("response_mode", p.response_mode.as_deref()),
+            ("csrf", Some(csrf.as_str())),
+        ]),
+    );
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    pages::page(status, "Sign in", &body, Some(&cookie))
+}
+
+async fn show(state: AppState, p: AuthorizeParams, action: &str, ejabberd: bool) -> Response {
+    match validate(&state, &p, ejabberd).await {
+        Ok(v) => login_form(&state, action, &p, &v, None, ejabberd),
+        Err(Invalid::Page(r) | Invalid::Redirect(r)) => r,
+    }
+}
+
+async fn submit(
+    state: AppState,
+    peer: std::net::SocketAddr,
+    headers: HeaderMap,
+    p: AuthorizeParams,
+    action: &str,
+    ejabberd: bool,
+) -> Response {
+    let v = match validate(&state, &p, ejabberd).await {
+        Ok(v) => v,
+        Err(Invalid::Page(r) | Invalid::Redirect(r)) => return r,
+    };
+    if !pages::csrf_ok(&state, &headers, p.csrf.as_deref()) {
+        return pages::message(
+            StatusCode::FORBIDDEN,
+            "Authorization failed",
+            "The form expired or did not come from this server. Go back and try again.",
+        );
+    }
+    if p.action.as_deref() == Some("deny") {
+        return error_redirect(&v, &p, "access_denied", "the user denied the request");
+    }
+    let user = p
+        .username
+        .as_deref()
+        .and_then(|u| state.service.local_user(u))
+        .map(str::to_string);
+    let ip_key = format!("ip:{}", peer.ip());
+    if let Err(wait) = state.backoff.check(&ip_key) {
+        let text = format!(
+            "Too many failed attempts. Try again in {} seconds.",
+            wait.as_secs().max(1)
+        );
+        return login_form(&state, action, &p, &v, Some(&text), ejabberd);
+    }
+    let password = p.password.clone().unwrap_or_default();
+    let service = state.service.clone();
+    let name = user.clone();
+    let ok = tokio::task::spawn_blocking(move || match name {
+        Some(n) => service.check_password(&n, &password).unwrap_or(false),
+        None => {
+            // Same time as a real check, so the answer does not tell whether the user exists.
+            secrets::verify_password(&password, secrets::dummy_hash());
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok) else {
+        state.backoff.fail(&ip_key);
+        return login_form(
+            &state,
+            action,
+            &p,
+            &v,
+            Some("Bad user name or password."),
+            ejabberd,
+        );
+    };
+    state.backoff.succeed(&ip_key);
+    if !state.service.may_obtain_tokens(&user) {
+        return error_redirect(&v, &p, "access_denied", "access denied");
+    }
+    let ttl = p.ttl.as_deref().and_then(|t| t.parse::<u64>().ok());
+    let service = state.service.clone();
+    let client_id = v.client.id.clone();
+    let scopes = v.scopes.clone();
+    if v.token {
+        let issued = tokio::task::spawn_blocking(move || {
+            service.issue(&user, Some(&client_id), scopes, ttl, false)
+        })
+        .await;
+        let Ok(Ok(t)) = issued else {
+            return error_redirect(&v, &p, "server_error", "the token store is unavailable");
+        };
+        let expires = t.expires_in.to_string();
+        let mut params = vec![
+            ("access_token", t.access_token.as_str()),
+            ("token_type", "bearer"),
+            ("expires_in", expires.as_str()),
+            ("scope", t.scope.as_str()),
+        ];
+        if let Some(s) = &p.state {
+            params.push(("state", s));
+        }
+        return pages::redirect(&append(&v.redirect_uri, &params, !query_mode(&p)));
+    }
+    let code = secrets::new_token();
+    let record = AuthCode {
+        client_id,
+        user,
+        redirect_uri: v.redirect_uri.clone(),
+        scopes,
+        code_challenge: p.code_challenge.clone(),
+        ttl,
+        expires_at: now_secs() + CODE_TTL,
+    };
+    let key = secrets::token_key(&code);
+    let stored = tokio::task::spawn_blocking(move || {
+        service.store.create(
+            Bucket::AuthCodes,
+            &key,
+            &serde_json::to_vec(&record).unwrap_or_default(),
+            Some(record.expires_at),
+        )
+    })
+    .await;
+    if !matches!(stored, Ok(Ok(_))) {
+        return error_redirect(&v, &p, "server_error", "the token store is unavailable");
+    }
+    let mut params = vec![("code", code.as_str())];
+    if let Some(s) = &p.state {
+        params.push(("state", s));
+    }
+    pages::redirect(&append(&v.redirect_uri, &params, false))
+}
+
+pub async fn authorize_form(
+    State(state): State<AppState>,
+    Query(p): Query<AuthorizeParams>,
+) -> Response {
+    show(state, p, "/oauth/authorize", false).await
+}
+
+pub async fn authorize_submit(
+    State(state): State<AppState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    form: Result<Form<AuthorizeParams>, FormRejection>,
+) -> Response {
+    match form {
+        Ok(Form(p)) => submit(state, peer, headers, p, "/oauth/authorize", false).await,
+        Err(e) => pages::message(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            &e.body_text(),
+        ),
+    }
+}
+
+/// ejabberd's implicit login form (`response_type=token`), with a ttl choice.
+pub async fn ejabberd_form(
+    State(state): State<AppState>,
+    Query(p): Query<AuthorizeParams>,
+) -> Response {
+    show(state, p, "/oauth/authorization_token", true).await
+}
+
+pub async fn ejabberd_submit(
+    State(state): State<AppState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    form: Result<Form<AuthorizeParams>, FormRejection>,
+) -> Response {
+    match form {
+        Ok(Form(p)) => submit(state, peer, headers, p, "/oauth/authorization_token", true).await,
+        Err(e) => pages::message(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            &e.body_text(),
+        ),
+    }
+}

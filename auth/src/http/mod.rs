@@ -1,0 +1,323 @@
+//! The OAuth2 endpoint: an axum router under `/oauth` served over HTTPS (tokio-rustls), or plain
+//! HTTP when configured for a proxy. Owns what every route shares: the state, the RFC 6749 §5.2
+//! error answers, client authentication, and the per-user / per-IP backoff.
+
+mod authorize;
+mod device;
+mod pages;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tessera_config::{ClientIdCheck, OAuthConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use crate::backoff::Backoff;
+use crate::model::{Client, ClientKind};
+use crate::service::TokenService;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<TokenService>,
+    pub backoff: Arc<Backoff>,
+    pub issuer: String,
+    /// Key for CSRF tokens of the HTML forms (random per process).
+    pub csrf_key: Arc<[u8; 32]>,
+}
+
+impl AppState {
+    pub fn config(&self) -> &OAuthConfig {
+        &self.service.config
+    }
+}
+
+/// An RFC 6749 §5.2 error answer.
+#[derive(Debug)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+    pub retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    pub fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
+        OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+    pub fn invalid_client(description: impl Into<String>) -> OAuthError {
+        OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            ..OAuthError::new("invalid_client", description)
+        }
+    }
+    pub fn server(e: impl std::fmt::Display) -> OAuthError {
+        tracing::error!(error = %e, "token service");
+        OAuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..OAuthError::new("server_error", "the token store is unavailable")
+        }
+    }
+    pub fn slow_down(wait: std::time::Duration) -> OAuthError {
+        OAuthError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(wait.as_secs().max(1)),
+            ..OAuthError::new("slow_down", "too many failed attempts; retry later")
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "error_description": self.description });
+        let mut resp = (self.status, json_body(&body)).into_response();
+        let h = resp.headers_mut();
+        set_json_headers(h);
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tessera\""),
+            );
+        }
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            h.insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+fn json_body(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+/// `Content-Type: application/json;charset=UTF-8`, `Cache-Control: no-store`,
+/// `Pragma: no-cache`, as ejabberd and RFC 6749 §5.1 send them.
+pub fn set_json_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+pub fn json_response(v: serde_json::Value) -> Response {
+    let mut resp = (StatusCode::OK, json_body(&v)).into_response();
+    set_json_headers(resp.headers_mut());
+    resp
+}
+
+/// Client credentials from HTTP Basic (RFC 6749 §2.3.1) or the form body.
+pub fn client_credentials(
+    headers: &HeaderMap,
+    body_id: Option<&str>,
+    body_secret: Option<&str>,
+) -> Result<(Option<String>, Option<String>), OAuthError> {
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let raw = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| STANDARD.decode(b.trim()).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| OAuthError::invalid_client("malformed Authorization header"))?;
+        let (id, secret) = raw
+            .split_once(':')
+            .ok_or_else(|| OAuthError::invalid_client("malformed Authorization header"))?;
+        if body_secret.is_some() {
+            return Err(OAuthError::new(
+                "invalid_request",
+                "client credentials given twice",
+            ));
+        }
+        let dec = |s: &str| form_urldecode(s);
+        return Ok((Some(dec(id)), Some(dec(secret))));
+    }
+    Ok((body_id.map(str::to_string), body_secret.map(str::to_string)))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value (RFC 6749 §2.3.1 encodes the
+/// Basic credentials that way).
+fn form_urldecode(s: &str) -> String {
+    let encoded = format!("v={s}");
+    form_urlencoded::parse(encoded.as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Which client is asking, per `oauth_client_id_check`.
+pub enum ClientCheck {
+    /// `allow`: whatever id was given, unchecked.
+    Unchecked(Option<String>),
+    /// A registered client; `authenticated` if it proved its secret.
+    Registered { client: Client, authenticated: bool },
+}
+
+impl ClientCheck {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ClientCheck::Unchecked(id) => id.as_deref(),
+            ClientCheck::Registered { client, .. } => Some(&client.id),
+        }
+    }
+}
+
+/// Identifies and (for confidential clients) authenticates the client of a request.
+pub async fn check_client(
+    state: &AppState,
+    id: Option<String>,
+    secret: Option<String>,
+) -> Result<ClientCheck, OAuthError> {
+    match state.config().oauth_client_id_check {
+        ClientIdCheck::Deny => Err(OAuthError::invalid_client("token requests are disabled")),
+        ClientIdCheck::Allow => Ok(ClientCheck::Unchecked(id)),
+        ClientIdCheck::Db => {
+            let Some(id) = id else {
+                return Err(OAuthError::invalid_client("client authentication required"));
+            };
+            let service = state.service.clone();
+            let result = tokio::task::spawn_blocking(move || match secret {
+                Some(secret) => service
+                    .authenticate_client(&id, &secret)
+                    .map(|c| c.map(|c| (c, true))),
+                None => service.get_client(&id).map(|c| c.map(|c| (c, false))),
+            })
+            .await
+            .map_err(OAuthError::server)?
+            .map_err(OAuthError::server)?;
+            match result {
+                Some((client, authenticated)) => {
+                    if client.kind == ClientKind::Confidential && !authenticated {
+                        return Err(OAuthError::invalid_client("client authentication failed"));
+                    }
+                    Ok(ClientCheck::Registered {
+                        client,
+                        authenticated,
+                    })
+                }
+                None => Err(OAuthError::invalid_client("client authentication failed")),
+            }
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/oauth/token", post(token::token))
+        .route("/oauth/revoke", post(token::revoke))
+        .route("/oauth/introspect", post(token::introspect))
+        .route(
+            "/oauth/authorize",
+            get(authorize::authorize_form).post(authorize::authorize_submit),
+        )
+        .route(
+            "/oauth/authorization_token",
+            get(authorize::ejabberd_form).post(authorize::ejabberd_submit),
+        )
+        .route(
+            "/oauth/device_authorization",
+            post(device::device_authorization),
+        )
+        .route(
+            "/oauth/device",
+            get(device::verify_form).post(device::verify_submit),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(token::metadata),
+        )
+        .with_state(state)
+}
+
+/// Binds the endpoint's address; the error names it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the OAuth endpoint on {addr}: {e}"),
+        )
+    })
+}
+
+/// The issuer URL for a bound endpoint when none is configured.
+pub fn default_issuer(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if addr.ip().is_loopback() {
+        format!("{scheme}://localhost:{}", addr.port())
+    } else {
+        format!("{scheme}://{addr}")
+    }
+}
+
+/// A fresh key for CSRF tokens.
+pub fn csrf_key() -> Arc<[u8; 32]> {
+    let mut k = [0u8; 32];
+    getrandom::fill(&mut k).expect("the operating system's random source failed");
+    Arc::new(k)
+}
+
+/// Serves the endpoint on `listener` until the task is aborted.
+pub fn serve(state: AppState, listener: TcpListener, tls: Option<TlsAcceptor>) -> JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(addr = %addr, tls = tls.is_some(), issuer = %state.issuer, "oauth endpoint ready");
+    }
+    let app = router(state);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let app = app.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = TowerToHyperService::new(app.layer(axum::Extension(Peer(peer))));
+                let builder = hyper::server::conn::http1::Builder::new();
+                let result = match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(
+                            std::time::Duration::from_secs(10),
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                            _ => return,
+                        }
+                    }
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+                if let Err(e) = result {
+                    debug!(peer = %peer, error = %e, "http connection");
+                }
+            });
+        }
+    })
+}
+
+/// The client's address, for per-IP backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);

@@ -1,0 +1,493 @@
+//! `POST /oauth/token` (password, client_credentials, refresh_token, authorization_code and
+//! device_code grants), `POST /oauth/revoke` (RFC 7009), `POST /oauth/introspect` (RFC 7662),
+//! and the RFC 8414 metadata document.
+
+use axum::Extension;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    AppState, ClientCheck, OAuthError, Peer, check_client, client_credentials, json_response,
+};
+use crate::kv::Bucket;
+use crate::model::{AuthCode, ClientKind, DeviceCode, DeviceState};
+use crate::secrets;
+use crate::service::{Issued, ServiceError};
+
+#[derive(Debug, Deserialize, Default)]
+pub struct TokenForm {
+    grant_type: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    scope: Option<String>,
+    ttl: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    refresh_token: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    device_code: Option<String>,
+}
+
+pub fn form_error(e: FormRejection) -> OAuthError {
+    OAuthError::new("invalid_request", format!("bad form: {}", e.body_text()))
+}
+
+fn scopes_of(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn issued_json(t: &Issued) -> Response {
+    let mut v = json!({
+        "access_token": t.access_token,
+        "token_type": t.token_type,
+        "scope": t.scope,
+        "expires_in": t.expires_in,
+    });
+    if let Some(r) = &t.refresh_token {
+        v["refresh_token"] = json!(r);
+    }
+    json_response(v)
+}
+
+fn service_error(e: ServiceError) -> OAuthError {
+    match e {
+        ServiceError::Storage(e) => OAuthError::server(e),
+        ServiceError::Invalid(m) => OAuthError::new("invalid_grant", m),
+        ServiceError::NotFound(m) => OAuthError::new("invalid_grant", format!("{m} not found")),
+        ServiceError::AlreadyExists(m) => OAuthError::new("invalid_request", m),
+    }
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(f) = form.map_err(form_error)?;
+    let (id, secret) =
+        client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
+    match f.grant_type.as_deref() {
+        Some("password") => password_grant(&state, peer, id, secret, f).await,
+        Some("client_credentials") => client_credentials_grant(&state, id, secret, f).await,
+        Some("refresh_token") => refresh_grant(&state, id, secret, f).await,
+        Some("authorization_code") => code_grant(&state, id, secret, f).await,
+        Some("urn:ietf:params:oauth:grant-type:device_code") => {
+            device_grant(&state, id, secret, f).await
+        }
+        Some(_) => Err(OAuthError::new(
+            "unsupported_grant_type",
+            "unsupported grant_type",
+        )),
+        None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+    }
+}
+
+fn parse_ttl(ttl: &Option<String>) -> Result<Option<u64>, OAuthError> {
+    match ttl.as_deref() {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| OAuthError::new("invalid_request", "ttl must be a number of seconds")),
+    }
+}
+
+async fn password_grant(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    id: Option<String>,
+    secret: Option<String>,
+    f: TokenForm,
+) -> Result<Response, OAuthError> {
+    let client = check_client(state, id, secret).await?;
+    if let ClientCheck::Registered { client, .. } = &client
+        && client.kind != ClientKind::Confidential
+    {
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "the password grant is for confidential (first-party) clients",
+        ));
+    }
+    let (Some(username), Some(password)) = (f.username.as_deref(), f.password.clone()) else {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "username and password are required",
+        ));
+    };
+    let Some(user) = state.service.local_user(username).map(str::to_string) else {
+        return Err(OAuthError::new("invalid_request", "bad user name"));
+    };
+    let ip_key = format!("ip:{}", peer.ip());
+    let user_key = format!("user:{user}");
+    for key in [&ip_key, &user_key] {
+        if let Err(wait) = state.backoff.check(key) {
+            return Err(OAuthError::slow_down(wait));
+        }
+    }
+    let scopes = state
+        .service
+        .check_scopes(&scopes_of(&f.scope))
+        .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+    let ttl = parse_ttl(&f.ttl)?;
+    let service = state.service.clone();
+    let client_id = client.id().map(str::to_string);
+    let name = user.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        if !service.check_password(&name, &password)? {
+            return Ok(None);
+        }
+        if !service.may_obtain_tokens(&name) {
+            return Ok(Some(Err(())));
+        }
+        service
+            .issue(&name, client_id.as_deref(), scopes, ttl, true)
+            .map(|t| Some(Ok(t)))
+    })
+    .await
+    .map_err(OAuthError::server)?
+    .map_err(service_error)?;
+    match outcome {
+        None => {
+            state.backoff.fail(&ip_key);
+            state.backoff.fail(&user_key);
+            Err(OAuthError::new(
+                "invalid_grant",
+                "bad user name or password",
+            ))
+        }
+        Some(Err(())) => Err(OAuthError::new("invalid_grant", "access denied")),
+        Some(Ok(t)) => {
+            state.backoff.succeed(&ip_key);
+            state.backoff.succeed(&user_key);
+            Ok(issued_json(&t))
+        }
+    }
+}
+
+async fn client_credentials_grant(
+    state: &AppState,
+    id: Option<String>,
+    secret: Option<String>,
+    f: TokenForm,
+) -> Result<Response, OAuthError> {
+    let ClientCheck::Registered {
+        client,
+        authenticated: true,
+    } = check_client(state, id, secret).await?
+    else {
+        return Err(OAuthError::invalid_client(
+            "client_credentials needs an authenticated registered client",
+        ));
+    };
+    let Some(user) = client.service_user.clone() else {
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "this client is not bound to a device or service user",
+        ));
+    };
+    let scopes = state
+        .service
+        .check_scopes(&scopes_of(&f.scope))
+        .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+    let ttl = parse_ttl(&f.ttl)?;
+    let service = state.service.clone();
+    let t = tokio::task::spawn_blocking(move || {
+        if !service.user_exists(&user)? {
+            return Err(ServiceError::NotFound(format!("user {user}")));
+        }
+        // RFC 6749 §4.4.3: no refresh token for client credentials.
+        service.issue(&user, Some(&client.id), scopes, ttl, false)
+    })
+    .await
+    .map_err(OAuthError::server)?
+    .map_err(service_error)?;
+    Ok(issued_json(&t))
+}
+
+async fn refresh_grant(
+    state: &AppState,
+    id: Option<String>,
+    secret: Option<String>,
+    f: TokenForm,
+) -> Result<Response, OAuthError> {
+    let client = check_client(state, id, secret).await?;
+    let Some(rt) = f.refresh_token else {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "refresh_token is required",
+        ));
+    };
+    let service = state.service.clone();
+    let client_id = client.id().map(str::to_string);
+    let t = tokio::task::spawn_blocking(move || service.refresh(&rt, client_id.as_deref()))
+        .await
+        .map_err(OAuthError::server)?
+        .map_err(service_error)?;
+    Ok(issued_json(&t))
+}
+
+async fn code_grant(
+    state: &AppState,
+    id: Option<String>,
+    secret: Option<String>,
+    f: TokenForm,
+) -> Result<Response, OAuthError> {
+    let client = check_client(state, id, secret).await?;
+    let Some(client_id) = client.id().map(str::to_string) else {
+        return Err(OAuthError::new("invalid_request", "client_id is required"));
+    };
+    let Some(code) = f.code else {
+        return Err(OAuthError::new("invalid_request", "code is required"));
+    };
+    let service = state.service.clone();
+    let redirect_uri = f.redirect_uri;
+    let verifier = f.code_verifier;
+    let t = tokio::task::spawn_blocking(move || -> Result<Issued, OAuthError> {
+        let key = secrets::token_key(&code);
+        let entry = service
+            .store
+            .get(Bucket::AuthCodes, &key)
+            .map_err(OAuthError::server)?
+            .ok_or_else(|| OAuthError::new("invalid_grant", "unknown or expired code"))?;
+        // One use only: whoever deletes it first wins.
+        if !service
+            .store
+            .delete(Bucket::AuthCodes, &key, Some(entry.revision))
+            .map_err(OAuthError::server)?
+        {
+            return Err(OAuthError::new("invalid_grant", "code already used"));
+        }
+        let c: AuthCode = serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
+        if c.client_id != client_id {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "code issued to another client",
+            ));
+        }
+        if redirect_uri.as_deref() != Some(c.redirect_uri.as_str()) {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "redirect_uri does not match",
+            ));
+        }
+        match (&c.code_challenge, verifier) {
+            (Some(challenge), Some(v)) => {
+                if !secrets::equal(secrets::s256(&v).as_bytes(), challenge.as_bytes()) {
+                    return Err(OAuthError::new("invalid_grant", "PKCE verification failed"));
+                }
+            }
+            (Some(_), None) => {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "code_verifier is required",
+                ));
+            }
+            (None, _) => {}
+        }
+        service
+            .issue(&c.user, Some(&c.client_id), c.scopes, c.ttl, true)
+            .map_err(service_error)
+    })
+    .await
+    .map_err(OAuthError::server)??;
+    Ok(issued_json(&t))
+}
+
+async fn device_grant(
+    state: &AppState,
+    id: Option<String>,
+    secret: Option<String>,
+    f: TokenForm,
+) -> Result<Response, OAuthError> {
+    let client = check_client(state, id, secret).await?;
+    let Some(client_id) = client.id().map(str::to_string) else {
+        return Err(OAuthError::new("invalid_request", "client_id is required"));
+    };
+    let Some(device_code) = f.device_code else {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "device_code is required",
+        ));
+    };
+    let service = state.service.clone();
+    tokio::task::spawn_blocking(move || -> Result<Response, OAuthError> {
+        let key = secrets::token_key(&device_code);
+        let entry = service
+            .store
+            .get(Bucket::DeviceCodes, &key)
+            .map_err(OAuthError::server)?
+            .ok_or_else(|| OAuthError::new("expired_token", "unknown or expired device code"))?;
+        let mut d: DeviceCode = serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
+        if d.client_id != client_id {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "device code issued to another client",
+            ));
+        }
+        let now = crate::redb_store::now_secs();
+        match d.state.clone() {
+            DeviceState::Pending => {
+                let too_fast = now < d.last_poll + super::device::INTERVAL;
+                d.last_poll = now;
+                let _ = service.store.update(
+                    Bucket::DeviceCodes,
+                    &key,
+                    &serde_json::to_vec(&d).unwrap_or_default(),
+                    Some(d.expires_at),
+                    entry.revision,
+                );
+                if too_fast {
+                    Err(OAuthError::new("slow_down", "poll less often"))
+                } else {
+                    Err(OAuthError::new(
+                        "authorization_pending",
+                        "the user has not answered yet",
+                    ))
+                }
+            }
+            DeviceState::Denied => {
+                let _ = service.store.delete(Bucket::DeviceCodes, &key, None);
+                Err(OAuthError::new(
+                    "access_denied",
+                    "the user denied the request",
+                ))
+            }
+            DeviceState::Approved { user } => {
+                if !service
+                    .store
+                    .delete(Bucket::DeviceCodes, &key, Some(entry.revision))
+                    .map_err(OAuthError::server)?
+                {
+                    return Err(OAuthError::new("invalid_grant", "device code already used"));
+                }
+                let t = service
+                    .issue(&user, Some(&client_id), d.scopes, None, true)
+                    .map_err(service_error)?;
+                Ok(issued_json(&t))
+            }
+        }
+    })
+    .await
+    .map_err(OAuthError::server)?
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct TokenOnlyForm {
+    token: Option<String>,
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// RFC 7009: answers 200 whether or not the token existed.
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<TokenOnlyForm>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(f) = form.map_err(form_error)?;
+    let (id, secret) =
+        client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
+    let client = check_client(&state, id, secret).await?;
+    let Some(token) = f.token else {
+        return Err(OAuthError::new("invalid_request", "token is required"));
+    };
+    let service = state.service.clone();
+    let client_id = client.id().map(str::to_string);
+    let unchecked = matches!(client, ClientCheck::Unchecked(_));
+    tokio::task::spawn_blocking(move || -> Result<(), OAuthError> {
+        // A client may revoke only its own tokens (RFC 7009 §2.1).
+        if let Some(info) = service.validate(&token).map_err(OAuthError::server)?
+            && !unchecked
+            && info.client_id != client_id
+        {
+            return Ok(());
+        }
+        service.revoke(&token).map_err(OAuthError::server)?;
+        Ok(())
+    })
+    .await
+    .map_err(OAuthError::server)??;
+    Ok(json_response(json!({})))
+}
+
+/// RFC 7662, for authenticated confidential clients (resource servers).
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<TokenOnlyForm>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(f) = form.map_err(form_error)?;
+    let (id, secret) =
+        client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
+    let (Some(id), Some(secret)) = (id, secret) else {
+        return Err(OAuthError::invalid_client("client authentication required"));
+    };
+    let service = state.service.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, OAuthError> {
+        if service
+            .authenticate_client(&id, &secret)
+            .map_err(OAuthError::server)?
+            .is_none()
+        {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        }
+        let Some(token) = f.token else {
+            return Err(OAuthError::new("invalid_request", "token is required"));
+        };
+        Ok(
+            match service.validate(&token).map_err(OAuthError::server)? {
+                Some(t) => json!({
+                    "active": true,
+                    "scope": t.scopes.join(" "),
+                    "client_id": t.client_id,
+                    "username": t.user,
+                    "sub": t.user,
+                    "token_type": "bearer",
+                    "exp": t.expires_at,
+                    "iat": t.issued_at,
+                }),
+                None => json!({ "active": false }),
+            },
+        )
+    })
+    .await
+    .map_err(OAuthError::server)??;
+    Ok(json_response(answer))
+}
+
+/// RFC 8414 authorization server metadata.
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    let i = &state.issuer;
+    json_response(json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/oauth/authorize"),
+        "token_endpoint": format!("{i}/oauth/token"),
+        "revocation_endpoint": format!("{i}/oauth/revoke"),
+        "introspection_endpoint": format!("{i}/oauth/introspect"),
+        "device_authorization_endpoint": format!("{i}/oauth/device_authorization"),
+        "response_types_supported": ["code", "token"],
+        "grant_types_supported": [
+            "password", "client_credentials", "refresh_token", "authorization_code",
+            "implicit", "urn:ietf:params:oauth:grant-type:device_code"
+        ],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": state.config().scopes,
+    }))
+}

@@ -1,0 +1,280 @@
+//! MQTT logins for the broker's authentication seam: `X-OAUTH2` enhanced authentication (the
+//! token in CONNECT, or in AUTH after the broker's challenge; re-authentication with a fresh
+//! token), the token as the MQTT password, user name and password, and anonymous clients, each
+//! switchable in the configuration.
+//!
+//! Reason Strings say what failed (unknown, expired or revoked token, missing scope, another
+//! user's token) but never whether a user exists.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tessera_broker::auth::{
+    AuthExchange, AuthFailure, AuthStep, Authenticator, BoxFuture, ConnectRequest, Grant,
+    ReauthRequest,
+};
+use tessera_broker::codec::ReasonCode;
+use tessera_config::{AccessRule, AuthConfig};
+use tracing::info;
+
+use crate::acl::SessionAcl;
+use crate::backoff::Backoff;
+use crate::secrets;
+use crate::service::{TokenInfo, TokenService};
+
+pub const METHOD: &str = "X-OAUTH2";
+
+pub struct OAuthMechanism {
+    pub service: Arc<TokenService>,
+    pub auth: AuthConfig,
+    pub access_publish: BTreeMap<String, AccessRule>,
+    pub access_subscribe: BTreeMap<String, AccessRule>,
+    pub backoff: Arc<Backoff>,
+}
+
+fn fail(reason: ReasonCode, why: &str) -> AuthStep {
+    AuthStep::Failure(AuthFailure::new(reason, why))
+}
+
+impl OAuthMechanism {
+    fn grant(&self, user: Option<String>, client_id: &str, token: Option<&TokenInfo>) -> Grant {
+        let scopes = token.map(|t| t.scopes.as_slice()).unwrap_or(&[]);
+        let acl = SessionAcl::new(
+            &self.access_publish,
+            &self.access_subscribe,
+            user.as_deref(),
+            client_id,
+            scopes,
+        );
+        Grant {
+            identity: user,
+            data: None,
+            expires_at: token.map(|t| UNIX_EPOCH + Duration::from_secs(t.expires_at)),
+            credential: token.map(|t| t.key.clone()),
+            acl: Arc::new(acl),
+        }
+    }
+
+    /// Checks a token for a client that claims `username` (empty/absent: the token's owner).
+    fn check_token(&self, token: &[u8], username: Option<&str>, client_id: &str) -> AuthStep {
+        let Ok(token) = std::str::from_utf8(token) else {
+            return fail(ReasonCode::NOT_AUTHORIZED, "invalid token");
+        };
+        let info = match self.service.validate(token.trim()) {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                return fail(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "invalid, expired or revoked token",
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token store");
+                return fail(ReasonCode::SERVER_UNAVAILABLE, "token store unavailable");
+            }
+        };
+        if let Some(name) = username.filter(|n| !n.is_empty())
+            && self.service.local_user(name) != Some(info.user.as_str())
+        {
+            return fail(
+                ReasonCode::NOT_AUTHORIZED,
+                "the token belongs to another user",
+            );
+        }
+        if !info.scopes.iter().any(|s| s == "sasl_auth" || s == "mqtt") {
+            return fail(
+                ReasonCode::NOT_AUTHORIZED,
+                "the token lacks scope sasl_auth or mqtt",
+            );
+        }
+        let user = info.user.clone();
+        AuthStep::Success(self.grant(Some(user), client_id, Some(&info)))
+    }
+
+    fn record(&self, step: &AuthStep, ip: &str) {
+        match step {
+            AuthStep::Success(_) => self.backoff.succeed(ip),
+            AuthStep::Failure(f)
+                if f.reason == ReasonCode::NOT_AUTHORIZED
+                    || f.reason == ReasonCode::BAD_USER_NAME_OR_PASSWORD =>
+            {
+                self.backoff.fail(ip)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The second step of the two-step flow: the token arrives in the client's AUTH 0x18.
+struct AwaitToken {
+    mechanism: Arc<OAuthMechanism>,
+    username: Option<String>,
+    client_id: String,
+    ip: String,
+}
+
+impl AuthExchange for AwaitToken {
+    fn step(self: Box<Self>, data: Option<Bytes>) -> BoxFuture<'static, AuthStep> {
+        Box::pin(async move {
+            let step = match data {
+                Some(token) if !token.is_empty() => {
+                    self.mechanism
+                        .check_token(&token, self.username.as_deref(), &self.client_id)
+                }
+                _ => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
+            };
+            self.mechanism.record(&step, &self.ip);
+            step
+        })
+    }
+}
+
+/// The broker holds the mechanism as `Arc<dyn Authenticator>`; this wrapper gives the
+/// two-step exchange an owned handle.
+pub struct OAuthAuthenticator(pub Arc<OAuthMechanism>);
+
+impl Authenticator for OAuthAuthenticator {
+    fn connect(&self, r: ConnectRequest) -> BoxFuture<'_, AuthStep> {
+        let m = self.0.clone();
+        Box::pin(async move {
+            let ip = r.peer.ip().to_string();
+            if let Err(wait) = m.backoff.check(&ip) {
+                return fail(
+                    ReasonCode::CONNECTION_RATE_EXCEEDED,
+                    &format!(
+                        "too many failed logins; retry in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                );
+            }
+            let step = match r.method.as_deref() {
+                Some(METHOD) if m.auth.x_oauth2 => match &r.data {
+                    Some(token) if !token.is_empty() => {
+                        m.check_token(token, r.username.as_deref(), &r.client_id)
+                    }
+                    _ => {
+                        return AuthStep::Continue {
+                            data: None,
+                            exchange: Box::new(AwaitToken {
+                                mechanism: m.clone(),
+                                username: r.username.clone(),
+                                client_id: r.client_id.clone(),
+                                ip,
+                            }),
+                        };
+                    }
+                },
+                Some(other) => fail(
+                    ReasonCode::BAD_AUTHENTICATION_METHOD,
+                    &format!("authentication method {other:?} is not supported"),
+                ),
+                None => match (&r.username, &r.password) {
+                    (user, Some(password)) => {
+                        m.password_login(user.as_deref(), password, &r.client_id)
+                            .await
+                    }
+                    (user, None) if m.auth.allow_anonymous => {
+                        let user = user.clone().filter(|u| !u.is_empty());
+                        AuthStep::Success(m.grant(user, &r.client_id, None))
+                    }
+                    _ => fail(
+                        ReasonCode::NOT_AUTHORIZED,
+                        "anonymous clients are not allowed",
+                    ),
+                },
+            };
+            m.record(&step, &ip);
+            if let AuthStep::Success(g) = &step {
+                info!(
+                    client_id = %r.client_id,
+                    user = g.identity.as_deref().unwrap_or(""),
+                    token = g.credential.as_deref().map(secrets::token_id).unwrap_or(""),
+                    "login accepted"
+                );
+            }
+            step
+        })
+    }
+
+    fn reauthenticate(&self, r: ReauthRequest) -> BoxFuture<'_, AuthStep> {
+        let m = self.0.clone();
+        Box::pin(async move {
+            if r.method != METHOD {
+                return fail(ReasonCode::BAD_AUTHENTICATION_METHOD, "unknown method");
+            }
+            let Some(token) = r.data.filter(|d| !d.is_empty()) else {
+                return fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH");
+            };
+            // The fresh token must belong to the same user.
+            let step = m.check_token(&token, r.identity.as_deref(), &r.client_id);
+            m.record(&step, &r.peer.ip().to_string());
+            step
+        })
+    }
+}
+
+impl OAuthMechanism {
+    /// A CONNECT with a password: the password may be an access token, or the user's password.
+    async fn password_login(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        password: &Bytes,
+        client_id: &str,
+    ) -> AuthStep {
+        if self.auth.token_as_password
+            && let Ok(token) = std::str::from_utf8(password)
+            && let Ok(Some(_)) = self.service.validate(token)
+        {
+            return self.check_token(password, user, client_id);
+        }
+        if !self.auth.password_login {
+            return fail(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "invalid token, and password logins are disabled",
+            );
+        }
+        let Some(user) = user
+            .and_then(|u| self.service.local_user(u))
+            .map(str::to_string)
+        else {
+            return fail(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "bad user name or password",
+            );
+        };
+        if let Err(wait) = self.backoff.check(&format!("user:{user}")) {
+            return fail(
+                ReasonCode::CONNECTION_RATE_EXCEEDED,
+                &format!(
+                    "too many failed logins; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+        }
+        let Ok(password) = String::from_utf8(password.to_vec()) else {
+            return fail(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "bad user name or password",
+            );
+        };
+        let service = self.service.clone();
+        let name = user.clone();
+        let ok = tokio::task::spawn_blocking(move || service.check_password(&name, &password))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+        if ok {
+            self.backoff.succeed(&format!("user:{user}"));
+            AuthStep::Success(self.grant(Some(user), client_id, None))
+        } else {
+            self.backoff.fail(&format!("user:{user}"));
+            fail(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "bad user name or password",
+            )
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The records the token service stores, as JSON values in the key-value store.
+//!
+//! Invariant: no record holds a usable secret. Passwords and client secrets are argon2id
+//! hashes; access and refresh tokens are stored under the SHA-256 of the token and the record
+//! itself holds no token.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientKind {
+    /// A trusted first-party app with a secret: password grant, client credentials, code flow.
+    Confidential,
+    /// A browser or third-party app of the implicit flow (ejabberd's implicit client).
+    Implicit,
+    /// An app that cannot keep a secret: code flow with PKCE, device flow.
+    Public,
+}
+
+impl ClientKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Confidential => "confidential",
+            ClientKind::Implicit => "implicit",
+            ClientKind::Public => "public",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    pub kind: ClientKind,
+    /// argon2id PHC string of the secret (confidential clients).
+    pub secret_hash: Option<String>,
+    /// Redirect URIs, matched exactly.
+    pub redirect_uris: Vec<String>,
+    /// The user a client-credentials grant acts as (a device or service account).
+    pub service_user: Option<String>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessToken {
+    pub user: String,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// The refresh-token family this token came from, so reuse detection can revoke it.
+    pub family: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub user: String,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// All refresh tokens rotated from one grant share a family.
+    pub family: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// Set when it was exchanged; presenting it again revokes the family (RFC 6819 §5.2.2.3).
+    pub spent: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuthCode {
+    pub client_id: String,
+    pub user: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    /// PKCE S256 challenge, if the client sent one.
+    pub code_challenge: Option<String>,
+    pub ttl: Option<u64>,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Pending,
+    Approved { user: String },
+    Denied,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceCode {
+    pub client_id: String,
+    pub user_code: String,
+    pub scopes: Vec<String>,
+    pub state: DeviceState,
+    pub expires_at: u64,
+    /// Last poll, for `slow_down` (RFC 8628 §3.5).
+    pub last_poll: u64,
+}

@@ -1,0 +1,371 @@
+//! The embedded store: one redb file in the data directory.
+//!
+//! Each bucket is a table `key → [revision: u64 BE][expires_at: u64 BE, 0 = never][value]`.
+//! The table `meta` holds the schema version and the last revision handed out. Every write is
+//! one redb transaction, committed (fsync) before the call returns, and only then announced on
+//! the watch channel.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::broadcast;
+
+use crate::kv::{Bucket, Change, ChangeKind, Entry, KvError, KvResult, KvStore};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Bumped when the layout of records changes; `open` refuses a newer file.
+pub const SCHEMA_VERSION: u64 = 1;
+
+fn table(b: Bucket) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(b.name())
+}
+
+pub struct RedbStore {
+    db: Database,
+    changes: broadcast::Sender<Change>,
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn encode(revision: u64, expires_at: Option<u64>, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + value.len());
+    v.extend_from_slice(&revision.to_be_bytes());
+    v.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode(raw: &[u8]) -> Option<Entry> {
+    if raw.len() < 16 {
+        return None;
+    }
+    let revision = u64::from_be_bytes(raw[..8].try_into().ok()?);
+    let exp = u64::from_be_bytes(raw[8..16].try_into().ok()?);
+    Some(Entry {
+        value: raw[16..].to_vec(),
+        revision,
+        expires_at: (exp != 0).then_some(exp),
+    })
+}
+
+fn live(e: &Entry, now: u64) -> bool {
+    e.expires_at.is_none_or(|t| t > now)
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file. Fails if another process holds it.
+    pub fn open(path: &Path) -> KvResult<Arc<RedbStore>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| KvError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(storage)?;
+        {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let version = meta
+                .get("schema_version")
+                .map_err(storage)?
+                .map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(storage)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(KvError::Storage(format!(
+                        "{} has schema version {v}; this release reads up to {SCHEMA_VERSION}",
+                        path.display()
+                    )));
+                }
+                Some(_) => {}
+            }
+            for b in Bucket::ALL {
+                tx.open_table(table(b)).map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(RedbStore { db, changes }))
+    }
+
+    /// Runs one write transaction that may change `key`; `f` gets the current live entry and
+    /// returns the new value (or `None` to delete), or an error to abort.
+    fn write(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        f: impl FnOnce(Option<Entry>) -> KvResult<Option<(Vec<u8>, Option<u64>)>>,
+    ) -> KvResult<(u64, bool)> {
+        let now = now_secs();
+        let tx = self.db.begin_write().map_err(storage)?;
+        let (revision, kind, existed) = {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let mut t = tx.open_table(table(bucket)).map_err(storage)?;
+            let current = t
+                .get(key)
+                .map_err(storage)?
+                .and_then(|v| decode(v.value()))
+                .filter(|e| live(e, now));
+            let existed = current.is_some();
+            let last = meta
+                .get("revision")
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            let revision = last + 1;
+            let kind = match f(current)? {
+                Some((value, expires_at)) => {
+                    t.insert(key, encode(revision, expires_at, &value).as_slice())
+                        .map_err(storage)?;
+                    ChangeKind::Put
+                }
+                None => {
+                    if !existed {
+                        return Ok((last, false));
+                    }
+                    t.remove(key).map_err(storage)?;
+                    ChangeKind::Deleted
+                }
+            };
+            meta.insert("revision", revision).map_err(storage)?;
+            (revision, kind, existed)
+        };
+        tx.commit().map_err(storage)?;
+        let _ = self.changes.send(Change {
+            bucket,
+            key: key.to_string(),
+            kind,
+            revision,
+        });
+        Ok((revision, existed))
+    }
+}
+
+impl KvStore for RedbStore {
+    fn get(&self, bucket: Bucket, key: &str) -> KvResult<Option<Entry>> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(table(bucket)).map_err(storage)?;
+        let now = now_secs();
+        Ok(t.get(key)
+            .map_err(storage)?
+            .and_then(|v| decode(v.value()))
+            .filter(|e| live(e, now)))
+    }
+
+    fn create(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> KvResult<u64> {
+        self.write(bucket, key, |cur| {
+            if cur.is_some() {
+                return Err(KvError::Conflict);
+            }
+            Ok(Some((value.to_vec(), expires_at)))
+        })
+        .map(|(r, _)| r)
+    }
+
+    fn update(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &[u8],
+        expires_at: Option<u64>,
+        expected: u64,
+    ) -> KvResult<u64> {
+        self.write(bucket, key, |cur| match cur {
+            Some(e) if e.revision == expected => Ok(Some((value.to_vec(), expires_at))),
+            _ => Err(KvError::Conflict),
+        })
+        .map(|(r, _)| r)
+    }
+
+    fn put(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> KvResult<u64> {
+        self.write(bucket, key, |_| Ok(Some((value.to_vec(), expires_at))))
+            .map(|(r, _)| r)
+    }
+
+    fn delete(&self, bucket: Bucket, key: &str, expected: Option<u64>) -> KvResult<bool> {
+        self.write(bucket, key, |cur| match (cur, expected) {
+            (Some(e), Some(want)) if e.revision != want => Err(KvError::Conflict),
+            _ => Ok(None),
+        })
+        .map(|(_, existed)| existed)
+    }
+
+    fn scan(&self, bucket: Bucket, prefix: &str) -> KvResult<Vec<(String, Entry)>> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(table(bucket)).map_err(storage)?;
+        let now = now_secs();
+        let mut out = Vec::new();
+        for item in t.range(prefix..).map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(e) = decode(v.value()).filter(|e| live(e, now)) {
+                out.push((key.to_string(), e));
+            }
+        }
+        Ok(out)
+    }
+
+    fn purge_expired(&self, now: u64) -> KvResult<usize> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        let mut gone = Vec::new();
+        {
+            for b in Bucket::ALL {
+                let mut t = tx.open_table(table(b)).map_err(storage)?;
+                let expired: Vec<String> = t
+                    .iter()
+                    .map_err(storage)?
+                    .filter_map(|item| item.ok())
+                    .filter_map(|(k, v)| {
+                        let e = decode(v.value())?;
+                        (!live(&e, now)).then(|| k.value().to_string())
+                    })
+                    .collect();
+                for k in expired {
+                    t.remove(k.as_str()).map_err(storage)?;
+                    gone.push((b, k));
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        for (bucket, key) in &gone {
+            let _ = self.changes.send(Change {
+                bucket: *bucket,
+                key: key.clone(),
+                kind: ChangeKind::Expired,
+                revision: 0,
+            });
+        }
+        Ok(gone.len())
+    }
+
+    fn watch(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Arc<RedbStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("t.redb")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn create_update_delete_with_revisions() {
+        let (_d, s) = store();
+        let r1 = s.create(Bucket::Users, "a", b"1", None).unwrap();
+        assert!(matches!(
+            s.create(Bucket::Users, "a", b"x", None),
+            Err(KvError::Conflict)
+        ));
+        let r2 = s.update(Bucket::Users, "a", b"2", None, r1).unwrap();
+        assert!(r2 > r1);
+        assert!(matches!(
+            s.update(Bucket::Users, "a", b"3", None, r1),
+            Err(KvError::Conflict)
+        ));
+        assert_eq!(s.get(Bucket::Users, "a").unwrap().unwrap().value, b"2");
+        assert!(matches!(
+            s.delete(Bucket::Users, "a", Some(r1)),
+            Err(KvError::Conflict)
+        ));
+        assert!(s.delete(Bucket::Users, "a", Some(r2)).unwrap());
+        assert!(!s.delete(Bucket::Users, "a", None).unwrap());
+        assert!(s.get(Bucket::Users, "a").unwrap().is_none());
+    }
+
+    #[test]
+    fn expired_entries_read_as_absent_and_are_purged() {
+        let (_d, s) = store();
+        let past = now_secs() - 1;
+        s.put(Bucket::AccessTokens, "old", b"x", Some(past))
+            .unwrap();
+        s.put(Bucket::AccessTokens, "new", b"y", Some(now_secs() + 100))
+            .unwrap();
+        assert!(s.get(Bucket::AccessTokens, "old").unwrap().is_none());
+        // An expired key can be created again.
+        s.create(Bucket::AuthCodes, "c", b"1", Some(past)).unwrap();
+        s.create(Bucket::AuthCodes, "c", b"2", None).unwrap();
+        let mut w = s.watch();
+        assert_eq!(s.purge_expired(now_secs()).unwrap(), 1);
+        let c = w.try_recv().unwrap();
+        assert_eq!((c.key.as_str(), c.kind), ("old", ChangeKind::Expired));
+        assert_eq!(s.scan(Bucket::AccessTokens, "").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn scan_by_prefix_and_watch_after_commit() {
+        let (_d, s) = store();
+        let mut w = s.watch();
+        s.put(Bucket::Clients, "app-1", b"1", None).unwrap();
+        s.put(Bucket::Clients, "app-2", b"2", None).unwrap();
+        s.put(Bucket::Clients, "other", b"3", None).unwrap();
+        let keys: Vec<_> = s
+            .scan(Bucket::Clients, "app-")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["app-1", "app-2"]);
+        s.delete(Bucket::Clients, "other", None).unwrap();
+        let kinds: Vec<_> = std::iter::from_fn(|| w.try_recv().ok())
+            .map(|c| c.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ChangeKind::Put,
+                ChangeKind::Put,
+                ChangeKind::Put,
+                ChangeKind::Deleted
+            ]
+        );
+    }
+
+    #[test]
+    fn data_survives_reopen_and_schema_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.put(Bucket::Users, "u", b"v", None).unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.get(Bucket::Users, "u").unwrap().unwrap().value, b"v");
+        let tx = s.db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(
+            meta.get("schema_version").unwrap().unwrap().value(),
+            SCHEMA_VERSION
+        );
+    }
+}

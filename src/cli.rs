@@ -1,0 +1,335 @@
+//! Operator commands: parse, run on the live server (admin socket) or on the store file, print a
+//! human table or JSON. Exit codes: 0 done, 1 failure, 2 bad input, 3 not found, 4 exists.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use serde_json::Value;
+use tessera_auth::admin::{self, AdminRequest, AdminResponse};
+use tessera_auth::model::ClientKind;
+use tessera_auth::redb_store::RedbStore;
+use tessera_auth::service::TokenService;
+use tessera_config::Config;
+
+use crate::Command;
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user. The password is read from standard input unless --password is given.
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change a user's password; every token of the user is revoked.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete a user; every token of the user is revoked.
+    Del { name: String },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCmd {
+    /// Register a confidential first-party client (password and client-credentials grants).
+    AddPassword {
+        id: String,
+        name: String,
+        /// The client secret; generated (and shown once) if absent.
+        #[arg(long)]
+        secret: Option<String>,
+        /// The user a client-credentials grant acts as (a device or service account).
+        #[arg(long)]
+        user: Option<String>,
+        /// Redirect URIs for the authorization-code flow.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+    },
+    /// Register a browser / third-party client of the implicit flow.
+    AddImplicit {
+        id: String,
+        name: String,
+        redirect_uri: String,
+    },
+    /// Register a public client (code flow with PKCE, device flow).
+    AddPublic {
+        id: String,
+        name: String,
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+    },
+    /// Remove a client; every token issued to it is revoked.
+    Remove { id: String },
+    /// List clients.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Issue a token for a user (a device), without its password. Shown once.
+    Issue {
+        user: String,
+        /// Lifetime in seconds (default oauth_expire, capped at max_ttl).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Scopes (repeat, or space-separated); default mqtt.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// List tokens: ids and metadata, never the token.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token (the token or its id), or every token of --user.
+    Revoke {
+        token: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+fn read_password(prompt: &str) -> Result<String, ExitCode> {
+    if std::io::stdin().is_terminal() {
+        eprint!("{prompt}: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+        eprintln!("error: cannot read the password: {e}");
+        ExitCode::from(1)
+    })?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        eprintln!("error: empty password");
+        return Err(ExitCode::from(2));
+    }
+    Ok(pw)
+}
+
+fn split_scopes(scopes: Vec<String>) -> Vec<String> {
+    scopes
+        .iter()
+        .flat_map(|s| s.split([' ', ';', ',']))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The request a command stands for.
+pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
+    Ok(match cmd {
+        Command::User(UserCmd::Add { name, password }) => AdminRequest::UserAdd {
+            password: match password {
+                Some(p) => p,
+                None => read_password("password")?,
+            },
+            name,
+        },
+        Command::User(UserCmd::Passwd { name, password }) => AdminRequest::UserPasswd {
+            password: match password {
+                Some(p) => p,
+                None => read_password("new password")?,
+            },
+            name,
+        },
+        Command::User(UserCmd::Del { name }) => AdminRequest::UserDel { name },
+        Command::User(UserCmd::List) => AdminRequest::UserList,
+        Command::Client(ClientCmd::AddPassword {
+            id,
+            name,
+            secret,
+            user,
+            redirect_uris,
+        }) => AdminRequest::ClientAdd {
+            id,
+            name,
+            kind: ClientKind::Confidential,
+            secret,
+            redirect_uris,
+            service_user: user,
+        },
+        Command::OauthAddClientPassword {
+            client_id,
+            client_name,
+            secret,
+        } => AdminRequest::ClientAdd {
+            id: client_id,
+            name: client_name,
+            kind: ClientKind::Confidential,
+            secret: Some(secret),
+            redirect_uris: vec![],
+            service_user: None,
+        },
+        Command::Client(ClientCmd::AddImplicit {
+            id,
+            name,
+            redirect_uri,
+        })
+        | Command::OauthAddClientImplicit {
+            client_id: id,
+            client_name: name,
+            redirect_uri,
+        } => AdminRequest::ClientAdd {
+            id,
+            name,
+            kind: ClientKind::Implicit,
+            secret: None,
+            redirect_uris: vec![redirect_uri],
+            service_user: None,
+        },
+        Command::Client(ClientCmd::AddPublic {
+            id,
+            name,
+            redirect_uris,
+        }) => AdminRequest::ClientAdd {
+            id,
+            name,
+            kind: ClientKind::Public,
+            secret: None,
+            redirect_uris,
+            service_user: None,
+        },
+        Command::Client(ClientCmd::Remove { id })
+        | Command::OauthRemoveClient { client_id: id } => AdminRequest::ClientRemove { id },
+        Command::Client(ClientCmd::List) => AdminRequest::ClientList,
+        Command::Token(TokenCmd::Issue { user, ttl, scopes }) => AdminRequest::TokenIssue {
+            user,
+            ttl,
+            scopes: split_scopes(scopes),
+        },
+        Command::OauthIssueToken { user, ttl, scopes } => AdminRequest::TokenIssue {
+            user,
+            ttl: Some(ttl),
+            scopes: split_scopes(vec![scopes]),
+        },
+        Command::Token(TokenCmd::List { user }) => AdminRequest::TokenList { user },
+        Command::OauthListTokens => AdminRequest::TokenList { user: None },
+        Command::Token(TokenCmd::Revoke { token, user }) => {
+            AdminRequest::TokenRevoke { token, user }
+        }
+        Command::OauthRevokeToken { token } => AdminRequest::TokenRevoke {
+            token: Some(token),
+            user: None,
+        },
+        Command::Serve | Command::CheckConfig { .. } | Command::DefaultConfig => {
+            unreachable!("handled in main")
+        }
+    })
+}
+
+/// Runs the request on the live server if there is one, else on the store file.
+pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
+    let ejabberd_style = matches!(request, AdminRequest::TokenIssue { .. });
+    let socket = admin::socket_path(&config.data_dir);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let answer = match runtime.block_on(admin::call(&socket, &request)) {
+        Ok(a) => a,
+        Err(_) => {
+            // No server is running: work on the file directly.
+            let store = match RedbStore::open(&config.data_dir.join("tessera.redb")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e} (is a tessera server running with another data_dir?)");
+                    return ExitCode::from(1);
+                }
+            };
+            let service = TokenService::new(store, config.oauth.clone());
+            admin::execute(&Arc::new(service), request)
+        }
+    };
+    match answer {
+        AdminResponse::Ok { message, data } => {
+            if json {
+                println!("{data}");
+            } else {
+                print_human(&message, &data, ejabberd_style);
+            }
+            ExitCode::SUCCESS
+        }
+        AdminResponse::Error { message, exit_code } => {
+            if json {
+                println!("{}", serde_json::json!({ "error": message }));
+            }
+            eprintln!("error: {message}");
+            ExitCode::from(exit_code)
+        }
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn print_human(message: &str, data: &Value, token_issue: bool) {
+    match data {
+        Value::Array(rows) if !rows.is_empty() => {
+            let Some(Value::Object(first)) = rows.first() else {
+                println!("{message}");
+                return;
+            };
+            let cols: Vec<String> = first.keys().cloned().collect();
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| cols.iter().map(|c| cell(&r[c.as_str()])).collect())
+                .collect();
+            let widths: Vec<usize> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    table
+                        .iter()
+                        .map(|r| r[i].len())
+                        .max()
+                        .unwrap_or(0)
+                        .max(c.len())
+                })
+                .collect();
+            let line = |cells: Vec<String>| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+            for r in table {
+                println!("{}", line(r));
+            }
+        }
+        _ if token_issue => {
+            // ejabberdctl's form: token, scopes, expiry, tab-separated.
+            println!(
+                "{}\t{}\tExpires in {} seconds",
+                cell(&data["access_token"]),
+                cell(&data["scope"]),
+                cell(&data["expires_in"])
+            );
+            eprintln!("{message}");
+        }
+        _ => println!("{message}"),
+    }
+}

@@ -1,0 +1,168 @@
+//! `tessera serve`: the broker, the token service behind its authentication seam, the
+//! revocation watcher, the admin socket, the OAuth2 endpoint, and a graceful stop.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_auth::backoff::Backoff;
+use tessera_auth::mechanism::{OAuthAuthenticator, OAuthMechanism};
+use tessera_auth::redb_store::RedbStore;
+use tessera_auth::revocation;
+use tessera_auth::service::TokenService;
+use tessera_auth::{admin, http};
+use tessera_broker::Server;
+use tessera_config::{Config, LogFormat};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+pub fn run(config: Config) -> ExitCode {
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let store_path = config.data_dir.join("tessera.redb");
+    let store = match RedbStore::open(&store_path) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let service = Arc::new(TokenService::new(store, config.oauth.clone()));
+    let backoff = Arc::new(Backoff::new(config.oauth.max_failures));
+    let mechanism = Arc::new(OAuthMechanism {
+        service: service.clone(),
+        auth: config.auth.clone(),
+        access_publish: config.access_publish.clone(),
+        access_subscribe: config.access_subscribe.clone(),
+        backoff: backoff.clone(),
+    });
+    let server = match Server::start(&config, Arc::new(OAuthAuthenticator(mechanism))).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let watcher = revocation::spawn(service.clone(), server.handle());
+    let http = if config.oauth.enabled {
+        match start_http(&config, service.clone(), backoff.clone()).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let admin_task = match admin::serve(&admin::socket_path(&config.data_dir), service.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("cannot open the admin socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let purge = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let s = service.clone();
+                match tokio::task::spawn_blocking(move || s.purge_expired()).await {
+                    Ok(Ok(n)) if n > 0 => info!(records = n, "purged expired records"),
+                    Ok(Err(e)) => warn!(error = %e, "purging expired records"),
+                    _ => {}
+                }
+            }
+        })
+    };
+    info!(version = tessera_broker::sys::VERSION, store = %store_path.display(), "tessera running");
+    wait_for_signal().await;
+    admin_task.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
+    purge.abort();
+    watcher.abort();
+    server.shutdown().await;
+    let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn start_http(
+    config: &Config,
+    service: Arc<TokenService>,
+    backoff: Arc<Backoff>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let o = &config.oauth;
+    let listener = http::bind(o.bind).await?;
+    let tls = if o.plain_http {
+        None
+    } else {
+        let files = o.certificate.as_deref().zip(o.private_key.as_deref());
+        let tls = tessera_broker::tls::server_config(files, &config.data_dir)?;
+        Some(tokio_rustls::TlsAcceptor::from(tls))
+    };
+    let issuer = o.issuer.clone().unwrap_or_else(|| {
+        http::default_issuer(listener.local_addr().unwrap_or(o.bind), tls.is_some())
+    });
+    let state = http::AppState {
+        service,
+        backoff,
+        issuer,
+        csrf_key: http::csrf_key(),
+    };
+    Ok(http::serve(state, listener, tls))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
