@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test of Tessera on a fresh machine: installs the peers the tests drive
-# (Debian's mosquitto-clients; already-installed packages are skipped fast), then checks
-# formatting and lints, then runs the unit and end-to-end tests.
+# Runs every test of Tessera on a fresh machine. It installs the peers the tests drive:
+# Debian's mosquitto-clients and chromium (what is already there is skipped fast), and MQTT.js
+# and playwright-core from the committed package-lock.json (npm ci). Then it checks formatting
+# and lints, and runs the unit and end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
-command -v stdbuf >/dev/null 2>&1 || need_apt+=(coreutils)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ ! -d node_modules/mqtt ] || [ ! -d node_modules/playwright-core ] \
+    || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
 fi
 
 cargo fmt --all -- --check

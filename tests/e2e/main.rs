@@ -9,6 +9,7 @@ mod raw;
 mod bad_input;
 mod clients;
 mod features;
+mod js_clients;
 mod oauth;
 mod operations;
 mod sessions;

@@ -21,7 +21,7 @@ const SECRET: &str = "3dc8b0885b3043c0e38aa2e1dc64";
 
 /// A broker as shipped (no anonymous clients) with user alice/wonderland, bob/builder and the
 /// seed article's client.
-fn setup(extra: &str) -> TestBroker {
+pub fn setup(extra: &str) -> TestBroker {
     let b = TestBroker::start_secure(extra);
     for (u, p) in [("alice", "wonderland"), ("bob", "builder")] {
         let out = b.command(&["user", "add", u], &format!("{p}\n"));
@@ -56,7 +56,7 @@ async fn password_grant(
     https::post(b.oauth, &b.cert_path(), "/oauth/token", &form).await
 }
 
-async fn token(b: &TestBroker, user: &str, pw: &str, scope: &str) -> String {
+pub async fn token(b: &TestBroker, user: &str, pw: &str, scope: &str) -> String {
     let r = password_grant(b, user, pw, scope, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["access_token"].as_str().unwrap().to_string()
@@ -82,7 +82,7 @@ fn x_oauth2(id: &str, user: Option<&str>, token: Option<&str>) -> tessera_broker
     c
 }
 
-async fn login(b: &TestBroker, id: &str, token: &str) -> Raw {
+pub async fn login(b: &TestBroker, id: &str, token: &str) -> Raw {
     let (raw, ack) = Raw::connect(b.tcp, x_oauth2(id, None, Some(token))).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
     assert_eq!(
@@ -523,7 +523,7 @@ fn csrf_of(r: &https::Response) -> (String, String) {
     (cookie, token)
 }
 
-fn query_param(location: &str, key: &str) -> Option<String> {
+pub fn query_param(location: &str, key: &str) -> Option<String> {
     let q = location.split_once(['?', '#'])?.1;
     form_urlencoded::parse(q.as_bytes())
         .find(|(k, _)| k == key)
