@@ -381,17 +381,21 @@ impl TokenService {
         with_refresh: bool,
     ) -> ServiceResult<Issued> {
         let family = with_refresh.then(|| secrets::random_string(12));
-        self.issue_in_family(user, client_id, scopes, ttl, family)
+        self.issue_in_family(user, client_id, scopes, None, ttl, family)
     }
 
+    /// Issues an access token with `access_scopes` (default: `scopes`) and, with a family, a
+    /// refresh token carrying `scopes`.
     fn issue_in_family(
         &self,
         user: &str,
         client_id: Option<&str>,
         scopes: Vec<String>,
+        access_scopes: Option<Vec<String>>,
         ttl: Option<u64>,
         family: Option<String>,
     ) -> ServiceResult<Issued> {
+        let access_scopes = access_scopes.unwrap_or_else(|| scopes.clone());
         let now = now_secs();
         let expires_in = self.lifetime(ttl);
         let token = secrets::new_token();
@@ -399,7 +403,7 @@ impl TokenService {
         let record = AccessToken {
             user: user.to_string(),
             client_id: client_id.map(str::to_string),
-            scopes: scopes.clone(),
+            scopes: access_scopes.clone(),
             issued_at: now,
             expires_at: now + expires_in,
             family: family.clone(),
@@ -435,7 +439,7 @@ impl TokenService {
         Ok(Issued {
             access_token: token,
             token_type: "bearer",
-            scope: scopes.join(" "),
+            scope: access_scopes.join(" "),
             expires_in,
             refresh_token,
             id: secrets::token_id(&key).to_string(),
@@ -451,8 +455,14 @@ impl TokenService {
     }
 
     /// Exchanges a refresh token for a new access token and a new refresh token (rotation).
-    /// Presenting a spent refresh token revokes its whole family.
-    pub fn refresh(&self, refresh_token: &str, client_id: Option<&str>) -> ServiceResult<Issued> {
+    /// Presenting a spent refresh token revokes its whole family. `narrower` asks for fewer
+    /// scopes than granted (RFC 6749 §6); the refresh token keeps the grant's scopes.
+    pub fn refresh(
+        &self,
+        refresh_token: &str,
+        client_id: Option<&str>,
+        narrower: Option<Vec<String>>,
+    ) -> ServiceResult<Issued> {
         let key = secrets::token_key(refresh_token);
         let Some((mut r, rev)) = self.get::<RefreshToken>(Bucket::RefreshTokens, &key)? else {
             return Err(ServiceError::NotFound("refresh token".into()));
@@ -470,6 +480,13 @@ impl TokenService {
             )?;
             return Err(ServiceError::Invalid(
                 "refresh token reused; its grant is revoked".into(),
+            ));
+        }
+        if let Some(n) = &narrower
+            && !n.iter().all(|s| r.scopes.contains(s))
+        {
+            return Err(ServiceError::Invalid(
+                "the requested scope exceeds the original grant".into(),
             ));
         }
         r.spent = true;
@@ -491,7 +508,7 @@ impl TokenService {
         if !self.user_exists(&r.user)? {
             return Err(ServiceError::NotFound(format!("user {}", r.user)));
         }
-        self.issue_in_family(&r.user, client_id, r.scopes, None, Some(r.family))
+        self.issue_in_family(&r.user, client_id, r.scopes, narrower, None, Some(r.family))
     }
 
     /// Revokes an access or refresh token given as the token itself or an access token's id.
@@ -658,15 +675,19 @@ mod tests {
             .issue("carol", None, vec!["mqtt".into()], None, true)
             .unwrap();
         let rt1 = first.refresh_token.clone().unwrap();
-        let second = s.refresh(&rt1, None).unwrap();
+        assert!(
+            s.refresh(&rt1, None, Some(vec!["admin".into()])).is_err(),
+            "no widening"
+        );
+        let second = s.refresh(&rt1, None, None).unwrap();
         let rt2 = second.refresh_token.clone().unwrap();
         assert_ne!(rt1, rt2);
         assert!(s.validate(&second.access_token).unwrap().is_some());
         // Reusing the spent one revokes everything of the family.
-        assert!(s.refresh(&rt1, None).is_err());
+        assert!(s.refresh(&rt1, None, None).is_err());
         assert!(s.validate(&first.access_token).unwrap().is_none());
         assert!(s.validate(&second.access_token).unwrap().is_none());
-        assert!(s.refresh(&rt2, None).is_err());
+        assert!(s.refresh(&rt2, None, None).is_err());
     }
 
     #[test]

@@ -164,15 +164,7 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
             )));
         }
     }
-    let requested: Vec<String> = p
-        .scope
-        .as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    match state.service.check_scopes(&requested) {
+    match state.service.check_scopes(&super::parse_scope(&p.scope)) {
         Ok(scopes) => Ok(Valid { scopes, ..v }),
         Err(e) => Err(Invalid::Redirect(error_redirect(
             &v,
@@ -247,10 +239,20 @@ async fn submit(
     state: AppState,
     peer: std::net::SocketAddr,
     headers: HeaderMap,
-    p: AuthorizeParams,
+    form: Result<Form<AuthorizeParams>, FormRejection>,
     action: &str,
     ejabberd: bool,
 ) -> Response {
+    let p = match form {
+        Ok(Form(p)) => p,
+        Err(e) => {
+            return pages::message(
+                StatusCode::BAD_REQUEST,
+                "Authorization failed",
+                &e.body_text(),
+            );
+        }
+    };
     let v = match validate(&state, &p, ejabberd).await {
         Ok(v) => v,
         Err(Invalid::Page(r) | Invalid::Redirect(r)) => return r,
@@ -373,14 +375,7 @@ pub async fn authorize_submit(
     headers: HeaderMap,
     form: Result<Form<AuthorizeParams>, FormRejection>,
 ) -> Response {
-    match form {
-        Ok(Form(p)) => submit(state, peer, headers, p, "/oauth/authorize", false).await,
-        Err(e) => pages::message(
-            StatusCode::BAD_REQUEST,
-            "Authorization failed",
-            &e.body_text(),
-        ),
-    }
+    submit(state, peer, headers, form, "/oauth/authorize", false).await
 }
 
 /// ejabberd's implicit login form (`response_type=token`), with a ttl choice.
@@ -397,12 +392,13 @@ pub async fn ejabberd_submit(
     headers: HeaderMap,
     form: Result<Form<AuthorizeParams>, FormRejection>,
 ) -> Response {
-    match form {
-        Ok(Form(p)) => submit(state, peer, headers, p, "/oauth/authorization_token", true).await,
-        Err(e) => pages::message(
-            StatusCode::BAD_REQUEST,
-            "Authorization failed",
-            &e.body_text(),
-        ),
-    }
+    submit(
+        state,
+        peer,
+        headers,
+        form,
+        "/oauth/authorization_token",
+        true,
+    )
+    .await
 }

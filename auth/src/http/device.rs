@@ -42,17 +42,9 @@ pub async fn device_authorization(
     let Some(client_id) = client.id().map(str::to_string) else {
         return Err(OAuthError::new("invalid_request", "client_id is required"));
     };
-    let requested: Vec<String> = f
-        .scope
-        .as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
     let scopes = state
         .service
-        .check_scopes(&requested)
+        .check_scopes(&super::parse_scope(&f.scope))
         .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
     let device_code = secrets::new_token();
     let user_code = secrets::user_code();

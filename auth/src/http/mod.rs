@@ -126,6 +126,17 @@ pub fn json_response(v: serde_json::Value) -> Response {
     resp
 }
 
+/// A `scope` parameter: space-separated scope tokens (RFC 6749 §3.3).
+pub fn parse_scope(scope: &Option<String>) -> Vec<String> {
+    scope
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Client credentials from HTTP Basic (RFC 6749 §2.3.1) or the form body.
 pub fn client_credentials(
     headers: &HeaderMap,

@@ -38,15 +38,6 @@ pub fn form_error(e: FormRejection) -> OAuthError {
     OAuthError::new("invalid_request", format!("bad form: {}", e.body_text()))
 }
 
-fn scopes_of(s: &Option<String>) -> Vec<String> {
-    s.as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 pub fn issued_json(t: &Issued) -> Response {
     let mut v = json!({
         "access_token": t.access_token,
@@ -138,7 +129,7 @@ async fn password_grant(
     }
     let scopes = state
         .service
-        .check_scopes(&scopes_of(&f.scope))
+        .check_scopes(&super::parse_scope(&f.scope))
         .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
     let ttl = parse_ttl(&f.ttl)?;
     let service = state.service.clone();
@@ -199,7 +190,7 @@ async fn client_credentials_grant(
     };
     let scopes = state
         .service
-        .check_scopes(&scopes_of(&f.scope))
+        .check_scopes(&super::parse_scope(&f.scope))
         .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
     let ttl = parse_ttl(&f.ttl)?;
     let service = state.service.clone();
@@ -229,12 +220,14 @@ async fn refresh_grant(
             "refresh_token is required",
         ));
     };
+    let narrower = Some(super::parse_scope(&f.scope)).filter(|s| !s.is_empty());
     let service = state.service.clone();
     let client_id = client.id().map(str::to_string);
-    let t = tokio::task::spawn_blocking(move || service.refresh(&rt, client_id.as_deref()))
-        .await
-        .map_err(OAuthError::server)?
-        .map_err(service_error)?;
+    let t =
+        tokio::task::spawn_blocking(move || service.refresh(&rt, client_id.as_deref(), narrower))
+            .await
+            .map_err(OAuthError::server)?
+            .map_err(service_error)?;
     Ok(issued_json(&t))
 }
 
