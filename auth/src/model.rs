@@ -102,4 +102,6 @@ pub struct DeviceCode {
     pub expires_at: u64,
     /// Last poll, for `slow_down` (RFC 8628 §3.5).
     pub last_poll: u64,
+    /// Seconds the device must wait between polls; grows by 5 at every `slow_down`.
+    pub interval: u64,
 }

@@ -55,6 +55,7 @@ pub async fn device_authorization(
         state: DeviceState::Pending,
         expires_at: now_secs() + DEVICE_TTL,
         last_poll: 0,
+        interval: INTERVAL,
     };
     let service = state.service.clone();
     let key = secrets::token_key(&device_code);

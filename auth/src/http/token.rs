@@ -332,7 +332,11 @@ async fn device_grant(
         let now = crate::redb_store::now_secs();
         match d.state.clone() {
             DeviceState::Pending => {
-                let too_fast = now < d.last_poll + super::device::INTERVAL;
+                let too_fast = now < d.last_poll + d.interval;
+                if too_fast {
+                    // RFC 8628 §3.5: the interval grows by 5 seconds at every slow_down.
+                    d.interval += 5;
+                }
                 d.last_poll = now;
                 let _ = service.store.update(
                     Bucket::DeviceCodes,
