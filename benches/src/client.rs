@@ -1,0 +1,175 @@
+//! A minimal MQTT client for load: CONNECT / CONNACK, then raw packet writes and reads on the
+//! broker's codec. Kept lean so the load generator is not the bottleneck.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tessera_broker::codec::{
+    self, Connect, Packet, Properties, PubResp, Publish, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions, Version,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// How a client logs in.
+#[derive(Debug, Clone)]
+pub enum Login {
+    Anonymous,
+    Password {
+        user: String,
+        password: String,
+    },
+    /// MQTT 5 enhanced authentication, one step.
+    XOAuth2 {
+        token: String,
+    },
+}
+
+pub struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+pub struct Writer {
+    half: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+impl Reader {
+    /// Whether a whole packet is already buffered (so `recv` will not wait).
+    pub fn has_packet(&self) -> bool {
+        matches!(codec::peek_fixed_header(&self.buf), Ok(Some(h)) if self.buf.len() >= h.total())
+    }
+
+    pub async fn recv(&mut self) -> Result<Packet, Error> {
+        loop {
+            if let Some(p) = codec::decode(&mut self.buf, Version::V5, 1 << 28)? {
+                return Ok(p);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return Err("connection closed".into());
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Encodes into the write buffer; `flush` sends it.
+    pub fn queue(&mut self, p: &Packet) {
+        codec::encode(p, Version::V5, &mut self.buf);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        self.half.write_all(&self.buf).await?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    pub async fn send(&mut self, p: &Packet) -> Result<(), Error> {
+        self.queue(p);
+        self.flush().await
+    }
+}
+
+/// Connects and waits for a successful CONNACK.
+pub async fn connect(addr: SocketAddr, id: &str, login: &Login) -> Result<(Reader, Writer), Error> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut reader = Reader {
+        half: r,
+        buf: BytesMut::with_capacity(4096),
+    };
+    let mut writer = Writer {
+        half: w,
+        buf: BytesMut::with_capacity(4096),
+    };
+    let mut c = Connect {
+        version: Version::V5,
+        clean_start: true,
+        keep_alive: 0,
+        properties: Properties {
+            receive_maximum: Some(u16::MAX),
+            ..Default::default()
+        },
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    match login {
+        Login::Anonymous => {}
+        Login::Password { user, password } => {
+            c.username = Some(user.as_str().into());
+            c.password = Some(Bytes::from(password.clone()));
+        }
+        Login::XOAuth2 { token } => {
+            c.properties.authentication_method = Some("X-OAUTH2".into());
+            c.properties.authentication_data = Some(Bytes::from(token.clone()));
+        }
+    }
+    writer.send(&Packet::Connect(Box::new(c))).await?;
+    match tokio::time::timeout(Duration::from_secs(30), reader.recv()).await?? {
+        Packet::ConnAck(a) if a.reason_code == ReasonCode::SUCCESS => Ok((reader, writer)),
+        Packet::ConnAck(a) => Err(format!("CONNACK {}", a.reason_code).into()),
+        other => Err(format!("expected CONNACK, got {:?}", other.packet_type()).into()),
+    }
+}
+
+pub async fn subscribe(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    filter: &str,
+    qos: QoS,
+) -> Result<(), Error> {
+    writer
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(
+                filter.into(),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        }))
+        .await?;
+    loop {
+        match reader.recv().await? {
+            Packet::SubAck(a) if a.reason_codes.iter().all(|c| !c.is_error()) => return Ok(()),
+            Packet::SubAck(a) => return Err(format!("SUBACK {:?}", a.reason_codes).into()),
+            _ => {}
+        }
+    }
+}
+
+pub fn publish(topic: &str, payload: Bytes, qos: QoS, packet_id: u16, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id: (qos != QoS::AtMostOnce).then_some(packet_id),
+        properties: Properties::default(),
+        payload,
+    })
+}
+
+pub fn puback(packet_id: u16) -> Packet {
+    Packet::PubAck(PubResp {
+        packet_id,
+        ..Default::default()
+    })
+}

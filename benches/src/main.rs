@@ -1,0 +1,169 @@
+//! `loadgen`: runs one benchmark scenario against an MQTT broker on loopback and prints one
+//! JSON line with the figures. `benches/compare.sh` drives it against Tessera, mosquitto and
+//! rumqttd.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tessera_bench::client::Login;
+use tessera_bench::scenarios::{self, Target};
+use tessera_broker::codec::QoS;
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "MQTT load generator (loopback only, bounded in time and count)"
+)]
+struct Cli {
+    /// Broker address (must be a loopback address).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    addr: SocketAddr,
+    /// Log in with a user name and password (user:password).
+    #[arg(long)]
+    password: Option<String>,
+    /// Log in with X-OAUTH2 and this access token.
+    #[arg(long)]
+    token: Option<String>,
+    /// Prefix for client identifiers.
+    #[arg(long, default_value = "lg")]
+    run: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N publishers → 1 subscriber.
+    FanIn {
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// N publisher/subscriber pairs at QoS 1: throughput and latency.
+    Pairs {
+        #[arg(long, default_value_t = 8)]
+        pairs: usize,
+        /// Messages per second per pair; flat out if absent.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// 1 publisher → N subscribers at QoS 0.
+    FanOut {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// M clients connecting and disconnecting.
+    ConnectStorm {
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// N idle connections; broker RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
+        /// The broker's process id (its RSS is read from /proc).
+        #[arg(long)]
+        pid: u32,
+    },
+    /// N retained topics; time for a `#` subscriber to receive them all.
+    Retained {
+        #[arg(long, default_value_t = 100_000)]
+        topics: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !cli.addr.ip().is_loopback() {
+        eprintln!("error: loadgen only targets loopback addresses");
+        return ExitCode::from(2);
+    }
+    let login = match (cli.password, cli.token) {
+        (Some(p), None) => match p.split_once(':') {
+            Some((u, pw)) => Login::Password {
+                user: u.into(),
+                password: pw.into(),
+            },
+            None => {
+                eprintln!("error: --password takes user:password");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(t)) => Login::XOAuth2 { token: t },
+        (None, None) => Login::Anonymous,
+        _ => {
+            eprintln!("error: give --password or --token, not both");
+            return ExitCode::from(2);
+        }
+    };
+    let target = Target {
+        addr: cli.addr,
+        login,
+        run: cli.run,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let qos = |q: u8| {
+        if q == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.scenario {
+            Scenario::FanIn {
+                publishers,
+                qos: q,
+                payload,
+                secs,
+            } => scenarios::fan_in(&target, publishers, qos(q), payload, secs).await,
+            Scenario::Pairs { pairs, rate, secs } => {
+                scenarios::pairs(&target, pairs, rate, secs).await
+            }
+            Scenario::FanOut {
+                subscribers,
+                payload,
+                secs,
+            } => scenarios::fan_out(&target, subscribers, payload, secs).await,
+            Scenario::ConnectStorm {
+                clients,
+                concurrency,
+            } => scenarios::connect_storm(&target, clients, concurrency).await,
+            Scenario::Idle { connections, pid } => scenarios::idle(&target, connections, pid).await,
+            Scenario::Retained { topics } => scenarios::retained(&target, topics).await,
+        }
+    });
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The benchmark scenarios. Each is bounded in time and count, counts at the subscribers after
+//! a warm-up, and reports one JSON object. QoS 1 runs end with an exact count check.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tessera_broker::codec::{Packet, QoS};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::client::{self, Error, Login};
+
+/// Unacknowledged QoS 1 publishes per publisher.
+const WINDOW: usize = 64;
+/// Publishes queued per write.
+const BATCH: usize = 64;
+
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub login: Login,
+    /// Prefix of client ids, unique per run.
+    pub run: String,
+}
+
+/// A tag unique to one scenario call, so topics and client ids never meet those of an earlier
+/// run whose last messages the broker may still be delivering.
+fn tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn payload(size: usize) -> Bytes {
+    Bytes::from(vec![b'x'; size.max(8)])
+}
+
+fn now_nanos(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// A subscriber that counts messages (and, with `epoch`, records latencies from an 8-byte
+/// timestamp at the start of each payload). Acknowledges QoS 1.
+async fn counting_subscriber(
+    t: &Target,
+    id: String,
+    filter: &str,
+    qos: QoS,
+    counter: Arc<AtomicU64>,
+    latencies: Option<(Instant, Arc<std::sync::Mutex<Vec<u64>>>)>,
+    stop: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let (mut r, mut w) = client::connect(t.addr, &id, &t.login).await?;
+    client::subscribe(&mut r, &mut w, filter, qos).await?;
+    Ok(tokio::spawn(async move {
+        let mut local = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(Ok(p)) = tokio::time::timeout(Duration::from_millis(200), r.recv()).await else {
+                continue;
+            };
+            if let Packet::Publish(p) = p {
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Some((epoch, _)) = &latencies
+                    && p.payload.len() >= 8
+                {
+                    let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or_default());
+                    local.push(now_nanos(*epoch).saturating_sub(sent));
+                }
+                if let Some(id) = p.packet_id {
+                    w.queue(&client::puback(id));
+                }
+            }
+            // Acknowledge in batches: write once the read buffer holds no further packet.
+            if w.buffered() > 0 && !r.has_packet() {
+                let _ = w.flush().await;
+            }
+        }
+        if let Some((_, all)) = latencies {
+            all.lock().unwrap().extend(local);
+        }
+    }))
+}
+
+/// What one publisher sends.
+struct Pub {
+    id: String,
+    topic: String,
+    qos: QoS,
+    size: usize,
+    deadline: Instant,
+    /// Messages per second; flat out if absent.
+    rate: Option<u64>,
+    /// Stamp each payload with the send time since this instant (for latency).
+    epoch: Option<Instant>,
+}
+
+/// A publisher sending until its deadline, at its rate if given; QoS 1 keeps at most `WINDOW`
+/// unacknowledged. Returns how many the broker accepted.
+async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
+    let Pub {
+        id,
+        topic,
+        qos,
+        size,
+        deadline,
+        rate,
+        epoch,
+    } = spec;
+    let (mut r, mut w) = client::connect(t.addr, &id, &t.login).await?;
+    let base = payload(size);
+    let acked = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let reader = if qos == QoS::AtLeastOnce {
+        let acked = acked.clone();
+        let window = window.clone();
+        Some(tokio::spawn(async move {
+            while let Ok(p) = r.recv().await {
+                if let Packet::PubAck(_) = p {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    window.add_permits(1);
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    let mut sent: u64 = 0;
+    let mut pid: u16 = 0;
+    let mut tick =
+        rate.map(|r| tokio::time::interval(Duration::from_nanos(1_000_000_000 / r.max(1))));
+    'outer: while Instant::now() < deadline {
+        let batch = if tick.is_some() { 1 } else { BATCH };
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        for _ in 0..batch {
+            if qos == QoS::AtLeastOnce {
+                if w.buffered() > 0 && window.available_permits() == 0 {
+                    w.flush().await?;
+                }
+                let permit = match tokio::time::timeout_at(deadline.into(), window.acquire()).await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => break 'outer,
+                };
+                permit.forget();
+                pid = if pid == u16::MAX { 1 } else { pid + 1 };
+            }
+            let body = match epoch {
+                Some(e) => {
+                    let mut v = base.to_vec();
+                    v[..8].copy_from_slice(&now_nanos(e).to_be_bytes());
+                    Bytes::from(v)
+                }
+                None => base.clone(),
+            };
+            w.queue(&client::publish(&topic, body, qos, pid, false));
+            sent += 1;
+        }
+        w.flush().await?;
+    }
+    w.flush().await?;
+    if qos == QoS::AtLeastOnce {
+        // Wait for the outstanding acknowledgements.
+        let until = Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::Relaxed) < sent && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(r) = reader {
+            r.abort();
+        }
+        Ok(acked.load(Ordering::Relaxed))
+    } else {
+        Ok(sent)
+    }
+}
+
+/// Waits until `counter` reaches `want` or `timeout` passes; returns when it stopped changing.
+async fn wait_count(counter: &AtomicU64, want: u64, timeout: Duration) -> Instant {
+    let until = Instant::now() + timeout;
+    let mut last = counter.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while Instant::now() < until {
+        let now = counter.load(Ordering::Relaxed);
+        if now >= want {
+            return Instant::now();
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    last_change
+}
+
+/// 1. N publishers → 1 subscriber.
+pub async fn fan_in(
+    t: &Target,
+    publishers: usize,
+    qos: QoS,
+    size: usize,
+    secs: f64,
+) -> Result<Value, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(AtomicU64::new(0));
+    let k = tag();
+    let sub = counting_subscriber(
+        t,
+        format!("{}-{k}-fanin-sub", t.run),
+        &format!("fanin/{k}/#"),
+        qos,
+        got.clone(),
+        None,
+        stop.clone(),
+    )
+    .await?;
+    let warmup = Duration::from_secs_f64((secs * 0.2).min(1.0));
+    let start = Instant::now();
+    let deadline = start + warmup + Duration::from_secs_f64(secs);
+    let mut set = JoinSet::new();
+    for i in 0..publishers {
+        set.spawn(publisher(
+            t.clone(),
+            Pub {
+                id: format!("{}-{k}-fanin-pub{i}", t.run),
+                topic: format!("fanin/{k}/{i}"),
+                qos,
+                size,
+                deadline,
+                rate: None,
+                epoch: None,
+            },
+        ));
+    }
+    tokio::time::sleep_until((start + warmup).into()).await;
+    let at_warm = got.load(Ordering::Relaxed);
+    let warm_at = Instant::now();
+    let mut accepted = 0;
+    while let Some(r) = set.join_next().await {
+        accepted += r??;
+    }
+    let mut result = json!({ "scenario": "fan_in", "publishers": publishers, "qos": qos as u8, "payload": size });
+    if qos == QoS::AtLeastOnce {
+        let end = wait_count(&got, accepted, Duration::from_secs(30)).await;
+        let received = got.load(Ordering::Relaxed);
+        result["sent"] = json!(accepted);
+        result["received"] = json!(received);
+        result["exact"] = json!(received == accepted);
+        result["msgs_per_sec"] =
+            json!((received - at_warm) as f64 / end.duration_since(warm_at).as_secs_f64());
+    } else {
+        let received = got.load(Ordering::Relaxed) - at_warm;
+        result["sent"] = json!(accepted);
+        result["msgs_per_sec"] = json!(received as f64 / warm_at.elapsed().as_secs_f64().max(1e-9));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sub.await;
+    Ok(result)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// 2. N publisher/subscriber pairs at QoS 1, at `rate` per pair or flat out: throughput
+/// and end-to-end latency.
+pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result<Value, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut subs = Vec::new();
+    let k = tag();
+    for i in 0..n {
+        subs.push(
+            counting_subscriber(
+                t,
+                format!("{}-{k}-pair-sub{i}", t.run),
+                &format!("pair/{k}/{i}"),
+                QoS::AtLeastOnce,
+                got.clone(),
+                Some((epoch, lat.clone())),
+                stop.clone(),
+            )
+            .await?,
+        );
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        set.spawn(publisher(
+            t.clone(),
+            Pub {
+                id: format!("{}-{k}-pair-pub{i}", t.run),
+                topic: format!("pair/{k}/{i}"),
+                qos: QoS::AtLeastOnce,
+                size: 64,
+                deadline,
+                rate,
+                epoch: Some(epoch),
+            },
+        ));
+    }
+    let mut accepted = 0;
+    while let Some(r) = set.join_next().await {
+        accepted += r??;
+    }
+    let end = wait_count(&got, accepted, Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in subs {
+        let _ = s.await;
+    }
+    let received = got.load(Ordering::Relaxed);
+    let mut l = lat.lock().unwrap().clone();
+    l.sort_unstable();
+    Ok(json!({
+        "scenario": "pairs", "pairs": n, "rate_per_pair": rate,
+        "sent": accepted, "received": received, "exact": received == accepted,
+        "msgs_per_sec": received as f64 / end.duration_since(start).as_secs_f64(),
+        "p50_us": percentile(&l, 0.5), "p99_us": percentile(&l, 0.99), "p999_us": percentile(&l, 0.999),
+    }))
+}
+
+/// 3. 1 publisher → N subscribers at QoS 0: deliveries per second.
+pub async fn fan_out(
+    t: &Target,
+    subscribers: usize,
+    size: usize,
+    secs: f64,
+) -> Result<Value, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    let k = tag();
+    let topic = format!("fanout/{k}");
+    for i in 0..subscribers {
+        subs.push(
+            counting_subscriber(
+                t,
+                format!("{}-{k}-fanout-sub{i}", t.run),
+                &topic,
+                QoS::AtMostOnce,
+                got.clone(),
+                None,
+                stop.clone(),
+            )
+            .await?,
+        );
+    }
+    let warmup = Duration::from_secs_f64((secs * 0.2).min(1.0));
+    let start = Instant::now();
+    let deadline = start + warmup + Duration::from_secs_f64(secs);
+    let publ = tokio::spawn(publisher(
+        t.clone(),
+        Pub {
+            id: format!("{}-{k}-fanout-pub", t.run),
+            topic: topic.clone(),
+            qos: QoS::AtMostOnce,
+            size,
+            deadline,
+            rate: None,
+            epoch: None,
+        },
+    ));
+    tokio::time::sleep_until((start + warmup).into()).await;
+    let at_warm = got.load(Ordering::Relaxed);
+    let warm_at = Instant::now();
+    let sent = publ.await??;
+    let delivered = got.load(Ordering::Relaxed) - at_warm;
+    let rate = delivered as f64 / warm_at.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for s in subs {
+        let _ = s.await;
+    }
+    Ok(
+        json!({ "scenario": "fan_out", "subscribers": subscribers, "payload": size, "published": sent, "deliveries_per_sec": rate }),
+    )
+}
+
+/// 4. M clients connecting and disconnecting, `concurrency` at a time.
+pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Result<Value, Error> {
+    let next = Arc::new(AtomicU64::new(0));
+    let k = tag();
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let t = t.clone();
+        let next = next.clone();
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i as usize >= total {
+                    break;
+                }
+                let began = Instant::now();
+                let (_r, mut w) =
+                    client::connect(t.addr, &format!("{}-{k}-storm{i}", t.run), &t.login).await?;
+                lat.push(began.elapsed().as_nanos() as u64);
+                w.send(&Packet::Disconnect(Default::default())).await?;
+            }
+            Ok::<_, Error>(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok(json!({
+        "scenario": "connect_storm", "clients": total, "concurrency": concurrency,
+        "connacks_per_sec": all.len() as f64 / elapsed, "p99_us": percentile(&all, 0.99),
+    }))
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// 5. N idle connections: broker resident memory per connection.
+pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error> {
+    let before = rss_kib(broker_pid).ok_or("cannot read the broker's RSS")?;
+    let mut conns = Vec::with_capacity(n);
+    let mut set = JoinSet::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let k = tag();
+    for _ in 0..64 {
+        let t = t.clone();
+        let next = next.clone();
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i as usize >= n {
+                    break;
+                }
+                mine.push(
+                    client::connect(t.addr, &format!("{}-{k}-idle{i}", t.run), &t.login).await?,
+                );
+            }
+            Ok::<_, Error>(mine)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        conns.extend(r??);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(broker_pid).ok_or("cannot read the broker's RSS")?;
+    drop(conns);
+    Ok(json!({
+        "scenario": "idle", "connections": n, "rss_before_kib": before, "rss_after_kib": after,
+        "kib_per_connection": (after.saturating_sub(before)) as f64 / n as f64,
+    }))
+}
+
+/// 6. N retained topics; time for a `#` subscriber to receive all of them.
+pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
+    let k = tag();
+    let (mut r, mut w) =
+        client::connect(t.addr, &format!("{}-{k}-ret-pub", t.run), &t.login).await?;
+    let body = payload(16);
+    let mut pid: u16 = 0;
+    let mut outstanding = 0usize;
+    for i in 0..n {
+        pid = if pid == u16::MAX { 1 } else { pid + 1 };
+        w.queue(&client::publish(
+            &format!("ret/{k}/{}/{i}", i / 1000),
+            body.clone(),
+            QoS::AtLeastOnce,
+            pid,
+            true,
+        ));
+        outstanding += 1;
+        if outstanding >= WINDOW {
+            w.flush().await?;
+            while outstanding > WINDOW / 2 {
+                if let Packet::PubAck(_) = r.recv().await? {
+                    outstanding -= 1;
+                }
+            }
+        }
+    }
+    w.flush().await?;
+    while outstanding > 0 {
+        if let Packet::PubAck(_) = r.recv().await? {
+            outstanding -= 1;
+        }
+    }
+    let (mut sr, mut sw) =
+        client::connect(t.addr, &format!("{}-{k}-ret-sub", t.run), &t.login).await?;
+    let start = Instant::now();
+    client::subscribe(&mut sr, &mut sw, &format!("ret/{k}/#"), QoS::AtMostOnce).await?;
+    let mut got = 0u64;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(30), sr.recv()).await {
+            Ok(Ok(Packet::Publish(_))) => got += 1,
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    Ok(
+        json!({ "scenario": "retained", "topics": n, "received": got, "complete": got == n, "seconds": start.elapsed().as_secs_f64() }),
+    )
+}

@@ -1,0 +1,58 @@
+//! CI's short run of the load generator: every scenario for a second or a few hundred messages
+//! against an in-process broker, checking the counts (the full comparison is benches/compare.sh).
+
+use std::sync::Arc;
+
+use tessera_bench::client::Login;
+use tessera_bench::scenarios::{self, Target};
+use tessera_broker::Server;
+use tessera_broker::auth::AnonymousOnly;
+use tessera_broker::codec::QoS;
+use tessera_config::{Config, Transport};
+
+async fn broker() -> (Server, Target, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&yaml, "smoke.yml").unwrap();
+    let server = Server::start(
+        &config,
+        Arc::new(AnonymousOnly {
+            allow_anonymous: true,
+        }),
+    )
+    .await
+    .unwrap();
+    let target = Target {
+        addr: server.addr(Transport::Tcp).unwrap(),
+        login: Login::Anonymous,
+        run: "smoke".into(),
+    };
+    (server, target, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_counts_exactly() {
+    let (_server, t, _dir) = broker().await;
+    let r = scenarios::fan_in(&t, 2, QoS::AtMostOnce, 64, 0.5)
+        .await
+        .unwrap();
+    assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    let r = scenarios::fan_in(&t, 2, QoS::AtLeastOnce, 1024, 0.5)
+        .await
+        .unwrap();
+    assert_eq!(r["exact"], true, "{r}");
+    let r = scenarios::pairs(&t, 2, Some(200), 0.5).await.unwrap();
+    assert_eq!(r["exact"], true, "{r}");
+    assert!(r["p99_us"].as_f64().unwrap() > 0.0, "{r}");
+    let r = scenarios::fan_out(&t, 20, 64, 0.5).await.unwrap();
+    assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    let r = scenarios::connect_storm(&t, 100, 4).await.unwrap();
+    assert!(r["connacks_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    let r = scenarios::retained(&t, 500).await.unwrap();
+    assert_eq!(r["complete"], true, "{r}");
+    let r = scenarios::idle(&t, 50, std::process::id()).await.unwrap();
+    assert!(r["kib_per_connection"].as_f64().is_some(), "{r}");
+}
