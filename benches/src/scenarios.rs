@@ -199,7 +199,7 @@ async fn wait_count(counter: &AtomicU64, want: u64, timeout: Duration) -> Instan
     last_change
 }
 
-/// 1. N publishers → 1 subscriber.
+/// Scenario 1: N publishers → 1 subscriber.
 pub async fn fan_in(
     t: &Target,
     publishers: usize,
@@ -272,7 +272,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-/// 2. N publisher/subscriber pairs at QoS 1, at `rate` per pair or flat out: throughput
+/// Scenario 2: N publisher/subscriber pairs at QoS 1, at `rate` per pair or flat out: throughput
 /// and end-to-end latency.
 pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result<Value, Error> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -332,7 +332,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
     }))
 }
 
-/// 3. 1 publisher → N subscribers at QoS 0: deliveries per second.
+/// Scenario 3: 1 publisher → N subscribers at QoS 0: deliveries per second.
 pub async fn fan_out(
     t: &Target,
     subscribers: usize,
@@ -388,7 +388,7 @@ pub async fn fan_out(
     )
 }
 
-/// 4. M clients connecting and disconnecting, `concurrency` at a time.
+/// Scenario 4: M clients connecting and disconnecting, `concurrency` at a time.
 pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Result<Value, Error> {
     let next = Arc::new(AtomicU64::new(0));
     let k = tag();
@@ -436,7 +436,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// 5. N idle connections: broker resident memory per connection.
+/// Scenario 5: N idle connections: broker resident memory per connection.
 pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error> {
     let before = rss_kib(broker_pid).ok_or("cannot read the broker's RSS")?;
     let mut conns = Vec::with_capacity(n);
@@ -472,7 +472,7 @@ pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error>
     }))
 }
 
-/// 6. N retained topics; time for a `#` subscriber to receive all of them.
+/// Scenario 6: N retained topics; time for a `#` subscriber to receive all of them.
 pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
     let k = tag();
     let (mut r, mut w) =
