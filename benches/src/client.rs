@@ -30,11 +30,13 @@ pub enum Login {
 pub struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
+    version: Version,
 }
 
 pub struct Writer {
     half: OwnedWriteHalf,
     buf: BytesMut,
+    version: Version,
 }
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -47,7 +49,7 @@ impl Reader {
 
     pub async fn recv(&mut self) -> Result<Packet, Error> {
         loop {
-            if let Some(p) = codec::decode(&mut self.buf, Version::V5, 1 << 28)? {
+            if let Some(p) = codec::decode(&mut self.buf, self.version, 1 << 28)? {
                 return Ok(p);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
@@ -63,7 +65,7 @@ impl Reader {
 impl Writer {
     /// Encodes into the write buffer; `flush` sends it.
     pub fn queue(&mut self, p: &Packet) {
-        codec::encode(p, Version::V5, &mut self.buf);
+        codec::encode(p, self.version, &mut self.buf);
     }
 
     pub fn buffered(&self) -> usize {
@@ -82,25 +84,33 @@ impl Writer {
     }
 }
 
-/// Connects and waits for a successful CONNACK.
-pub async fn connect(addr: SocketAddr, id: &str, login: &Login) -> Result<(Reader, Writer), Error> {
+/// Connects with `version` and waits for a successful CONNACK.
+pub async fn connect(
+    addr: SocketAddr,
+    id: &str,
+    login: &Login,
+    version: Version,
+) -> Result<(Reader, Writer), Error> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
     let mut reader = Reader {
         half: r,
         buf: BytesMut::with_capacity(4096),
+        version,
     };
     let mut writer = Writer {
         half: w,
         buf: BytesMut::with_capacity(4096),
+        version,
     };
+    let v5 = version == Version::V5;
     let mut c = Connect {
-        version: Version::V5,
+        version,
         clean_start: true,
         keep_alive: 0,
         properties: Properties {
-            receive_maximum: Some(u16::MAX),
+            receive_maximum: v5.then_some(u16::MAX),
             ..Default::default()
         },
         client_id: id.into(),
@@ -122,6 +132,7 @@ pub async fn connect(addr: SocketAddr, id: &str, login: &Login) -> Result<(Reade
     writer.send(&Packet::Connect(Box::new(c))).await?;
     match tokio::time::timeout(Duration::from_secs(30), reader.recv()).await?? {
         Packet::ConnAck(a) if a.reason_code == ReasonCode::SUCCESS => Ok((reader, writer)),
+        Packet::ConnAck(a) if !v5 => Err(format!("CONNACK return code {}", a.reason_code.0).into()),
         Packet::ConnAck(a) => Err(format!("CONNACK {}", a.reason_code).into()),
         other => Err(format!("expected CONNACK, got {:?}", other.packet_type()).into()),
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tessera_bench::client::Login;
 use tessera_bench::scenarios::{self, Target};
-use tessera_broker::codec::QoS;
+use tessera_broker::codec::{QoS, Version};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,9 @@ struct Cli {
     /// Log in with X-OAUTH2 and this access token.
     #[arg(long)]
     token: Option<String>,
+    /// MQTT version of the clients: 5 or 3.1.1 (X-OAUTH2 needs 5).
+    #[arg(long, default_value = "3.1.1")]
+    mqtt: String,
     /// Prefix for client identifiers.
     #[arg(long, default_value = "lg")]
     run: String,
@@ -110,9 +113,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let version = match cli.mqtt.as_str() {
+        "5" | "5.0" => Version::V5,
+        "3.1.1" | "4" => Version::V3_1_1,
+        other => {
+            eprintln!("error: --mqtt takes 5 or 3.1.1, not {other}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(login, Login::XOAuth2 { .. }) && version != Version::V5 {
+        eprintln!("error: X-OAUTH2 needs --mqtt 5");
+        return ExitCode::from(2);
+    }
     let target = Target {
         addr: cli.addr,
         login,
+        version,
         run: cli.run,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tessera_broker::codec::{Packet, QoS};
+use tessera_broker::codec::{Packet, QoS, Version};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -23,6 +23,8 @@ const BATCH: usize = 64;
 pub struct Target {
     pub addr: SocketAddr,
     pub login: Login,
+    /// Protocol of every client (3.1.1 is what all compared brokers implement fully).
+    pub version: Version,
     /// Prefix of client ids, unique per run.
     pub run: String,
 }
@@ -53,7 +55,7 @@ async fn counting_subscriber(
     latencies: Option<(Instant, Arc<std::sync::Mutex<Vec<u64>>>)>,
     stop: Arc<AtomicBool>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let (mut r, mut w) = client::connect(t.addr, &id, &t.login).await?;
+    let (mut r, mut w) = client::connect(t.addr, &id, &t.login, t.version).await?;
     client::subscribe(&mut r, &mut w, filter, qos).await?;
     Ok(tokio::spawn(async move {
         let mut local = Vec::new();
@@ -109,7 +111,7 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
         rate,
         epoch,
     } = spec;
-    let (mut r, mut w) = client::connect(t.addr, &id, &t.login).await?;
+    let (mut r, mut w) = client::connect(t.addr, &id, &t.login, t.version).await?;
     let base = payload(size);
     let acked = Arc::new(AtomicU64::new(0));
     let window = Arc::new(Semaphore::new(WINDOW));
@@ -405,8 +407,13 @@ pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Resu
                     break;
                 }
                 let began = Instant::now();
-                let (_r, mut w) =
-                    client::connect(t.addr, &format!("{}-{k}-storm{i}", t.run), &t.login).await?;
+                let (_r, mut w) = client::connect(
+                    t.addr,
+                    &format!("{}-{k}-storm{i}", t.run),
+                    &t.login,
+                    t.version,
+                )
+                .await?;
                 lat.push(began.elapsed().as_nanos() as u64);
                 w.send(&Packet::Disconnect(Default::default())).await?;
             }
@@ -454,7 +461,13 @@ pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error>
                     break;
                 }
                 mine.push(
-                    client::connect(t.addr, &format!("{}-{k}-idle{i}", t.run), &t.login).await?,
+                    client::connect(
+                        t.addr,
+                        &format!("{}-{k}-idle{i}", t.run),
+                        &t.login,
+                        t.version,
+                    )
+                    .await?,
                 );
             }
             Ok::<_, Error>(mine)
@@ -475,8 +488,13 @@ pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error>
 /// Scenario 6: N retained topics; time for a `#` subscriber to receive all of them.
 pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
     let k = tag();
-    let (mut r, mut w) =
-        client::connect(t.addr, &format!("{}-{k}-ret-pub", t.run), &t.login).await?;
+    let (mut r, mut w) = client::connect(
+        t.addr,
+        &format!("{}-{k}-ret-pub", t.run),
+        &t.login,
+        t.version,
+    )
+    .await?;
     let body = payload(16);
     let mut pid: u16 = 0;
     let mut outstanding = 0usize;
@@ -505,8 +523,13 @@ pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
             outstanding -= 1;
         }
     }
-    let (mut sr, mut sw) =
-        client::connect(t.addr, &format!("{}-{k}-ret-sub", t.run), &t.login).await?;
+    let (mut sr, mut sw) = client::connect(
+        t.addr,
+        &format!("{}-{k}-ret-sub", t.run),
+        &t.login,
+        t.version,
+    )
+    .await?;
     let start = Instant::now();
     client::subscribe(&mut sr, &mut sw, &format!("ret/{k}/#"), QoS::AtMostOnce).await?;
     let mut got = 0u64;

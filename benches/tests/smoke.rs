@@ -28,6 +28,7 @@ async fn broker() -> (Server, Target, tempfile::TempDir) {
     let target = Target {
         addr: server.addr(Transport::Tcp).unwrap(),
         login: Login::Anonymous,
+        version: tessera_broker::codec::Version::V3_1_1,
         run: "smoke".into(),
     };
     (server, target, dir)
