@@ -102,7 +102,7 @@ start_relay() {
 }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 
-LG() { taskset -c 1 "$BIN/loadgen" --addr "127.0.0.1:$PORT" --run "r$RANDOM" "$@"; }
+LG() { timeout 300 taskset -c 1 "$BIN/loadgen" --addr "127.0.0.1:$PORT" --run "r$RANDOM" "$@"; }
 
 record() { # broker scenario-label json
   python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["broker"]=sys.argv[1]; d["label"]=sys.argv[2]; print(json.dumps(d))' "$1" "$2" "$3" >> "$RESULTS"

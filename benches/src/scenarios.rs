@@ -485,6 +485,13 @@ pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error>
     }))
 }
 
+/// The next packet, or an error after 30 s (a broker that stops answering ends the run).
+async fn recv_within(r: &mut client::Reader) -> Result<Packet, Error> {
+    tokio::time::timeout(Duration::from_secs(30), r.recv())
+        .await
+        .map_err(|_| -> Error { "no answer from the broker within 30 s".into() })?
+}
+
 /// Scenario 6: N retained topics; time for a `#` subscriber to receive all of them.
 pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
     let k = tag();
@@ -511,7 +518,7 @@ pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
         if outstanding >= WINDOW {
             w.flush().await?;
             while outstanding > WINDOW / 2 {
-                if let Packet::PubAck(_) = r.recv().await? {
+                if let Packet::PubAck(_) = recv_within(&mut r).await? {
                     outstanding -= 1;
                 }
             }
@@ -519,7 +526,7 @@ pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
     }
     w.flush().await?;
     while outstanding > 0 {
-        if let Packet::PubAck(_) = r.recv().await? {
+        if let Packet::PubAck(_) = recv_within(&mut r).await? {
             outstanding -= 1;
         }
     }

@@ -90,8 +90,14 @@ async fn answer(kind: u8, frame: &[u8], w: &mut Option<OwnedWriteHalf>, sink: &S
         1 => writer.write_all(&[0x20, 0x02, 0x00, 0x00]).await.is_ok(),
         8 => {
             let h = peek_fixed_header(frame).ok().flatten();
-            let pid = h.map(|h| [frame[h.header_len], frame[h.header_len + 1]]).unwrap_or([0, 1]);
-            if writer.write_all(&[0x90, 0x03, pid[0], pid[1], 0x00]).await.is_err() {
+            let pid = h
+                .map(|h| [frame[h.header_len], frame[h.header_len + 1]])
+                .unwrap_or([0, 1]);
+            if writer
+                .write_all(&[0x90, 0x03, pid[0], pid[1], 0x00])
+                .await
+                .is_err()
+            {
                 return false;
             }
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
