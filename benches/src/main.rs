@@ -28,9 +28,9 @@ struct Cli {
     /// MQTT version of the clients: 5 or 3.1.1 (X-OAUTH2 needs 5).
     #[arg(long, default_value = "3.1.1")]
     mqtt: String,
-    /// Prefix for client identifiers.
-    #[arg(long, default_value = "lg")]
-    run: String,
+    /// Prefix for client identifiers and topics (default: unique per process).
+    #[arg(long)]
+    run: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -129,7 +129,9 @@ fn main() -> ExitCode {
         addr: cli.addr,
         login,
         version,
-        run: cli.run,
+        run: cli
+            .run
+            .unwrap_or_else(|| format!("lg{}", std::process::id())),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

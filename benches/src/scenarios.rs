@@ -31,9 +31,9 @@ pub struct Target {
 
 /// A tag unique to one scenario call, so topics and client ids never meet those of an earlier
 /// run whose last messages the broker may still be delivering.
-fn tag() -> u64 {
+fn tag(t: &Target) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    format!("{}-{}", t.run, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn payload(size: usize) -> Bytes {
@@ -211,10 +211,10 @@ pub async fn fan_in(
 ) -> Result<Value, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let got = Arc::new(AtomicU64::new(0));
-    let k = tag();
+    let k = tag(t);
     let sub = counting_subscriber(
         t,
-        format!("{}-{k}-fanin-sub", t.run),
+        format!("{k}-fanin-sub"),
         &format!("fanin/{k}/#"),
         qos,
         got.clone(),
@@ -230,7 +230,7 @@ pub async fn fan_in(
         set.spawn(publisher(
             t.clone(),
             Pub {
-                id: format!("{}-{k}-fanin-pub{i}", t.run),
+                id: format!("{k}-fanin-pub{i}"),
                 topic: format!("fanin/{k}/{i}"),
                 qos,
                 size,
@@ -282,12 +282,12 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
     let epoch = Instant::now();
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut subs = Vec::new();
-    let k = tag();
+    let k = tag(t);
     for i in 0..n {
         subs.push(
             counting_subscriber(
                 t,
-                format!("{}-{k}-pair-sub{i}", t.run),
+                format!("{k}-pair-sub{i}"),
                 &format!("pair/{k}/{i}"),
                 QoS::AtLeastOnce,
                 got.clone(),
@@ -304,7 +304,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
         set.spawn(publisher(
             t.clone(),
             Pub {
-                id: format!("{}-{k}-pair-pub{i}", t.run),
+                id: format!("{k}-pair-pub{i}"),
                 topic: format!("pair/{k}/{i}"),
                 qos: QoS::AtLeastOnce,
                 size: 64,
@@ -344,13 +344,13 @@ pub async fn fan_out(
     let stop = Arc::new(AtomicBool::new(false));
     let got = Arc::new(AtomicU64::new(0));
     let mut subs = Vec::new();
-    let k = tag();
+    let k = tag(t);
     let topic = format!("fanout/{k}");
     for i in 0..subscribers {
         subs.push(
             counting_subscriber(
                 t,
-                format!("{}-{k}-fanout-sub{i}", t.run),
+                format!("{k}-fanout-sub{i}"),
                 &topic,
                 QoS::AtMostOnce,
                 got.clone(),
@@ -366,7 +366,7 @@ pub async fn fan_out(
     let publ = tokio::spawn(publisher(
         t.clone(),
         Pub {
-            id: format!("{}-{k}-fanout-pub", t.run),
+            id: format!("{k}-fanout-pub"),
             topic: topic.clone(),
             qos: QoS::AtMostOnce,
             size,
@@ -393,12 +393,13 @@ pub async fn fan_out(
 /// Scenario 4: M clients connecting and disconnecting, `concurrency` at a time.
 pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Result<Value, Error> {
     let next = Arc::new(AtomicU64::new(0));
-    let k = tag();
+    let k = tag(t);
     let start = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..concurrency {
         let t = t.clone();
         let next = next.clone();
+        let k = k.clone();
         set.spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -407,13 +408,8 @@ pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Resu
                     break;
                 }
                 let began = Instant::now();
-                let (_r, mut w) = client::connect(
-                    t.addr,
-                    &format!("{}-{k}-storm{i}", t.run),
-                    &t.login,
-                    t.version,
-                )
-                .await?;
+                let (_r, mut w) =
+                    client::connect(t.addr, &format!("{k}-storm{i}"), &t.login, t.version).await?;
                 lat.push(began.elapsed().as_nanos() as u64);
                 w.send(&Packet::Disconnect(Default::default())).await?;
             }
@@ -449,10 +445,11 @@ pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error>
     let mut conns = Vec::with_capacity(n);
     let mut set = JoinSet::new();
     let next = Arc::new(AtomicU64::new(0));
-    let k = tag();
+    let k = tag(t);
     for _ in 0..64 {
         let t = t.clone();
         let next = next.clone();
+        let k = k.clone();
         set.spawn(async move {
             let mut mine = Vec::new();
             loop {
@@ -461,13 +458,7 @@ pub async fn idle(t: &Target, n: usize, broker_pid: u32) -> Result<Value, Error>
                     break;
                 }
                 mine.push(
-                    client::connect(
-                        t.addr,
-                        &format!("{}-{k}-idle{i}", t.run),
-                        &t.login,
-                        t.version,
-                    )
-                    .await?,
+                    client::connect(t.addr, &format!("{k}-idle{i}"), &t.login, t.version).await?,
                 );
             }
             Ok::<_, Error>(mine)
@@ -494,14 +485,9 @@ async fn recv_within(r: &mut client::Reader) -> Result<Packet, Error> {
 
 /// Scenario 6: N retained topics; time for a `#` subscriber to receive all of them.
 pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
-    let k = tag();
-    let (mut r, mut w) = client::connect(
-        t.addr,
-        &format!("{}-{k}-ret-pub", t.run),
-        &t.login,
-        t.version,
-    )
-    .await?;
+    let k = tag(t);
+    let (mut r, mut w) =
+        client::connect(t.addr, &format!("{k}-ret-pub"), &t.login, t.version).await?;
     let body = payload(16);
     let mut pid: u16 = 0;
     let mut outstanding = 0usize;
@@ -530,13 +516,8 @@ pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
             outstanding -= 1;
         }
     }
-    let (mut sr, mut sw) = client::connect(
-        t.addr,
-        &format!("{}-{k}-ret-sub", t.run),
-        &t.login,
-        t.version,
-    )
-    .await?;
+    let (mut sr, mut sw) =
+        client::connect(t.addr, &format!("{k}-ret-sub"), &t.login, t.version).await?;
     let start = Instant::now();
     client::subscribe(&mut sr, &mut sw, &format!("ret/{k}/#"), QoS::AtMostOnce).await?;
     let mut got = 0u64;

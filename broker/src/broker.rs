@@ -36,7 +36,7 @@ pub struct ConnectionInfo {
     pub identity: Option<String>,
     /// The credential label from the grant (a token id, never a token).
     pub credential: Option<String>,
-    pub control: tokio::sync::mpsc::UnboundedSender<Control>,
+    pub control: Arc<crate::session::ControlSlot>,
 }
 
 /// Result of routing one message.
@@ -151,7 +151,7 @@ impl Broker {
         let conns = self.connections.lock();
         let mut n = 0;
         for c in conns.values().filter(|c| pred(c)) {
-            let _ = c.control.send(Control::Disconnect {
+            c.control.send(Control::Disconnect {
                 reason,
                 reason_string: Some(reason_string.to_string()),
             });

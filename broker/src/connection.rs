@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 
@@ -26,10 +25,15 @@ use crate::codec::{
 };
 use crate::message::Message;
 use crate::outbuf::OutBuf;
-use crate::session::{Control, Inflight, Session};
+use crate::session::{Control, ControlSlot, Inflight, Session};
 
-/// Bytes read from the socket at a time (the read buffer grows by this much when full).
-const READ_CHUNK: usize = 4096;
+/// Read buffer growth: a read asks for `read_size` spare bytes, which doubles (up to the
+/// maximum) while reads fill the buffer and halves when they do not. An idle connection thus
+/// holds a small buffer; a busy one reads in large chunks.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
+/// Packets handled from one read after which the connection yields to other tasks.
+const YIELD_AFTER: usize = 16;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -93,13 +97,15 @@ pub(crate) struct Connection {
     pub version: Version,
     pub rbuf: BytesMut,
     pub out: OutBuf,
-    pub control_tx: mpsc::UnboundedSender<Control>,
-    pub control_rx: mpsc::UnboundedReceiver<Control>,
+    /// Orders from the broker (takeover, revocation, shutdown).
+    pub control: Arc<ControlSlot>,
     /// The broker's Maximum Packet Size.
     pub max_packet_in: usize,
     /// Encoded bytes buffered for the client before the broker stops reading from it and
     /// stops taking messages from its queue.
     pub high_water: usize,
+    /// Spare capacity to ask for before the next read (see `MIN_READ`).
+    pub read_size: usize,
     /// Protocol level of a CONNECT seen at the front of the read buffer, kept so a CONNECT
     /// that fails to decode can still be answered in its version.
     pub connect_level: Option<u8>,
@@ -115,7 +121,6 @@ where
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let (mut r, mut w) = tokio::io::split(stream);
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let mut conn = Connection {
         id: broker.next_id(),
         peer,
@@ -123,11 +128,11 @@ where
         version: Version::V5,
         rbuf: BytesMut::new(),
         out: OutBuf::default(),
-        control_tx,
-        control_rx,
+        control: Arc::default(),
         max_packet_in: broker.config.max_packet_size as usize,
         high_water: broker.config.max_client_buffer as usize,
         connect_level: None,
+        read_size: MIN_READ,
         broker,
     };
     let Some(mut active) = conn.handshake(&mut r, &mut w).await else {
@@ -154,16 +159,15 @@ impl Connection {
                 return end;
             }
             let want_read = self.out.len() < self.high_water;
-            if want_read && self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
+            if want_read {
+                self.make_room();
             }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
             let far = Instant::now() + Duration::from_secs(86_400 * 365);
             tokio::select! {
                 biased;
-                ctrl = self.control_rx.recv() => {
-                    let Some(Control::Disconnect { reason, reason_string }) = ctrl else {
-                        return Ending::server(ReasonCode::UNSPECIFIED_ERROR, "control channel closed");
-                    };
+                order = self.control.recv() => {
+                    let Control::Disconnect { reason, reason_string } = order;
                     return Ending::server(reason, reason_string.unwrap_or_default());
                 }
                 res = r.read_buf(&mut self.rbuf), if want_read => {
@@ -172,12 +176,15 @@ impl Connection {
                         Err(e) => return Ending::Transport(e.to_string()),
                         Ok(n) => {
                             self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            self.adapt_read_size(n, spare);
                         }
                     }
+                    let mut handled = 0;
                     loop {
                         match codec::decode(&mut self.rbuf, self.version, self.max_packet_in) {
                             Ok(Some(packet)) => {
                                 keep_alive_deadline = a.keep_alive_window.map(|d| Instant::now() + d);
+                                handled += 1;
                                 if let Some(end) = self.handle(a, packet).await {
                                     return end;
                                 }
@@ -185,6 +192,12 @@ impl Connection {
                             Ok(None) => break,
                             Err(e) => return Ending::server(e.reason_code(), e.to_string()),
                         }
+                    }
+                    if handled >= YIELD_AFTER {
+                        // A publisher with a full socket would otherwise keep the worker for a
+                        // whole scheduling budget (over a hundred reads) while the subscribers it
+                        // fills wait; yielding after each large batch lets them drain in step.
+                        tokio::task::yield_now().await;
                     }
                 }
                 // One branch both writes and, once the buffer is empty, flushes.
@@ -437,6 +450,24 @@ impl Connection {
         w.flush().await
     }
 
+    /// Ensures spare room for the next read, releasing a large empty buffer first.
+    fn make_room(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > MAX_READ {
+            self.rbuf = BytesMut::new();
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
+            self.rbuf.reserve(self.read_size);
+        }
+    }
+
+    fn adapt_read_size(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
+    }
+
     /// Reads until one packet is decoded, or `deadline` passes.
     pub(crate) async fn read_packet<S: AsyncRead + AsyncWrite>(
         &mut self,
@@ -452,9 +483,7 @@ impl Connection {
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::Decode(e)),
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
-            }
+            self.make_room();
             match tokio::time::timeout_at(deadline, r.read_buf(&mut self.rbuf)).await {
                 Err(_) => return Err(ReadError::Timeout),
                 Ok(Ok(0)) => return Err(ReadError::Closed),

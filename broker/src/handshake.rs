@@ -251,14 +251,14 @@ impl Connection {
 
         let link = ConnLink {
             conn_id: self.id,
-            control: self.control_tx.clone(),
+            control: self.control.clone(),
         };
         self.broker.register_connection(ConnectionInfo {
             conn_id: self.id,
             client_id: client_id.clone(),
             identity: grant.identity.clone(),
             credential: grant.credential.clone(),
-            control: self.control_tx.clone(),
+            control: self.control.clone(),
         });
         let (session, session_present, old) =
             self.broker
@@ -266,7 +266,7 @@ impl Connection {
         if let Some(old) = old
             && old.conn_id != self.id
         {
-            let _ = old.control.send(Control::Disconnect {
+            old.control.send(Control::Disconnect {
                 reason: ReasonCode::SESSION_TAKEN_OVER,
                 reason_string: Some("another connection took over this session".into()),
             });
