@@ -76,7 +76,7 @@ pub(crate) struct Active {
     /// Request Problem Information: false forbids Reason Strings outside PUBLISH, CONNACK and
     /// DISCONNECT (MQTT-3.1.2-29).
     pub problem_info: bool,
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     pub grant: Grant,
     /// When the grant's credential expires, on the runtime clock.
     pub credential_deadline: Option<Instant>,
@@ -135,7 +135,8 @@ where
         read_size: MIN_READ,
         broker,
     };
-    let Some(mut active) = conn.handshake(&mut r, &mut w).await else {
+    // The connect phase is boxed so its state is freed once the client is connected.
+    let Some(mut active) = Box::pin(conn.handshake(&mut r, &mut w)).await else {
         conn.flush_and_close(&mut w).await;
         return;
     };
@@ -410,7 +411,7 @@ impl Connection {
         let (will, delay) = match (publish_will, a.will) {
             (true, Some(will)) => {
                 let delay = will.properties.will_delay_interval.unwrap_or(0);
-                (Some(Arc::new(will_message(will))), delay)
+                (Some(Arc::new(will_message(*will))), delay)
             }
             _ => (None, 0),
         };
@@ -568,4 +569,26 @@ pub(crate) fn assign_client_id() -> String {
 
 pub(crate) fn bytes_opt(s: &Option<Utf8Bytes>) -> Option<String> {
     s.as_ref().map(|u| u.to_string())
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every idle connection carries its task's future: keep it small (it was 4.9 KB before
+    /// the connect phase and the will were boxed).
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let broker = crate::broker::Broker::new(
+            tessera_config::MqttConfig::default(),
+            std::sync::Arc::new(crate::auth::AnonymousOnly {
+                allow_anonymous: true,
+            }),
+            std::sync::Arc::new(crate::store::MemoryStore::default()),
+        );
+        let f = super::serve(broker, s, addr, "tcp");
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 3500, "connection future grew to {size} bytes");
+    }
 }

@@ -331,7 +331,7 @@ impl Connection {
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
             problem_info: c.properties.request_problem_information.unwrap_or(1) == 1,
-            will: c.will,
+            will: c.will.map(Box::new),
             grant,
             credential_deadline,
             auth_method: method,

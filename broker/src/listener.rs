@@ -82,14 +82,16 @@ pub fn spawn_accept_loop(
 impl BoundListener {
     async fn handle(&self, stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         let _ = stream.set_nodelay(true);
+        // Every branch below is boxed: a task's future is as large as its largest branch, and a
+        // plain TCP connection must not carry the size of a TLS WebSocket handshake.
         let transport = self.transport.name();
         let setup = Duration::from_secs(broker.config.connect_timeout as u64);
         let max_size = broker.config.max_packet_size as usize;
         match (&self.tls, self.transport.uses_websocket()) {
-            (None, false) => serve(broker, stream, peer, transport).await,
+            (None, false) => Box::pin(serve(broker, stream, peer, transport)).await,
             (Some(acceptor), false) => {
-                match tokio::time::timeout(setup, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve(broker, s, peer, transport).await,
+                match tokio::time::timeout(setup, Box::pin(acceptor.accept(stream))).await {
+                    Ok(Ok(s)) => Box::pin(serve(broker, s, peer, transport)).await,
                     Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
                 }
@@ -97,22 +99,22 @@ impl BoundListener {
             (None, true) => {
                 match tokio::time::timeout(
                     setup,
-                    websocket::accept(stream, &self.ws_path, max_size),
+                    Box::pin(websocket::accept(stream, &self.ws_path, max_size)),
                 )
                 .await
                 {
-                    Ok(Ok(ws)) => serve(broker, ws, peer, transport).await,
+                    Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)).await,
                     Ok(Err(e)) => debug!(peer = %peer, error = %e, "WebSocket upgrade failed"),
                     Err(_) => debug!(peer = %peer, "WebSocket upgrade timed out"),
                 }
             }
             (Some(acceptor), true) => {
-                let upgraded = async {
+                let upgraded = Box::pin(async {
                     let tls = acceptor.accept(stream).await?;
                     websocket::accept(tls, &self.ws_path, max_size).await
-                };
+                });
                 match tokio::time::timeout(setup, upgraded).await {
-                    Ok(Ok(ws)) => serve(broker, ws, peer, transport).await,
+                    Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)).await,
                     Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS WebSocket setup failed"),
                     Err(_) => debug!(peer = %peer, "TLS WebSocket setup timed out"),
                 }
