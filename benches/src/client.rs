@@ -108,7 +108,8 @@ pub async fn connect(
     let mut c = Connect {
         version,
         clean_start: true,
-        keep_alive: 0,
+        // Some brokers refuse keep-alive 0; scenarios are shorter than 1.5 × 120 s.
+        keep_alive: 120,
         properties: Properties {
             receive_maximum: v5.then_some(u16::MAX),
             ..Default::default()
