@@ -50,7 +50,7 @@ YML
   local token; token=$("$BIN/tessera" -c "$d/t.yml" --json token issue bench --ttl 86400 | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   taskset -c 0 "$BIN/tessera" -c "$d/t.yml" serve 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
-  LOGIN=(--mqtt 5 --token "$token")
+  LOGIN=(--mqtt 5 "--token=$token")
 }
 start_mosquitto() {
   PORT=$(free_port); local d=$WORK/mosquitto; rm -rf "$d"; mkdir -p "$d"
@@ -68,7 +68,7 @@ log_dest stderr
 CONF
   taskset -c 0 mosquitto -c "$d/m.conf" 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
-  LOGIN=(--password bench:benchpass)
+  LOGIN=("--password=bench:benchpass")
 }
 start_rumqttd() {
   PORT=$(free_port); local d=$WORK/rumqttd; rm -rf "$d"; mkdir -p "$d"
@@ -164,7 +164,7 @@ metrics = [
     ("storm", "connacks_per_sec", "connect storm (CONNACKs/s)", True),
     ("storm", "p99_us", "connect storm p99 (us)", False),
     ("idle", "kib_per_connection", "idle memory (KiB/connection)", False),
-    ("retained", "seconds", "100k retained to a # subscriber (s)", False),
+    ("retained", "seconds", "100k retained to a # subscriber (s; * = incomplete)", False),
 ]
 brokers = [b for b in ["tessera", "mosquitto", "rumqttd", "relay"] if any(r["broker"] == b for r in rows)]
 def med(b, label, key):
@@ -176,7 +176,15 @@ print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for label, key, name, higher in metrics:
     vals = {b: med(b, label, key) for b in brokers}
-    cells = [name] + [("%.0f" % vals[b] if vals[b] is not None and vals[b] >= 100 else ("%.2f" % vals[b] if vals[b] is not None else "-")) for b in brokers]
+    def fmt(b):
+        v = vals[b]
+        if v is None:
+            return "-"
+        s = "%.0f" % v if v >= 100 else "%.2f" % v
+        if label == "retained" and any(r["broker"] == b and r["label"] == label and not r.get("complete", True) for r in rows):
+            s += "*"
+        return s
+    cells = [name] + [fmt(b) for b in brokers]
     for p in brokers:
         if p == "tessera":
             continue
