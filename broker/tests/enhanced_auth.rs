@@ -5,12 +5,15 @@
 //! The broker runs in-process with a test mechanism; the clients are the mqtt5 crate (a real
 //! enhanced-authentication client) and a byte-level client on the broker's codec.
 
+mod common;
+
+use common::Raw;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mqtt5::client::{AuthHandler, AuthResponse};
 
 type AuthFuture<'a, T> =
@@ -19,13 +22,9 @@ use tessera_broker::auth::{
     AuthExchange, AuthFailure, AuthStep, Authenticator, BoxFuture, ConnectRequest, Grant,
     ReauthRequest,
 };
-use tessera_broker::codec::{
-    self, Auth, Connect, Packet, Properties, ReasonCode, Utf8Bytes, Version,
-};
+use tessera_broker::codec::{Auth, Connect, Packet, Properties, ReasonCode, Utf8Bytes, Version};
 use tessera_broker::{BrokerHandle, Server};
 use tessera_config::{Config, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const METHOD: &str = "X-CHALLENGE";
 
@@ -181,32 +180,7 @@ async fn mqtt5_client_with_a_wrong_answer_is_refused() {
     );
 }
 
-/// A byte-level client, to see every AUTH and DISCONNECT packet.
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
 impl Raw {
-    async fn send(&mut self, p: Packet) {
-        let mut b = BytesMut::new();
-        codec::encode(&p, Version::V5, &mut b);
-        self.s.write_all(&b).await.unwrap();
-    }
-    async fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(p) = codec::decode(&mut self.buf, Version::V5, 1 << 20).unwrap() {
-                return Some(p);
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read_buf(&mut self.buf))
-                .await
-                .expect("timed out")
-                .unwrap();
-            if n == 0 {
-                return None;
-            }
-        }
-    }
     fn auth(code: ReasonCode, data: &str) -> Packet {
         Packet::Auth(Auth {
             reason_code: code,
@@ -219,10 +193,7 @@ impl Raw {
     }
     /// CONNECT with the method and no data, answer the challenge with `secret`.
     async fn login(addr: SocketAddr, user: &str, secret: &str) -> (Raw, Packet) {
-        let mut raw = Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-        };
+        let mut raw = Raw::open(addr).await;
         raw.send(Packet::Connect(Box::new(Connect {
             version: Version::V5,
             clean_start: true,

@@ -2,33 +2,25 @@
 //! persistent sessions (subscriptions and the messages queued for them); ended sessions are
 //! not restored.
 
+mod common;
+
+use common::Raw;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tessera_broker::Server;
 use tessera_broker::auth::AnonymousOnly;
 use tessera_broker::codec::{
-    self, Connect, Disconnect, Packet, Properties, PubResp, Publish, QoS, ReasonCode, Subscribe,
+    Connect, Disconnect, Packet, Properties, PubResp, Publish, QoS, ReasonCode, Subscribe,
     SubscriptionOptions, Version,
 };
 use tessera_broker::store::{MemoryStore, Store};
 use tessera_config::{Config, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-}
 
 impl Raw {
     async fn connect(addr: SocketAddr, id: &str, clean: bool, expiry: u32) -> (Raw, bool) {
-        let mut raw = Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-        };
+        let mut raw = Raw::open(addr).await;
         raw.send(Packet::Connect(Box::new(Connect {
             version: Version::V5,
             clean_start: clean,
@@ -48,25 +40,6 @@ impl Raw {
         };
         assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
         (raw, ack.session_present)
-    }
-    async fn send(&mut self, p: Packet) {
-        let mut b = BytesMut::new();
-        codec::encode(&p, Version::V5, &mut b);
-        self.s.write_all(&b).await.unwrap();
-    }
-    async fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(p) = codec::decode(&mut self.buf, Version::V5, 1 << 20).unwrap() {
-                return Some(p);
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read_buf(&mut self.buf))
-                .await
-                .expect("timed out")
-                .unwrap();
-            if n == 0 {
-                return None;
-            }
-        }
     }
 }
 

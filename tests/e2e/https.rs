@@ -36,14 +36,8 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
-pub async fn request(
-    addr: SocketAddr,
-    cert: &Path,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Response {
+/// A client configuration that trusts the certificates in `cert` (PEM).
+pub fn client_config(cert: &Path) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -54,7 +48,18 @@ pub async fn request(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+pub async fn request(
+    addr: SocketAddr,
+    cert: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let connector = tokio_rustls::TlsConnector::from(client_config(cert));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)

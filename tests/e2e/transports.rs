@@ -1,29 +1,16 @@
 //! TLS (with the generated development certificate), WebSocket and TLS WebSocket.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::{TlsConfiguration, Transport};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::clients::rumqttc_v5;
 use crate::harness::TestBroker;
 
 fn tls_config(b: &TestBroker) -> TlsConfiguration {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(b.cert_path()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConfiguration::Rustls(Arc::new(config))
+    TlsConfiguration::Rustls(crate::https::client_config(&b.cert_path()))
 }
 
 async fn roundtrip(mut opts: MqttOptions, transport: Transport) {
