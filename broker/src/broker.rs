@@ -235,6 +235,7 @@ impl Broker {
                 let (group, filter) = split_shared(f);
                 tree.remove(filter, group, session.id);
             }
+            session.set_subscription_count(0);
         }
         {
             let mut sessions = self.sessions.lock();
@@ -405,21 +406,31 @@ impl Broker {
             });
         });
         // One copy per session for overlapping subscriptions: the highest QoS and every
-        // Subscription Identifier (MQTT-3.3.4-2, -3). Shared ones are delivered apart.
-        targets.sort_by_key(|t| (t.session.id, t.shared));
+        // Subscription Identifier (MQTT-3.3.4-2, -3). Shared ones are delivered apart. Only a
+        // session with several subscriptions can match twice, so only those are sorted.
         let mut merged: Vec<Target<'_>> = Vec::with_capacity(targets.len());
+        let mut several: Vec<Target<'_>> = Vec::new();
         for t in targets {
-            if let Some(last) = merged.last_mut()
-                && !t.shared
-                && !last.shared
-                && last.session.id == t.session.id
+            if !t.shared && t.session.subscription_count() > 1 {
+                several.push(t);
+            } else {
+                merged.push(t);
+            }
+        }
+        several.sort_by_key(|t| t.session.id);
+        let mut last_merged: Option<usize> = None;
+        for t in several {
+            if let Some(i) = last_merged
+                && merged[i].session.id == t.session.id
             {
+                let last = &mut merged[i];
                 last.qos = last.qos.max(t.qos);
                 last.retain_as_published |= t.retain_as_published;
                 last.ids.extend(t.ids);
                 continue;
             }
             merged.push(t);
+            last_merged = Some(merged.len() - 1);
         }
         let mut routed = Routed {
             matched: merged.len(),
@@ -468,6 +479,7 @@ impl Broker {
                 subscription_id,
             },
         );
+        session.set_subscription_count(st.subscriptions.len());
         drop(st);
         tree.insert(
             inner,
@@ -484,7 +496,12 @@ impl Broker {
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
         let (group, inner) = split_shared(filter);
         let mut tree = self.subscriptions.write();
-        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        let existed = {
+            let mut st = session.state.lock();
+            let existed = st.subscriptions.remove(filter).is_some();
+            session.set_subscription_count(st.subscriptions.len());
+            existed
+        };
         tree.remove(inner, group, session.id);
         existed
     }

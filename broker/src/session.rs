@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -134,6 +134,9 @@ pub struct Session {
     pub notify: Notify,
     /// Mirrors `state.conn.is_some()` for lock-free reads (shared-subscription choice).
     connected: AtomicBool,
+    /// Mirrors `state.subscriptions.len()`; written under the subscription tree's write lock,
+    /// so routing (under its read lock) can tell which sessions may match more than once.
+    subscription_count: AtomicUsize,
 }
 
 impl Session {
@@ -157,12 +160,22 @@ impl Session {
             }),
             notify: Notify::new(),
             connected: AtomicBool::new(false),
+            subscription_count: AtomicUsize::new(0),
         })
     }
 
     #[cfg(test)]
     pub fn new_for_test(id: u64) -> Arc<Session> {
         Session::new(id, format!("test-{id}").into(), 0)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscription_count.load(Ordering::Relaxed)
+    }
+
+    /// Call with the subscription tree's write lock held.
+    pub fn set_subscription_count(&self, n: usize) {
+        self.subscription_count.store(n, Ordering::Relaxed);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -211,9 +224,12 @@ impl Session {
             }
             result = Enqueued::QueuedDroppedOldest;
         }
+        let was_empty = state.pending.is_empty();
         state.pending_bytes += size;
         state.pending.push_back(d);
-        if online {
+        // A wake-up is needed only when the queue stops being empty: a connection that left
+        // messages queued comes back for them by itself (after a write or an acknowledgement).
+        if online && was_empty {
             self.notify.notify_one();
         }
         result
