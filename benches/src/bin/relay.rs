@@ -89,9 +89,10 @@ async fn answer(kind: u8, frame: &[u8], w: &mut Option<OwnedWriteHalf>, sink: &S
     match kind {
         1 => writer.write_all(&[0x20, 0x02, 0x00, 0x00]).await.is_ok(),
         8 => {
-            let h = peek_fixed_header(frame).ok().flatten();
-            let pid = h
-                .map(|h| [frame[h.header_len], frame[h.header_len + 1]])
+            let pid = peek_fixed_header(frame)
+                .ok()
+                .flatten()
+                .and_then(|h| Some([*frame.get(h.header_len)?, *frame.get(h.header_len + 1)?]))
                 .unwrap_or([0, 1]);
             if writer
                 .write_all(&[0x90, 0x03, pid[0], pid[1], 0x00])
