@@ -75,6 +75,11 @@ impl OAuthMechanism {
                 return fail(ReasonCode::SERVER_UNAVAILABLE, "token store unavailable");
             }
         };
+        self.accept_token(info, username, client_id)
+    }
+
+    /// The checks on a live token: its owner is the claimed user, and it may log in.
+    fn accept_token(&self, info: TokenInfo, username: Option<&str>, client_id: &str) -> AuthStep {
         if let Some(name) = username.filter(|n| !n.is_empty())
             && self.service.local_user(name) != Some(info.user.as_str())
         {
@@ -225,9 +230,9 @@ impl OAuthMechanism {
     ) -> AuthStep {
         if self.auth.token_as_password
             && let Ok(token) = std::str::from_utf8(password)
-            && let Ok(Some(_)) = self.service.validate(token)
+            && let Ok(Some(info)) = self.service.validate(token)
         {
-            return self.check_token(password, user, client_id);
+            return self.accept_token(info, user, client_id);
         }
         if !self.auth.password_login {
             return fail(

@@ -228,6 +228,19 @@ impl TokenService {
         Ok(ok && user.is_some())
     }
 
+    /// A login from a form: `username` (`user` or `user@host`) and password. Returns the local
+    /// user if they match; takes as long for a malformed or unknown name as for a wrong password.
+    pub fn check_login(
+        &self,
+        username: Option<&str>,
+        password: &str,
+    ) -> ServiceResult<Option<String>> {
+        let user = username.and_then(|u| self.local_user(u)).unwrap_or("");
+        // An empty name matches no user, so the dummy hash is verified instead.
+        let ok = self.check_password(user, password)?;
+        Ok(ok.then(|| user.to_string()))
+    }
+
     // ---- clients ----
 
     /// Registers a client; returns the secret if one was generated (shown once).

@@ -267,11 +267,6 @@ async fn submit(
     if p.action.as_deref() == Some("deny") {
         return error_redirect(&v, &p, "access_denied", "the user denied the request");
     }
-    let user = p
-        .username
-        .as_deref()
-        .and_then(|u| state.service.local_user(u))
-        .map(str::to_string);
     let ip_key = format!("ip:{}", peer.ip());
     if let Err(wait) = state.backoff.check(&ip_key) {
         let text = format!(
@@ -282,18 +277,14 @@ async fn submit(
     }
     let password = p.password.clone().unwrap_or_default();
     let service = state.service.clone();
-    let name = user.clone();
-    let ok = tokio::task::spawn_blocking(move || match name {
-        Some(n) => service.check_password(&n, &password).unwrap_or(false),
-        None => {
-            // Same time as a real check, so the answer does not tell whether the user exists.
-            secrets::verify_password(&password, secrets::dummy_hash());
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
-    let Some(user) = user.filter(|_| ok) else {
+    let username = p.username.clone();
+    let user =
+        tokio::task::spawn_blocking(move || service.check_login(username.as_deref(), &password))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+    let Some(user) = user else {
         state.backoff.fail(&ip_key);
         return login_form(
             &state,

@@ -12,7 +12,9 @@ use serde_json::json;
 
 use super::pages::{self, esc, hidden};
 use super::token::form_error;
-use super::{AppState, OAuthError, Peer, check_client, client_credentials, json_response};
+use super::{
+    AppState, OAuthError, Peer, check_client, client_credentials, client_id_of, json_response,
+};
 use crate::kv::Bucket;
 use crate::model::{DeviceCode, DeviceState};
 use crate::redb_store::now_secs;
@@ -38,10 +40,7 @@ pub async fn device_authorization(
     let Form(f) = form.map_err(form_error)?;
     let (id, secret) =
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
-    let client = check_client(&state, id, secret).await?;
-    let Some(client_id) = client.id().map(str::to_string) else {
-        return Err(OAuthError::new("invalid_request", "client_id is required"));
-    };
+    let client_id = client_id_of(check_client(&state, id, secret).await?)?;
     let scopes = state
         .service
         .check_scopes(&super::parse_scope(&f.scope))
@@ -161,11 +160,7 @@ pub async fn verify_submit(
     }
     let code = normalize(p.user_code.as_deref().unwrap_or(""));
     let deny = p.action.as_deref() == Some("deny");
-    let user = p
-        .username
-        .as_deref()
-        .and_then(|u| state.service.local_user(u))
-        .map(str::to_string);
+    let username = p.username.clone();
     let password = p.password.clone().unwrap_or_default();
     let service = state.service.clone();
     enum Outcome {
@@ -188,26 +183,22 @@ pub async fn verify_submit(
                 (d.user_code == code && d.state == DeviceState::Pending)
                     .then_some((k, e.revision, d))
             });
-        let ok = match &user {
-            Some(u) => service.check_password(u, &password).unwrap_or(false),
-            None => {
-                secrets::verify_password(&password, secrets::dummy_hash());
-                false
-            }
-        };
+        let user = service
+            .check_login(username.as_deref(), &password)
+            .ok()
+            .flatten();
         let Some((key, rev, mut d)) = found else {
             return Outcome::UnknownCode;
         };
         if deny {
             d.state = DeviceState::Denied;
-        } else if !ok {
-            return Outcome::BadLogin;
-        } else {
-            let user = user.unwrap_or_default();
+        } else if let Some(user) = user {
             if !service.may_obtain_tokens(&user) {
                 return Outcome::NotAllowed;
             }
             d.state = DeviceState::Approved { user };
+        } else {
+            return Outcome::BadLogin;
         }
         let denied = d.state == DeviceState::Denied;
         match service.store.update(
