@@ -311,20 +311,8 @@ impl Broker {
     /// Publishes the session's pending will after `secs` unless a connection attached since
     /// `epoch` (which cancels it) or the session ended (which already published it).
     fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, epoch: u64, secs: u32) {
-        let broker = Arc::downgrade(self);
-        let session = session.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs as u64)).await;
-            let Some(broker) = broker.upgrade() else {
-                return;
-            };
-            let will = {
-                let mut st = session.state.lock();
-                if st.epoch != epoch || st.ended {
-                    return;
-                }
-                st.pending_will.take()
-            };
+        self.after(secs, session, epoch, |broker, session| {
+            let will = session.state.lock().pending_will.take();
             if let Some(w) = will {
                 broker.publish(w);
             }
@@ -333,6 +321,21 @@ impl Broker {
 
     /// Ends the session after `secs` unless a connection attached since `epoch`.
     fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, epoch: u64, secs: u32) {
+        self.after(secs, session, epoch, |broker, session| {
+            info!(client_id = %session.client_id, "session expired");
+            broker.end_session(session);
+        });
+    }
+
+    /// Runs `action` after `secs` if the broker still runs and the session is neither ended
+    /// nor attached to or detached from since `epoch` (the state the timer was set for).
+    fn after(
+        self: &Arc<Self>,
+        secs: u32,
+        session: &Arc<Session>,
+        epoch: u64,
+        action: impl FnOnce(&Arc<Broker>, &Arc<Session>) + Send + 'static,
+    ) {
         let broker = Arc::downgrade(self);
         let session = session.clone();
         tokio::spawn(async move {
@@ -342,12 +345,11 @@ impl Broker {
             };
             {
                 let st = session.state.lock();
-                if st.epoch != epoch || st.ended || st.conn.is_some() {
+                if st.epoch != epoch || st.ended {
                     return;
                 }
             }
-            info!(client_id = %session.client_id, "session expired");
-            broker.end_session(&session);
+            action(&broker, &session);
         });
     }
 
