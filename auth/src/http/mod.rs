@@ -87,7 +87,7 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.error, "error_description": self.description });
-        let mut resp = (self.status, json_body(&body)).into_response();
+        let mut resp = (self.status, body.to_string()).into_response();
         let h = resp.headers_mut();
         set_json_headers(h);
         if self.status == StatusCode::UNAUTHORIZED {
@@ -105,10 +105,6 @@ impl IntoResponse for OAuthError {
     }
 }
 
-fn json_body(v: &serde_json::Value) -> String {
-    v.to_string()
-}
-
 /// `Content-Type: application/json;charset=UTF-8`, `Cache-Control: no-store`,
 /// `Pragma: no-cache`, as ejabberd and RFC 6749 §5.1 send them.
 pub fn set_json_headers(h: &mut HeaderMap) {
@@ -121,7 +117,7 @@ pub fn set_json_headers(h: &mut HeaderMap) {
 }
 
 pub fn json_response(v: serde_json::Value) -> Response {
-    let mut resp = (StatusCode::OK, json_body(&v)).into_response();
+    let mut resp = (StatusCode::OK, v.to_string()).into_response();
     set_json_headers(resp.headers_mut());
     resp
 }
@@ -230,6 +226,14 @@ pub async fn check_client(
             }
         }
     }
+}
+
+/// The id of the checked client; flows that bind what they issue to a client need one.
+pub fn client_id_of(client: ClientCheck) -> Result<String, OAuthError> {
+    client
+        .id()
+        .map(str::to_string)
+        .ok_or_else(|| OAuthError::new("invalid_request", "client_id is required"))
 }
 
 pub fn router(state: AppState) -> Router {

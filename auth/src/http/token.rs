@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    AppState, ClientCheck, OAuthError, Peer, check_client, client_credentials, json_response,
+    AppState, ClientCheck, OAuthError, Peer, check_client, client_credentials, client_id_of,
+    json_response,
 };
 use crate::kv::Bucket;
 use crate::model::{AuthCode, ClientKind, DeviceCode, DeviceState};
@@ -237,10 +238,7 @@ async fn code_grant(
     secret: Option<String>,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
-    let client = check_client(state, id, secret).await?;
-    let Some(client_id) = client.id().map(str::to_string) else {
-        return Err(OAuthError::new("invalid_request", "client_id is required"));
-    };
+    let client_id = client_id_of(check_client(state, id, secret).await?)?;
     let Some(code) = f.code else {
         return Err(OAuthError::new("invalid_request", "code is required"));
     };
@@ -304,10 +302,7 @@ async fn device_grant(
     secret: Option<String>,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
-    let client = check_client(state, id, secret).await?;
-    let Some(client_id) = client.id().map(str::to_string) else {
-        return Err(OAuthError::new("invalid_request", "client_id is required"));
-    };
+    let client_id = client_id_of(check_client(state, id, secret).await?)?;
     let Some(device_code) = f.device_code else {
         return Err(OAuthError::new(
             "invalid_request",
