@@ -82,6 +82,28 @@ fn x_oauth2(id: &str, user: Option<&str>, token: Option<&str>) -> tessera_broker
     c
 }
 
+/// mosquitto_pub over MQTT 5 with the token as X-OAUTH2 Authentication Data, plus `args`.
+async fn mosquitto_pub_x_oauth2(
+    b: &TestBroker,
+    args: &[&str],
+    token: &str,
+) -> std::process::Output {
+    let port = b.tcp.port().to_string();
+    let mut all = vec!["-p", &port, "-V", "mqttv5"];
+    all.extend_from_slice(args);
+    all.extend([
+        "-D",
+        "connect",
+        "authentication-method",
+        "X-OAUTH2",
+        "-D",
+        "connect",
+        "authentication-data",
+        token,
+    ]);
+    mosquitto_pub(&all).await
+}
+
 pub async fn login(b: &TestBroker, id: &str, token: &str) -> Raw {
     let (raw, ack) = Raw::connect(b.tcp, x_oauth2(id, None, Some(token))).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
@@ -120,30 +142,10 @@ async fn seed_article_flow_password_grant_then_mqtt_then_revocation() {
         .await
         .unwrap();
     // mosquitto_pub with the same token publishes to it.
-    let port = b.tcp.port().to_string();
     let mut delivered = false;
     for _ in 0..20 {
-        let out = mosquitto_pub(&[
-            "-p",
-            &port,
-            "-V",
-            "mqttv5",
-            "-t",
-            "alice/x",
-            "-m",
-            "hello",
-            "-q",
-            "1",
-            "-D",
-            "connect",
-            "authentication-method",
-            "X-OAUTH2",
-            "-D",
-            "connect",
-            "authentication-data",
-            &tok,
-        ])
-        .await;
+        let out =
+            mosquitto_pub_x_oauth2(&b, &["-t", "alice/x", "-m", "hello", "-q", "1"], &tok).await;
         assert!(out.status.success(), "{out:?}");
         if let Ok(Some((t, p, _, _))) =
             tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
@@ -167,25 +169,7 @@ async fn seed_article_flow_password_grant_then_mqtt_then_revocation() {
         revoked_at.elapsed()
     );
     // And mosquitto_pub now fails with 135 (0x87).
-    let out = mosquitto_pub(&[
-        "-p",
-        &port,
-        "-V",
-        "mqttv5",
-        "-t",
-        "alice/x",
-        "-m",
-        "x",
-        "-D",
-        "connect",
-        "authentication-method",
-        "X-OAUTH2",
-        "-D",
-        "connect",
-        "authentication-data",
-        &tok,
-    ])
-    .await;
+    let out = mosquitto_pub_x_oauth2(&b, &["-t", "alice/x", "-m", "x"], &tok).await;
     assert_eq!(out.status.code(), Some(135), "{out:?}");
 }
 
