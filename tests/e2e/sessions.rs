@@ -37,6 +37,10 @@ async fn session_resumes_with_messages_queued_while_offline() {
     }
     // QoS 0 is not queued for an offline session (mosquitto's default too).
     publ.publish("q/x", b"dropped", QoS::AtMostOnce, 0).await;
+    // The broker handles a connection's packets in order: once PINGRESP is back, the QoS 0
+    // publish was routed while the session was still offline.
+    publ.send(&Packet::PingReq).await;
+    assert_eq!(publ.recv().await, Some(Packet::PingResp));
 
     let (mut sub, ack) = Raw::connect(b.tcp, persistent("keeper", 300)).await;
     assert!(ack.session_present);
