@@ -52,7 +52,9 @@ pub struct Broker {
     pub config: MqttConfig,
     pub limits: QueueLimits,
     pub auth: Arc<dyn Authenticator>,
-    pub store: Arc<dyn Store>,
+    /// Where retained messages and persistent sessions are written through; `None` when
+    /// nothing outlives this broker, so no copies are made at all.
+    pub store: Option<Arc<dyn Store>>,
     pub stats: Stats,
     pub started: Instant,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
@@ -88,7 +90,7 @@ impl Broker {
     pub fn new(
         config: MqttConfig,
         auth: Arc<dyn Authenticator>,
-        store: Arc<dyn Store>,
+        store: Option<Arc<dyn Store>>,
     ) -> Arc<Broker> {
         let limits = QueueLimits {
             max_messages: config.max_queued_messages as usize,
@@ -246,7 +248,10 @@ impl Broker {
                 sessions.remove(&session.client_id);
             }
         }
-        if persisted && let Err(e) = self.store.delete_session(&session.client_id) {
+        if persisted
+            && let Some(store) = &self.store
+            && let Err(e) = store.delete_session(&session.client_id)
+        {
             warn!(client_id = %session.client_id, error = %e, "store: cannot delete session");
         }
         if let Some(w) = will {
@@ -289,14 +294,16 @@ impl Broker {
                     secs => self.schedule_expiry(session, epoch, secs),
                 }
             }
-            let snapshot = (was_attached && !end_now && !st.ended).then(|| {
-                st.persisted = true;
-                snapshot(&session.client_id, &st)
-            });
+            let snapshot =
+                (self.store.is_some() && was_attached && !end_now && !st.ended).then(|| {
+                    st.persisted = true;
+                    snapshot(&session.client_id, &st)
+                });
             (publish_now, end_now, snapshot)
         };
         if let Some(record) = snapshot
-            && let Err(e) = self.store.put_session(&record)
+            && let Some(store) = &self.store
+            && let Err(e) = store.put_session(&record)
         {
             warn!(client_id = %session.client_id, error = %e, "store: cannot save session");
         }
@@ -371,11 +378,10 @@ impl Broker {
                     retained.insert(message.clone());
                 }
             }
-            let written = if delete {
-                self.store.delete_retained(&message.topic)
-            } else {
-                self.store
-                    .put_retained(&StoredMessage::from_message(&message))
+            let written = match &self.store {
+                None => Ok(()),
+                Some(store) if delete => store.delete_retained(&message.topic),
+                Some(store) => store.put_retained(&StoredMessage::from_message(&message)),
             };
             if let Err(e) = written {
                 warn!(topic = %message.topic, error = %e, "store: cannot save retained message");
@@ -524,6 +530,9 @@ impl Broker {
 
     /// Writes every persistent session to the store (at shutdown, so queued messages survive).
     pub fn save_sessions(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
         let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
         for session in sessions {
             let record = {
@@ -534,7 +543,7 @@ impl Broker {
                 st.persisted = true;
                 snapshot(&session.client_id, &st)
             };
-            if let Err(e) = self.store.put_session(&record) {
+            if let Err(e) = store.put_session(&record) {
                 warn!(client_id = %session.client_id, error = %e, "store: cannot save session");
             }
         }
@@ -560,7 +569,9 @@ impl Broker {
             let remaining = match rec.expiry_interval {
                 u32::MAX => u32::MAX,
                 e if elapsed >= e as u64 => {
-                    let _ = self.store.delete_session(&rec.client_id);
+                    if let Some(store) = &self.store {
+                        let _ = store.delete_session(&rec.client_id);
+                    }
                     continue;
                 }
                 e => e - elapsed as u32,

@@ -585,7 +585,7 @@ mod size_tests {
             std::sync::Arc::new(crate::auth::AnonymousOnly {
                 allow_anonymous: true,
             }),
-            std::sync::Arc::new(crate::store::MemoryStore::default()),
+            None,
         );
         let f = super::serve(broker, s, addr, "tcp");
         let size = std::mem::size_of_val(&f);

@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerHandle};
-use crate::store::{MemoryStore, Store};
+use crate::store::Store;
 use crate::{listener, sys};
 
 pub struct Server {
@@ -24,9 +24,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener (all or nothing) and starts serving, with state kept in memory.
+    /// Binds every listener (all or nothing) and starts serving, with state kept in memory
+    /// only: nothing is written through to a store.
     pub async fn start(config: &Config, auth: Arc<dyn Authenticator>) -> io::Result<Server> {
-        Server::start_with_store(config, auth, Arc::new(MemoryStore::default())).await
+        Server::bind_and_serve(config, Broker::new(config.mqtt.clone(), auth, None)).await
     }
 
     /// As `start`, restoring retained messages and sessions from `store` and writing to it.
@@ -35,8 +36,12 @@ impl Server {
         auth: Arc<dyn Authenticator>,
         store: Arc<dyn Store>,
     ) -> io::Result<Server> {
-        let broker = Broker::new(config.mqtt.clone(), auth, store.clone());
+        let broker = Broker::new(config.mqtt.clone(), auth, Some(store.clone()));
         broker.restore(store.load()?);
+        Server::bind_and_serve(config, broker).await
+    }
+
+    async fn bind_and_serve(config: &Config, broker: Arc<Broker>) -> io::Result<Server> {
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push(listener::bind(&l.value, &config.data_dir).await?);
