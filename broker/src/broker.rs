@@ -46,6 +46,9 @@ pub struct Routed {
     pub matched: usize,
     /// Some session refused it because its queue was full (policy `reject`).
     pub rejected: bool,
+    /// Some online subscriber's queue is filling faster than its task runs (see
+    /// [`Enqueued::QueuedBehind`]): the publisher should yield before its next message.
+    pub subscribers_behind: bool,
 }
 
 pub struct Broker {
@@ -443,6 +446,7 @@ impl Broker {
         let mut routed = Routed {
             matched: merged.len(),
             rejected: false,
+            subscribers_behind: false,
         };
         for t in merged {
             let d = Delivery {
@@ -454,6 +458,7 @@ impl Broker {
             let mut st = t.session.state.lock();
             match t.session.enqueue(&mut st, d, &self.limits) {
                 Enqueued::Queued | Enqueued::Skipped => {}
+                Enqueued::QueuedBehind => routed.subscribers_behind = true,
                 Enqueued::QueuedDroppedOldest => {
                     self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 }

@@ -109,6 +109,10 @@ pub(crate) struct Connection {
     /// Protocol level of a CONNECT seen at the front of the read buffer, kept so a CONNECT
     /// that fails to decode can still be answered in its version.
     pub connect_level: Option<u8>,
+    /// The last message this client published filled some subscriber's queue faster than that
+    /// subscriber's task runs: yield before handling the next packet, so a flooding publisher
+    /// lets its subscribers drain instead of making the broker queue what it would then drop.
+    pub subscribers_behind: bool,
 }
 
 /// Serves one accepted stream until it closes.
@@ -132,6 +136,7 @@ where
         max_packet_in: broker.config.max_packet_size as usize,
         high_water: broker.config.max_client_buffer as usize,
         connect_level: None,
+        subscribers_behind: false,
         read_size: MIN_READ,
         broker,
     };
@@ -188,6 +193,11 @@ impl Connection {
                                 handled += 1;
                                 if let Some(end) = self.handle(a, packet).await {
                                     return end;
+                                }
+                                if self.subscribers_behind {
+                                    self.subscribers_behind = false;
+                                    handled = 0;
+                                    tokio::task::yield_now().await;
                                 }
                             }
                             Ok(None) => break,
@@ -293,6 +303,8 @@ impl Connection {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        // Whatever is left waits for the client (a full buffer or its Receive Maximum).
+        st.stalled_by_client = !st.pending.is_empty();
         None
     }
 

@@ -189,6 +189,7 @@ impl Connection {
         } else {
             let message = Arc::new(Message::from_publish(p, topic, a.session.id));
             let routed = self.broker.publish(message);
+            self.subscribers_behind |= routed.subscribers_behind;
             if routed.rejected && qos != QoS::AtMostOnce {
                 ReasonCode::QUOTA_EXCEEDED
             } else if routed.matched == 0 {

@@ -103,6 +103,10 @@ pub struct SessionState {
     /// Bumped at every attach and detach; delayed tasks (will, expiry) act only if it is
     /// unchanged since they were scheduled.
     pub epoch: u64,
+    /// The attached connection left messages in `pending` because the client is not taking
+    /// them (its socket is full or its Receive Maximum is reached), as opposed to its task not
+    /// having run yet. Set by the connection each time it drains the queue.
+    pub stalled_by_client: bool,
 }
 
 /// Bounds on what may wait in `pending`.
@@ -117,6 +121,10 @@ pub struct QueueLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
+    /// Queued, and the queue of this online client is past half its bound while its connection
+    /// is ready to take messages: the broker is behind (the subscriber's task has not run), not
+    /// the client. The publisher should let the subscribers run before routing more.
+    QueuedBehind,
     /// Queued after dropping the oldest message.
     QueuedDroppedOldest,
     /// Not queued: QoS 0 for an offline session, or the session ended.
@@ -157,6 +165,7 @@ impl Session {
                 pending_will: None,
                 persisted: false,
                 epoch: 0,
+                stalled_by_client: false,
             }),
             notify: Notify::new(),
             connected: AtomicBool::new(false),
@@ -231,6 +240,13 @@ impl Session {
         // messages queued comes back for them by itself (after a write or an acknowledgement).
         if online && was_empty {
             self.notify.notify_one();
+        }
+        if result == Enqueued::Queued
+            && online
+            && !state.stalled_by_client
+            && state.pending.len() * 2 >= limits.max_messages
+        {
+            return Enqueued::QueuedBehind;
         }
         result
     }
@@ -330,6 +346,42 @@ mod tests {
         assert_eq!(
             s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject),
             Enqueued::Rejected
+        );
+    }
+
+    #[test]
+    fn a_filling_queue_of_a_ready_client_asks_the_publisher_to_yield() {
+        let limits = QueueLimits {
+            max_messages: 4,
+            max_bytes: 1000,
+            ..LIMITS
+        };
+        let s = Session::new_for_test(1);
+        let mut st = s.state.lock();
+        st.conn = Some(ConnLink {
+            conn_id: 7,
+            control: Arc::default(),
+        });
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits),
+            Enqueued::QueuedBehind
+        );
+        // A client that is not taking messages is its own problem: no signal to the publisher.
+        st.stalled_by_client = true;
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits),
+            Enqueued::Queued
+        );
+        // Offline sessions never signal either.
+        st.stalled_by_client = false;
+        st.conn = None;
+        assert_eq!(
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &limits),
+            Enqueued::Queued
         );
     }
 
