@@ -39,7 +39,7 @@ pub struct ConnectionInfo {
     pub control: Arc<crate::session::ControlSlot>,
 }
 
-/// Result of routing one message.
+/// Result of routing one message (or a run of them).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Routed {
     /// Sessions the message was offered to.
@@ -390,10 +390,28 @@ impl Broker {
                 warn!(topic = %message.topic, error = %e, "store: cannot save retained message");
             }
         }
-        self.route(&message)
+        self.route(std::slice::from_ref(&message))
     }
 
-    fn route(&self, message: &Arc<Message>) -> Routed {
+    /// Routes a run of QoS 0 messages one client published to one topic, none retained, in
+    /// order. The run is matched once and each subscriber's queue is locked once for all of
+    /// it: a publisher streaming to many subscribers pays per run, not per message.
+    pub fn publish_run(&self, run: &[Arc<Message>]) -> Routed {
+        debug_assert!(run.iter().all(|m| !m.retain
+            && m.qos == QoS::AtMostOnce
+            && m.topic == run[0].topic
+            && m.publisher == run[0].publisher));
+        self.stats
+            .messages_received
+            .fetch_add(run.len() as u64, Ordering::Relaxed);
+        self.route(run)
+    }
+
+    /// Routes `messages`, which share one topic and one publisher, in order.
+    fn route(&self, messages: &[Arc<Message>]) -> Routed {
+        let Some(message) = messages.first() else {
+            return Routed::default();
+        };
         struct Target<'t> {
             session: &'t Arc<Session>,
             qos: QoS,
@@ -449,22 +467,24 @@ impl Broker {
             subscribers_behind: false,
         };
         for t in merged {
-            let d = Delivery {
-                message: message.clone(),
-                qos: message.qos.min(t.qos),
-                retain: t.retain_as_published && message.retain,
-                subscription_ids: t.ids,
-            };
             let mut st = t.session.state.lock();
-            match t.session.enqueue(&mut st, d, &self.limits) {
-                Enqueued::Queued | Enqueued::Skipped => {}
-                Enqueued::QueuedBehind => routed.subscribers_behind = true,
-                Enqueued::QueuedDroppedOldest => {
-                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Enqueued::Rejected => {
-                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                    routed.rejected = true;
+            for m in messages {
+                let d = Delivery {
+                    message: m.clone(),
+                    qos: m.qos.min(t.qos),
+                    retain: t.retain_as_published && m.retain,
+                    subscription_ids: t.ids.clone(),
+                };
+                match t.session.enqueue(&mut st, d, &self.limits) {
+                    Enqueued::Queued | Enqueued::Skipped => {}
+                    Enqueued::QueuedBehind => routed.subscribers_behind = true,
+                    Enqueued::QueuedDroppedOldest => {
+                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Enqueued::Rejected => {
+                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                        routed.rejected = true;
+                    }
                 }
             }
         }

@@ -34,6 +34,8 @@ const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
 /// Packets handled from one read after which the connection yields to other tasks.
 const YIELD_AFTER: usize = 16;
+/// QoS 0 messages to one topic held back to be routed together (see `Connection::qos0_run`).
+pub(crate) const RUN_MAX: usize = 64;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -113,6 +115,11 @@ pub(crate) struct Connection {
     /// subscriber's task runs: yield before handling the next packet, so a flooding publisher
     /// lets its subscribers drain instead of making the broker queue what it would then drop.
     pub subscribers_behind: bool,
+    /// QoS 0 messages (not retained) this client published to one topic, accepted and not yet
+    /// routed. Routed together when the read is handled, another packet arrives, the topic
+    /// changes or `RUN_MAX` is reached: matching and each subscriber's lock are paid per run.
+    /// Empty whenever the connection waits.
+    pub qos0_run: Vec<Arc<Message>>,
 }
 
 /// Serves one accepted stream until it closes.
@@ -137,6 +144,7 @@ where
         high_water: broker.config.max_client_buffer as usize,
         connect_level: None,
         subscribers_behind: false,
+        qos0_run: Vec::new(),
         read_size: MIN_READ,
         broker,
     };
@@ -192,6 +200,7 @@ impl Connection {
                                 keep_alive_deadline = a.keep_alive_window.map(|d| Instant::now() + d);
                                 handled += 1;
                                 if let Some(end) = self.handle(a, packet).await {
+                                    self.route_qos0_run();
                                     return end;
                                 }
                                 if self.subscribers_behind {
@@ -201,8 +210,15 @@ impl Connection {
                                 }
                             }
                             Ok(None) => break,
-                            Err(e) => return Ending::server(e.reason_code(), e.to_string()),
+                            Err(e) => {
+                                self.route_qos0_run();
+                                return Ending::server(e.reason_code(), e.to_string());
+                            }
                         }
+                    }
+                    self.route_qos0_run();
+                    if std::mem::take(&mut self.subscribers_behind) {
+                        handled = YIELD_AFTER;
                     }
                     if handled >= YIELD_AFTER {
                         // A publisher with a full socket would otherwise keep the worker for a
@@ -237,6 +253,16 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Routes the held-back QoS 0 run (see `qos0_run`).
+    pub(crate) fn route_qos0_run(&mut self) {
+        if self.qos0_run.is_empty() {
+            return;
+        }
+        let routed = self.broker.publish_run(&self.qos0_run);
+        self.qos0_run.clear();
+        self.subscribers_behind |= routed.subscribers_behind;
     }
 
     /// Moves messages from the session into the write buffer, within the client's Receive

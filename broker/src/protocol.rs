@@ -15,13 +15,17 @@ use crate::codec::{
     Auth, Packet, Properties, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
     Unsubscribe, Utf8Bytes,
 };
-use crate::connection::{Active, Connection, Ending, deadline_from};
+use crate::connection::{Active, Connection, Ending, RUN_MAX, deadline_from};
 use crate::handshake::client_may_publish;
 use crate::message::{Delivery, Message};
 use crate::session::Inflight;
 
 impl Connection {
     pub(crate) async fn handle(&mut self, a: &mut Active, packet: Packet) -> Option<Ending> {
+        if !matches!(packet, Packet::Publish(_)) {
+            // What the client published before this packet is routed before it takes effect.
+            self.route_qos0_run();
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(a, p),
             Packet::PubAck(r) => {
@@ -188,6 +192,21 @@ impl Connection {
             ReasonCode::NOT_AUTHORIZED
         } else {
             let message = Arc::new(Message::from_publish(p, topic, a.session.id));
+            if qos == QoS::AtMostOnce && !message.retain {
+                if self
+                    .qos0_run
+                    .first()
+                    .is_some_and(|m| m.topic != message.topic)
+                {
+                    self.route_qos0_run();
+                }
+                self.qos0_run.push(message);
+                if self.qos0_run.len() >= RUN_MAX {
+                    self.route_qos0_run();
+                }
+                return None;
+            }
+            self.route_qos0_run();
             let routed = self.broker.publish(message);
             self.subscribers_behind |= routed.subscribers_behind;
             if routed.rejected && qos != QoS::AtMostOnce {

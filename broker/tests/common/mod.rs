@@ -27,6 +27,15 @@ impl Raw {
         self.s.write_all(&b).await.unwrap();
     }
 
+    /// Several packets in one write, so the broker reads them together.
+    pub async fn send_all(&mut self, packets: &[Packet]) {
+        let mut b = BytesMut::new();
+        for p in packets {
+            codec::encode(p, Version::V5, &mut b);
+        }
+        self.s.write_all(&b).await.unwrap();
+    }
+
     /// The next packet, `None` once the broker closed the connection; panics after 10 s.
     pub async fn recv(&mut self) -> Option<Packet> {
         loop {
