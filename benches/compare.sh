@@ -2,7 +2,9 @@
 # Runs the benchmark scenarios against Tessera, mosquitto and rumqttd (if installed) on loopback,
 # alternating brokers round by round, broker pinned to CPU 0 and load generator to CPU 1, and
 # prints a table of medians with the ratio Tessera/peer. Also measures the raw relay ceiling for
-# fan-in. Usage: benches/compare.sh [ROUNDS] (default 3). QUICK=1 shortens every scenario.
+# fan-in. Usage: benches/compare.sh [ROUNDS] (default 3). QUICK=1 shortens every scenario;
+# SCENARIOS="fanout storm" runs only those (of: fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k
+# fanout storm idle retained relay).
 #   Peers: Debian's mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd,
 #   outside this repository; found on PATH or in /opt/rumqttd/bin).
 set -euo pipefail
@@ -11,7 +13,8 @@ ROUNDS=${1:-3}
 SECS=${SECS:-5}
 IDLE=${IDLE:-10000}
 RETAINED=${RETAINED:-100000}
-STORM=${STORM:-2000}
+STORM=${STORM:-5000}
+SCENARIOS=${SCENARIOS:-fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k fanout storm idle retained relay}
 if [ "${QUICK:-0}" = 1 ]; then SECS=1; IDLE=1000; RETAINED=10000; STORM=300; fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -112,7 +115,8 @@ run_broker() {
   local b=$1
   # Each scenario on a fresh broker, so none inherits another's state.
   local scen
-  for scen in fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k fanout storm idle retained; do
+  for scen in $SCENARIOS; do
+    [ "$scen" = relay ] && continue
     "start_$b"
     local out=""
     case $scen in
@@ -122,8 +126,7 @@ run_broker() {
       pairs_flat) out=$(LG pairs --pairs 8 --secs "$SECS") ;;
       pairs_1k) out=$(LG pairs --pairs 8 --rate 1000 --secs "$SECS") ;;
       fanout) out=$(LG fan-out --subscribers 1000 --payload 64 --secs "$SECS") ;;
-      storm) if [ "$b" = tessera ]; then out=$(LG "${LOGIN[@]}" connect-storm --clients "$STORM")
-             else out=$(LG "${LOGIN[@]}" connect-storm --clients "$STORM"); fi ;;
+      storm) out=$(LG "${LOGIN[@]}" connect-storm --clients "$STORM" --pid "$PID") ;;
       idle) out=$(LG idle --connections "$IDLE" --pid "$PID") ;;
       retained) out=$(LG retained --topics "$RETAINED") ;;
     esac || true
@@ -142,10 +145,14 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: $b" >&2
     run_broker "$b"
   done
-  start_relay
-  out=$(LG fan-in --publishers 8 --qos 0 --payload 64 --secs "$SECS") && record relay fanin0_64 "$out"
-  out=$(LG fan-in --publishers 8 --qos 0 --payload 1024 --secs "$SECS") && record relay fanin0_1k "$out"
-  stop
+  case " $SCENARIOS " in *" relay "*)
+    start_relay
+    out=$(LG fan-in --publishers 8 --qos 0 --payload 64 --secs "$SECS") && record relay fanin0_64 "$out"
+    out=$(LG fan-in --publishers 8 --qos 0 --payload 1024 --secs "$SECS") && record relay fanin0_1k "$out"
+    # The floor of a connection's cost: TCP accept, CONNECT in, CONNACK out, close.
+    out=$(LG connect-storm --clients "$STORM" --pid "$PID") && record relay storm "$out"
+    stop ;;
+  esac
 done
 
 python3 - "$RESULTS" <<'PY'
@@ -163,6 +170,7 @@ metrics = [
     ("fanout", "deliveries_per_sec", "fan-out 1000 subs QoS 0 (deliveries/s)", True),
     ("storm", "connacks_per_sec", "connect storm (CONNACKs/s)", True),
     ("storm", "p99_us", "connect storm p99 (us)", False),
+    ("storm", "connacks_per_broker_cpu_sec", "connect capacity (CONNACKs per broker CPU-second)", True),
     ("idle", "kib_per_connection", "idle memory (KiB/connection)", False),
     ("retained", "seconds", "100k retained to a # subscriber (s; * = incomplete)", False),
 ]

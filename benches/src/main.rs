@@ -73,6 +73,10 @@ enum Scenario {
         clients: usize,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// The broker's process id: also report the CPU time it spent per CONNACK (from
+        /// /proc), which tells the broker's connect capacity when the load generator is the limit.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// N idle connections; broker RSS per connection.
     Idle {
@@ -169,7 +173,8 @@ fn main() -> ExitCode {
             Scenario::ConnectStorm {
                 clients,
                 concurrency,
-            } => scenarios::connect_storm(&target, clients, concurrency).await,
+                pid,
+            } => scenarios::connect_storm(&target, clients, concurrency, pid).await,
             Scenario::Idle { connections, pid } => scenarios::idle(&target, connections, pid).await,
             Scenario::Retained { topics } => scenarios::retained(&target, topics).await,
         }

@@ -398,9 +398,15 @@ pub async fn fan_out(
 }
 
 /// Scenario 4: M clients connecting and disconnecting, `concurrency` at a time.
-pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Result<Value, Error> {
+pub async fn connect_storm(
+    t: &Target,
+    total: usize,
+    concurrency: usize,
+    pid: Option<u32>,
+) -> Result<Value, Error> {
     let next = Arc::new(AtomicU64::new(0));
     let k = tag(t);
+    let cpu_before = pid.and_then(cpu_ticks);
     let start = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..concurrency {
@@ -428,11 +434,35 @@ pub async fn connect_storm(t: &Target, total: usize, concurrency: usize) -> Resu
         all.extend(r??);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // The broker may still be closing the last connections: their cost belongs to the storm.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let broker_cpu_us = match (cpu_before, pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) if !all.is_empty() => {
+            Some((b - a) as f64 * 1e6 / clock_ticks_per_sec() / all.len() as f64)
+        }
+        _ => None,
+    };
     all.sort_unstable();
     Ok(json!({
         "scenario": "connect_storm", "clients": total, "concurrency": concurrency,
         "connacks_per_sec": all.len() as f64 / elapsed, "p99_us": percentile(&all, 0.99),
+        "broker_cpu_us_per_connack": broker_cpu_us,
+        "connacks_per_broker_cpu_sec": broker_cpu_us.filter(|&us| us > 0.0).map(|us| 1e6 / us),
     }))
+}
+
+/// User + system CPU time a process has used, in clock ticks (/proc/PID/stat fields 14, 15).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// USER_HZ, the unit of /proc/PID/stat times: 100 on every Linux architecture's ABI.
+fn clock_ticks_per_sec() -> f64 {
+    100.0
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

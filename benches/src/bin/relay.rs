@@ -1,7 +1,8 @@
 //! `relay`: the raw ceiling for the fan-in scenario. It answers CONNECT and SUBSCRIBE just enough
 //! for the load generator's 3.1.1 clients, then copies every PUBLISH frame from publishers to
 //! the (single) subscriber byte for byte: no routing, no sessions, no MQTT logic. What a broker
-//! achieves relative to this is how close it comes to what the machine can move.
+//! achieves relative to this is how close it comes to what the machine can move. For the connect
+//! storm it gives the floor of a connection's cost (accept, CONNECT, CONNACK, close).
 //! Usage: relay ADDR (loopback only).
 
 use std::net::SocketAddr;
