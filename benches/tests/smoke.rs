@@ -50,8 +50,12 @@ async fn every_scenario_runs_and_counts_exactly() {
     assert!(r["p99_us"].as_f64().unwrap() > 0.0, "{r}");
     let r = scenarios::fan_out(&t, 20, 64, 0.5).await.unwrap();
     assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
-    let r = scenarios::connect_storm(&t, 100, 4).await.unwrap();
+    let r = scenarios::connect_storm(&t, 100, 4, Some(std::process::id()))
+        .await
+        .unwrap();
     assert!(r["connacks_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    // The broker runs in this process: its CPU time is read (at /proc's 10 ms resolution).
+    assert!(r["broker_cpu_us_per_connack"].as_f64().is_some(), "{r}");
     let r = scenarios::retained(&t, 500).await.unwrap();
     assert_eq!(r["complete"], true, "{r}");
     let r = scenarios::idle(&t, 50, std::process::id()).await.unwrap();
