@@ -1,9 +1,11 @@
 //! Listeners: bind the configured addresses, accept connections, and turn each into a byte
 //! stream (plain TCP, TLS, WebSocket or TLS WebSocket) for `connection::serve`.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,43 +84,60 @@ pub fn spawn_accept_loop(
 impl BoundListener {
     async fn handle(&self, stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         let _ = stream.set_nodelay(true);
-        // Every branch below is boxed: a task's future is as large as its largest branch, and a
-        // plain TCP connection must not carry the size of a TLS WebSocket handshake.
+        // The connection is boxed, and only awaited once the match is over: a task's future is
+        // as large as its largest state, and a plain TCP connection must carry neither the
+        // size of a TLS WebSocket stream nor the transport setup's result while it lives.
         let transport = self.transport.name();
         let setup = Duration::from_secs(broker.config.connect_timeout as u64);
         let max_size = broker.config.max_packet_size as usize;
-        match (&self.tls, self.transport.uses_websocket()) {
-            (None, false) => Box::pin(serve(broker, stream, peer, transport)).await,
-            (Some(acceptor), false) => {
-                match tokio::time::timeout(setup, Box::pin(acceptor.accept(stream))).await {
-                    Ok(Ok(s)) => Box::pin(serve(broker, s, peer, transport)).await,
-                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
+        let connection: Pin<Box<dyn Future<Output = ()> + Send>> =
+            match (&self.tls, self.transport.uses_websocket()) {
+                (None, false) => Box::pin(serve(broker, stream, peer, transport)),
+                (Some(acceptor), false) => {
+                    match tokio::time::timeout(setup, Box::pin(acceptor.accept(stream))).await {
+                        Ok(Ok(s)) => Box::pin(serve(broker, s, peer, transport)),
+                        Ok(Err(e)) => {
+                            debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(peer = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
                 }
-            }
-            (None, true) => {
-                match tokio::time::timeout(
-                    setup,
-                    Box::pin(websocket::accept(stream, &self.ws_path, max_size)),
-                )
-                .await
-                {
-                    Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)).await,
-                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "WebSocket upgrade failed"),
-                    Err(_) => debug!(peer = %peer, "WebSocket upgrade timed out"),
+                (None, true) => {
+                    let upgrade = Box::pin(websocket::accept(stream, &self.ws_path, max_size));
+                    match tokio::time::timeout(setup, upgrade).await {
+                        Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)),
+                        Ok(Err(e)) => {
+                            debug!(peer = %peer, error = %e, "WebSocket upgrade failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(peer = %peer, "WebSocket upgrade timed out");
+                            return;
+                        }
+                    }
                 }
-            }
-            (Some(acceptor), true) => {
-                let upgraded = Box::pin(async {
-                    let tls = acceptor.accept(stream).await?;
-                    websocket::accept(tls, &self.ws_path, max_size).await
-                });
-                match tokio::time::timeout(setup, upgraded).await {
-                    Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)).await,
-                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS WebSocket setup failed"),
-                    Err(_) => debug!(peer = %peer, "TLS WebSocket setup timed out"),
+                (Some(acceptor), true) => {
+                    let upgraded = Box::pin(async {
+                        let tls = acceptor.accept(stream).await?;
+                        websocket::accept(tls, &self.ws_path, max_size).await
+                    });
+                    match tokio::time::timeout(setup, upgraded).await {
+                        Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)),
+                        Ok(Err(e)) => {
+                            debug!(peer = %peer, error = %e, "TLS WebSocket setup failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(peer = %peer, "TLS WebSocket setup timed out");
+                            return;
+                        }
+                    }
                 }
-            }
-        }
+            };
+        connection.await
     }
 }

@@ -21,7 +21,10 @@ use crate::message::{Delivery, Message};
 use crate::session::Inflight;
 
 impl Connection {
-    pub(crate) async fn handle(&mut self, a: &mut Active, packet: Packet) -> Option<Ending> {
+    /// Handles every packet but AUTH, which may wait on the authenticator and goes to
+    /// [`Connection::on_auth`] instead: keeping this function synchronous keeps the state of
+    /// an idle connection's future small.
+    pub(crate) fn handle(&mut self, a: &mut Active, packet: Packet) -> Option<Ending> {
         if !matches!(packet, Packet::Publish(_)) {
             // What the client published before this packet is routed before it takes effect.
             self.route_qos0_run();
@@ -99,7 +102,10 @@ impl Connection {
                     publish_will: d.reason_code != ReasonCode::SUCCESS,
                 })
             }
-            Packet::Auth(auth) => self.on_auth(a, auth).await,
+            Packet::Auth(_) => {
+                debug_assert!(false, "AUTH is handled by on_auth");
+                None
+            }
             Packet::Connect(_) => Some(Ending::server(
                 ReasonCode::PROTOCOL_ERROR,
                 "second CONNECT on a connection",
@@ -342,7 +348,7 @@ impl Connection {
     }
 
     /// AUTH after CONNACK: re-authentication (§4.12.1).
-    async fn on_auth(&mut self, a: &mut Active, auth: Auth) -> Option<Ending> {
+    pub(crate) async fn on_auth(&mut self, a: &mut Active, auth: Auth) -> Option<Ending> {
         let Some(method) = a.auth_method.clone() else {
             return Some(Ending::server(
                 ReasonCode::PROTOCOL_ERROR,
