@@ -32,6 +32,8 @@ use crate::session::{Control, ControlSlot, Inflight, Session};
 /// holds a small buffer; a busy one reads in large chunks.
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
+/// What a read into an empty `BytesMut` allocates (`BytesMut::chunk_mut` reserves 64 bytes).
+const IDLE_READ: usize = 64;
 /// Packets handled from one read after which the connection yields to other tasks.
 const YIELD_AFTER: usize = 16;
 /// QoS 0 messages to one topic held back to be routed together (see `Connection::qos0_run`).
@@ -185,7 +187,13 @@ impl Connection {
                 return end;
             }
             let want_read = self.out.len() < self.high_water;
-            if want_read {
+            if want_read && self.rbuf.is_empty() && self.read_size == MIN_READ {
+                // Quiet: wait holding no read buffer. The read itself allocates a small one
+                // (`IDLE_READ`) when bytes come; most idle connections only ever send PINGREQ.
+                if self.rbuf.capacity() > IDLE_READ {
+                    self.rbuf = BytesMut::new();
+                }
+            } else if want_read {
                 self.make_room();
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
@@ -549,6 +557,10 @@ impl Connection {
     }
 
     fn adapt_read_size(&mut self, n: usize, spare: usize) {
+        if spare == 0 {
+            // A read into the small buffer of a quiet connection says nothing about its rate.
+            return;
+        }
         if n >= spare {
             self.read_size = (self.read_size * 2).min(MAX_READ);
         } else if n < self.read_size / 4 {

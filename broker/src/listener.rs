@@ -65,6 +65,12 @@ pub fn spawn_accept_loop(
             tokio::select! {
                 _ = stop.changed() => break,
                 res = l.tcp.accept() => match res {
+                    Ok((stream, peer)) if l.tls.is_none() && !l.transport.uses_websocket() => {
+                        // Plain TCP: the connection is the task itself, with no wrapper
+                        // future and no second allocation per connection.
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(serve(broker.clone(), stream, peer, l.transport.name()));
+                    }
                     Ok((stream, peer)) => {
                         let l = l.clone();
                         let broker = broker.clone();
@@ -92,6 +98,7 @@ impl BoundListener {
         let max_size = broker.config.max_packet_size as usize;
         let connection: Pin<Box<dyn Future<Output = ()> + Send>> =
             match (&self.tls, self.transport.uses_websocket()) {
+                // Spawned directly by the accept loop; kept here so every transport has a path.
                 (None, false) => Box::pin(serve(broker, stream, peer, transport)),
                 (Some(acceptor), false) => {
                     match tokio::time::timeout(setup, Box::pin(acceptor.accept(stream))).await {
