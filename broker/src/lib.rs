@@ -5,6 +5,7 @@ pub mod auth;
 pub mod broker;
 pub mod codec;
 mod connection;
+mod delivery;
 mod handshake;
 pub mod message;
 mod outbuf;

@@ -1,0 +1,174 @@
+//! Moving messages from a session to its client: filling the write buffer from the session's
+//! queue within the client's Receive Maximum and Maximum Packet Size, encoding each PUBLISH for
+//! this client (topic alias, remaining expiry, subscription identifiers), and sending the
+//! broker's own packets without the reason strings a client asked not to get.
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+
+use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode};
+use crate::connection::{Active, Connection, Ending};
+use crate::session::Inflight;
+
+impl Connection {
+    /// Moves messages from the session into the write buffer, within the client's Receive
+    /// Maximum and Maximum Packet Size. Returns an ending if the session was taken away.
+    pub(crate) fn fill(&mut self, a: &mut Active) -> Option<Ending> {
+        let session = a.session.clone();
+        let mut st = session.state.lock();
+        if st.ended || st.conn.as_ref().map(|c| c.conn_id) != Some(self.id) {
+            return Some(Ending::server(
+                ReasonCode::SESSION_TAKEN_OVER,
+                "session taken over",
+            ));
+        }
+        let now = std::time::Instant::now();
+        if a.resend {
+            a.resend = false;
+            let ids: Vec<u16> = st.inflight.keys().copied().collect();
+            for pid in ids {
+                match st.inflight.get(&pid) {
+                    Some(Inflight::Published(d)) => {
+                        let d = d.clone();
+                        self.write_publish(a, &d, Some(pid), true, now);
+                    }
+                    Some(Inflight::Released) => self.out.packet(
+                        &Packet::PubRel(codec::PubResp {
+                            packet_id: pid,
+                            ..Default::default()
+                        }),
+                        self.version,
+                    ),
+                    None => {}
+                }
+            }
+        }
+        while self.out.len() < self.high_water {
+            let Some(front) = st.pending.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && st.inflight_count() >= a.receive_maximum {
+                break;
+            }
+            let Some(d) = st.pop_pending() else { break };
+            if d.message.is_expired(now) {
+                self.broker
+                    .stats
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let pid = if d.qos == QoS::AtMostOnce {
+                None
+            } else {
+                st.allocate_packet_id()
+            };
+            if self.write_publish(a, &d, pid, false, now) {
+                if let Some(pid) = pid {
+                    st.inflight.insert(pid, Inflight::Published(d));
+                }
+            } else {
+                // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
+                self.broker
+                    .stats
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Whatever is left waits for the client (a full buffer or its Receive Maximum).
+        st.stalled_by_client = !st.pending.is_empty();
+        None
+    }
+
+    /// Encodes one PUBLISH for this client; false if it exceeds the client's maximum size.
+    fn write_publish(
+        &mut self,
+        a: &mut Active,
+        d: &crate::message::Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: std::time::Instant,
+    ) -> bool {
+        let m = &d.message;
+        let v5 = self.version.is_v5();
+        let mut topic: &str = &m.topic;
+        let mut alias = None;
+        if v5 && a.topic_alias_max_out > 0 {
+            if let Some(&existing) = a.aliases_out.get(&m.topic) {
+                alias = Some(existing);
+                topic = "";
+            } else if a.aliases_out.len() < a.topic_alias_max_out as usize {
+                let next = a.aliases_out.len() as u16 + 1;
+                a.aliases_out.insert(m.topic.clone(), next);
+                alias = Some(next);
+            }
+        }
+        let head = PublishHead {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            message_properties: m.wire_properties(),
+            message_expiry: m.remaining_expiry(now),
+            topic_alias: alias,
+            subscription_ids: &d.subscription_ids,
+            payload_len: m.payload.len(),
+        };
+        let (_, total) = codec::publish_head_len(&head, self.version);
+        if total > a.max_packet_out {
+            if alias.is_some() && !topic.is_empty() {
+                // The alias was not announced after all.
+                a.aliases_out.remove(&m.topic);
+            }
+            return false;
+        }
+        self.out.publish(&head, self.version, &m.payload);
+        self.broker
+            .stats
+            .messages_sent
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Queues a non-PUBLISH packet, dropping the Reason String and User Properties where the
+    /// client asked for no problem information or where they would exceed its maximum size.
+    pub(crate) fn send(&mut self, a: &Active, mut packet: Packet) {
+        let exempt = matches!(
+            packet,
+            Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
+        );
+        if let Some(props) = properties_mut(&mut packet) {
+            if !a.problem_info && !exempt {
+                props.reason_string = None;
+                props.user_properties.clear();
+            }
+            if props.reason_string.is_some() || !props.user_properties.is_empty() {
+                let mut scratch = BytesMut::new();
+                codec::encode(&packet, self.version, &mut scratch);
+                if scratch.len() > a.max_packet_out
+                    && let Some(props) = properties_mut(&mut packet)
+                {
+                    props.reason_string = None;
+                    props.user_properties.clear();
+                }
+            }
+        }
+        self.out.packet(&packet, self.version);
+    }
+}
+
+fn properties_mut(p: &mut Packet) -> Option<&mut Properties> {
+    match p {
+        Packet::ConnAck(x) => Some(&mut x.properties),
+        Packet::PubAck(x) | Packet::PubRec(x) | Packet::PubRel(x) | Packet::PubComp(x) => {
+            Some(&mut x.properties)
+        }
+        Packet::SubAck(x) => Some(&mut x.properties),
+        Packet::UnsubAck(x) => Some(&mut x.properties),
+        Packet::Disconnect(x) => Some(&mut x.properties),
+        Packet::Auth(x) => Some(&mut x.properties),
+        _ => None,
+    }
+}
