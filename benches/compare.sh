@@ -155,7 +155,7 @@ for round in $(seq "$ROUNDS"); do
   esac
 done
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "$ROUNDS" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 metrics = [
@@ -197,9 +197,12 @@ for label, key, name, higher in metrics:
         if p == "tessera":
             continue
         t, o = vals.get("tessera"), vals.get(p)
-        cells.append("%.2f" % (t / o) if t and o else "-")
+        # No ratio against a run that did not complete (its figure is only a lower bound).
+        incomplete = any(r["broker"] == p and r["label"] == label and not r.get("complete", True) for r in rows)
+        cells.append("%.2f" % (t / o) if t and o and not incomplete else "-")
     print("| " + " | ".join(cells) + " |")
 print()
 print("QoS 1 counts exact in every run:", "yes" if exact else "NO: " + ", ".join(sorted({r["broker"] + "/" + r["label"] for r in rows if not r.get("exact", True)})))
-print("rounds:", max((1,)), "| medians of", len([r for r in rows if r["broker"] == "tessera" and r["label"] == "fanin0_64"]), "runs per figure")
+runs = max((sum(1 for r in rows if r["broker"] == "tessera" and r["label"] == l) for l, _, _, _ in metrics), default=0)
+print("rounds:", sys.argv[2], "| medians of", runs, "runs per figure")
 PY
