@@ -130,7 +130,8 @@ pub(crate) struct Connection {
     pub subscribers_behind: bool,
     /// QoS 0 messages (not retained) this client published to one topic, accepted and not yet
     /// routed. Routed together when the read is handled, another packet arrives, the topic
-    /// changes or `RUN_MAX` is reached: matching and each subscriber's lock are paid per run.
+    /// changes or `RUN_MAX` (at most a quarter of a queue) is reached: matching and each
+    /// subscriber's lock are paid per run.
     /// Empty whenever the connection waits.
     pub qos0_run: Vec<Arc<Message>>,
 }

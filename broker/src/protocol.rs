@@ -199,6 +199,9 @@ impl Connection {
         } else {
             let message = Arc::new(Message::from_publish(p, topic, a.session.id));
             if qos == QoS::AtMostOnce && !message.retain {
+                // A run must not overflow a small queue before the publisher has had a chance
+                // to see its subscribers fall behind (`subscribers_behind`, at half a queue).
+                let run_max = RUN_MAX.min(cfg.max_queued_messages as usize / 4).max(1);
                 if self
                     .qos0_run
                     .first()
@@ -207,7 +210,7 @@ impl Connection {
                     self.route_qos0_run();
                 }
                 self.qos0_run.push(message);
-                if self.qos0_run.len() >= RUN_MAX {
+                if self.qos0_run.len() >= run_max {
                     self.route_qos0_run();
                 }
                 return None;

@@ -17,9 +17,13 @@ use tessera_broker::codec::{
 use tessera_config::{Config, Transport};
 
 async fn start() -> (Server, SocketAddr, tempfile::TempDir) {
+    start_with("").await
+}
+
+async fn start_with(mqtt: &str) -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n",
+        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n{mqtt}",
         dir.path().display()
     );
     let config = Config::parse(&yaml, "t.yml").unwrap();
@@ -140,4 +144,29 @@ async fn a_subscription_sent_after_a_publish_does_not_see_it() {
         }
     };
     assert_eq!(&first.payload[..], &2u32.to_be_bytes());
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_a_small_queue_reaches_a_subscriber_that_keeps_up() {
+    // Eight queued messages at most: a burst of 200 QoS 0 messages in one write must still be
+    // delivered whole to a subscriber that reads, because the publisher yields to it in time.
+    let (_server, addr, _dir) = start_with("mqtt:\n  max_queued_messages: 8\n").await;
+    let mut sub = connect(addr, "sub").await;
+    sub.send(subscribe("burst/t")).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let packets: Vec<Packet> = (0..200)
+        .map(|n| publish("burst/t", QoS::AtMostOnce, n))
+        .collect();
+    let mut publ = connect(addr, "pub").await;
+    publ.send_all(&packets).await;
+    publ.send(Packet::PingReq).await;
+    assert_eq!(publ.recv().await, Some(Packet::PingResp));
+    let mut seen = Vec::new();
+    while seen.len() < 200 {
+        let Some(Packet::Publish(p)) = sub.recv().await else {
+            panic!("expected PUBLISH")
+        };
+        seen.push(u32::from_be_bytes(p.payload[..].try_into().unwrap()));
+    }
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
 }
