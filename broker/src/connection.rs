@@ -75,6 +75,15 @@ enum Buffered {
     End(Ending),
 }
 
+/// Topic aliases in force on one connection (MQTT 5.0 §3.3.2.3.4).
+#[derive(Default)]
+pub(crate) struct TopicAliases {
+    /// Set by the client's PUBLISH packets.
+    pub inbound: HashMap<u16, Utf8Bytes>,
+    /// Announced by the broker to the client, numbered from 1 in order of use.
+    pub outbound: HashMap<Utf8Bytes, u16>,
+}
+
 /// Everything known about the client once CONNACK is sent.
 pub(crate) struct Active {
     pub session: Arc<Session>,
@@ -86,8 +95,8 @@ pub(crate) struct Active {
     /// The client's Maximum Packet Size.
     pub max_packet_out: usize,
     pub topic_alias_max_out: u16,
-    pub aliases_in: HashMap<u16, Utf8Bytes>,
-    pub aliases_out: HashMap<Utf8Bytes, u16>,
+    /// Allocated when the first alias is used: most clients use none.
+    pub aliases: Option<Box<TopicAliases>>,
     /// Request Problem Information: false forbids Reason Strings outside PUBLISH, CONNACK and
     /// DISCONNECT (MQTT-3.1.2-29).
     pub problem_info: bool,

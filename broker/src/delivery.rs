@@ -95,12 +95,13 @@ impl Connection {
         let mut topic: &str = &m.topic;
         let mut alias = None;
         if v5 && a.topic_alias_max_out > 0 {
-            if let Some(&existing) = a.aliases_out.get(&m.topic) {
+            let out = &mut a.aliases.get_or_insert_default().outbound;
+            if let Some(&existing) = out.get(&m.topic) {
                 alias = Some(existing);
                 topic = "";
-            } else if a.aliases_out.len() < a.topic_alias_max_out as usize {
-                let next = a.aliases_out.len() as u16 + 1;
-                a.aliases_out.insert(m.topic.clone(), next);
+            } else if out.len() < a.topic_alias_max_out as usize {
+                let next = out.len() as u16 + 1;
+                out.insert(m.topic.clone(), next);
                 alias = Some(next);
             }
         }
@@ -120,7 +121,9 @@ impl Connection {
         if total > a.max_packet_out {
             if alias.is_some() && !topic.is_empty() {
                 // The alias was not announced after all.
-                a.aliases_out.remove(&m.topic);
+                if let Some(aliases) = a.aliases.as_mut() {
+                    aliases.outbound.remove(&m.topic);
+                }
             }
             return false;
         }

@@ -5,7 +5,6 @@
 //! Every refusal is a CONNACK with the reason code the specification names (3.1.1: the return
 //! code it maps to), then the connection closes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,8 +327,7 @@ impl Connection {
                 .maximum_packet_size
                 .map_or(usize::MAX, |m| m as usize),
             topic_alias_max_out: c.properties.topic_alias_maximum.unwrap_or(0),
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             problem_info: c.properties.request_problem_information.unwrap_or(1) == 1,
             will: c.will.map(Box::new),
             grant,

@@ -138,7 +138,7 @@ impl Connection {
                     ));
                 }
                 if p.topic.is_empty() {
-                    match a.aliases_in.get(&alias) {
+                    match a.aliases.as_ref().and_then(|al| al.inbound.get(&alias)) {
                         Some(t) => t.clone(),
                         None => {
                             return Some(Ending::server(
@@ -148,7 +148,10 @@ impl Connection {
                         }
                     }
                 } else {
-                    a.aliases_in.insert(alias, p.topic.clone());
+                    a.aliases
+                        .get_or_insert_default()
+                        .inbound
+                        .insert(alias, p.topic.clone());
                     p.topic.clone()
                 }
             }

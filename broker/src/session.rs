@@ -8,7 +8,7 @@
 //!
 //! Lock order: the subscription tree, then a session's state. Never the reverse.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -95,7 +95,7 @@ pub struct SessionState {
     pub inflight: BTreeMap<u16, Inflight>,
     next_packet_id: u16,
     /// Incoming QoS 2 packet identifiers received and not yet released (PUBREL).
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
     /// A record of this session was written to the store (so ending it must delete it).
     pub persisted: bool,
     /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
@@ -161,7 +161,7 @@ impl Session {
                 pending_bytes: 0,
                 inflight: BTreeMap::new(),
                 next_packet_id: 1,
-                incoming_qos2: HashSet::new(),
+                incoming_qos2: BTreeSet::new(),
                 pending_will: None,
                 persisted: false,
                 epoch: 0,
