@@ -24,7 +24,7 @@ use tessera_broker::auth::{
 };
 use tessera_broker::codec::{Auth, Connect, Packet, Properties, ReasonCode, Utf8Bytes, Version};
 use tessera_broker::{BrokerHandle, Server};
-use tessera_config::{Config, Transport};
+use tessera_config::Transport;
 
 const METHOD: &str = "X-CHALLENGE";
 
@@ -94,13 +94,8 @@ impl Authenticator for ChallengeAuth {
 
 async fn start() -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n",
-        dir.path().display()
-    );
-    let config = Config::parse(&yaml, "test.yml").unwrap();
     let server = Server::start(
-        &config,
+        &common::config(dir.path(), ""),
         Arc::new(ChallengeAuth {
             counter: AtomicU32::new(1),
         }),

@@ -11,48 +11,27 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tessera_broker::Server;
 use tessera_broker::auth::AnonymousOnly;
-use tessera_broker::codec::{
-    Connect, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Version,
-};
-use tessera_config::{Config, Transport};
+use tessera_broker::codec::{Packet, Properties, Publish, QoS, Subscribe, SubscriptionOptions};
+use tessera_config::Transport;
 
 async fn start() -> (Server, SocketAddr, tempfile::TempDir) {
     start_with("").await
 }
 
-async fn start_with(mqtt: &str) -> (Server, SocketAddr, tempfile::TempDir) {
+async fn start_with(extra: &str) -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n{mqtt}",
-        dir.path().display()
-    );
-    let config = Config::parse(&yaml, "t.yml").unwrap();
     let auth = Arc::new(AnonymousOnly {
         allow_anonymous: true,
     });
-    let server = Server::start(&config, auth).await.unwrap();
+    let server = Server::start(&common::config(dir.path(), extra), auth)
+        .await
+        .unwrap();
     let addr = server.addr(Transport::Tcp).unwrap();
     (server, addr, dir)
 }
 
 async fn connect(addr: SocketAddr, id: &str) -> Raw {
-    let mut raw = Raw::open(addr).await;
-    raw.send(Packet::Connect(Box::new(Connect {
-        version: Version::V5,
-        clean_start: true,
-        keep_alive: 0,
-        properties: Properties::default(),
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-    })))
-    .await;
-    let Some(Packet::ConnAck(ack)) = raw.recv().await else {
-        panic!("no CONNACK")
-    };
-    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
-    raw
+    Raw::connect(addr, id, true, 0).await.0
 }
 
 fn subscribe(filter: &str) -> Packet {

@@ -12,52 +12,21 @@ use bytes::Bytes;
 use tessera_broker::Server;
 use tessera_broker::auth::AnonymousOnly;
 use tessera_broker::codec::{
-    Connect, Disconnect, Packet, Properties, PubResp, Publish, QoS, ReasonCode, Subscribe,
-    SubscriptionOptions, Version,
+    Disconnect, Packet, Properties, PubResp, Publish, QoS, Subscribe, SubscriptionOptions,
 };
 use tessera_broker::store::{MemoryStore, Store};
-use tessera_config::{Config, Transport};
+use tessera_config::Transport;
 
-impl Raw {
-    async fn connect(addr: SocketAddr, id: &str, clean: bool, expiry: u32) -> (Raw, bool) {
-        let mut raw = Raw::open(addr).await;
-        raw.send(Packet::Connect(Box::new(Connect {
-            version: Version::V5,
-            clean_start: clean,
-            keep_alive: 0,
-            properties: Properties {
-                session_expiry_interval: Some(expiry),
-                ..Default::default()
-            },
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-        })))
-        .await;
-        let Some(Packet::ConnAck(ack)) = raw.recv().await else {
-            panic!()
-        };
-        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
-        (raw, ack.session_present)
-    }
-}
-
-async fn start(store: Arc<MemoryStore>) -> (Server, SocketAddr) {
+async fn start(store: Arc<MemoryStore>) -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n",
-        dir.path().display()
-    );
-    let config = Config::parse(&yaml, "t.yml").unwrap();
     let auth = Arc::new(AnonymousOnly {
         allow_anonymous: true,
     });
-    let server = Server::start_with_store(&config, auth, store)
+    let server = Server::start_with_store(&common::config(dir.path(), ""), auth, store)
         .await
         .unwrap();
     let addr = server.addr(Transport::Tcp).unwrap();
-    (server, addr)
+    (server, addr, dir)
 }
 
 fn publish(topic: &str, payload: &'static [u8], retain: bool, pid: u16) -> Packet {
@@ -75,7 +44,7 @@ fn publish(topic: &str, payload: &'static [u8], retain: bool, pid: u16) -> Packe
 #[tokio::test]
 async fn restart_restores_retained_and_persistent_sessions() {
     let store = Arc::new(MemoryStore::default());
-    let (server, addr) = start(store.clone()).await;
+    let (server, addr, _dir) = start(store.clone()).await;
     let (mut keeper, _) = Raw::connect(addr, "keeper", false, 3600).await;
     keeper
         .send(Packet::Subscribe(Subscribe {
@@ -114,7 +83,7 @@ async fn restart_restores_retained_and_persistent_sessions() {
     );
     assert_eq!(state.sessions[0].pending.len(), 1);
 
-    let (_server, addr) = start(store.clone()).await;
+    let (_server, addr, _dir) = start(store.clone()).await;
     let (mut keeper, present) = Raw::connect(addr, "keeper", false, 3600).await;
     assert!(present, "session restored");
     let Some(Packet::Publish(p)) = keeper.recv().await else {
