@@ -101,50 +101,51 @@ impl BoundListener {
                 // Spawned directly by the accept loop; kept here so every transport has a path.
                 (None, false) => Box::pin(serve(broker, stream, peer, transport)),
                 (Some(acceptor), false) => {
-                    match tokio::time::timeout(setup, Box::pin(acceptor.accept(stream))).await {
-                        Ok(Ok(s)) => Box::pin(serve(broker, s, peer, transport)),
-                        Ok(Err(e)) => {
-                            debug!(peer = %peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!(peer = %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
+                    let tls = Box::pin(acceptor.accept(stream));
+                    let Some(s) = set_up(setup, peer, "TLS handshake", tls).await else {
+                        return;
+                    };
+                    Box::pin(serve(broker, s, peer, transport))
                 }
                 (None, true) => {
                     let upgrade = Box::pin(websocket::accept(stream, &self.ws_path, max_size));
-                    match tokio::time::timeout(setup, upgrade).await {
-                        Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)),
-                        Ok(Err(e)) => {
-                            debug!(peer = %peer, error = %e, "WebSocket upgrade failed");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!(peer = %peer, "WebSocket upgrade timed out");
-                            return;
-                        }
-                    }
+                    let Some(ws) = set_up(setup, peer, "WebSocket upgrade", upgrade).await else {
+                        return;
+                    };
+                    Box::pin(serve(broker, ws, peer, transport))
                 }
                 (Some(acceptor), true) => {
-                    let upgraded = Box::pin(async {
+                    let upgrade = Box::pin(async {
                         let tls = acceptor.accept(stream).await?;
                         websocket::accept(tls, &self.ws_path, max_size).await
                     });
-                    match tokio::time::timeout(setup, upgraded).await {
-                        Ok(Ok(ws)) => Box::pin(serve(broker, ws, peer, transport)),
-                        Ok(Err(e)) => {
-                            debug!(peer = %peer, error = %e, "TLS WebSocket setup failed");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!(peer = %peer, "TLS WebSocket setup timed out");
-                            return;
-                        }
-                    }
+                    let Some(ws) = set_up(setup, peer, "TLS WebSocket setup", upgrade).await else {
+                        return;
+                    };
+                    Box::pin(serve(broker, ws, peer, transport))
                 }
             };
         connection.await
+    }
+}
+
+/// Runs a transport's setup (TLS handshake, WebSocket upgrade) within the connect timeout;
+/// `None`, logged, if it fails or takes too long.
+async fn set_up<T>(
+    timeout: Duration,
+    peer: SocketAddr,
+    what: &str,
+    setup: impl Future<Output = io::Result<T>>,
+) -> Option<T> {
+    match tokio::time::timeout(timeout, setup).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "{what} failed");
+            None
+        }
+        Err(_) => {
+            debug!(peer = %peer, "{what} timed out");
+            None
+        }
     }
 }
