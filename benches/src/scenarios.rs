@@ -93,6 +93,29 @@ async fn counting_subscriber(
     }))
 }
 
+/// A measured run: a warm-up (up to a fifth of the run, at most 1 s) that is not counted,
+/// then `secs` that are.
+struct Window {
+    warm_until: Instant,
+    deadline: Instant,
+}
+
+impl Window {
+    fn new(secs: f64) -> Window {
+        let warm_until = Instant::now() + Duration::from_secs_f64((secs * 0.2).min(1.0));
+        Window {
+            warm_until,
+            deadline: warm_until + Duration::from_secs_f64(secs),
+        }
+    }
+
+    /// Waits out the warm-up; returns the count reached by then, and when.
+    async fn warmed(&self, counter: &AtomicU64) -> (u64, Instant) {
+        tokio::time::sleep_until(self.warm_until.into()).await;
+        (counter.load(Ordering::Relaxed), Instant::now())
+    }
+}
+
 /// What one publisher sends.
 struct Pub {
     id: String,
@@ -229,9 +252,8 @@ pub async fn fan_in(
         stop.clone(),
     )
     .await?;
-    let warmup = Duration::from_secs_f64((secs * 0.2).min(1.0));
-    let start = Instant::now();
-    let deadline = start + warmup + Duration::from_secs_f64(secs);
+    let window = Window::new(secs);
+    let deadline = window.deadline;
     let mut set = JoinSet::new();
     for i in 0..publishers {
         set.spawn(publisher(
@@ -247,9 +269,7 @@ pub async fn fan_in(
             },
         ));
     }
-    tokio::time::sleep_until((start + warmup).into()).await;
-    let at_warm = got.load(Ordering::Relaxed);
-    let warm_at = Instant::now();
+    let (at_warm, warm_at) = window.warmed(&got).await;
     let mut accepted = 0;
     while let Some(r) = set.join_next().await {
         accepted += r??;
@@ -367,9 +387,8 @@ pub async fn fan_out(
             .await?,
         );
     }
-    let warmup = Duration::from_secs_f64((secs * 0.2).min(1.0));
-    let start = Instant::now();
-    let deadline = start + warmup + Duration::from_secs_f64(secs);
+    let window = Window::new(secs);
+    let deadline = window.deadline;
     let publ = tokio::spawn(publisher(
         t.clone(),
         Pub {
@@ -382,9 +401,7 @@ pub async fn fan_out(
             epoch: None,
         },
     ));
-    tokio::time::sleep_until((start + warmup).into()).await;
-    let at_warm = got.load(Ordering::Relaxed);
-    let warm_at = Instant::now();
+    let (at_warm, warm_at) = window.warmed(&got).await;
     let sent = publ.await??;
     let delivered = got.load(Ordering::Relaxed) - at_warm;
     let rate = delivered as f64 / warm_at.elapsed().as_secs_f64();
