@@ -95,8 +95,8 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
     let Some(client_id) = p.client_id.clone() else {
         return Err(bad_page("client_id is missing."));
     };
-    let service = state.service.clone();
-    let client = tokio::task::spawn_blocking(move || service.get_client(&client_id))
+    let client = state
+        .blocking(move |service| service.get_client(&client_id))
         .await
         .ok()
         .and_then(Result::ok)
@@ -276,14 +276,13 @@ async fn submit(
         return login_form(&state, action, &p, &v, Some(&text), ejabberd);
     }
     let password = p.password.clone().unwrap_or_default();
-    let service = state.service.clone();
     let username = p.username.clone();
-    let user =
-        tokio::task::spawn_blocking(move || service.check_login(username.as_deref(), &password))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+    let user = state
+        .blocking(move |service| service.check_login(username.as_deref(), &password))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let Some(user) = user else {
         state.backoff.fail(&ip_key);
         return login_form(
@@ -300,14 +299,12 @@ async fn submit(
         return error_redirect(&v, &p, "access_denied", "access denied");
     }
     let ttl = p.ttl.as_deref().and_then(|t| t.parse::<u64>().ok());
-    let service = state.service.clone();
     let client_id = v.client.id.clone();
     let scopes = v.scopes.clone();
     if v.token {
-        let issued = tokio::task::spawn_blocking(move || {
-            service.issue(&user, Some(&client_id), scopes, ttl, false)
-        })
-        .await;
+        let issued = state
+            .blocking(move |service| service.issue(&user, Some(&client_id), scopes, ttl, false))
+            .await;
         let Ok(Ok(t)) = issued else {
             return error_redirect(&v, &p, "server_error", "the token store is unavailable");
         };
@@ -334,15 +331,16 @@ async fn submit(
         expires_at: now_secs() + CODE_TTL,
     };
     let key = secrets::token_key(&code);
-    let stored = tokio::task::spawn_blocking(move || {
-        service.store.create(
-            Bucket::AuthCodes,
-            &key,
-            &serde_json::to_vec(&record).unwrap_or_default(),
-            Some(record.expires_at),
-        )
-    })
-    .await;
+    let stored = state
+        .blocking(move |service| {
+            service.store.create(
+                Bucket::AuthCodes,
+                &key,
+                &serde_json::to_vec(&record).unwrap_or_default(),
+                Some(record.expires_at),
+            )
+        })
+        .await;
     if !matches!(stored, Ok(Ok(_))) {
         return error_redirect(&v, &p, "server_error", "the token store is unavailable");
     }

@@ -56,19 +56,18 @@ pub async fn device_authorization(
         last_poll: 0,
         interval: INTERVAL,
     };
-    let service = state.service.clone();
     let key = secrets::token_key(&device_code);
-    tokio::task::spawn_blocking(move || {
-        service.store.create(
-            Bucket::DeviceCodes,
-            &key,
-            &serde_json::to_vec(&record).unwrap_or_default(),
-            Some(record.expires_at),
-        )
-    })
-    .await
-    .map_err(OAuthError::server)?
-    .map_err(OAuthError::server)?;
+    state
+        .blocking(move |service| {
+            service.store.create(
+                Bucket::DeviceCodes,
+                &key,
+                &serde_json::to_vec(&record).unwrap_or_default(),
+                Some(record.expires_at),
+            )
+        })
+        .await?
+        .map_err(OAuthError::server)?;
     let uri = format!("{}/oauth/device", state.issuer);
     Ok(json_response(json!({
         "device_code": device_code,
@@ -162,7 +161,6 @@ pub async fn verify_submit(
     let deny = p.action.as_deref() == Some("deny");
     let username = p.username.clone();
     let password = p.password.clone().unwrap_or_default();
-    let service = state.service.clone();
     enum Outcome {
         UnknownCode,
         BadLogin,
@@ -171,50 +169,51 @@ pub async fn verify_submit(
         Approved,
         StoreError,
     }
-    let outcome = tokio::task::spawn_blocking(move || {
-        let found = service
-            .store
-            .scan(Bucket::DeviceCodes, "")
-            .ok()
-            .into_iter()
-            .flatten()
-            .find_map(|(k, e)| {
-                let d: DeviceCode = serde_json::from_slice(&e.value).ok()?;
-                (d.user_code == code && d.state == DeviceState::Pending)
-                    .then_some((k, e.revision, d))
-            });
-        let user = service
-            .check_login(username.as_deref(), &password)
-            .ok()
-            .flatten();
-        let Some((key, rev, mut d)) = found else {
-            return Outcome::UnknownCode;
-        };
-        if deny {
-            d.state = DeviceState::Denied;
-        } else if let Some(user) = user {
-            if !service.may_obtain_tokens(&user) {
-                return Outcome::NotAllowed;
+    let outcome = state
+        .blocking(move |service| {
+            let found = service
+                .store
+                .scan(Bucket::DeviceCodes, "")
+                .ok()
+                .into_iter()
+                .flatten()
+                .find_map(|(k, e)| {
+                    let d: DeviceCode = serde_json::from_slice(&e.value).ok()?;
+                    (d.user_code == code && d.state == DeviceState::Pending)
+                        .then_some((k, e.revision, d))
+                });
+            let user = service
+                .check_login(username.as_deref(), &password)
+                .ok()
+                .flatten();
+            let Some((key, rev, mut d)) = found else {
+                return Outcome::UnknownCode;
+            };
+            if deny {
+                d.state = DeviceState::Denied;
+            } else if let Some(user) = user {
+                if !service.may_obtain_tokens(&user) {
+                    return Outcome::NotAllowed;
+                }
+                d.state = DeviceState::Approved { user };
+            } else {
+                return Outcome::BadLogin;
             }
-            d.state = DeviceState::Approved { user };
-        } else {
-            return Outcome::BadLogin;
-        }
-        let denied = d.state == DeviceState::Denied;
-        match service.store.update(
-            Bucket::DeviceCodes,
-            &key,
-            &serde_json::to_vec(&d).unwrap_or_default(),
-            Some(d.expires_at),
-            rev,
-        ) {
-            Ok(_) if denied => Outcome::Denied,
-            Ok(_) => Outcome::Approved,
-            Err(_) => Outcome::StoreError,
-        }
-    })
-    .await
-    .unwrap_or(Outcome::StoreError);
+            let denied = d.state == DeviceState::Denied;
+            match service.store.update(
+                Bucket::DeviceCodes,
+                &key,
+                &serde_json::to_vec(&d).unwrap_or_default(),
+                Some(d.expires_at),
+                rev,
+            ) {
+                Ok(_) if denied => Outcome::Denied,
+                Ok(_) => Outcome::Approved,
+                Err(_) => Outcome::StoreError,
+            }
+        })
+        .await
+        .unwrap_or(Outcome::StoreError);
     match outcome {
         Outcome::UnknownCode => verify_page(&state, &p, Some("Unknown or expired device code.")),
         Outcome::BadLogin => {

@@ -42,6 +42,19 @@ impl AppState {
     pub fn config(&self) -> &OAuthConfig {
         &self.service.config
     }
+
+    /// Runs `work` with the token service on tokio's blocking pool (redb and argon2 hold the
+    /// thread); a task that panics answers `server_error`.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, OAuthError>
+    where
+        F: FnOnce(&TokenService) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || work(&service))
+            .await
+            .map_err(OAuthError::server)
+    }
 }
 
 /// An RFC 6749 §5.2 error answer.
@@ -202,16 +215,15 @@ pub async fn check_client(
             let Some(id) = id else {
                 return Err(OAuthError::invalid_client("client authentication required"));
             };
-            let service = state.service.clone();
-            let result = tokio::task::spawn_blocking(move || match secret {
-                Some(secret) => service
-                    .authenticate_client(&id, &secret)
-                    .map(|c| c.map(|c| (c, true))),
-                None => service.get_client(&id).map(|c| c.map(|c| (c, false))),
-            })
-            .await
-            .map_err(OAuthError::server)?
-            .map_err(OAuthError::server)?;
+            let result = state
+                .blocking(move |service| match secret {
+                    Some(secret) => service
+                        .authenticate_client(&id, &secret)
+                        .map(|c| c.map(|c| (c, true))),
+                    None => service.get_client(&id).map(|c| c.map(|c| (c, false))),
+                })
+                .await?
+                .map_err(OAuthError::server)?;
             match result {
                 Some((client, authenticated)) => {
                     if client.kind == ClientKind::Confidential && !authenticated {

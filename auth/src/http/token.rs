@@ -133,23 +133,22 @@ async fn password_grant(
         .check_scopes(&super::parse_scope(&f.scope))
         .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
     let ttl = parse_ttl(&f.ttl)?;
-    let service = state.service.clone();
     let client_id = client.id().map(str::to_string);
     let name = user.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        if !service.check_password(&name, &password)? {
-            return Ok(None);
-        }
-        if !service.may_obtain_tokens(&name) {
-            return Ok(Some(Err(())));
-        }
-        service
-            .issue(&name, client_id.as_deref(), scopes, ttl, true)
-            .map(|t| Some(Ok(t)))
-    })
-    .await
-    .map_err(OAuthError::server)?
-    .map_err(service_error)?;
+    let outcome = state
+        .blocking(move |service| {
+            if !service.check_password(&name, &password)? {
+                return Ok(None);
+            }
+            if !service.may_obtain_tokens(&name) {
+                return Ok(Some(Err(())));
+            }
+            service
+                .issue(&name, client_id.as_deref(), scopes, ttl, true)
+                .map(|t| Some(Ok(t)))
+        })
+        .await?
+        .map_err(service_error)?;
     match outcome {
         None => {
             state.backoff.fail(&ip_key);
@@ -194,17 +193,16 @@ async fn client_credentials_grant(
         .check_scopes(&super::parse_scope(&f.scope))
         .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
     let ttl = parse_ttl(&f.ttl)?;
-    let service = state.service.clone();
-    let t = tokio::task::spawn_blocking(move || {
-        if !service.user_exists(&user)? {
-            return Err(ServiceError::NotFound(format!("user {user}")));
-        }
-        // RFC 6749 §4.4.3: no refresh token for client credentials.
-        service.issue(&user, Some(&client.id), scopes, ttl, false)
-    })
-    .await
-    .map_err(OAuthError::server)?
-    .map_err(service_error)?;
+    let t = state
+        .blocking(move |service| {
+            if !service.user_exists(&user)? {
+                return Err(ServiceError::NotFound(format!("user {user}")));
+            }
+            // RFC 6749 §4.4.3: no refresh token for client credentials.
+            service.issue(&user, Some(&client.id), scopes, ttl, false)
+        })
+        .await?
+        .map_err(service_error)?;
     Ok(issued_json(&t))
 }
 
@@ -222,13 +220,11 @@ async fn refresh_grant(
         ));
     };
     let narrower = Some(super::parse_scope(&f.scope)).filter(|s| !s.is_empty());
-    let service = state.service.clone();
     let client_id = client.id().map(str::to_string);
-    let t =
-        tokio::task::spawn_blocking(move || service.refresh(&rt, client_id.as_deref(), narrower))
-            .await
-            .map_err(OAuthError::server)?
-            .map_err(service_error)?;
+    let t = state
+        .blocking(move |service| service.refresh(&rt, client_id.as_deref(), narrower))
+        .await?
+        .map_err(service_error)?;
     Ok(issued_json(&t))
 }
 
@@ -242,57 +238,56 @@ async fn code_grant(
     let Some(code) = f.code else {
         return Err(OAuthError::new("invalid_request", "code is required"));
     };
-    let service = state.service.clone();
     let redirect_uri = f.redirect_uri;
     let verifier = f.code_verifier;
-    let t = tokio::task::spawn_blocking(move || -> Result<Issued, OAuthError> {
-        let key = secrets::token_key(&code);
-        let entry = service
-            .store
-            .get(Bucket::AuthCodes, &key)
-            .map_err(OAuthError::server)?
-            .ok_or_else(|| OAuthError::new("invalid_grant", "unknown or expired code"))?;
-        // One use only: whoever deletes it first wins.
-        if !service
-            .store
-            .delete(Bucket::AuthCodes, &key, Some(entry.revision))
-            .map_err(OAuthError::server)?
-        {
-            return Err(OAuthError::new("invalid_grant", "code already used"));
-        }
-        let c: AuthCode = serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
-        if c.client_id != client_id {
-            return Err(OAuthError::new(
-                "invalid_grant",
-                "code issued to another client",
-            ));
-        }
-        if redirect_uri.as_deref() != Some(c.redirect_uri.as_str()) {
-            return Err(OAuthError::new(
-                "invalid_grant",
-                "redirect_uri does not match",
-            ));
-        }
-        match (&c.code_challenge, verifier) {
-            (Some(challenge), Some(v)) => {
-                if !secrets::equal(secrets::s256(&v).as_bytes(), challenge.as_bytes()) {
-                    return Err(OAuthError::new("invalid_grant", "PKCE verification failed"));
-                }
+    let t = state
+        .blocking(move |service| -> Result<Issued, OAuthError> {
+            let key = secrets::token_key(&code);
+            let entry = service
+                .store
+                .get(Bucket::AuthCodes, &key)
+                .map_err(OAuthError::server)?
+                .ok_or_else(|| OAuthError::new("invalid_grant", "unknown or expired code"))?;
+            // One use only: whoever deletes it first wins.
+            if !service
+                .store
+                .delete(Bucket::AuthCodes, &key, Some(entry.revision))
+                .map_err(OAuthError::server)?
+            {
+                return Err(OAuthError::new("invalid_grant", "code already used"));
             }
-            (Some(_), None) => {
+            let c: AuthCode = serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
+            if c.client_id != client_id {
                 return Err(OAuthError::new(
                     "invalid_grant",
-                    "code_verifier is required",
+                    "code issued to another client",
                 ));
             }
-            (None, _) => {}
-        }
-        service
-            .issue(&c.user, Some(&c.client_id), c.scopes, c.ttl, true)
-            .map_err(service_error)
-    })
-    .await
-    .map_err(OAuthError::server)??;
+            if redirect_uri.as_deref() != Some(c.redirect_uri.as_str()) {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "redirect_uri does not match",
+                ));
+            }
+            match (&c.code_challenge, verifier) {
+                (Some(challenge), Some(v)) => {
+                    if !secrets::equal(secrets::s256(&v).as_bytes(), challenge.as_bytes()) {
+                        return Err(OAuthError::new("invalid_grant", "PKCE verification failed"));
+                    }
+                }
+                (Some(_), None) => {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "code_verifier is required",
+                    ));
+                }
+                (None, _) => {}
+            }
+            service
+                .issue(&c.user, Some(&c.client_id), c.scopes, c.ttl, true)
+                .map_err(service_error)
+        })
+        .await??;
     Ok(issued_json(&t))
 }
 
@@ -309,70 +304,72 @@ async fn device_grant(
             "device_code is required",
         ));
     };
-    let service = state.service.clone();
-    tokio::task::spawn_blocking(move || -> Result<Response, OAuthError> {
-        let key = secrets::token_key(&device_code);
-        let entry = service
-            .store
-            .get(Bucket::DeviceCodes, &key)
-            .map_err(OAuthError::server)?
-            .ok_or_else(|| OAuthError::new("expired_token", "unknown or expired device code"))?;
-        let mut d: DeviceCode = serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
-        if d.client_id != client_id {
-            return Err(OAuthError::new(
-                "invalid_grant",
-                "device code issued to another client",
-            ));
-        }
-        let now = crate::redb_store::now_secs();
-        match d.state.clone() {
-            DeviceState::Pending => {
-                let too_fast = now < d.last_poll + d.interval;
-                if too_fast {
-                    // RFC 8628 §3.5: the interval grows by 5 seconds at every slow_down.
-                    d.interval += 5;
+    state
+        .blocking(move |service| -> Result<Response, OAuthError> {
+            let key = secrets::token_key(&device_code);
+            let entry = service
+                .store
+                .get(Bucket::DeviceCodes, &key)
+                .map_err(OAuthError::server)?
+                .ok_or_else(|| {
+                    OAuthError::new("expired_token", "unknown or expired device code")
+                })?;
+            let mut d: DeviceCode =
+                serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
+            if d.client_id != client_id {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "device code issued to another client",
+                ));
+            }
+            let now = crate::redb_store::now_secs();
+            match d.state.clone() {
+                DeviceState::Pending => {
+                    let too_fast = now < d.last_poll + d.interval;
+                    if too_fast {
+                        // RFC 8628 §3.5: the interval grows by 5 seconds at every slow_down.
+                        d.interval += 5;
+                    }
+                    d.last_poll = now;
+                    let _ = service.store.update(
+                        Bucket::DeviceCodes,
+                        &key,
+                        &serde_json::to_vec(&d).unwrap_or_default(),
+                        Some(d.expires_at),
+                        entry.revision,
+                    );
+                    if too_fast {
+                        Err(OAuthError::new("slow_down", "poll less often"))
+                    } else {
+                        Err(OAuthError::new(
+                            "authorization_pending",
+                            "the user has not answered yet",
+                        ))
+                    }
                 }
-                d.last_poll = now;
-                let _ = service.store.update(
-                    Bucket::DeviceCodes,
-                    &key,
-                    &serde_json::to_vec(&d).unwrap_or_default(),
-                    Some(d.expires_at),
-                    entry.revision,
-                );
-                if too_fast {
-                    Err(OAuthError::new("slow_down", "poll less often"))
-                } else {
+                DeviceState::Denied => {
+                    let _ = service.store.delete(Bucket::DeviceCodes, &key, None);
                     Err(OAuthError::new(
-                        "authorization_pending",
-                        "the user has not answered yet",
+                        "access_denied",
+                        "the user denied the request",
                     ))
                 }
-            }
-            DeviceState::Denied => {
-                let _ = service.store.delete(Bucket::DeviceCodes, &key, None);
-                Err(OAuthError::new(
-                    "access_denied",
-                    "the user denied the request",
-                ))
-            }
-            DeviceState::Approved { user } => {
-                if !service
-                    .store
-                    .delete(Bucket::DeviceCodes, &key, Some(entry.revision))
-                    .map_err(OAuthError::server)?
-                {
-                    return Err(OAuthError::new("invalid_grant", "device code already used"));
+                DeviceState::Approved { user } => {
+                    if !service
+                        .store
+                        .delete(Bucket::DeviceCodes, &key, Some(entry.revision))
+                        .map_err(OAuthError::server)?
+                    {
+                        return Err(OAuthError::new("invalid_grant", "device code already used"));
+                    }
+                    let t = service
+                        .issue(&user, Some(&client_id), d.scopes, None, true)
+                        .map_err(service_error)?;
+                    Ok(issued_json(&t))
                 }
-                let t = service
-                    .issue(&user, Some(&client_id), d.scopes, None, true)
-                    .map_err(service_error)?;
-                Ok(issued_json(&t))
             }
-        }
-    })
-    .await
-    .map_err(OAuthError::server)?
+        })
+        .await?
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -397,22 +394,21 @@ pub async fn revoke(
     let Some(token) = f.token else {
         return Err(OAuthError::new("invalid_request", "token is required"));
     };
-    let service = state.service.clone();
     let client_id = client.id().map(str::to_string);
     let unchecked = matches!(client, ClientCheck::Unchecked(_));
-    tokio::task::spawn_blocking(move || -> Result<(), OAuthError> {
-        // A client may revoke only its own tokens (RFC 7009 §2.1).
-        if let Some(info) = service.validate(&token).map_err(OAuthError::server)?
-            && !unchecked
-            && info.client_id != client_id
-        {
-            return Ok(());
-        }
-        service.revoke(&token).map_err(OAuthError::server)?;
-        Ok(())
-    })
-    .await
-    .map_err(OAuthError::server)??;
+    state
+        .blocking(move |service| -> Result<(), OAuthError> {
+            // A client may revoke only its own tokens (RFC 7009 §2.1).
+            if let Some(info) = service.validate(&token).map_err(OAuthError::server)?
+                && !unchecked
+                && info.client_id != client_id
+            {
+                return Ok(());
+            }
+            service.revoke(&token).map_err(OAuthError::server)?;
+            Ok(())
+        })
+        .await??;
     Ok(json_response(json!({})))
 }
 
@@ -428,36 +424,35 @@ pub async fn introspect(
     let (Some(id), Some(secret)) = (id, secret) else {
         return Err(OAuthError::invalid_client("client authentication required"));
     };
-    let service = state.service.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, OAuthError> {
-        if service
-            .authenticate_client(&id, &secret)
-            .map_err(OAuthError::server)?
-            .is_none()
-        {
-            return Err(OAuthError::invalid_client("client authentication failed"));
-        }
-        let Some(token) = f.token else {
-            return Err(OAuthError::new("invalid_request", "token is required"));
-        };
-        Ok(
-            match service.validate(&token).map_err(OAuthError::server)? {
-                Some(t) => json!({
-                    "active": true,
-                    "scope": t.scopes.join(" "),
-                    "client_id": t.client_id,
-                    "username": t.user,
-                    "sub": t.user,
-                    "token_type": "bearer",
-                    "exp": t.expires_at,
-                    "iat": t.issued_at,
-                }),
-                None => json!({ "active": false }),
-            },
-        )
-    })
-    .await
-    .map_err(OAuthError::server)??;
+    let answer = state
+        .blocking(move |service| -> Result<serde_json::Value, OAuthError> {
+            if service
+                .authenticate_client(&id, &secret)
+                .map_err(OAuthError::server)?
+                .is_none()
+            {
+                return Err(OAuthError::invalid_client("client authentication failed"));
+            }
+            let Some(token) = f.token else {
+                return Err(OAuthError::new("invalid_request", "token is required"));
+            };
+            Ok(
+                match service.validate(&token).map_err(OAuthError::server)? {
+                    Some(t) => json!({
+                        "active": true,
+                        "scope": t.scopes.join(" "),
+                        "client_id": t.client_id,
+                        "username": t.user,
+                        "sub": t.user,
+                        "token_type": "bearer",
+                        "exp": t.expires_at,
+                        "iat": t.issued_at,
+                    }),
+                    None => json!({ "active": false }),
+                },
+            )
+        })
+        .await??;
     Ok(json_response(answer))
 }
 
