@@ -103,5 +103,16 @@ pub async fn request(
 }
 
 pub async fn post(addr: SocketAddr, cert: &Path, path: &str, pairs: &[(&str, &str)]) -> Response {
-    request(addr, cert, "POST", path, &[], &form(pairs)).await
+    post_with(addr, cert, path, &[], pairs).await
+}
+
+/// A form POST with extra headers (client credentials, cookies).
+pub async fn post_with(
+    addr: SocketAddr,
+    cert: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+    pairs: &[(&str, &str)],
+) -> Response {
+    request(addr, cert, "POST", path, headers, &form(pairs)).await
 }

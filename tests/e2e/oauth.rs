@@ -737,15 +737,7 @@ async fn implicit_flow_puts_the_token_in_the_fragment_or_ejabberds_query() {
             ("csrf", csrf.as_str()),
             ("action", "allow"),
         ]);
-        let r = https::request(
-            b.oauth,
-            &cert,
-            "POST",
-            path,
-            &[("Cookie", &cookie)],
-            &https::form(&form),
-        )
-        .await;
+        let r = https::post_with(b.oauth, &cert, path, &[("Cookie", &cookie)], &form).await;
         assert_eq!(r.status, 302, "{}", r.body);
         let loc = r.header("location").unwrap().to_string();
         assert_eq!(loc.contains('#'), fragment, "{loc}");
@@ -872,25 +864,23 @@ async fn client_credentials_revoke_introspect_and_metadata() {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(format!("dev7:{secret}"))
     });
-    let r = https::request(
+    let r = https::post_with(
         b.oauth,
         &cert,
-        "POST",
         "/oauth/token",
         &[("Authorization", &basic)],
-        &https::form(&[("grant_type", "client_credentials"), ("scope", "mqtt")]),
+        &[("grant_type", "client_credentials"), ("scope", "mqtt")],
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json().get("refresh_token").is_none());
     let tok = r.json()["access_token"].as_str().unwrap().to_string();
-    let intro = https::request(
+    let intro = https::post_with(
         b.oauth,
         &cert,
-        "POST",
         "/oauth/introspect",
         &[("Authorization", &basic)],
-        &https::form(&[("token", &tok)]),
+        &[("token", &tok)],
     )
     .await;
     assert_eq!(intro.json()["active"], true);
@@ -899,24 +889,22 @@ async fn client_credentials_revoke_introspect_and_metadata() {
     assert_eq!(unauth.status, 401);
     assert!(unauth.header("www-authenticate").is_some());
     let mut live = login(&b, "dev7", &tok).await;
-    let rev = https::request(
+    let rev = https::post_with(
         b.oauth,
         &cert,
-        "POST",
         "/oauth/revoke",
         &[("Authorization", &basic)],
-        &https::form(&[("token", &tok)]),
+        &[("token", &tok)],
     )
     .await;
     assert_eq!(rev.status, 200);
     live.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
-    let intro = https::request(
+    let intro = https::post_with(
         b.oauth,
         &cert,
-        "POST",
         "/oauth/introspect",
         &[("Authorization", &basic)],
-        &https::form(&[("token", &tok)]),
+        &[("token", &tok)],
     )
     .await;
     assert_eq!(intro.json()["active"], false);
