@@ -229,7 +229,8 @@ async fn mosquitto_sub_will_with_delay_is_published_when_it_is_killed() {
 async fn mosquitto_subs_share_a_subscription() {
     let b = TestBroker::start();
     let port = b.tcp.port().to_string();
-    let (_a, mut ra) = mosquitto_sub(&[
+    // Two members of one share group.
+    let member = [
         "-p",
         &port,
         "-V",
@@ -238,19 +239,9 @@ async fn mosquitto_subs_share_a_subscription() {
         "$share/g/jobs",
         "-q",
         "1",
-    ])
-    .await;
-    let (_b, mut rb) = mosquitto_sub(&[
-        "-p",
-        &port,
-        "-V",
-        "mqttv5",
-        "-t",
-        "$share/g/jobs",
-        "-q",
-        "1",
-    ])
-    .await;
+    ];
+    let (_a, mut ra) = mosquitto_sub(&member).await;
+    let (_b, mut rb) = mosquitto_sub(&member).await;
     let (publ, _rx) = rumqttc_v5(Options5::new("jobber", "127.0.0.1", b.tcp.port())).await;
     for i in 0..20 {
         publ.publish("jobs", QoS5::AtLeastOnce, false, format!("job{i}"))
