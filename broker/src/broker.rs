@@ -466,14 +466,20 @@ impl Broker {
             rejected: false,
             subscribers_behind: false,
         };
-        for t in merged {
+        for mut t in merged {
             let mut st = t.session.state.lock();
-            for m in messages {
+            for (i, m) in messages.iter().enumerate() {
+                // The last delivery takes the identifiers; only a run's earlier ones copy them.
+                let subscription_ids = if i + 1 == messages.len() {
+                    std::mem::take(&mut t.ids)
+                } else {
+                    t.ids.clone()
+                };
                 let d = Delivery {
                     message: m.clone(),
                     qos: m.qos.min(t.qos),
                     retain: t.retain_as_published && m.retain,
-                    subscription_ids: t.ids.clone(),
+                    subscription_ids,
                 };
                 match t.session.enqueue(&mut st, d, &self.limits) {
                     Enqueued::Queued | Enqueued::Skipped => {}
