@@ -72,6 +72,7 @@ pub fn spawn_accept_loop(
                         tokio::spawn(serve(broker.clone(), stream, peer, l.transport.name()));
                     }
                     Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
                         let l = l.clone();
                         let broker = broker.clone();
                         tokio::spawn(async move { l.handle(stream, peer, broker).await });
@@ -88,8 +89,9 @@ pub fn spawn_accept_loop(
 }
 
 impl BoundListener {
+    /// Sets up a TLS and/or WebSocket connection, then serves it (plain TCP connections are
+    /// spawned straight from the accept loop).
     async fn handle(&self, stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
-        let _ = stream.set_nodelay(true);
         // The connection is boxed, and only awaited once the match is over: a task's future is
         // as large as its largest state, and a plain TCP connection must carry neither the
         // size of a TLS WebSocket stream nor the transport setup's result while it lives.
@@ -98,7 +100,7 @@ impl BoundListener {
         let max_size = broker.config.max_packet_size as usize;
         let connection: Pin<Box<dyn Future<Output = ()> + Send>> =
             match (&self.tls, self.transport.uses_websocket()) {
-                // Spawned directly by the accept loop; kept here so every transport has a path.
+                // Not reached from the accept loop, which spawns plain TCP directly.
                 (None, false) => Box::pin(serve(broker, stream, peer, transport)),
                 (Some(acceptor), false) => {
                     let tls = Box::pin(acceptor.accept(stream));
