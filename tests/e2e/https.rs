@@ -102,6 +102,11 @@ pub async fn request(
     }
 }
 
+/// A GET without extra headers.
+pub async fn get(addr: SocketAddr, cert: &Path, path: &str) -> Response {
+    request(addr, cert, "GET", path, &[], "").await
+}
+
 pub async fn post(addr: SocketAddr, cert: &Path, path: &str, pairs: &[(&str, &str)]) -> Response {
     post_with(addr, cert, path, &[], pairs).await
 }

@@ -542,15 +542,7 @@ async fn authorization_code_with_pkce_and_exact_redirect_uris() {
         ("code_challenge", challenge),
         ("code_challenge_method", "S256"),
     ]);
-    let page = https::request(
-        b.oauth,
-        &cert,
-        "GET",
-        &format!("/oauth/authorize?{q}"),
-        &[],
-        "",
-    )
-    .await;
+    let page = https::get(b.oauth, &cert, &format!("/oauth/authorize?{q}")).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     assert!(page.header("content-security-policy").is_some());
@@ -653,15 +645,7 @@ async fn authorization_code_with_pkce_and_exact_redirect_uris() {
         ("redirect_uri", cb),
         ("state", "s"),
     ]);
-    let r = https::request(
-        b.oauth,
-        &cert,
-        "GET",
-        &format!("/oauth/authorize?{q}"),
-        &[],
-        "",
-    )
-    .await;
+    let r = https::get(b.oauth, &cert, &format!("/oauth/authorize?{q}")).await;
     assert_eq!(r.status, 302);
     assert_eq!(
         query_param(r.header("location").unwrap(), "error").as_deref(),
@@ -680,15 +664,7 @@ async fn authorization_code_with_pkce_and_exact_redirect_uris() {
             ("code_challenge", challenge),
             ("code_challenge_method", "S256"),
         ]);
-        let r = https::request(
-            b.oauth,
-            &cert,
-            "GET",
-            &format!("/oauth/authorize?{q}"),
-            &[],
-            "",
-        )
-        .await;
+        let r = https::get(b.oauth, &cert, &format!("/oauth/authorize?{q}")).await;
         assert_eq!(r.status, 400, "{evil}");
         assert!(r.header("location").is_none(), "{evil}");
     }
@@ -718,15 +694,7 @@ async fn implicit_flow_puts_the_token_in_the_fragment_or_ejabberds_query() {
         if let Some(m) = mode {
             params.push(("response_mode", m));
         }
-        let page = https::request(
-            b.oauth,
-            &cert,
-            "GET",
-            &format!("{path}?{}", https::form(&params)),
-            &[],
-            "",
-        )
-        .await;
+        let page = https::get(b.oauth, &cert, &format!("{path}?{}", https::form(&params))).await;
         assert_eq!(page.status, 200, "{}", page.body);
         let (cookie, csrf) = csrf_of(&page);
         let mut form = params.clone();
@@ -792,13 +760,10 @@ async fn device_flow_for_keyboard_less_devices() {
     };
     assert_eq!(poll().await.json()["error"], "authorization_pending");
     // A person opens the verification page and approves.
-    let page = https::request(
+    let page = https::get(
         b.oauth,
         &cert,
-        "GET",
         &format!("/oauth/device?user_code={user_code}"),
-        &[],
-        "",
     )
     .await;
     assert!(page.body.contains(&user_code));
@@ -908,16 +873,9 @@ async fn client_credentials_revoke_introspect_and_metadata() {
     )
     .await;
     assert_eq!(intro.json()["active"], false);
-    let meta = https::request(
-        b.oauth,
-        &cert,
-        "GET",
-        "/.well-known/oauth-authorization-server",
-        &[],
-        "",
-    )
-    .await
-    .json();
+    let meta = https::get(b.oauth, &cert, "/.well-known/oauth-authorization-server")
+        .await
+        .json();
     assert!(
         meta["issuer"]
             .as_str()
