@@ -58,7 +58,7 @@ fn encode_publish_head_v5(bencher: divan::Bencher) {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: false,
-            topic: "devices/sensor-42/telemetry/temperature",
+            topic: b"devices/sensor-42/telemetry/temperature",
             packet_id: Some(9),
             message_properties: &props,
             message_expiry: None,

@@ -92,13 +92,13 @@ impl Connection {
     ) -> bool {
         let m = &d.message;
         let v5 = self.version.is_v5();
-        let mut topic: &str = &m.topic;
+        let mut topic: &[u8] = m.topic.as_bytes();
         let mut alias = None;
         if v5 && a.topic_alias_max_out > 0 {
             let out = &mut a.aliases.get_or_insert_default().outbound;
             if let Some(&existing) = out.get(&m.topic) {
                 alias = Some(existing);
-                topic = "";
+                topic = b"";
             } else if out.len() < a.topic_alias_max_out as usize {
                 let next = out.len() as u16 + 1;
                 out.insert(m.topic.clone(), next);

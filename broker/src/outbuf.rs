@@ -173,7 +173,7 @@ mod tests {
                 dup: false,
                 qos: QoS::AtMostOnce,
                 retain: false,
-                topic: "t",
+                topic: b"t",
                 packet_id: None,
                 message_properties: &props,
                 message_expiry: None,

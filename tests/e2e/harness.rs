@@ -173,7 +173,7 @@ impl TestBroker {
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe_kill(self.child.id(), 15);
+        send_signal(self.child.id(), 15);
         self.child.wait().unwrap()
     }
 }
@@ -194,7 +194,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line[start..].split_whitespace().next().unwrap_or("")
 }
 
-fn unsafe_kill(pid: u32, signal: i32) {
+fn send_signal(pid: u32, signal: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

@@ -70,8 +70,10 @@ pub struct PublishHead<'a> {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// Empty when `topic_alias` refers to an alias the receiver already knows.
-    pub topic: &'a str,
+    /// The topic name's UTF-8 bytes (already checked when the message was received), so
+    /// writing it per subscriber needs no second check. Empty when `topic_alias` refers to an
+    /// alias the receiver already knows.
+    pub topic: &'a [u8],
     pub packet_id: Option<u16>,
     /// The message's forwarded properties (payload format, content type, response topic,
     /// correlation data, user properties), already encoded once for every subscriber by
@@ -127,7 +129,8 @@ pub fn encode_publish_head(head: &PublishHead<'_>, version: Version, buf: &mut B
     }
     buf.put_u8(first);
     put_varint(buf, head.remaining_len(version));
-    put_str(buf, head.topic);
+    buf.put_u16(head.topic.len() as u16);
+    buf.put_slice(head.topic);
     if let Some(id) = head.packet_id {
         buf.put_u16(id);
     }

@@ -396,7 +396,7 @@ fn publish_head_matches_full_encoding() {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: true,
-        topic: "t/1",
+        topic: b"t/1",
         packet_id: Some(3),
         message_properties: &props,
         message_expiry: Some(10),

@@ -4,8 +4,10 @@
 //! used by tests and by the retained-message store.
 
 /// A topic name a client may publish to: non-empty, no `+` or `#` (MQTT-3.3.2-2, 4.7.3-1).
-pub fn valid_topic_name(name: &str) -> bool {
-    !name.is_empty() && !name.bytes().any(|b| b == b'+' || b == b'#') && name.len() <= 65535
+/// Judged on the bytes, so a decoded [`super::Utf8Bytes`] is not checked for UTF-8 again.
+pub fn valid_topic_name(name: impl AsRef<[u8]>) -> bool {
+    let name = name.as_ref();
+    !name.is_empty() && !name.iter().any(|&b| b == b'+' || b == b'#') && name.len() <= 65535
 }
 
 /// A topic filter: non-empty; `#` only as a whole last level; `+` only as a whole level
