@@ -74,7 +74,7 @@ fn encode_publish_head_v5(bencher: divan::Bencher) {
 fn tree() -> SubscriptionTree {
     let mut t = SubscriptionTree::default();
     for i in 0..50_000u64 {
-        let s = Session::new(i, format!("c{i}").into(), 0);
+        let s = Session::new(i, format!("c{i}").into(), 0, 0);
         let sub = |session: &Arc<Session>| Subscriber {
             session: session.clone(),
             options: SubscriptionOptions::default(),
@@ -84,7 +84,7 @@ fn tree() -> SubscriptionTree {
         t.insert(&format!("devices/d{i}/+/status"), None, sub(&s));
     }
     for i in 0..10u64 {
-        let s = Session::new(1_000_000 + i, format!("w{i}").into(), 0);
+        let s = Session::new(1_000_000 + i, format!("w{i}").into(), 0, 0);
         t.insert(
             &format!("devices/d{i}/#"),
             None,

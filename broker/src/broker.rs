@@ -19,7 +19,9 @@ use crate::codec::topic::parse_shared;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::retained::RetainedTree;
-use crate::session::{ConnLink, Control, Enqueued, Inflight, QueueLimits, Session, SubRecord};
+use crate::session::{
+    Attachment, ConnLink, Control, Enqueued, Inflight, QueueLimits, Session, SubRecord,
+};
 use crate::stats::Stats;
 use crate::store::{
     Store, StoredDelivery, StoredInflight, StoredMessage, StoredSession, StoredState,
@@ -190,27 +192,30 @@ impl Broker {
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.state.lock();
-            let old_link = st.conn.clone();
-            if !clean_start && !st.ended {
-                existing.attach(&mut st, link);
+            if !clean_start && !st.attachment.is_ended() {
+                let old_link = st.attach(link);
                 st.expiry_interval = expiry_interval;
                 // A reconnect before the will delay elapsed cancels the will (§3.1.3.2.2).
                 st.pending_will = None;
                 drop(st);
                 return (existing, true, old_link);
             }
+            let old_link = match &st.attachment {
+                Attachment::Online(l) => Some(l.clone()),
+                _ => None,
+            };
             drop(st);
             sessions.remove(client_id);
             drop(sessions);
             self.end_session(&existing);
             sessions = self.sessions.lock();
-            let session = Session::new(self.next_id(), client_id.into(), expiry_interval);
-            session.attach(&mut session.state.lock(), link);
+            let session = Session::new(self.next_id(), client_id.into(), expiry_interval, 0);
+            session.state.lock().attach(link);
             sessions.insert(session.client_id.clone(), session.clone());
             return (session, false, old_link);
         }
-        let session = Session::new(self.next_id(), client_id.into(), expiry_interval);
-        session.attach(&mut session.state.lock(), link);
+        let session = Session::new(self.next_id(), client_id.into(), expiry_interval, 0);
+        session.state.lock().attach(link);
         sessions.insert(session.client_id.clone(), session.clone());
         (session, false, None)
     }
@@ -220,12 +225,11 @@ impl Broker {
     pub fn end_session(&self, session: &Arc<Session>) {
         let (subs, will, persisted) = {
             let mut st = session.state.lock();
-            if st.ended {
+            if st.attachment.is_ended() {
                 return;
             }
-            st.ended = true;
+            st.attachment = Attachment::Ended;
             st.pending.clear();
-            st.pending_bytes = 0;
             st.inflight.clear();
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
             (
@@ -275,30 +279,31 @@ impl Broker {
         // both take the subscription tree (lock order: tree, then session).
         let (publish_now, end_now, snapshot) = {
             let mut st = session.state.lock();
-            let was_attached = session.detach(&mut st, conn_id);
-            let epoch = st.epoch;
+            let detached = self.next_id();
+            let was_attached = st.detach(conn_id, detached);
+            let ended = st.attachment.is_ended();
             let mut publish_now = None;
             if let Some(w) = will {
-                if st.ended || will_delay == 0 {
+                if ended || will_delay == 0 {
                     publish_now = Some(w);
                 } else if was_attached {
                     // The will waits for the smaller of its delay and the session's expiry.
                     let delay = will_delay.min(st.expiry_interval);
                     st.pending_will = Some(w);
-                    self.schedule_will(session, epoch, delay);
+                    self.schedule_will(session, detached, delay);
                 }
                 // Taken over while the session continues: a delayed will is cancelled.
             }
             let mut end_now = false;
-            if was_attached && !st.ended {
+            if was_attached && !ended {
                 match st.expiry_interval {
                     0 => end_now = true,
                     u32::MAX => {}
-                    secs => self.schedule_expiry(session, epoch, secs),
+                    secs => self.schedule_expiry(session, detached, secs),
                 }
             }
             let snapshot =
-                (self.store.is_some() && was_attached && !end_now && !st.ended).then(|| {
+                (self.store.is_some() && was_attached && !end_now && !ended).then(|| {
                     st.persisted = true;
                     snapshot(&session.client_id, &st)
                 });
@@ -318,10 +323,11 @@ impl Broker {
         }
     }
 
-    /// Publishes the session's pending will after `secs` unless a connection attached since
-    /// `epoch` (which cancels it) or the session ended (which already published it).
-    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, epoch: u64, secs: u32) {
-        self.after(secs, session, epoch, |broker, session| {
+    /// Publishes the session's pending will after `secs` unless the session is no longer in
+    /// the detachment `detached` (a connection attached, which cancels it, or the session
+    /// ended, which already published it).
+    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, detached: u64, secs: u32) {
+        self.after(secs, session, detached, |broker, session| {
             let will = session.state.lock().pending_will.take();
             if let Some(w) = will {
                 broker.publish(w);
@@ -329,21 +335,21 @@ impl Broker {
         });
     }
 
-    /// Ends the session after `secs` unless a connection attached since `epoch`.
-    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, epoch: u64, secs: u32) {
-        self.after(secs, session, epoch, |broker, session| {
+    /// Ends the session after `secs` unless it is no longer in the detachment `detached`.
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, detached: u64, secs: u32) {
+        self.after(secs, session, detached, |broker, session| {
             info!(client_id = %session.client_id, "session expired");
             broker.end_session(session);
         });
     }
 
-    /// Runs `action` after `secs` if the broker still runs and the session is neither ended
-    /// nor attached to or detached from since `epoch` (the state the timer was set for).
+    /// Runs `action` after `secs` if the broker still runs and the session is still offline in
+    /// the detachment `detached` (the state the timer was set for).
     fn after(
         self: &Arc<Self>,
         secs: u32,
         session: &Arc<Session>,
-        epoch: u64,
+        detached: u64,
         action: impl FnOnce(&Arc<Broker>, &Arc<Session>) + Send + 'static,
     ) {
         let broker = Arc::downgrade(self);
@@ -355,7 +361,7 @@ impl Broker {
             };
             {
                 let st = session.state.lock();
-                if st.epoch != epoch || st.ended {
+                if !matches!(st.attachment, Attachment::Offline { detached: d } if d == detached) {
                     return;
                 }
             }
@@ -508,7 +514,7 @@ impl Broker {
         let (group, inner) = split_shared(filter);
         let mut tree = self.subscriptions.write();
         let mut st = session.state.lock();
-        if st.ended {
+        if st.attachment.is_ended() {
             return false;
         }
         st.subscriptions.insert(
@@ -568,7 +574,7 @@ impl Broker {
         for session in sessions {
             let record = {
                 let mut st = session.state.lock();
-                if st.ended || st.expiry_interval == 0 {
+                if st.attachment.is_ended() || st.expiry_interval == 0 {
                     continue;
                 }
                 st.persisted = true;
@@ -607,18 +613,18 @@ impl Broker {
                 }
                 e => e - elapsed as u32,
             };
+            let detached = self.next_id();
             let session = Session::new(
                 self.next_id(),
                 rec.client_id.as_str().into(),
                 rec.expiry_interval,
+                detached,
             );
             {
                 let mut st = session.state.lock();
                 st.persisted = true;
                 for d in &rec.pending {
-                    let d = d.to_delivery();
-                    st.pending_bytes += d.message.payload.len();
-                    st.pending.push_back(d);
+                    st.pending.push_back(d.to_delivery());
                 }
                 for (pid, i) in &rec.inflight {
                     let entry = match i {
@@ -636,7 +642,7 @@ impl Broker {
                 .lock()
                 .insert(session.client_id.clone(), session.clone());
             if remaining != u32::MAX {
-                self.schedule_expiry(&session, 0, remaining);
+                self.schedule_expiry(&session, detached, remaining);
             }
             restored += 1;
         }

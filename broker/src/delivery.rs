@@ -17,7 +17,7 @@ impl Connection {
     pub(crate) fn fill(&mut self, a: &mut Active) -> Option<Ending> {
         let session = a.session.clone();
         let mut st = session.state.lock();
-        if st.ended || st.conn.as_ref().map(|c| c.conn_id) != Some(self.id) {
+        if !st.attachment.is_attached(self.id) {
             return Some(Ending::server(
                 ReasonCode::SESSION_TAKEN_OVER,
                 "session taken over",
@@ -51,7 +51,9 @@ impl Connection {
             if front.qos != QoS::AtMostOnce && st.inflight_count() >= a.receive_maximum {
                 break;
             }
-            let Some(d) = st.pop_pending() else { break };
+            let Some(d) = st.pending.pop_front() else {
+                break;
+            };
             if d.message.is_expired(now) {
                 self.broker
                     .stats

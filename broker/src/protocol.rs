@@ -12,8 +12,8 @@ use tracing::{debug, info};
 use crate::auth::{AuthStep, ReauthRequest};
 use crate::codec::topic::{has_wildcard, parse_shared, valid_topic_filter};
 use crate::codec::{
-    Auth, Packet, Properties, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Utf8Bytes,
+    Auth, Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Utf8Bytes,
 };
 use crate::connection::{Active, Connection, Ending, RUN_MAX, deadline_from};
 use crate::handshake::client_may_publish;
@@ -289,9 +289,9 @@ impl Connection {
                     let existed = self.broker.subscribe(&a.session, filter, opts, sub_id);
                     let send_retained = inner.is_none()
                         && match opts.retain_handling {
-                            0 => true,
-                            1 => !existed,
-                            _ => false,
+                            RetainHandling::OnSubscribe => true,
+                            RetainHandling::OnNewSubscription => !existed,
+                            RetainHandling::Never => false,
                         };
                     if send_retained {
                         for m in self.broker.retained_matching(filter) {
@@ -324,7 +324,6 @@ impl Connection {
             // and packet identifiers apply; they are not bounded by the live-message queue.
             let mut st = a.session.state.lock();
             for d in retained {
-                st.pending_bytes += d.message.payload.len();
                 st.pending.push_back(d);
             }
         }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -81,17 +81,88 @@ pub struct SubRecord {
     pub subscription_id: Option<u32>,
 }
 
+/// Whether a connection is using the session, and if not, since when.
+#[derive(Debug, Clone)]
+pub enum Attachment {
+    /// This connection is attached: it alone takes messages out of the queue.
+    Online(ConnLink),
+    /// No connection is attached. `detached` names this detachment (a broker-wide unique id):
+    /// a will delay or an expiry timer set when it began acts only while it lasts.
+    Offline { detached: u64 },
+    /// The session was discarded (Clean Start, expiry, Session Expiry 0 at close). A connection
+    /// still holding it must stop using it; nothing is queued to it any more.
+    Ended,
+}
+
+impl Attachment {
+    pub fn is_online(&self) -> bool {
+        matches!(self, Attachment::Online(_))
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(self, Attachment::Ended)
+    }
+
+    /// Whether `conn_id` is the attached connection.
+    pub fn is_attached(&self, conn_id: u64) -> bool {
+        matches!(self, Attachment::Online(l) if l.conn_id == conn_id)
+    }
+}
+
+/// Messages waiting for the client, in order, with their payload bytes counted: the queue's
+/// bound is in messages and in bytes, and this type is the only place that counts them.
+#[derive(Debug, Default)]
+pub struct Pending {
+    queue: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Payload bytes of the queued messages.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn front(&self) -> Option<&Delivery> {
+        self.queue.front()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.queue.iter()
+    }
+
+    pub fn push_back(&mut self, d: Delivery) {
+        self.bytes += d.message.payload.len();
+        self.queue.push_back(d);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.bytes -= d.message.payload.len();
+        Some(d)
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+}
+
 pub struct SessionState {
-    pub conn: Option<ConnLink>,
-    /// Set once the session is discarded (clean start, expiry, Session Expiry 0 on close). A
-    /// connection still holding it must stop using it.
-    pub ended: bool,
+    pub attachment: Attachment,
     /// Seconds the session outlives its connection; `u32::MAX` = forever.
     pub expiry_interval: u32,
     /// Full filter (with any `$share/group/` prefix) → options.
     pub subscriptions: HashMap<String, SubRecord>,
-    pub pending: VecDeque<Delivery>,
-    pub pending_bytes: usize,
+    pub pending: Pending,
     pub inflight: BTreeMap<u16, Inflight>,
     next_packet_id: u16,
     /// Incoming QoS 2 packet identifiers received and not yet released (PUBREL).
@@ -100,9 +171,6 @@ pub struct SessionState {
     pub persisted: bool,
     /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
     pub pending_will: Option<Arc<Message>>,
-    /// Bumped at every attach and detach; delayed tasks (will, expiry) act only if it is
-    /// unchanged since they were scheduled.
-    pub epoch: u64,
     /// The attached connection left messages in `pending` because the client is not taking
     /// them (its socket is full or its Receive Maximum is reached), as opposed to its task not
     /// having run yet. Set by the connection each time it drains the queue.
@@ -140,42 +208,37 @@ pub struct Session {
     pub state: Mutex<SessionState>,
     /// Wakes the attached connection when `pending` gains a message.
     pub notify: Notify,
-    /// Mirrors `state.conn.is_some()` for lock-free reads (shared-subscription choice).
-    connected: AtomicBool,
     /// Mirrors `state.subscriptions.len()`; written under the subscription tree's write lock,
     /// so routing (under its read lock) can tell which sessions may match more than once.
     subscription_count: AtomicUsize,
 }
 
 impl Session {
-    pub fn new(id: u64, client_id: Arc<str>, expiry_interval: u32) -> Arc<Session> {
+    /// A session with no connection; `detached` names that state (see [`Attachment`]).
+    pub fn new(id: u64, client_id: Arc<str>, expiry_interval: u32, detached: u64) -> Arc<Session> {
         Arc::new(Session {
             id,
             client_id,
             state: Mutex::new(SessionState {
-                conn: None,
-                ended: false,
+                attachment: Attachment::Offline { detached },
                 expiry_interval,
                 subscriptions: HashMap::new(),
-                pending: VecDeque::new(),
-                pending_bytes: 0,
+                pending: Pending::default(),
                 inflight: BTreeMap::new(),
                 next_packet_id: 1,
                 incoming_qos2: BTreeSet::new(),
                 pending_will: None,
                 persisted: false,
-                epoch: 0,
                 stalled_by_client: false,
             }),
             notify: Notify::new(),
-            connected: AtomicBool::new(false),
             subscription_count: AtomicUsize::new(0),
         })
     }
 
     #[cfg(test)]
     pub fn new_for_test(id: u64) -> Arc<Session> {
-        Session::new(id, format!("test-{id}").into(), 0)
+        Session::new(id, format!("test-{id}").into(), 0, 0)
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -187,35 +250,18 @@ impl Session {
         self.subscription_count.store(n, Ordering::Relaxed);
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    /// Attaches a connection; returns the link it replaced, if any.
-    pub fn attach(&self, state: &mut SessionState, link: ConnLink) -> Option<ConnLink> {
-        state.epoch += 1;
-        self.connected.store(true, Ordering::Relaxed);
-        state.conn.replace(link)
-    }
-
-    /// Detaches `conn_id` if it is the attached connection. Returns whether it was.
-    pub fn detach(&self, state: &mut SessionState, conn_id: u64) -> bool {
-        if state.conn.as_ref().is_some_and(|c| c.conn_id == conn_id) {
-            state.conn = None;
-            state.epoch += 1;
-            self.connected.store(false, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
+    /// Whether a connection is attached now (takes the state lock: tree, then session).
+    pub fn is_online(&self) -> bool {
+        self.state.lock().attachment.is_online()
     }
 
     /// Queues a delivery for the client and wakes its connection.
     pub fn enqueue(&self, state: &mut SessionState, d: Delivery, limits: &QueueLimits) -> Enqueued {
-        if state.ended {
-            return Enqueued::Skipped;
-        }
-        let online = state.conn.is_some();
+        let online = match state.attachment {
+            Attachment::Ended => return Enqueued::Skipped,
+            Attachment::Online(_) => true,
+            Attachment::Offline { .. } => false,
+        };
         if !online && d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return Enqueued::Skipped;
         }
@@ -223,18 +269,15 @@ impl Session {
         let mut result = Enqueued::Queued;
         while !state.pending.is_empty()
             && (state.pending.len() >= limits.max_messages
-                || state.pending_bytes + size > limits.max_bytes)
+                || state.pending.bytes() + size > limits.max_bytes)
         {
             if !limits.drop_oldest {
                 return Enqueued::Rejected;
             }
-            if let Some(old) = state.pending.pop_front() {
-                state.pending_bytes -= old.message.payload.len();
-            }
+            state.pending.pop_front();
             result = Enqueued::QueuedDroppedOldest;
         }
         let was_empty = state.pending.is_empty();
-        state.pending_bytes += size;
         state.pending.push_back(d);
         // A wake-up is needed only when the queue stops being empty: a connection that left
         // messages queued comes back for them by itself (after a write or an acknowledgement).
@@ -253,11 +296,22 @@ impl Session {
 }
 
 impl SessionState {
-    /// Takes the next queued delivery.
-    pub fn pop_pending(&mut self) -> Option<Delivery> {
-        let d = self.pending.pop_front()?;
-        self.pending_bytes -= d.message.payload.len();
-        Some(d)
+    /// Attaches a connection; returns the one it replaced, if any.
+    pub fn attach(&mut self, link: ConnLink) -> Option<ConnLink> {
+        match std::mem::replace(&mut self.attachment, Attachment::Online(link)) {
+            Attachment::Online(old) => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Detaches `conn_id` if it is the attached connection; the session is then offline since
+    /// `detached`. Returns whether it was attached.
+    pub fn detach(&mut self, conn_id: u64, detached: u64) -> bool {
+        if !self.attachment.is_attached(conn_id) {
+            return false;
+        }
+        self.attachment = Attachment::Offline { detached };
+        true
     }
 
     /// A packet identifier not used by any in-flight outgoing message.
@@ -332,7 +386,7 @@ mod tests {
             Enqueued::QueuedDroppedOldest
         );
         assert_eq!(st.pending.len(), 2);
-        assert_eq!(st.pending_bytes, 5);
+        assert_eq!(st.pending.bytes(), 5);
         // A byte bound too.
         assert_eq!(
             s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 99), &LIMITS),
@@ -358,7 +412,7 @@ mod tests {
         };
         let s = Session::new_for_test(1);
         let mut st = s.state.lock();
-        st.conn = Some(ConnLink {
+        st.attach(ConnLink {
             conn_id: 7,
             control: Arc::default(),
         });
@@ -378,7 +432,7 @@ mod tests {
         );
         // Offline sessions never signal either.
         st.stalled_by_client = false;
-        st.conn = None;
+        assert!(st.detach(7, 1));
         assert_eq!(
             s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &limits),
             Enqueued::Queued

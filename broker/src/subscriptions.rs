@@ -228,7 +228,7 @@ impl SubscriptionTree {
             let start = grp.next.fetch_add(1, Ordering::Relaxed) % n;
             let pick = (0..n)
                 .map(|i| (start + i) % n)
-                .find(|&i| grp.members[i].session.is_connected())
+                .find(|&i| grp.members[i].session.is_online())
                 .unwrap_or(start);
             f(Matched {
                 subscriber: &grp.members[pick],

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tessera_broker::codec::{
-    Packet, Properties, PubResp, QoS, ReasonCode, SubscriptionOptions, Version,
+    Packet, Properties, PubResp, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Version,
 };
 
 use crate::harness::TestBroker;
@@ -34,7 +34,7 @@ async fn retained_messages_with_every_retain_handling() {
     assert!(p.retain && &p.payload[..] == b"kept");
     // Handling 1: only when the subscription is new.
     let rh1 = SubscriptionOptions {
-        retain_handling: 1,
+        retain_handling: RetainHandling::OnNewSubscription,
         ..opts(QoS::AtLeastOnce)
     };
     s.subscribe_with("r/+", rh1, None).await;
@@ -43,7 +43,7 @@ async fn retained_messages_with_every_retain_handling() {
     assert!(s.next_publish().await.retain);
     // Handling 2: never.
     let rh2 = SubscriptionOptions {
-        retain_handling: 2,
+        retain_handling: RetainHandling::Never,
         ..opts(QoS::AtLeastOnce)
     };
     s.subscribe_with("+/a", rh2, None).await;
@@ -57,7 +57,7 @@ async fn retained_messages_with_every_retain_handling() {
     let mut rap = Raw::v5(b.tcp, "rap").await;
     let o = SubscriptionOptions {
         retain_as_published: true,
-        retain_handling: 2,
+        retain_handling: RetainHandling::Never,
         ..opts(QoS::AtMostOnce)
     };
     rap.subscribe_with("r/a", o, None).await;

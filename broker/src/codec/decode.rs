@@ -11,7 +11,7 @@ use super::strings::Utf8Bytes;
 use super::topic::valid_topic_name;
 use super::{
     Auth, ConnAck, Connect, DecodeError, Disconnect, Packet, PubResp, Publish, QoS, ReasonCode,
-    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Version, Will,
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Version, Will,
 };
 
 /// The fixed header (§2.1.1) of the packet at the front of a buffer.
@@ -394,10 +394,8 @@ fn decode_subscribe(b: &mut Bytes, v5: bool) -> Result<Subscribe, DecodeError> {
             return Err(DecodeError::Malformed("reserved subscription option bits"));
         }
         let qos = QoS::from_u8(o & 0x03).ok_or(DecodeError::Malformed("subscription QoS 3"))?;
-        let retain_handling = (o >> 4) & 0x03;
-        if retain_handling == 3 {
-            return Err(DecodeError::Protocol("retain handling 3"));
-        }
+        let retain_handling = RetainHandling::from_u8((o >> 4) & 0x03)
+            .ok_or(DecodeError::Protocol("retain handling 3"))?;
         filters.push((
             filter,
             SubscriptionOptions {

@@ -306,7 +306,7 @@ pub fn encode(packet: &Packet, version: Version, buf: &mut BytesMut) {
                 if v5 {
                     b |= (o.no_local as u8) << 2
                         | (o.retain_as_published as u8) << 3
-                        | (o.retain_handling & 3) << 4;
+                        | o.retain_handling.as_u8() << 4;
                 }
                 buf.put_u8(b);
             }

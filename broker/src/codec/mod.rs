@@ -349,8 +349,34 @@ pub struct SubscriptionOptions {
     pub qos: QoS,
     pub no_local: bool,
     pub retain_as_published: bool,
-    /// 0: send retained on subscribe; 1: only if the subscription is new; 2: never.
-    pub retain_handling: u8,
+    pub retain_handling: RetainHandling,
+}
+
+/// Retain Handling (§3.8.3.1): when the retained messages matching a subscription are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetainHandling {
+    /// 0: at every SUBSCRIBE.
+    #[default]
+    OnSubscribe = 0,
+    /// 1: only when the subscription did not exist before.
+    OnNewSubscription = 1,
+    /// 2: never.
+    Never = 2,
+}
+
+impl RetainHandling {
+    /// `None` for 3, which the specification reserves (a Protocol Error).
+    pub fn from_u8(v: u8) -> Option<RetainHandling> {
+        match v {
+            0 => Some(RetainHandling::OnSubscribe),
+            1 => Some(RetainHandling::OnNewSubscription),
+            2 => Some(RetainHandling::Never),
+            _ => None,
+        }
+    }
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -144,7 +144,11 @@ fn golden_mqttjs() {
         panic!()
     };
     let o = s.filters[0].1;
-    assert!(o.no_local && o.retain_handling == 1 && o.qos == QoS::AtLeastOnce);
+    assert!(
+        o.no_local
+            && o.retain_handling == RetainHandling::OnNewSubscription
+            && o.qos == QoS::AtLeastOnce
+    );
     let Packet::Publish(p) = &packets[2] else {
         panic!()
     };
@@ -335,7 +339,7 @@ fn roundtrips() {
                         qos: QoS::AtLeastOnce,
                         no_local: true,
                         retain_as_published: true,
-                        retain_handling: 2,
+                        retain_handling: RetainHandling::Never,
                     },
                 ),
                 ("b".into(), SubscriptionOptions::default()),
