@@ -105,7 +105,7 @@ async fn serve(config: Config) -> ExitCode {
             }
         })
     };
-    info!(version = tessera_broker::sys::VERSION, store = %store_path.display(), "tessera running");
+    info!(version = tessera_broker::VERSION, store = %store_path.display(), "tessera running");
     wait_for_signal().await;
     admin_task.abort();
     if let Some(h) = http {
@@ -130,7 +130,7 @@ async fn start_http(
         None
     } else {
         let files = o.certificate.as_deref().zip(o.private_key.as_deref());
-        let tls = tessera_broker::tls::server_config(files, &config.data_dir)?;
+        let tls = tessera_broker::tls_server_config(files, &config.data_dir)?;
         Some(tokio_rustls::TlsAcceptor::from(tls))
     };
     let issuer = o.issuer.clone().unwrap_or_else(|| {

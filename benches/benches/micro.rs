@@ -11,8 +11,7 @@ use tessera_broker::codec::{
     self, Packet, Properties, PublishHead, QoS, SubscriptionOptions, Version,
     encode_message_properties,
 };
-use tessera_broker::session::Session;
-use tessera_broker::subscriptions::{Subscriber, SubscriptionTree};
+use tessera_broker::{Session, Subscriber, SubscriptionTree};
 
 fn main() {
     divan::main();

@@ -96,6 +96,12 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Whether the client may publish to `topic` (a PUBLISH or its will): never to `$SYS`,
+    /// which only the broker writes, and only where its ACL allows.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        !topic.starts_with("$SYS") && self.acl.can_publish(topic)
+    }
+
     /// Everything allowed, no deadline.
     pub fn allow_all(identity: Option<String>) -> Grant {
         Grant {

@@ -1,27 +1,39 @@
 //! Tessera's MQTT engine: the wire codec, sessions, routing, retained messages, wills, flow
-//! control and the listeners. It knows authentication only through the [`auth`] seam.
+//! control and the listeners. It knows authentication only through the [`auth`] seam and
+//! storage only through the [`store`] seam.
+//!
+//! The public surface is what the token service, the binary and the benchmarks use: the codec,
+//! the two seams, [`Server`] and [`BrokerHandle`], and the few types re-exported below.
+//! Everything else is private; `ARCHITECTURE.md` maps it.
 
 pub mod auth;
-pub mod broker;
 pub mod codec;
-mod connection;
-mod delivery;
-mod handshake;
-pub mod message;
-mod outbuf;
-mod protocol;
-pub mod retained;
-pub mod session;
-pub mod stats;
 pub mod store;
-pub mod subscriptions;
 
-pub use broker::{Broker, BrokerHandle, ConnectionInfo};
-pub use connection::serve;
-pub mod listener;
-pub mod server;
-pub mod sys;
-pub mod tls;
+mod broker;
+mod connection;
+mod lifecycle;
+mod listener;
+mod message;
+mod persistence;
+mod registry;
+mod retained;
+mod routing;
+mod server;
+mod session;
+mod stats;
+mod subscribe;
+mod subscriptions;
+mod sys;
+mod tls;
 mod websocket;
 
+pub use broker::BrokerHandle;
+pub use registry::ConnectionInfo;
 pub use server::Server;
+pub use sys::VERSION;
+pub use tls::server_config as tls_server_config;
+
+/// The subscription index and the session it points to, for the matching micro-benchmark.
+pub use session::Session;
+pub use subscriptions::{Subscriber, SubscriptionTree};

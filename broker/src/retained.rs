@@ -34,10 +34,6 @@ impl RetainedTree {
         self.count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Stores `message` for its topic, replacing the previous one.
     pub fn insert(&mut self, message: Arc<Message>) {
         let mut node = &mut self.root;
@@ -141,19 +137,6 @@ impl RetainedTree {
             Self::collect_all(child, now, out);
         }
     }
-
-    /// Visits every retained message (for persistence and statistics).
-    pub fn for_each(&self, f: &mut dyn FnMut(&Arc<Message>)) {
-        fn walk(n: &Node, f: &mut dyn FnMut(&Arc<Message>)) {
-            if let Some(m) = &n.message {
-                f(m);
-            }
-            for c in n.children.values() {
-                walk(c, f);
-            }
-        }
-        walk(&self.root, f);
-    }
 }
 
 #[cfg(test)]
@@ -208,6 +191,6 @@ mod tests {
         for t in topics {
             assert!(tree.remove(t));
         }
-        assert!(tree.is_empty() && tree.root.is_empty());
+        assert!(tree.len() == 0 && tree.root.is_empty());
     }
 }

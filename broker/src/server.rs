@@ -61,11 +61,6 @@ impl Server {
         })
     }
 
-    /// The bound addresses (with the real port where 0 was configured).
-    pub fn local_addrs(&self) -> &[(Transport, SocketAddr)] {
-        &self.addrs
-    }
-
     /// The first bound address of a transport.
     pub fn addr(&self, t: Transport) -> Option<SocketAddr> {
         self.addrs.iter().find(|(k, _)| *k == t).map(|(_, a)| *a)

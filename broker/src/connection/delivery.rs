@@ -7,48 +7,46 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 
+use super::client::Client;
+use super::{Connection, Ending};
 use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode};
-use crate::connection::{Active, Connection, Ending};
 use crate::session::Inflight;
 
 impl Connection {
     /// Moves messages from the session into the write buffer, within the client's Receive
-    /// Maximum and Maximum Packet Size. Returns an ending if the session was taken away.
-    pub(crate) fn fill(&mut self, a: &mut Active) -> Option<Ending> {
-        let session = a.session.clone();
+    /// Maximum and Maximum Packet Size. Fails if the session was taken away.
+    pub(crate) fn fill(&mut self, c: &mut Client) -> Result<(), Ending> {
+        let session = c.session.clone();
         let mut st = session.state.lock();
-        if !st.attachment.is_attached(self.id) {
-            return Some(Ending::server(
+        if !st.attachment.is_attached(self.endpoint.id) {
+            return Err(Ending::server(
                 ReasonCode::SESSION_TAKEN_OVER,
                 "session taken over",
             ));
         }
         let now = std::time::Instant::now();
-        if a.resend {
-            a.resend = false;
+        if c.resend {
+            c.resend = false;
             let ids: Vec<u16> = st.inflight.keys().copied().collect();
             for pid in ids {
                 match st.inflight.get(&pid) {
                     Some(Inflight::Published(d)) => {
                         let d = d.clone();
-                        self.write_publish(a, &d, Some(pid), true, now);
+                        self.write_publish(c, &d, Some(pid), true, now);
                     }
-                    Some(Inflight::Released) => self.out.packet(
-                        &Packet::PubRel(codec::PubResp {
-                            packet_id: pid,
-                            ..Default::default()
-                        }),
-                        self.version,
-                    ),
+                    Some(Inflight::Released) => self.wire.packet(&Packet::PubRel(codec::PubResp {
+                        packet_id: pid,
+                        ..Default::default()
+                    })),
                     None => {}
                 }
             }
         }
-        while self.out.len() < self.high_water {
+        while self.wire.out.len() < self.high_water {
             let Some(front) = st.pending.front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && st.inflight_count() >= a.receive_maximum {
+            if front.qos != QoS::AtMostOnce && st.inflight_count() >= c.receive_maximum {
                 break;
             }
             let Some(d) = st.pending.pop_front() else {
@@ -66,7 +64,7 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
-            if self.write_publish(a, &d, pid, false, now) {
+            if self.write_publish(c, &d, pid, false, now) {
                 if let Some(pid) = pid {
                     st.inflight.insert(pid, Inflight::Published(d));
                 }
@@ -80,28 +78,28 @@ impl Connection {
         }
         // Whatever is left waits for the client (a full buffer or its Receive Maximum).
         st.stalled_by_client = !st.pending.is_empty();
-        None
+        Ok(())
     }
 
     /// Encodes one PUBLISH for this client; false if it exceeds the client's maximum size.
     fn write_publish(
         &mut self,
-        a: &mut Active,
+        c: &mut Client,
         d: &crate::message::Delivery,
         packet_id: Option<u16>,
         dup: bool,
         now: std::time::Instant,
     ) -> bool {
         let m = &d.message;
-        let v5 = self.version.is_v5();
+        let v5 = self.wire.version.is_v5();
         let mut topic: &[u8] = m.topic.as_bytes();
         let mut alias = None;
-        if v5 && a.topic_alias_max_out > 0 {
-            let out = &mut a.aliases.get_or_insert_default().outbound;
+        if v5 && c.topic_alias_max_out > 0 {
+            let out = &mut c.aliases.get_or_insert_default().outbound;
             if let Some(&existing) = out.get(&m.topic) {
                 alias = Some(existing);
                 topic = b"";
-            } else if out.len() < a.topic_alias_max_out as usize {
+            } else if out.len() < c.topic_alias_max_out as usize {
                 let next = out.len() as u16 + 1;
                 out.insert(m.topic.clone(), next);
                 alias = Some(next);
@@ -119,17 +117,17 @@ impl Connection {
             subscription_ids: &d.subscription_ids,
             payload_len: m.payload.len(),
         };
-        let (_, total) = codec::publish_head_len(&head, self.version);
-        if total > a.max_packet_out {
+        let (_, total) = codec::publish_head_len(&head, self.wire.version);
+        if total > c.max_packet_out {
             if alias.is_some() && !topic.is_empty() {
                 // The alias was not announced after all.
-                if let Some(aliases) = a.aliases.as_mut() {
+                if let Some(aliases) = c.aliases.as_mut() {
                     aliases.outbound.remove(&m.topic);
                 }
             }
             return false;
         }
-        self.out.publish(&head, self.version, &m.payload);
+        self.wire.out.publish(&head, self.wire.version, &m.payload);
         self.broker
             .stats
             .messages_sent
@@ -139,20 +137,20 @@ impl Connection {
 
     /// Queues a non-PUBLISH packet, dropping the Reason String and User Properties where the
     /// client asked for no problem information or where they would exceed its maximum size.
-    pub(crate) fn send(&mut self, a: &Active, mut packet: Packet) {
+    pub(crate) fn send(&mut self, c: &Client, mut packet: Packet) {
         let exempt = matches!(
             packet,
             Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
         );
         if let Some(props) = properties_mut(&mut packet) {
-            if !a.problem_info && !exempt {
+            if !c.problem_info && !exempt {
                 props.reason_string = None;
                 props.user_properties.clear();
             }
             if props.reason_string.is_some() || !props.user_properties.is_empty() {
                 let mut scratch = BytesMut::new();
-                codec::encode(&packet, self.version, &mut scratch);
-                if scratch.len() > a.max_packet_out
+                codec::encode(&packet, self.wire.version, &mut scratch);
+                if scratch.len() > c.max_packet_out
                     && let Some(props) = properties_mut(&mut packet)
                 {
                     props.reason_string = None;
@@ -160,7 +158,7 @@ impl Connection {
                 }
             }
         }
-        self.out.packet(&packet, self.version);
+        self.wire.packet(&packet);
     }
 }
 

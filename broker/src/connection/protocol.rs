@@ -1,0 +1,348 @@
+//! The connected phase, one packet at a time: PUBLISH and its acknowledgements in both
+//! directions, SUBSCRIBE / UNSUBSCRIBE, PINGREQ, DISCONNECT, and AUTH re-authentication.
+//!
+//! Each handler queues its answer and returns `Ok`, or returns how the connection ends: a
+//! [`Violation`] carries the reason code the specification names.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, info};
+
+use super::client::Client;
+use super::exchange::{self, Next, Refused};
+use super::violation::Violation;
+use super::{Connection, Ending};
+use crate::auth::ReauthRequest;
+use crate::codec::topic::{has_wildcard, parse_shared, valid_topic_filter};
+use crate::codec::{
+    Auth, Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use crate::message::{Delivery, Message};
+use crate::session::Inflight;
+
+/// What handling a packet asks of the connection next.
+pub(crate) enum Handled {
+    /// Go on with the next packet.
+    Done,
+    /// An AUTH packet: the (asynchronous) authenticator must see it before the next packet.
+    Auth(Box<Auth>),
+}
+
+impl Connection {
+    /// Handles one packet. Synchronous, so no decoded packet is ever part of the connection
+    /// future's state; AUTH, which waits on the authenticator, is handed back instead.
+    pub(crate) fn handle(&mut self, c: &mut Client, packet: Packet) -> Result<Handled, Ending> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(c, p)?,
+            Packet::PubAck(r) => {
+                let mut st = c.session.state.lock();
+                if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::AtLeastOnce)
+                {
+                    st.inflight.remove(&r.packet_id);
+                }
+            }
+            Packet::PubRec(r) => {
+                let reply = {
+                    let mut st = c.session.state.lock();
+                    match st.inflight.get(&r.packet_id) {
+                        Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce => {
+                            if r.reason_code.is_error() {
+                                st.inflight.remove(&r.packet_id);
+                                None
+                            } else {
+                                st.inflight.insert(r.packet_id, Inflight::Released);
+                                Some(ReasonCode::SUCCESS)
+                            }
+                        }
+                        Some(Inflight::Released) => Some(ReasonCode::SUCCESS),
+                        _ => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                    }
+                };
+                if let Some(code) = reply {
+                    self.send(c, Packet::PubRel(resp(r.packet_id, code)));
+                }
+            }
+            Packet::PubRel(r) => {
+                let known = c.session.state.lock().incoming_qos2.remove(&r.packet_id);
+                let code = if known {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(c, Packet::PubComp(resp(r.packet_id, code)));
+            }
+            Packet::PubComp(r) => {
+                let mut st = c.session.state.lock();
+                if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Released)) {
+                    st.inflight.remove(&r.packet_id);
+                }
+            }
+            Packet::Subscribe(s) => self.on_subscribe(c, s)?,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(c, u),
+            Packet::PingReq => self.send(c, Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(secs) = d.properties.session_expiry_interval {
+                    if c.expiry_zero_at_connect && secs != 0 {
+                        return Err(Violation::ExpiryRaisedFromZero.into());
+                    }
+                    c.session.state.lock().expiry_interval =
+                        secs.min(self.broker.config.max_session_expiry);
+                }
+                return Err(Ending::ClientDisconnect {
+                    publish_will: d.reason_code != ReasonCode::SUCCESS,
+                });
+            }
+            Packet::Auth(auth) => return Ok(Handled::Auth(Box::new(auth))),
+            Packet::Connect(_) => return Err(Violation::SecondConnect.into()),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Err(Violation::ServerPacketFromClient.into());
+            }
+        }
+        Ok(Handled::Done)
+    }
+
+    fn on_publish(&mut self, c: &mut Client, p: Publish) -> Result<(), Ending> {
+        let cfg = &self.broker.config;
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Violation::SubscriptionIdFromClient.into());
+        }
+        // Topic Alias (§3.3.2.3.4).
+        let topic = match p.properties.topic_alias {
+            Some(alias) if alias == 0 || alias > cfg.topic_alias_maximum => {
+                return Err(Violation::TopicAliasOutOfRange.into());
+            }
+            Some(alias) if p.topic.is_empty() => {
+                match c.aliases.as_ref().and_then(|al| al.inbound.get(&alias)) {
+                    Some(t) => t.clone(),
+                    None => return Err(Violation::UnknownTopicAlias.into()),
+                }
+            }
+            Some(alias) => {
+                c.aliases
+                    .get_or_insert_default()
+                    .inbound
+                    .insert(alias, p.topic.clone());
+                p.topic.clone()
+            }
+            None if p.topic.is_empty() => return Err(Violation::EmptyTopicWithoutAlias.into()),
+            None => p.topic.clone(),
+        };
+        if p.qos.as_u8() > cfg.max_qos {
+            return Err(Violation::QosNotSupported.into());
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(Violation::RetainNotSupported.into());
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce {
+            let st = c.session.state.lock();
+            if st.incoming_qos2.contains(&pid) {
+                // A resend of a message already received: acknowledge, do not deliver twice.
+                drop(st);
+                self.send(c, Packet::PubRec(resp(pid, ReasonCode::SUCCESS)));
+                return Ok(());
+            }
+            if st.incoming_qos2.len() >= cfg.receive_maximum as usize {
+                return Err(Violation::ReceiveMaximumExceeded.into());
+            }
+        }
+        let qos = p.qos;
+        let code = if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            ReasonCode::PAYLOAD_FORMAT_INVALID
+        } else if !c.grant.may_publish(&topic) {
+            debug!(client_id = %c.client_id(), topic = %topic, "publish denied");
+            ReasonCode::NOT_AUTHORIZED
+        } else {
+            let message = Arc::new(Message::from_publish(p, topic, c.session.id));
+            let routed = if qos == QoS::AtMostOnce && !message.retain {
+                // Held back to be routed with the client's next messages to the same topic.
+                self.run.push(&self.broker, message)
+            } else {
+                self.broker.publish(message)
+            };
+            self.subscribers_behind |= routed.subscribers_behind;
+            if qos == QoS::AtMostOnce {
+                return Ok(());
+            }
+            if routed.rejected {
+                ReasonCode::QUOTA_EXCEEDED
+            } else if routed.matched == 0 {
+                ReasonCode::NO_MATCHING_SUBSCRIBERS
+            } else {
+                ReasonCode::SUCCESS
+            }
+        };
+        match qos {
+            QoS::AtMostOnce => {
+                // Refused above (payload format or rights): dropped, and counted.
+                self.broker
+                    .stats
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            QoS::AtLeastOnce => self.send(c, Packet::PubAck(resp(pid, code))),
+            QoS::ExactlyOnce => {
+                if !code.is_error() {
+                    c.session.state.lock().incoming_qos2.insert(pid);
+                }
+                self.send(c, Packet::PubRec(resp(pid, code)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, c: &mut Client, s: Subscribe) -> Result<(), Ending> {
+        let cfg = self.broker.config.clone();
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        if sub_id.is_some() && !cfg.subscription_identifiers {
+            return Err(Violation::SubscriptionIdsNotSupported.into());
+        }
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, opts) in &s.filters {
+            let shared = parse_shared(filter);
+            let code = match shared {
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(_) if !valid_topic_filter(filter) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(Some(_)) if !cfg.shared_subscriptions => {
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(Some(_)) if opts.no_local => return Err(Violation::NoLocalOnShared.into()),
+                Ok(inner)
+                    if !cfg.wildcard_subscriptions
+                        && has_wildcard(inner.map_or(filter.as_str(), |s| s.filter)) =>
+                {
+                    ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(_) if !c.grant.acl.can_subscribe(filter) => ReasonCode::NOT_AUTHORIZED,
+                Ok(inner) => {
+                    let mut opts = *opts;
+                    opts.qos = opts
+                        .qos
+                        .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
+                    let existed = self.broker.subscribe(&c.session, filter, opts, sub_id);
+                    let send_retained = inner.is_none()
+                        && match opts.retain_handling {
+                            RetainHandling::OnSubscribe => true,
+                            RetainHandling::OnNewSubscription => !existed,
+                            RetainHandling::Never => false,
+                        };
+                    if send_retained {
+                        for m in self.broker.retained_matching(filter) {
+                            retained.push(Delivery {
+                                qos: m.qos.min(opts.qos),
+                                message: m,
+                                retain: true,
+                                subscription_ids: sub_id.into_iter().collect(),
+                            });
+                        }
+                    }
+                    ReasonCode(opts.qos.as_u8())
+                }
+            };
+            if code.is_error() {
+                debug!(client_id = %c.client_id(), filter = %filter, reason = %code, "subscription refused");
+            }
+            codes.push(code);
+        }
+        self.send(
+            c,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: Properties::default(),
+                reason_codes: codes,
+            }),
+        );
+        if !retained.is_empty() {
+            // Retained messages follow the SUBACK through the session queue, so flow control
+            // and packet identifiers apply; they are not bounded by the live-message queue.
+            let mut st = c.session.state.lock();
+            for d in retained {
+                st.pending.push_back(d);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, c: &mut Client, u: Unsubscribe) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.broker.unsubscribe(&c.session, f) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(
+            c,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                reason_codes: codes,
+            }),
+        );
+    }
+
+    /// AUTH after CONNACK: re-authentication (§4.12.1), started by the client's AUTH 0x19 and
+    /// continued by AUTH 0x18 while the mechanism challenges.
+    pub(crate) async fn on_auth(&mut self, c: &mut Client, auth: Auth) -> Result<(), Ending> {
+        let Some(method) = c.auth_method.clone() else {
+            return Err(Violation::AuthWithoutMethod.into());
+        };
+        method.check(&auth)?;
+        let next = match (auth.reason_code, c.challenge.take()) {
+            (ReasonCode::REAUTHENTICATE, None) => {
+                let step = self
+                    .broker
+                    .auth
+                    .reauthenticate(ReauthRequest {
+                        client_id: c.client_id().to_string(),
+                        identity: c.grant.identity.clone(),
+                        method: method.name().to_string(),
+                        data: auth.properties.authentication_data,
+                        peer: self.endpoint.peer,
+                    })
+                    .await;
+                exchange::next(Some(&method), step)
+            }
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(challenge)) => challenge.answer(auth).await,
+            _ => return Err(Violation::AuthOutOfSequence.into()),
+        };
+        match next {
+            Ok(Next::Granted(grant)) => {
+                info!(client_id = %c.client_id(), "client re-authenticated");
+                self.broker.update_connection(
+                    self.endpoint.id,
+                    grant.identity.clone(),
+                    grant.credential.clone(),
+                );
+                let data = grant.data.clone();
+                c.renew(grant);
+                self.send(c, method.auth_packet(ReasonCode::SUCCESS, data));
+                Ok(())
+            }
+            Ok(Next::Challenge(mut challenge)) => {
+                self.send(c, challenge.packet());
+                c.challenge = Some(Box::new(challenge));
+                Ok(())
+            }
+            Err(Refused::Failure(f)) => Err(Ending::server(f.reason, f.reason_string)),
+            Err(Refused::Violation(v)) => Err(v.into()),
+        }
+    }
+}
+
+fn resp(packet_id: u16, code: ReasonCode) -> PubResp {
+    PubResp {
+        packet_id,
+        reason_code: code,
+        properties: Properties::default(),
+    }
+}

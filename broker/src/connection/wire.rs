@@ -1,0 +1,183 @@
+//! The byte side of one connection: a read buffer that grows with the traffic and shrinks when
+//! the client is quiet, packets decoded off its front, and encoded packets waiting for the
+//! socket ([`OutBuf`]). Knows the codec and the stream; nothing of sessions or the broker.
+
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use super::outbuf::OutBuf;
+use crate::codec::{self, DecodeError, Packet, Version};
+use crate::stats::Stats;
+
+pub(crate) type Reader<S> = ReadHalf<S>;
+pub(crate) type Writer<S> = WriteHalf<S>;
+
+/// Read buffer growth: a read asks for `read_size` spare bytes, which doubles (up to the
+/// maximum) while reads fill the buffer and halves when they do not. An idle connection thus
+/// holds a small buffer; a busy one reads in large chunks.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
+/// What a read into an empty `BytesMut` allocates (`BytesMut::chunk_mut` reserves 64 bytes).
+const IDLE_READ: usize = 64;
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+pub(crate) struct Wire {
+    /// The protocol level every packet after CONNECT is read and written in.
+    pub version: Version,
+    pub rbuf: BytesMut,
+    pub out: OutBuf,
+    /// The broker's Maximum Packet Size.
+    pub max_packet_in: usize,
+    /// Spare capacity to ask for before the next read (see `MIN_READ`).
+    read_size: usize,
+    /// Protocol level of a CONNECT seen at the front of the read buffer, kept so a CONNECT
+    /// that fails to decode can still be answered in its version.
+    pub connect_level: Option<u8>,
+}
+
+/// Why no packet could be read before CONNACK.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Decode(DecodeError),
+    Timeout,
+    Closed,
+    Io(std::io::Error),
+}
+
+impl Wire {
+    pub(crate) fn new(max_packet_in: usize) -> Wire {
+        Wire {
+            version: Version::V5,
+            rbuf: BytesMut::new(),
+            out: OutBuf::default(),
+            max_packet_in,
+            read_size: MIN_READ,
+            connect_level: None,
+        }
+    }
+
+    /// Takes the next complete packet off the read buffer, if there is one.
+    pub(crate) fn decode(&mut self) -> Result<Option<Packet>, DecodeError> {
+        codec::decode(&mut self.rbuf, self.version, self.max_packet_in)
+    }
+
+    /// Queues a packet for the socket, in the connection's version.
+    pub(crate) fn packet(&mut self, packet: &Packet) {
+        self.out.packet(packet, self.version);
+    }
+
+    /// Readies the read buffer before waiting for bytes; returns the spare room offered, for
+    /// [`Wire::read_done`]. A quiet connection waits holding no read buffer: the read itself
+    /// allocates a small one (`IDLE_READ`) when bytes come, and most idle connections only ever
+    /// send PINGREQ.
+    pub(crate) fn ready_to_read(&mut self) -> usize {
+        if self.rbuf.is_empty() && self.read_size == MIN_READ {
+            if self.rbuf.capacity() > IDLE_READ {
+                self.rbuf = BytesMut::new();
+            }
+        } else {
+            self.make_room();
+        }
+        self.rbuf.capacity() - self.rbuf.len()
+    }
+
+    /// Adapts the read size to a read of `n` bytes into `spare` bytes of room.
+    pub(crate) fn read_done(&mut self, n: usize, spare: usize) {
+        if spare == 0 {
+            // A read into the small buffer of a quiet connection says nothing about its rate.
+            return;
+        }
+        if n >= spare {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
+    }
+
+    /// Ensures spare room for the next read, releasing a large empty buffer first.
+    fn make_room(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > MAX_READ {
+            self.rbuf = BytesMut::new();
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
+            self.rbuf.reserve(self.read_size);
+        }
+    }
+
+    /// Reads until one packet is decoded, or `deadline` passes (the connect phase).
+    pub(crate) async fn read_packet<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        r: &mut Reader<S>,
+        deadline: Instant,
+        stats: &Stats,
+    ) -> Result<Packet, ReadError> {
+        loop {
+            if self.rbuf.first() == Some(&0x10) {
+                self.connect_level = sniff_connect_level(&self.rbuf);
+            }
+            match self.decode() {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Decode(e)),
+            }
+            self.make_room();
+            match tokio::time::timeout_at(deadline, r.read_buf(&mut self.rbuf)).await {
+                Err(_) => return Err(ReadError::Timeout),
+                Ok(Ok(0)) => return Err(ReadError::Closed),
+                Ok(Err(e)) => return Err(ReadError::Io(e)),
+                Ok(Ok(n)) => {
+                    stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Writes everything buffered now (the connect phase, when nothing else runs).
+    pub(crate) async fn write_all<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        w: &mut Writer<S>,
+        stats: &Stats,
+    ) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            let n = poll_fn(|cx| self.out.poll_write(cx, w)).await?;
+            stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        w.flush().await
+    }
+
+    /// Writes what is buffered (bounded in time) and closes the write side; false if that
+    /// took too long.
+    pub(crate) async fn flush_and_close<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        w: &mut Writer<S>,
+    ) -> bool {
+        let flush = async {
+            while !self.out.is_empty() {
+                if poll_fn(|cx| self.out.poll_write(cx, w)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = w.flush().await;
+            let _ = w.shutdown().await;
+        };
+        tokio::time::timeout(CLOSE_FLUSH, flush).await.is_ok()
+    }
+}
+
+/// The protocol level of a CONNECT at the front of `buf`, read without decoding the packet,
+/// so a malformed CONNECT can still be answered in the client's version.
+fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
+    let header = codec::peek_fixed_header(buf).ok()??;
+    if header.first != 0x10 {
+        return None;
+    }
+    let body = buf.get(header.header_len..)?;
+    let name_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    body.get(2 + name_len).copied()
+}

@@ -1,0 +1,81 @@
+//! The connection registry: every live connection that completed CONNECT, so the broker can
+//! count them, list them and tell some of them to go (takeover, revocation, shutdown).
+//!
+//! Its one lock guards only the map; it is never held while another broker lock is taken.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::codec::ReasonCode;
+use crate::session::{Control, ControlSlot};
+
+/// What a connection registers so it can be found and told to disconnect.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub conn_id: u64,
+    pub client_id: Arc<str>,
+    /// The identity granted by authentication.
+    pub identity: Option<String>,
+    /// The credential label from the grant (a token id, never a token).
+    pub credential: Option<String>,
+    pub control: Arc<ControlSlot>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    connections: Mutex<HashMap<u64, ConnectionInfo>>,
+}
+
+impl Registry {
+    /// Adds a connection; returns whether it was new.
+    pub(crate) fn register(&self, info: ConnectionInfo) -> bool {
+        self.connections.lock().insert(info.conn_id, info).is_none()
+    }
+
+    /// Records the identity and credential of a re-authentication.
+    pub(crate) fn update(
+        &self,
+        conn_id: u64,
+        identity: Option<String>,
+        credential: Option<String>,
+    ) {
+        if let Some(c) = self.connections.lock().get_mut(&conn_id) {
+            c.identity = identity;
+            c.credential = credential;
+        }
+    }
+
+    /// Removes a connection; returns whether it was registered.
+    pub(crate) fn unregister(&self, conn_id: u64) -> bool {
+        self.connections.lock().remove(&conn_id).is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.connections.lock().len()
+    }
+
+    pub(crate) fn list(&self) -> Vec<ConnectionInfo> {
+        self.connections.lock().values().cloned().collect()
+    }
+
+    /// Leaves DISCONNECT `reason` for every connection `pred` selects; returns how many.
+    pub(crate) fn disconnect_where(
+        &self,
+        pred: impl Fn(&ConnectionInfo) -> bool,
+        reason: ReasonCode,
+        reason_string: &str,
+    ) -> usize {
+        let conns = self.connections.lock();
+        let mut n = 0;
+        for c in conns.values().filter(|c| pred(c)) {
+            c.control.send(Control::Disconnect {
+                reason,
+                reason_string: Some(reason_string.to_string()),
+            });
+            n += 1;
+        }
+        n
+    }
+}

@@ -1,0 +1,233 @@
+//! Routing: a message published by a client (or the broker: wills, `$SYS`) goes to the
+//! retained store if it is retained, then to every session whose subscriptions match it, one
+//! copy per session, within each session's queue bounds.
+//!
+//! Locks: the subscription tree's read lock for the whole of a route, and each target
+//! session's state lock in turn under it (lock order: tree, then session). Neither is held
+//! across an await.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::warn;
+
+use crate::broker::Broker;
+use crate::codec::{Packet, QoS};
+use crate::message::{Delivery, Message};
+use crate::session::{Enqueued, Session};
+use crate::store::StoredMessage;
+
+/// Result of routing one message (or a run of them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed {
+    /// Sessions the message was offered to.
+    pub matched: usize,
+    /// Some session refused it because its queue was full (policy `reject`).
+    pub rejected: bool,
+    /// Some online subscriber's queue is filling faster than its task runs (see
+    /// [`Enqueued::QueuedBehind`]): the publisher should yield before its next message.
+    pub subscribers_behind: bool,
+}
+
+impl Routed {
+    fn merge(&mut self, other: Routed) {
+        self.matched += other.matched;
+        self.rejected |= other.rejected;
+        self.subscribers_behind |= other.subscribers_behind;
+    }
+}
+
+/// Messages in one run at most.
+const RUN_MAX: usize = 64;
+
+/// QoS 0 messages (not retained) one client published to one topic, accepted and not yet
+/// routed. A run is matched once and each subscriber's queue is locked once for all of it: a
+/// client streaming to many subscribers pays per run, not per message.
+///
+/// The flush policy, all of it: a run is routed
+/// - when a message to another topic is pushed, or the run reaches its size ([`Qos0Run::push`]);
+/// - before any packet that cannot join a run takes effect ([`Qos0Run::joins`] is false);
+/// - whenever the connection stops handling packets: end of its read buffer, a yield, AUTH,
+///   its end.
+///
+/// So a client's messages reach subscribers in the order it sent them, among themselves and
+/// against its other packets, and nothing is held while the connection waits.
+#[derive(Default)]
+pub(crate) struct Qos0Run {
+    messages: Vec<Arc<Message>>,
+}
+
+impl Qos0Run {
+    /// Whether `packet` may join a run; any other packet must see the run routed first.
+    pub(crate) fn joins(packet: &Packet) -> bool {
+        matches!(packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce && !p.retain)
+    }
+
+    /// Adds an accepted message, routing what the policy says must go first or now.
+    pub(crate) fn push(&mut self, broker: &Broker, message: Arc<Message>) -> Routed {
+        debug_assert!(message.qos == QoS::AtMostOnce && !message.retain);
+        let mut routed = Routed::default();
+        if self
+            .messages
+            .first()
+            .is_some_and(|m| m.topic != message.topic)
+        {
+            routed = self.flush(broker);
+        }
+        self.messages.push(message);
+        // A run must not overflow a small queue before the publisher has had a chance to see
+        // its subscribers fall behind (`Routed::subscribers_behind`, at half a queue).
+        let max = RUN_MAX
+            .min(broker.config.max_queued_messages as usize / 4)
+            .max(1);
+        if self.messages.len() >= max {
+            routed.merge(self.flush(broker));
+        }
+        routed
+    }
+
+    /// Routes the run, if any.
+    pub(crate) fn flush(&mut self, broker: &Broker) -> Routed {
+        if self.messages.is_empty() {
+            return Routed::default();
+        }
+        let routed = broker.publish_run(&self.messages);
+        self.messages.clear();
+        routed
+    }
+}
+
+impl Broker {
+    /// Stores or clears the retained message and routes `message` to every matching session.
+    pub fn publish(&self, message: Arc<Message>) -> Routed {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.publish_internal(message)
+    }
+
+    /// `publish` without counting the message as received (the broker's own `$SYS` updates).
+    pub fn publish_internal(&self, message: Arc<Message>) -> Routed {
+        if message.retain && self.config.retain_available {
+            let delete = message.payload.is_empty();
+            {
+                let mut retained = self.retained.write();
+                if delete {
+                    retained.remove(&message.topic);
+                } else {
+                    retained.insert(message.clone());
+                }
+            }
+            let written = match &self.store {
+                None => Ok(()),
+                Some(store) if delete => store.delete_retained(&message.topic),
+                Some(store) => store.put_retained(&StoredMessage::from_message(&message)),
+            };
+            if let Err(e) = written {
+                warn!(topic = %message.topic, error = %e, "store: cannot save retained message");
+            }
+        }
+        self.route(std::slice::from_ref(&message))
+    }
+
+    /// Routes a run of QoS 0 messages one client published to one topic, none retained, in
+    /// order (see [`Qos0Run`]).
+    fn publish_run(&self, run: &[Arc<Message>]) -> Routed {
+        debug_assert!(run.iter().all(|m| !m.retain
+            && m.qos == QoS::AtMostOnce
+            && m.topic == run[0].topic
+            && m.publisher == run[0].publisher));
+        self.stats
+            .messages_received
+            .fetch_add(run.len() as u64, Ordering::Relaxed);
+        self.route(run)
+    }
+
+    /// Routes `messages`, which share one topic and one publisher, in order.
+    fn route(&self, messages: &[Arc<Message>]) -> Routed {
+        let Some(message) = messages.first() else {
+            return Routed::default();
+        };
+        struct Target<'t> {
+            session: &'t Arc<Session>,
+            qos: QoS,
+            retain_as_published: bool,
+            ids: Vec<u32>,
+            shared: bool,
+        }
+        let tree = self.subscriptions.read();
+        let mut targets: Vec<Target<'_>> = Vec::new();
+        tree.for_each_match(&message.topic, &mut |m| {
+            let s = m.subscriber;
+            if s.options.no_local && !m.shared && s.session.id == message.publisher {
+                return;
+            }
+            targets.push(Target {
+                session: &s.session,
+                qos: s.options.qos,
+                retain_as_published: s.options.retain_as_published,
+                ids: s.subscription_id.into_iter().collect(),
+                shared: m.shared,
+            });
+        });
+        // One copy per session for overlapping subscriptions: the highest QoS and every
+        // Subscription Identifier (MQTT-3.3.4-2, -3). Shared ones are delivered apart. Only a
+        // session with several subscriptions can match twice, so only those are sorted.
+        let mut merged: Vec<Target<'_>> = Vec::with_capacity(targets.len());
+        let mut several: Vec<Target<'_>> = Vec::new();
+        for t in targets {
+            if !t.shared && t.session.subscription_count() > 1 {
+                several.push(t);
+            } else {
+                merged.push(t);
+            }
+        }
+        several.sort_by_key(|t| t.session.id);
+        let mut last_merged: Option<usize> = None;
+        for t in several {
+            if let Some(i) = last_merged
+                && merged[i].session.id == t.session.id
+            {
+                let last = &mut merged[i];
+                last.qos = last.qos.max(t.qos);
+                last.retain_as_published |= t.retain_as_published;
+                last.ids.extend(t.ids);
+                continue;
+            }
+            merged.push(t);
+            last_merged = Some(merged.len() - 1);
+        }
+        let mut routed = Routed {
+            matched: merged.len(),
+            rejected: false,
+            subscribers_behind: false,
+        };
+        for mut t in merged {
+            let mut st = t.session.state.lock();
+            for (i, m) in messages.iter().enumerate() {
+                // The last delivery takes the identifiers; only a run's earlier ones copy them.
+                let subscription_ids = if i + 1 == messages.len() {
+                    std::mem::take(&mut t.ids)
+                } else {
+                    t.ids.clone()
+                };
+                let d = Delivery {
+                    message: m.clone(),
+                    qos: m.qos.min(t.qos),
+                    retain: t.retain_as_published && m.retain,
+                    subscription_ids,
+                };
+                match t.session.enqueue(&mut st, d, &self.limits) {
+                    Enqueued::Queued | Enqueued::Skipped => {}
+                    Enqueued::QueuedBehind => routed.subscribers_behind = true,
+                    Enqueued::QueuedDroppedOldest => {
+                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Enqueued::Rejected => {
+                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                        routed.rejected = true;
+                    }
+                }
+            }
+        }
+        routed
+    }
+}

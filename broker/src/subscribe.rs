@@ -1,0 +1,76 @@
+//! Subscribing and unsubscribing: a session's subscriptions are kept twice, in its own state
+//! (what it subscribed to, for the store and for ending it) and in the subscription tree (for
+//! routing); both change under the tree's write lock, then the session's lock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::broker::Broker;
+use crate::codec::SubscriptionOptions;
+use crate::codec::topic::parse_shared;
+use crate::message::Message;
+use crate::session::{Session, SubRecord};
+use crate::subscriptions::Subscriber;
+
+impl Broker {
+    /// Adds (or replaces) a subscription of `session`. Returns whether it replaced one.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> bool {
+        let (group, inner) = split_shared(filter);
+        let mut tree = self.subscriptions.write();
+        let mut st = session.state.lock();
+        if st.attachment.is_ended() {
+            return false;
+        }
+        st.subscriptions.insert(
+            filter.to_string(),
+            SubRecord {
+                options,
+                subscription_id,
+            },
+        );
+        session.set_subscription_count(st.subscriptions.len());
+        drop(st);
+        tree.insert(
+            inner,
+            group,
+            Subscriber {
+                session: session.clone(),
+                options,
+                subscription_id,
+            },
+        )
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let (group, inner) = split_shared(filter);
+        let mut tree = self.subscriptions.write();
+        let existed = {
+            let mut st = session.state.lock();
+            let existed = st.subscriptions.remove(filter).is_some();
+            session.set_subscription_count(st.subscriptions.len());
+            existed
+        };
+        tree.remove(inner, group, session.id);
+        existed
+    }
+
+    /// The live retained messages matching `filter`.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained.read().matching(filter, Instant::now())
+    }
+}
+
+/// `$share/g/a/b` → `(Some("g"), "a/b")`; other filters → `(None, filter)`.
+pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}
