@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::model::ClientKind;
-use crate::service::{NewClient, ServiceError, TokenService};
+use crate::service::{ErrorKind, NewClient, ServiceError, TokenService};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -66,11 +66,11 @@ pub enum AdminResponse {
 }
 
 fn err(e: ServiceError) -> AdminResponse {
-    let exit_code = match e {
-        ServiceError::NotFound(_) => 3,
-        ServiceError::AlreadyExists(_) => 4,
-        ServiceError::Invalid(_) => 2,
-        ServiceError::Storage(_) => 1,
+    let exit_code = match e.kind() {
+        ErrorKind::NotFound => 3,
+        ErrorKind::AlreadyExists => 4,
+        ErrorKind::Invalid => 2,
+        ErrorKind::Storage => 1,
     };
     AdminResponse::Error {
         message: e.to_string(),
@@ -159,10 +159,10 @@ pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
             }
             AdminRequest::TokenIssue { user, ttl, scopes } => {
                 let Some(local) = s.local_user(&user).map(str::to_string) else {
-                    return Err(ServiceError::Invalid(format!("invalid user name {user:?}")));
+                    return Err(ServiceError::InvalidUserName(user));
                 };
                 if !s.user_exists(&local)? {
-                    return Err(ServiceError::NotFound(format!("user {local}")));
+                    return Err(ServiceError::UnknownUser(local));
                 }
                 let scopes = s.check_scopes(&scopes)?;
                 let t = s.issue(&local, None, scopes, ttl, false)?;
@@ -189,13 +189,11 @@ pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
                     (Some(t), None) => s.revoke(&t)?,
                     (None, Some(u)) => s.revoke_user(&u)?,
                     _ => {
-                        return Err(ServiceError::Invalid(
-                            "give a token (or token id), or --user".into(),
-                        ));
+                        return Err(ServiceError::Usage("give a token (or token id), or --user"));
                     }
                 };
                 if n == 0 {
-                    return Err(ServiceError::NotFound("token".into()));
+                    return Err(ServiceError::UnknownToken);
                 }
                 ok(format!("{n} token(s) revoked"), json!({ "revoked": n }))
             }

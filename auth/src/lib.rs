@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod admin;
 pub mod backoff;
+pub mod clock;
 pub mod http;
 pub mod kv;
 pub mod mechanism;

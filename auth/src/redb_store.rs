@@ -7,11 +7,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
+use crate::clock::now_secs;
 use crate::kv::{Bucket, Change, ChangeKind, Entry, KvError, KvResult, KvStore};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -29,13 +29,6 @@ pub struct RedbStore {
 
 fn storage<E: std::fmt::Display>(e: E) -> KvError {
     KvError::Storage(e.to_string())
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn encode(revision: u64, expires_at: Option<u64>, value: &[u8]) -> Vec<u8> {

@@ -14,14 +14,9 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::pages::{self, esc, hidden};
-use super::{AppState, Peer};
-use crate::kv::Bucket;
-use crate::model::{AuthCode, Client, ClientKind};
-use crate::redb_store::now_secs;
-use crate::secrets;
-
-/// Lifetime of an authorization code (RFC 6749 §4.1.2 recommends at most 10 minutes).
-const CODE_TTL: u64 = 600;
+use super::{AppState, ErrorCode, Peer};
+use crate::model::{Client, ClientKind};
+use crate::service::CodeRequest;
 
 #[derive(Debug, Deserialize, Default, Clone)]
 pub struct AuthorizeParams {
@@ -72,8 +67,11 @@ fn append(uri: &str, params: &[(&str, &str)], fragment: bool) -> String {
     format!("{uri}{sep}{encoded}")
 }
 
-fn error_redirect(v: &Valid, p: &AuthorizeParams, error: &str, description: &str) -> Response {
-    let mut params = vec![("error", error), ("error_description", description)];
+fn error_redirect(v: &Valid, p: &AuthorizeParams, error: ErrorCode, description: &str) -> Response {
+    let mut params = vec![
+        ("error", error.as_str()),
+        ("error_description", description),
+    ];
     if let Some(s) = &p.state {
         params.push(("state", s));
     }
@@ -126,7 +124,7 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
             return Err(Invalid::Redirect(error_redirect(
                 &v,
                 p,
-                "unauthorized_client",
+                ErrorCode::UnauthorizedClient,
                 "this client is not registered for the implicit flow",
             )));
         }
@@ -141,7 +139,7 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
                     return Err(Invalid::Redirect(error_redirect(
                         &v,
                         p,
-                        "invalid_request",
+                        ErrorCode::InvalidRequest,
                         "public clients must use PKCE (code_challenge with S256)",
                     )));
                 }
@@ -149,7 +147,7 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
                     return Err(Invalid::Redirect(error_redirect(
                         &v,
                         p,
-                        "invalid_request",
+                        ErrorCode::InvalidRequest,
                         "code_challenge_method must be S256",
                     )));
                 }
@@ -159,7 +157,7 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
             return Err(Invalid::Redirect(error_redirect(
                 &v,
                 p,
-                "unsupported_response_type",
+                ErrorCode::UnsupportedResponseType,
                 "unsupported response_type",
             )));
         }
@@ -169,7 +167,7 @@ async fn validate(state: &AppState, p: &AuthorizeParams, ejabberd: bool) -> Resu
         Err(e) => Err(Invalid::Redirect(error_redirect(
             &v,
             p,
-            "invalid_scope",
+            ErrorCode::InvalidScope,
             &e.to_string(),
         ))),
     }
@@ -265,7 +263,12 @@ async fn submit(
         );
     }
     if p.action.as_deref() == Some("deny") {
-        return error_redirect(&v, &p, "access_denied", "the user denied the request");
+        return error_redirect(
+            &v,
+            &p,
+            ErrorCode::AccessDenied,
+            "the user denied the request",
+        );
     }
     let ip_key = format!("ip:{}", peer.ip());
     if let Err(wait) = state.backoff.check(&ip_key) {
@@ -296,7 +299,7 @@ async fn submit(
     };
     state.backoff.succeed(&ip_key);
     if !state.service.may_obtain_tokens(&user) {
-        return error_redirect(&v, &p, "access_denied", "access denied");
+        return error_redirect(&v, &p, ErrorCode::AccessDenied, "access denied");
     }
     let ttl = p.ttl.as_deref().and_then(|t| t.parse::<u64>().ok());
     let client_id = v.client.id.clone();
@@ -306,7 +309,12 @@ async fn submit(
             .blocking(move |service| service.issue(&user, Some(&client_id), scopes, ttl, false))
             .await;
         let Ok(Ok(t)) = issued else {
-            return error_redirect(&v, &p, "server_error", "the token store is unavailable");
+            return error_redirect(
+                &v,
+                &p,
+                ErrorCode::ServerError,
+                "the token store is unavailable",
+            );
         };
         let expires = t.expires_in.to_string();
         let mut params = vec![
@@ -320,30 +328,25 @@ async fn submit(
         }
         return pages::redirect(&append(&v.redirect_uri, &params, !query_mode(&p)));
     }
-    let code = secrets::new_token();
-    let record = AuthCode {
+    let request = CodeRequest {
         client_id,
         user,
         redirect_uri: v.redirect_uri.clone(),
         scopes,
         code_challenge: p.code_challenge.clone(),
         ttl,
-        expires_at: now_secs() + CODE_TTL,
     };
-    let key = secrets::token_key(&code);
-    let stored = state
-        .blocking(move |service| {
-            service.store.create(
-                Bucket::AuthCodes,
-                &key,
-                &serde_json::to_vec(&record).unwrap_or_default(),
-                Some(record.expires_at),
-            )
-        })
-        .await;
-    if !matches!(stored, Ok(Ok(_))) {
-        return error_redirect(&v, &p, "server_error", "the token store is unavailable");
-    }
+    let Ok(Ok(code)) = state
+        .blocking(move |service| service.create_code(request))
+        .await
+    else {
+        return error_redirect(
+            &v,
+            &p,
+            ErrorCode::ServerError,
+            "the token store is unavailable",
+        );
+    };
     let mut params = vec![("code", code.as_str())];
     if let Some(s) = &p.state {
         params.push(("state", s));

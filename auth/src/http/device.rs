@@ -15,15 +15,7 @@ use super::token::form_error;
 use super::{
     AppState, OAuthError, Peer, check_client, client_credentials, client_id_of, json_response,
 };
-use crate::kv::Bucket;
-use crate::model::{DeviceCode, DeviceState};
-use crate::redb_store::now_secs;
-use crate::secrets;
-
-/// Seconds a device code lives.
-pub const DEVICE_TTL: u64 = 600;
-/// Seconds a device waits between polls (RFC 8628 §3.2 `interval`).
-pub const INTERVAL: u64 = 2;
+use crate::service::{DeviceAnswer, DeviceDecision};
 
 #[derive(Debug, Deserialize, Default)]
 pub struct DeviceForm {
@@ -41,41 +33,18 @@ pub async fn device_authorization(
     let (id, secret) =
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
     let client_id = client_id_of(check_client(&state, id, secret).await?)?;
-    let scopes = state
-        .service
-        .check_scopes(&super::parse_scope(&f.scope))
-        .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
-    let device_code = secrets::new_token();
-    let user_code = secrets::user_code();
-    let record = DeviceCode {
-        client_id,
-        user_code: user_code.clone(),
-        scopes,
-        state: DeviceState::Pending,
-        expires_at: now_secs() + DEVICE_TTL,
-        last_poll: 0,
-        interval: INTERVAL,
-    };
-    let key = secrets::token_key(&device_code);
-    state
-        .blocking(move |service| {
-            service.store.create(
-                Bucket::DeviceCodes,
-                &key,
-                &serde_json::to_vec(&record).unwrap_or_default(),
-                Some(record.expires_at),
-            )
-        })
-        .await?
-        .map_err(OAuthError::server)?;
+    let scopes = state.service.check_scopes(&super::parse_scope(&f.scope))?;
+    let g = state
+        .blocking(move |service| service.start_device(client_id, scopes))
+        .await??;
     let uri = format!("{}/oauth/device", state.issuer);
     Ok(json_response(json!({
-        "device_code": device_code,
-        "user_code": user_code,
+        "device_code": g.device_code,
+        "user_code": g.user_code,
         "verification_uri": uri,
-        "verification_uri_complete": format!("{uri}?user_code={user_code}"),
-        "expires_in": DEVICE_TTL,
-        "interval": INTERVAL,
+        "verification_uri_complete": format!("{uri}?user_code={}", g.user_code),
+        "expires_in": g.expires_in,
+        "interval": g.interval,
     })))
 }
 
@@ -117,19 +86,6 @@ pub async fn verify_form(State(state): State<AppState>, Query(p): Query<VerifyPa
     verify_page(&state, &p, None)
 }
 
-fn normalize(code: &str) -> String {
-    let letters: String = code
-        .chars()
-        .filter(|c| c.is_ascii_alphabetic())
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    if letters.len() == 8 {
-        format!("{}-{}", &letters[..4], &letters[4..])
-    } else {
-        letters
-    }
-}
-
 pub async fn verify_submit(
     State(state): State<AppState>,
     Extension(Peer(peer)): Extension<Peer>,
@@ -157,78 +113,36 @@ pub async fn verify_submit(
         );
         return verify_page(&state, &p, Some(&text));
     }
-    let code = normalize(p.user_code.as_deref().unwrap_or(""));
-    let deny = p.action.as_deref() == Some("deny");
+    let code = p.user_code.clone().unwrap_or_default();
+    let decision = if p.action.as_deref() == Some("deny") {
+        DeviceDecision::Deny
+    } else {
+        DeviceDecision::Approve
+    };
     let username = p.username.clone();
     let password = p.password.clone().unwrap_or_default();
-    enum Outcome {
-        UnknownCode,
-        BadLogin,
-        Denied,
-        NotAllowed,
-        Approved,
-        StoreError,
-    }
     let outcome = state
         .blocking(move |service| {
-            let found = service
-                .store
-                .scan(Bucket::DeviceCodes, "")
-                .ok()
-                .into_iter()
-                .flatten()
-                .find_map(|(k, e)| {
-                    let d: DeviceCode = serde_json::from_slice(&e.value).ok()?;
-                    (d.user_code == code && d.state == DeviceState::Pending)
-                        .then_some((k, e.revision, d))
-                });
-            let user = service
-                .check_login(username.as_deref(), &password)
-                .ok()
-                .flatten();
-            let Some((key, rev, mut d)) = found else {
-                return Outcome::UnknownCode;
-            };
-            if deny {
-                d.state = DeviceState::Denied;
-            } else if let Some(user) = user {
-                if !service.may_obtain_tokens(&user) {
-                    return Outcome::NotAllowed;
-                }
-                d.state = DeviceState::Approved { user };
-            } else {
-                return Outcome::BadLogin;
-            }
-            let denied = d.state == DeviceState::Denied;
-            match service.store.update(
-                Bucket::DeviceCodes,
-                &key,
-                &serde_json::to_vec(&d).unwrap_or_default(),
-                Some(d.expires_at),
-                rev,
-            ) {
-                Ok(_) if denied => Outcome::Denied,
-                Ok(_) => Outcome::Approved,
-                Err(_) => Outcome::StoreError,
-            }
+            service.answer_device(&code, username.as_deref(), &password, decision)
         })
-        .await
-        .unwrap_or(Outcome::StoreError);
+        .await;
     match outcome {
-        Outcome::UnknownCode => verify_page(&state, &p, Some("Unknown or expired device code.")),
-        Outcome::BadLogin => {
+        Ok(Ok(DeviceAnswer::UnknownCode)) => {
+            verify_page(&state, &p, Some("Unknown or expired device code."))
+        }
+        Ok(Ok(DeviceAnswer::BadLogin)) => {
             state.backoff.fail(&ip_key);
             verify_page(&state, &p, Some("Bad user name or password."))
         }
-        Outcome::NotAllowed => {
+        Ok(Ok(DeviceAnswer::NotAllowed)) => {
             pages::message(StatusCode::FORBIDDEN, "Connect a device", "Access denied.")
         }
-        Outcome::Denied => pages::message(
+        Ok(Ok(DeviceAnswer::Denied)) => pages::message(
             StatusCode::OK,
             "Device denied",
             "The device will not be connected.",
         ),
-        Outcome::Approved => {
+        Ok(Ok(DeviceAnswer::Approved(_))) => {
             state.backoff.succeed(&ip_key);
             pages::message(
                 StatusCode::OK,
@@ -236,7 +150,15 @@ pub async fn verify_submit(
                 "Your device is now connected. You can close this page.",
             )
         }
-        Outcome::StoreError => pages::message(
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "token service");
+            pages::message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Connect a device",
+                "The token store is unavailable. Try again.",
+            )
+        }
+        Err(_) => pages::message(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Connect a device",
             "The token store is unavailable. Try again.",

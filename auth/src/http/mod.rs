@@ -4,8 +4,11 @@
 
 mod authorize;
 mod device;
+mod error;
 mod pages;
 mod token;
+
+pub use error::{ErrorCode, OAuthError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
+
 use tessera_config::{ClientIdCheck, OAuthConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -54,67 +57,6 @@ impl AppState {
         tokio::task::spawn_blocking(move || work(&service))
             .await
             .map_err(OAuthError::server)
-    }
-}
-
-/// An RFC 6749 §5.2 error answer.
-#[derive(Debug)]
-pub struct OAuthError {
-    pub status: StatusCode,
-    pub error: &'static str,
-    pub description: String,
-    pub retry_after: Option<u64>,
-}
-
-impl OAuthError {
-    pub fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
-        OAuthError {
-            status: StatusCode::BAD_REQUEST,
-            error,
-            description: description.into(),
-            retry_after: None,
-        }
-    }
-    pub fn invalid_client(description: impl Into<String>) -> OAuthError {
-        OAuthError {
-            status: StatusCode::UNAUTHORIZED,
-            ..OAuthError::new("invalid_client", description)
-        }
-    }
-    pub fn server(e: impl std::fmt::Display) -> OAuthError {
-        tracing::error!(error = %e, "token service");
-        OAuthError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            ..OAuthError::new("server_error", "the token store is unavailable")
-        }
-    }
-    pub fn slow_down(wait: std::time::Duration) -> OAuthError {
-        OAuthError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            retry_after: Some(wait.as_secs().max(1)),
-            ..OAuthError::new("slow_down", "too many failed attempts; retry later")
-        }
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": self.error, "error_description": self.description });
-        let mut resp = (self.status, body.to_string()).into_response();
-        let h = resp.headers_mut();
-        set_json_headers(h);
-        if self.status == StatusCode::UNAUTHORIZED {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"tessera\""),
-            );
-        }
-        if let Some(s) = self.retry_after
-            && let Ok(v) = HeaderValue::from_str(&s.to_string())
-        {
-            h.insert(header::RETRY_AFTER, v);
-        }
-        resp
     }
 }
 
@@ -164,8 +106,7 @@ pub fn client_credentials(
             .split_once(':')
             .ok_or_else(|| OAuthError::invalid_client("malformed Authorization header"))?;
         if body_secret.is_some() {
-            return Err(OAuthError::new(
-                "invalid_request",
+            return Err(OAuthError::invalid_request(
                 "client credentials given twice",
             ));
         }
@@ -245,7 +186,7 @@ pub fn client_id_of(client: ClientCheck) -> Result<String, OAuthError> {
     client
         .id()
         .map(str::to_string)
-        .ok_or_else(|| OAuthError::new("invalid_request", "client_id is required"))
+        .ok_or_else(|| OAuthError::invalid_request("client_id is required"))
 }
 
 pub fn router(state: AppState) -> Router {

@@ -11,12 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    AppState, ClientCheck, OAuthError, Peer, check_client, client_credentials, client_id_of,
-    json_response,
+    AppState, ClientCheck, ErrorCode, OAuthError, Peer, check_client, client_credentials,
+    client_id_of, json_response,
 };
-use crate::kv::Bucket;
-use crate::model::{AuthCode, ClientKind, DeviceCode, DeviceState};
-use crate::secrets;
+use crate::model::ClientKind;
 use crate::service::{Issued, ServiceError};
 
 #[derive(Debug, Deserialize, Default)]
@@ -36,7 +34,7 @@ pub struct TokenForm {
 }
 
 pub fn form_error(e: FormRejection) -> OAuthError {
-    OAuthError::new("invalid_request", format!("bad form: {}", e.body_text()))
+    OAuthError::invalid_request(format!("bad form: {}", e.body_text()))
 }
 
 pub fn issued_json(t: &Issued) -> Response {
@@ -50,15 +48,6 @@ pub fn issued_json(t: &Issued) -> Response {
         v["refresh_token"] = json!(r);
     }
     json_response(v)
-}
-
-fn service_error(e: ServiceError) -> OAuthError {
-    match e {
-        ServiceError::Storage(e) => OAuthError::server(e),
-        ServiceError::Invalid(m) => OAuthError::new("invalid_grant", m),
-        ServiceError::NotFound(m) => OAuthError::new("invalid_grant", format!("{m} not found")),
-        ServiceError::AlreadyExists(m) => OAuthError::new("invalid_request", m),
-    }
 }
 
 pub async fn token(
@@ -79,10 +68,10 @@ pub async fn token(
             device_grant(&state, id, secret, f).await
         }
         Some(_) => Err(OAuthError::new(
-            "unsupported_grant_type",
+            ErrorCode::UnsupportedGrantType,
             "unsupported grant_type",
         )),
-        None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+        None => Err(OAuthError::invalid_request("grant_type is required")),
     }
 }
 
@@ -92,7 +81,7 @@ fn parse_ttl(ttl: &Option<String>) -> Result<Option<u64>, OAuthError> {
         Some(t) => t
             .parse::<u64>()
             .map(Some)
-            .map_err(|_| OAuthError::new("invalid_request", "ttl must be a number of seconds")),
+            .map_err(|_| OAuthError::invalid_request("ttl must be a number of seconds")),
     }
 }
 
@@ -108,18 +97,17 @@ async fn password_grant(
         && client.kind != ClientKind::Confidential
     {
         return Err(OAuthError::new(
-            "unauthorized_client",
+            ErrorCode::UnauthorizedClient,
             "the password grant is for confidential (first-party) clients",
         ));
     }
     let (Some(username), Some(password)) = (f.username.as_deref(), f.password.clone()) else {
-        return Err(OAuthError::new(
-            "invalid_request",
+        return Err(OAuthError::invalid_request(
             "username and password are required",
         ));
     };
     let Some(user) = state.service.local_user(username).map(str::to_string) else {
-        return Err(OAuthError::new("invalid_request", "bad user name"));
+        return Err(OAuthError::invalid_request("bad user name"));
     };
     let ip_key = format!("ip:{}", peer.ip());
     let user_key = format!("user:{user}");
@@ -128,38 +116,41 @@ async fn password_grant(
             return Err(OAuthError::slow_down(wait));
         }
     }
-    let scopes = state
-        .service
-        .check_scopes(&super::parse_scope(&f.scope))
-        .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+    let scopes = state.service.check_scopes(&super::parse_scope(&f.scope))?;
     let ttl = parse_ttl(&f.ttl)?;
     let client_id = client.id().map(str::to_string);
     let name = user.clone();
+    /// What a password grant came to.
+    enum Outcome {
+        BadLogin,
+        /// The user may not obtain tokens (`oauth_access`).
+        NotAllowed,
+        Issued(Issued),
+    }
     let outcome = state
         .blocking(move |service| {
             if !service.check_password(&name, &password)? {
-                return Ok(None);
+                return Ok(Outcome::BadLogin);
             }
             if !service.may_obtain_tokens(&name) {
-                return Ok(Some(Err(())));
+                return Ok(Outcome::NotAllowed);
             }
             service
                 .issue(&name, client_id.as_deref(), scopes, ttl, true)
-                .map(|t| Some(Ok(t)))
+                .map(Outcome::Issued)
         })
-        .await?
-        .map_err(service_error)?;
+        .await??;
     match outcome {
-        None => {
+        Outcome::BadLogin => {
             state.backoff.fail(&ip_key);
             state.backoff.fail(&user_key);
             Err(OAuthError::new(
-                "invalid_grant",
+                ErrorCode::InvalidGrant,
                 "bad user name or password",
             ))
         }
-        Some(Err(())) => Err(OAuthError::new("invalid_grant", "access denied")),
-        Some(Ok(t)) => {
+        Outcome::NotAllowed => Err(OAuthError::new(ErrorCode::InvalidGrant, "access denied")),
+        Outcome::Issued(t) => {
             state.backoff.succeed(&ip_key);
             state.backoff.succeed(&user_key);
             Ok(issued_json(&t))
@@ -184,25 +175,21 @@ async fn client_credentials_grant(
     };
     let Some(user) = client.service_user.clone() else {
         return Err(OAuthError::new(
-            "unauthorized_client",
+            ErrorCode::UnauthorizedClient,
             "this client is not bound to a device or service user",
         ));
     };
-    let scopes = state
-        .service
-        .check_scopes(&super::parse_scope(&f.scope))
-        .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+    let scopes = state.service.check_scopes(&super::parse_scope(&f.scope))?;
     let ttl = parse_ttl(&f.ttl)?;
     let t = state
         .blocking(move |service| {
             if !service.user_exists(&user)? {
-                return Err(ServiceError::NotFound(format!("user {user}")));
+                return Err(ServiceError::UnknownUser(user));
             }
             // RFC 6749 §4.4.3: no refresh token for client credentials.
             service.issue(&user, Some(&client.id), scopes, ttl, false)
         })
-        .await?
-        .map_err(service_error)?;
+        .await??;
     Ok(issued_json(&t))
 }
 
@@ -214,17 +201,13 @@ async fn refresh_grant(
 ) -> Result<Response, OAuthError> {
     let client = check_client(state, id, secret).await?;
     let Some(rt) = f.refresh_token else {
-        return Err(OAuthError::new(
-            "invalid_request",
-            "refresh_token is required",
-        ));
+        return Err(OAuthError::invalid_request("refresh_token is required"));
     };
     let narrower = Some(super::parse_scope(&f.scope)).filter(|s| !s.is_empty());
     let client_id = client.id().map(str::to_string);
     let t = state
         .blocking(move |service| service.refresh(&rt, client_id.as_deref(), narrower))
-        .await?
-        .map_err(service_error)?;
+        .await??;
     Ok(issued_json(&t))
 }
 
@@ -236,56 +219,17 @@ async fn code_grant(
 ) -> Result<Response, OAuthError> {
     let client_id = client_id_of(check_client(state, id, secret).await?)?;
     let Some(code) = f.code else {
-        return Err(OAuthError::new("invalid_request", "code is required"));
+        return Err(OAuthError::invalid_request("code is required"));
     };
-    let redirect_uri = f.redirect_uri;
-    let verifier = f.code_verifier;
+    let (redirect_uri, verifier) = (f.redirect_uri, f.code_verifier);
     let t = state
-        .blocking(move |service| -> Result<Issued, OAuthError> {
-            let key = secrets::token_key(&code);
-            let entry = service
-                .store
-                .get(Bucket::AuthCodes, &key)
-                .map_err(OAuthError::server)?
-                .ok_or_else(|| OAuthError::new("invalid_grant", "unknown or expired code"))?;
-            // One use only: whoever deletes it first wins.
-            if !service
-                .store
-                .delete(Bucket::AuthCodes, &key, Some(entry.revision))
-                .map_err(OAuthError::server)?
-            {
-                return Err(OAuthError::new("invalid_grant", "code already used"));
-            }
-            let c: AuthCode = serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
-            if c.client_id != client_id {
-                return Err(OAuthError::new(
-                    "invalid_grant",
-                    "code issued to another client",
-                ));
-            }
-            if redirect_uri.as_deref() != Some(c.redirect_uri.as_str()) {
-                return Err(OAuthError::new(
-                    "invalid_grant",
-                    "redirect_uri does not match",
-                ));
-            }
-            match (&c.code_challenge, verifier) {
-                (Some(challenge), Some(v)) => {
-                    if !secrets::equal(secrets::s256(&v).as_bytes(), challenge.as_bytes()) {
-                        return Err(OAuthError::new("invalid_grant", "PKCE verification failed"));
-                    }
-                }
-                (Some(_), None) => {
-                    return Err(OAuthError::new(
-                        "invalid_grant",
-                        "code_verifier is required",
-                    ));
-                }
-                (None, _) => {}
-            }
-            service
-                .issue(&c.user, Some(&c.client_id), c.scopes, c.ttl, true)
-                .map_err(service_error)
+        .blocking(move |service| {
+            service.exchange_code(
+                &code,
+                &client_id,
+                redirect_uri.as_deref(),
+                verifier.as_deref(),
+            )
         })
         .await??;
     Ok(issued_json(&t))
@@ -299,77 +243,12 @@ async fn device_grant(
 ) -> Result<Response, OAuthError> {
     let client_id = client_id_of(check_client(state, id, secret).await?)?;
     let Some(device_code) = f.device_code else {
-        return Err(OAuthError::new(
-            "invalid_request",
-            "device_code is required",
-        ));
+        return Err(OAuthError::invalid_request("device_code is required"));
     };
-    state
-        .blocking(move |service| -> Result<Response, OAuthError> {
-            let key = secrets::token_key(&device_code);
-            let entry = service
-                .store
-                .get(Bucket::DeviceCodes, &key)
-                .map_err(OAuthError::server)?
-                .ok_or_else(|| {
-                    OAuthError::new("expired_token", "unknown or expired device code")
-                })?;
-            let mut d: DeviceCode =
-                serde_json::from_slice(&entry.value).map_err(OAuthError::server)?;
-            if d.client_id != client_id {
-                return Err(OAuthError::new(
-                    "invalid_grant",
-                    "device code issued to another client",
-                ));
-            }
-            let now = crate::redb_store::now_secs();
-            match d.state.clone() {
-                DeviceState::Pending => {
-                    let too_fast = now < d.last_poll + d.interval;
-                    if too_fast {
-                        // RFC 8628 §3.5: the interval grows by 5 seconds at every slow_down.
-                        d.interval += 5;
-                    }
-                    d.last_poll = now;
-                    let _ = service.store.update(
-                        Bucket::DeviceCodes,
-                        &key,
-                        &serde_json::to_vec(&d).unwrap_or_default(),
-                        Some(d.expires_at),
-                        entry.revision,
-                    );
-                    if too_fast {
-                        Err(OAuthError::new("slow_down", "poll less often"))
-                    } else {
-                        Err(OAuthError::new(
-                            "authorization_pending",
-                            "the user has not answered yet",
-                        ))
-                    }
-                }
-                DeviceState::Denied => {
-                    let _ = service.store.delete(Bucket::DeviceCodes, &key, None);
-                    Err(OAuthError::new(
-                        "access_denied",
-                        "the user denied the request",
-                    ))
-                }
-                DeviceState::Approved { user } => {
-                    if !service
-                        .store
-                        .delete(Bucket::DeviceCodes, &key, Some(entry.revision))
-                        .map_err(OAuthError::server)?
-                    {
-                        return Err(OAuthError::new("invalid_grant", "device code already used"));
-                    }
-                    let t = service
-                        .issue(&user, Some(&client_id), d.scopes, None, true)
-                        .map_err(service_error)?;
-                    Ok(issued_json(&t))
-                }
-            }
-        })
-        .await?
+    let t = state
+        .blocking(move |service| service.poll_device(&device_code, &client_id))
+        .await??;
+    Ok(issued_json(&t))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -392,7 +271,7 @@ pub async fn revoke(
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
     let client = check_client(&state, id, secret).await?;
     let Some(token) = f.token else {
-        return Err(OAuthError::new("invalid_request", "token is required"));
+        return Err(OAuthError::invalid_request("token is required"));
     };
     let client_id = client.id().map(str::to_string);
     let unchecked = matches!(client, ClientCheck::Unchecked(_));
@@ -434,7 +313,7 @@ pub async fn introspect(
                 return Err(OAuthError::invalid_client("client authentication failed"));
             }
             let Some(token) = f.token else {
-                return Err(OAuthError::new("invalid_request", "token is required"));
+                return Err(OAuthError::invalid_request("token is required"));
             };
             Ok(
                 match service.validate(&token).map_err(OAuthError::server)? {

@@ -1,0 +1,245 @@
+//! The token service's rules, shared by the HTTP endpoint, the operator commands and the MQTT
+//! mechanism. One file per concept, all of them `impl TokenService`:
+//!
+//! | file | owns |
+//! |---|---|
+//! | `users.rs` | users, passwords, logins (`user` and `user@host`) |
+//! | `clients.rs` | OAuth clients, their secrets and redirect URIs |
+//! | `scopes.rs` | which scopes a token may carry, who may obtain tokens |
+//! | `tokens.rs` | issuing, validating, refreshing (rotation, reuse detection) and revoking |
+//! | `codes.rs` | authorization codes (one use, PKCE) and device codes (RFC 8628) |
+//!
+//! Every method is synchronous and some are slow on purpose (argon2): async callers run them on
+//! the blocking pool. A token is committed to the store before the method returns it. Errors
+//! are [`ServiceError`], one variant per cause; the endpoint and the operator commands each map
+//! them once (to RFC 6749 errors, to exit codes).
+
+mod clients;
+mod codes;
+mod scopes;
+mod tokens;
+mod users;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tessera_config::OAuthConfig;
+
+use crate::kv::{Bucket, KvError, KvStore};
+
+pub use clients::{ClientInfo, NewClient, valid_redirect_uri};
+pub use codes::{CodeRequest, DeviceAnswer, DeviceDecision, DeviceGrant, normalize_user_code};
+pub use tokens::{Issued, TokenInfo};
+pub use users::valid_user_name;
+
+/// Why a token-service operation failed.
+#[derive(Debug)]
+pub enum ServiceError {
+    // ---- something named does not exist ----
+    UnknownUser(String),
+    UnknownClient(String),
+    UnknownRefreshToken,
+    /// `token revoke` found nothing to revoke.
+    UnknownToken,
+
+    // ---- something to create exists ----
+    UserExists(String),
+    ClientExists(String),
+
+    // ---- bad input ----
+    InvalidUserName(String),
+    EmptyPassword,
+    InvalidClientId(String),
+    InvalidRedirectUri(String),
+    /// Only confidential clients have a secret.
+    SecretForPublicClient,
+    ScopeNotAllowed(String),
+    /// An `mqtt:publish:` / `mqtt:subscribe:` scope whose filter is not a topic filter.
+    ScopeNotAFilter(String),
+    /// A token id prefix that matches several tokens.
+    AmbiguousTokenId(String),
+    /// An operator request that names neither or both of what it needs.
+    Usage(&'static str),
+
+    // ---- a grant that cannot be honoured ----
+    RefreshOtherClient,
+    /// A spent refresh token came back: its family is revoked (RFC 6819 §5.2.2.3).
+    RefreshReused,
+    /// Two refreshes with one token raced; this one lost.
+    RefreshRace,
+    /// A refresh asked for scopes beyond the original grant (RFC 6749 §6).
+    ScopeExceedsGrant,
+    CodeUnknown,
+    CodeUsed,
+    CodeOtherClient,
+    RedirectUriMismatch,
+    PkceFailed,
+    VerifierMissing,
+    DeviceCodeUnknown,
+    DeviceCodeOtherClient,
+    DeviceCodeUsed,
+    /// The person has not approved or denied the device yet (RFC 8628 §3.5).
+    DevicePending,
+    /// The device polls faster than its interval, which grew by 5 seconds (RFC 8628 §3.5).
+    DeviceSlowDown,
+    DeviceDenied,
+
+    /// The store failed, or holds a record that does not parse.
+    Storage(KvError),
+}
+
+/// The four kinds operators see (as exit codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    Invalid,
+    Storage,
+}
+
+impl ServiceError {
+    pub fn kind(&self) -> ErrorKind {
+        use ServiceError::*;
+        match self {
+            UnknownUser(_) | UnknownClient(_) | UnknownRefreshToken | UnknownToken => {
+                ErrorKind::NotFound
+            }
+            UserExists(_) | ClientExists(_) => ErrorKind::AlreadyExists,
+            Storage(_) => ErrorKind::Storage,
+            _ => ErrorKind::Invalid,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ServiceError::*;
+        match self {
+            UnknownUser(u) => write!(f, "user {u} not found"),
+            UnknownClient(c) => write!(f, "client {c} not found"),
+            UnknownRefreshToken => f.write_str("refresh token not found"),
+            UnknownToken => f.write_str("token not found"),
+            UserExists(u) => write!(f, "user {u} already exists"),
+            ClientExists(c) => write!(f, "client {c} already exists"),
+            InvalidUserName(u) => write!(
+                f,
+                "invalid user name {u:?}: use letters, digits, '.', '_' or '-'"
+            ),
+            EmptyPassword => f.write_str("the password is empty"),
+            InvalidClientId(c) => write!(
+                f,
+                "invalid client id {c:?}: use letters, digits, '.', '_', '-' or ':'"
+            ),
+            InvalidRedirectUri(u) => write!(
+                f,
+                "invalid redirect URI {u:?}: an absolute URI without a fragment"
+            ),
+            SecretForPublicClient => f.write_str("only confidential clients have a secret"),
+            ScopeNotAllowed(s) => write!(f, "scope {s:?} is not allowed"),
+            ScopeNotAFilter(s) => write!(f, "scope {s:?} does not hold a valid topic filter"),
+            AmbiguousTokenId(id) => write!(f, "token id {id} is ambiguous"),
+            Usage(m) => f.write_str(m),
+            RefreshOtherClient => f.write_str("the refresh token was issued to another client"),
+            RefreshReused => f.write_str("refresh token reused; its grant is revoked"),
+            RefreshRace => f.write_str("refresh token already used"),
+            ScopeExceedsGrant => f.write_str("the requested scope exceeds the original grant"),
+            CodeUnknown => f.write_str("unknown or expired code"),
+            CodeUsed => f.write_str("code already used"),
+            CodeOtherClient => f.write_str("code issued to another client"),
+            RedirectUriMismatch => f.write_str("redirect_uri does not match"),
+            PkceFailed => f.write_str("PKCE verification failed"),
+            VerifierMissing => f.write_str("code_verifier is required"),
+            DeviceCodeUnknown => f.write_str("unknown or expired device code"),
+            DeviceCodeOtherClient => f.write_str("device code issued to another client"),
+            DeviceCodeUsed => f.write_str("device code already used"),
+            DevicePending => f.write_str("the user has not answered yet"),
+            DeviceSlowDown => f.write_str("poll less often"),
+            DeviceDenied => f.write_str("the user denied the request"),
+            Storage(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+impl From<KvError> for ServiceError {
+    fn from(e: KvError) -> Self {
+        ServiceError::Storage(e)
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+pub struct TokenService {
+    pub store: Arc<dyn KvStore>,
+    pub config: OAuthConfig,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> ServiceResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ServiceError::Storage(KvError::Storage(format!("corrupt {what} record: {e}"))))
+}
+
+impl TokenService {
+    pub fn new(store: Arc<dyn KvStore>, config: OAuthConfig) -> TokenService {
+        TokenService { store, config }
+    }
+
+    /// A record and its revision.
+    fn get<T: DeserializeOwned>(&self, b: Bucket, key: &str) -> ServiceResult<Option<(T, u64)>> {
+        match self.store.get(b, key)? {
+            Some(e) => Ok(Some((from_json(b.name(), &e.value)?, e.revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of a bucket, by key.
+    fn scan<T: DeserializeOwned>(&self, b: Bucket) -> ServiceResult<Vec<(String, T)>> {
+        self.store
+            .scan(b, "")?
+            .into_iter()
+            .map(|(k, e)| Ok((k, from_json(b.name(), &e.value)?)))
+            .collect()
+    }
+
+    /// Creates a record that expires at `expires_at`.
+    fn create<T: Serialize>(
+        &self,
+        b: Bucket,
+        key: &str,
+        record: &T,
+        expires_at: Option<u64>,
+    ) -> Result<u64, KvError> {
+        self.store.create(b, key, &to_json(record), expires_at)
+    }
+
+    /// Replaces a record if it is still at revision `rev` (compare-and-set).
+    fn update<T: Serialize>(
+        &self,
+        b: Bucket,
+        key: &str,
+        record: &T,
+        expires_at: Option<u64>,
+        rev: u64,
+    ) -> Result<u64, KvError> {
+        self.store.update(b, key, &to_json(record), expires_at, rev)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::TokenService;
+    use crate::redb_store::RedbStore;
+    use tessera_config::OAuthConfig;
+
+    pub fn service() -> (tempfile::TempDir, TokenService) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("t.redb")).unwrap();
+        (dir, TokenService::new(store, OAuthConfig::default()))
+    }
+}

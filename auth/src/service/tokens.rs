@@ -1,0 +1,307 @@
+//! Access and refresh tokens: issuing (a token is 32 random bytes, stored under its SHA-256 and
+//! committed before it is returned), validating, refreshing with rotation and reuse detection
+//! (refresh tokens of one grant share a family; presenting a spent one revokes the family), and
+//! revoking (one token, a family, a user's, a client's).
+
+use serde::Serialize;
+
+use super::{ServiceError, ServiceResult, TokenService};
+use crate::clock::now_secs;
+use crate::kv::{Bucket, KvError};
+use crate::model::{AccessToken, RefreshToken};
+use crate::secrets;
+
+/// A token as handed out once. `access_token` and `refresh_token` exist nowhere else.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub scope: String,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The token's public id (for `token list` / `token revoke`).
+    #[serde(skip)]
+    pub id: String,
+}
+
+/// A token's metadata, never the token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    #[serde(skip)]
+    pub key: String,
+    pub user: String,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+impl TokenService {
+    /// Lifetime for a requested `ttl`: the default, or the request capped at `max_ttl`.
+    pub fn lifetime(&self, ttl: Option<u64>) -> u64 {
+        ttl.filter(|t| *t > 0)
+            .unwrap_or(self.config.oauth_expire)
+            .min(self.config.max_ttl)
+    }
+
+    /// Issues an access token (and a refresh token of a new family if asked).
+    pub fn issue(
+        &self,
+        user: &str,
+        client_id: Option<&str>,
+        scopes: Vec<String>,
+        ttl: Option<u64>,
+        with_refresh: bool,
+    ) -> ServiceResult<Issued> {
+        let family = with_refresh.then(|| secrets::random_string(12));
+        self.issue_in_family(user, client_id, scopes, None, ttl, family)
+    }
+
+    /// Issues an access token with `access_scopes` (default: `scopes`) and, with a family, a
+    /// refresh token carrying `scopes`.
+    fn issue_in_family(
+        &self,
+        user: &str,
+        client_id: Option<&str>,
+        scopes: Vec<String>,
+        access_scopes: Option<Vec<String>>,
+        ttl: Option<u64>,
+        family: Option<String>,
+    ) -> ServiceResult<Issued> {
+        let access_scopes = access_scopes.unwrap_or_else(|| scopes.clone());
+        let now = now_secs();
+        let expires_in = self.lifetime(ttl);
+        let token = secrets::new_token();
+        let key = secrets::token_key(&token);
+        let record = AccessToken {
+            user: user.to_string(),
+            client_id: client_id.map(str::to_string),
+            scopes: access_scopes.clone(),
+            issued_at: now,
+            expires_at: now + expires_in,
+            family: family.clone(),
+        };
+        self.create(Bucket::AccessTokens, &key, &record, Some(record.expires_at))?;
+        let refresh_token = match family {
+            Some(family) => {
+                let rt = secrets::new_token();
+                let r = RefreshToken {
+                    user: user.to_string(),
+                    client_id: client_id.map(str::to_string),
+                    scopes: scopes.clone(),
+                    family,
+                    issued_at: now,
+                    expires_at: now + self.config.refresh_token_expire,
+                    spent: false,
+                };
+                self.create(
+                    Bucket::RefreshTokens,
+                    &secrets::token_key(&rt),
+                    &r,
+                    Some(r.expires_at),
+                )?;
+                Some(rt)
+            }
+            None => None,
+        };
+        Ok(Issued {
+            access_token: token,
+            token_type: "bearer",
+            scope: access_scopes.join(" "),
+            expires_in,
+            refresh_token,
+            id: secrets::token_id(&key).to_string(),
+        })
+    }
+
+    /// The live record of an access token.
+    pub fn validate(&self, token: &str) -> ServiceResult<Option<TokenInfo>> {
+        let key = secrets::token_key(token);
+        Ok(self
+            .get::<AccessToken>(Bucket::AccessTokens, &key)?
+            .map(|(t, _)| info(key, t)))
+    }
+
+    /// Exchanges a refresh token for a new access token and a new refresh token (rotation).
+    /// Presenting a spent refresh token revokes its whole family. `narrower` asks for fewer
+    /// scopes than granted (RFC 6749 §6); the refresh token keeps the grant's scopes.
+    pub fn refresh(
+        &self,
+        refresh_token: &str,
+        client_id: Option<&str>,
+        narrower: Option<Vec<String>>,
+    ) -> ServiceResult<Issued> {
+        let key = secrets::token_key(refresh_token);
+        let Some((mut r, rev)) = self.get::<RefreshToken>(Bucket::RefreshTokens, &key)? else {
+            return Err(ServiceError::UnknownRefreshToken);
+        };
+        if r.client_id.as_deref() != client_id {
+            return Err(ServiceError::RefreshOtherClient);
+        }
+        if r.spent {
+            self.revoke_family(&r.family)?;
+            return Err(ServiceError::RefreshReused);
+        }
+        if let Some(n) = &narrower
+            && !n.iter().all(|s| r.scopes.contains(s))
+        {
+            return Err(ServiceError::ScopeExceedsGrant);
+        }
+        r.spent = true;
+        // Compare-and-set: of two concurrent refreshes, one wins and the other is a reuse.
+        match self.update(Bucket::RefreshTokens, &key, &r, Some(r.expires_at), rev) {
+            Err(KvError::Conflict) => return Err(ServiceError::RefreshRace),
+            other => {
+                other?;
+            }
+        }
+        if !self.user_exists(&r.user)? {
+            return Err(ServiceError::UnknownUser(r.user));
+        }
+        self.issue_in_family(&r.user, client_id, r.scopes, narrower, None, Some(r.family))
+    }
+
+    /// Revokes an access or refresh token given as the token itself or an access token's id.
+    /// Revoking a refresh token revokes its family. Returns how many tokens went.
+    pub fn revoke(&self, token_or_id: &str) -> ServiceResult<usize> {
+        let key = secrets::token_key(token_or_id);
+        if self.store.delete(Bucket::AccessTokens, &key, None)? {
+            return Ok(1);
+        }
+        if let Some((r, _)) = self.get::<RefreshToken>(Bucket::RefreshTokens, &key)? {
+            return self.revoke_family(&r.family);
+        }
+        if token_or_id.len() >= 8 && token_or_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches = self.store.scan(Bucket::AccessTokens, token_or_id)?;
+            if matches.len() == 1 {
+                self.store
+                    .delete(Bucket::AccessTokens, &matches[0].0, None)?;
+                return Ok(1);
+            }
+            if matches.len() > 1 {
+                return Err(ServiceError::AmbiguousTokenId(token_or_id.to_string()));
+            }
+        }
+        Ok(0)
+    }
+
+    /// Revokes every token of `user`.
+    pub fn revoke_user(&self, user: &str) -> ServiceResult<usize> {
+        self.revoke_where(|t| t.user == user, |r| r.user == user)
+    }
+
+    /// Revokes every access and refresh token of one grant.
+    fn revoke_family(&self, family: &str) -> ServiceResult<usize> {
+        self.revoke_where(
+            |t| t.family.as_deref() == Some(family),
+            |r| r.family == family,
+        )
+    }
+
+    /// Revokes the access tokens and refresh tokens the predicates select.
+    pub(super) fn revoke_where(
+        &self,
+        access: impl Fn(&AccessToken) -> bool,
+        refresh: impl Fn(&RefreshToken) -> bool,
+    ) -> ServiceResult<usize> {
+        let mut n = 0;
+        for (k, t) in self.scan::<AccessToken>(Bucket::AccessTokens)? {
+            if access(&t) && self.store.delete(Bucket::AccessTokens, &k, None)? {
+                n += 1;
+            }
+        }
+        for (k, r) in self.scan::<RefreshToken>(Bucket::RefreshTokens)? {
+            if refresh(&r) && self.store.delete(Bucket::RefreshTokens, &k, None)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn list_tokens(&self, user: Option<&str>) -> ServiceResult<Vec<TokenInfo>> {
+        Ok(self
+            .scan::<AccessToken>(Bucket::AccessTokens)?
+            .into_iter()
+            .filter(|(_, t)| user.is_none_or(|u| t.user == u))
+            .map(|(k, t)| info(k, t))
+            .collect())
+    }
+
+    /// Purges expired records.
+    pub fn purge_expired(&self) -> ServiceResult<usize> {
+        Ok(self.store.purge_expired(now_secs())?)
+    }
+}
+
+fn info(key: String, t: AccessToken) -> TokenInfo {
+    TokenInfo {
+        id: secrets::token_id(&key).to_string(),
+        key,
+        user: t.user,
+        client_id: t.client_id,
+        scopes: t.scopes,
+        issued_at: t.issued_at,
+        expires_at: t.expires_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::service;
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_revoked_with_their_user() {
+        let (_d, s) = service();
+        s.add_user("bob", "pw").unwrap();
+        let t = s
+            .issue("bob", None, vec!["mqtt".into()], Some(60), false)
+            .unwrap();
+        assert_eq!(t.expires_in, 60);
+        let key = secrets::token_key(&t.access_token);
+        assert!(s.store.get(Bucket::AccessTokens, &key).unwrap().is_some());
+        assert!(
+            s.store
+                .get(Bucket::AccessTokens, &t.access_token)
+                .unwrap()
+                .is_none()
+        );
+        let v = s.validate(&t.access_token).unwrap().unwrap();
+        assert_eq!((v.user.as_str(), v.id.as_str()), ("bob", t.id.as_str()));
+        assert_eq!(s.set_password("bob", "new").unwrap(), 1);
+        assert!(s.validate(&t.access_token).unwrap().is_none());
+    }
+
+    #[test]
+    fn ttl_is_capped() {
+        let (_d, s) = service();
+        assert_eq!(s.lifetime(None), 2_592_000);
+        assert_eq!(s.lifetime(Some(10)), 10);
+        assert_eq!(s.lifetime(Some(u64::MAX)), 7_776_000);
+    }
+
+    #[test]
+    fn refresh_rotates_and_reuse_revokes_the_family() {
+        let (_d, s) = service();
+        s.add_user("carol", "pw").unwrap();
+        let first = s
+            .issue("carol", None, vec!["mqtt".into()], None, true)
+            .unwrap();
+        let rt1 = first.refresh_token.clone().unwrap();
+        assert!(
+            s.refresh(&rt1, None, Some(vec!["admin".into()])).is_err(),
+            "no widening"
+        );
+        let second = s.refresh(&rt1, None, None).unwrap();
+        let rt2 = second.refresh_token.clone().unwrap();
+        assert_ne!(rt1, rt2);
+        assert!(s.validate(&second.access_token).unwrap().is_some());
+        // Reusing the spent one revokes everything of the family.
+        assert!(s.refresh(&rt1, None, None).is_err());
+        assert!(s.validate(&first.access_token).unwrap().is_none());
+        assert!(s.validate(&second.access_token).unwrap().is_none());
+        assert!(s.refresh(&rt2, None, None).is_err());
+    }
+}
