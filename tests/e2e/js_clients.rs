@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::https;
-use crate::oauth::{login, query_param, setup, token};
+use crate::oauth::{login, setup, token};
+use crate::oauth_flows::query_param;
 
 fn node(args: &[&str]) -> std::process::Output {
     Command::new("node")

@@ -11,6 +11,7 @@ mod clients;
 mod features;
 mod js_clients;
 mod oauth;
+mod oauth_flows;
 mod operations;
 mod sessions;
 mod transports;

@@ -1,0 +1,125 @@
+//! `auth:` (how MQTT clients log in), `oauth:` (the token service, with ejabberd's option
+//! names) and the topic rules' [`AccessRule`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Who a topic rule admits: `all`, `none`, or a list of user names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AccessRule {
+    Named(NamedRule),
+    Users(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedRule {
+    All,
+    None,
+}
+
+impl AccessRule {
+    pub fn admits(&self, user: Option<&str>) -> bool {
+        match self {
+            AccessRule::Named(NamedRule::All) => true,
+            AccessRule::Named(NamedRule::None) => false,
+            AccessRule::Users(list) => user.is_some_and(|u| list.iter().any(|x| x == u)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdCheck {
+    /// No check of `client_id`.
+    Allow,
+    /// The client must be registered (and authenticate if confidential).
+    #[default]
+    Db,
+    /// No client may obtain tokens.
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// Serve the OAuth2 endpoint.
+    pub enabled: bool,
+    /// Address of the HTTPS endpoint (paths under `/oauth`).
+    pub bind: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS (only for a TLS-terminating proxy in front).
+    pub plain_http: bool,
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// The URL clients see (metadata, device verification links); default from `bind`.
+    pub issuer: Option<String>,
+    /// Host names accepted in `user@host`.
+    pub hosts: Vec<String>,
+    /// Default access token lifetime in seconds (ejabberd's `oauth_expire`).
+    pub oauth_expire: u64,
+    /// Upper bound on a requested `ttl` in seconds.
+    pub max_ttl: u64,
+    /// Who may obtain tokens: `all`, `none`, or a list of users (ejabberd's `oauth_access`).
+    pub oauth_access: AccessRule,
+    /// ejabberd's `oauth_client_id_check`: `allow`, `db` or `deny`.
+    pub oauth_client_id_check: ClientIdCheck,
+    /// Refresh token lifetime in seconds.
+    pub refresh_token_expire: u64,
+    /// Scopes a token may carry. `mqtt:publish:*` admits any `mqtt:publish:<filter>`.
+    pub scopes: Vec<String>,
+    /// Failed logins per user or per IP address before answers are delayed (429).
+    pub max_failures: u32,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        OAuthConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 5443)),
+            plain_http: false,
+            certificate: None,
+            private_key: None,
+            issuer: None,
+            hosts: vec!["localhost".to_string()],
+            oauth_expire: 2_592_000,
+            max_ttl: 7_776_000,
+            oauth_access: AccessRule::Named(NamedRule::All),
+            oauth_client_id_check: ClientIdCheck::Db,
+            refresh_token_expire: 7_776_000,
+            scopes: vec![
+                "sasl_auth".to_string(),
+                "mqtt".to_string(),
+                "mqtt:publish:*".to_string(),
+                "mqtt:subscribe:*".to_string(),
+            ],
+            max_failures: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients that present no credentials and no authentication method.
+    pub allow_anonymous: bool,
+    /// Enhanced authentication with method `X-OAUTH2` (one or two steps, re-authentication).
+    pub x_oauth2: bool,
+    /// An access token sent as the MQTT password (for 3.1.1 devices).
+    pub token_as_password: bool,
+    /// User name and password checked against the user store.
+    pub password_login: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: false,
+            x_oauth2: true,
+            token_as_password: true,
+            password_login: true,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `mqtt:`: the protocol limits and features the broker announces and enforces, and the
+//! per-client queue bounds. Numbers with a range are checked while parsing, so an error points
+//! at the value.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Drop the oldest queued message for that client and count it.
+    #[default]
+    DropOldest,
+    /// Refuse the new message for that client; a QoS 1/2 publisher gets reason 0x97.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Largest packet accepted from a client, advertised as Maximum Packet Size (bytes).
+    #[serde(deserialize_with = "max_packet_size")]
+    pub max_packet_size: u32,
+    /// QoS 1/2 publishes a client may have unacknowledged towards the broker (Receive Maximum).
+    #[serde(deserialize_with = "receive_maximum")]
+    pub receive_maximum: u16,
+    /// Highest QoS the broker grants (0, 1 or 2).
+    #[serde(deserialize_with = "max_qos")]
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscriptions: bool,
+    pub shared_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    /// Topic aliases a client may use towards the broker (0 disables).
+    pub topic_alias_maximum: u16,
+    /// Upper bound on a client's keep-alive (seconds); 0 = no bound. Longer requests, and
+    /// keep-alive 0, are answered with Server Keep Alive.
+    pub max_keep_alive: u16,
+    /// Upper bound on Session Expiry Interval (seconds); a larger request is lowered to it.
+    pub max_session_expiry: u32,
+    /// Seconds a new connection has to send CONNECT.
+    #[serde(deserialize_with = "connect_timeout")]
+    pub connect_timeout: u32,
+    /// Concurrent client connections; beyond it CONNACK 0x97 (3.1.1: 0x03).
+    pub max_connections: u32,
+    /// Messages queued per client (offline or behind its flow control).
+    #[serde(deserialize_with = "max_queued_messages")]
+    pub max_queued_messages: u32,
+    /// Payload bytes queued per client.
+    pub max_queued_bytes: u64,
+    pub queue_full: QueueFullPolicy,
+    /// Bytes of encoded packets buffered for writing to one client before the broker stops
+    /// reading from it (its own acknowledgements) and stops draining its queue.
+    #[serde(deserialize_with = "max_client_buffer")]
+    pub max_client_buffer: u32,
+    /// Also queue QoS 0 messages for offline persistent sessions.
+    pub queue_qos0_offline: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 100,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            topic_alias_maximum: 64,
+            max_keep_alive: 0,
+            max_session_expiry: u32::MAX,
+            connect_timeout: 10,
+            max_connections: 100_000,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            queue_full: QueueFullPolicy::DropOldest,
+            max_client_buffer: 1024 * 1024,
+            queue_qos0_offline: false,
+        }
+    }
+}
+
+/// Declares a deserializer that range-checks a number, so the error carries the value's position.
+macro_rules! bounded {
+    ($name:ident, $ty:ty, $lo:expr, $hi:expr, $why:expr) => {
+        fn $name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+            let v = <$ty>::deserialize(d)?;
+            if !($lo..=$hi).contains(&v) {
+                return Err(serde::de::Error::custom(format!(
+                    "field `mqtt.{}`: {} (got {v})",
+                    stringify!($name),
+                    $why
+                )));
+            }
+            Ok(v)
+        }
+    };
+}
+bounded!(
+    max_packet_size,
+    u32,
+    16,
+    268_435_455,
+    "must be between 16 and 268435455"
+);
+bounded!(receive_maximum, u16, 1, u16::MAX, "must be at least 1");
+bounded!(max_qos, u8, 0, 2, "must be 0, 1 or 2");
+bounded!(
+    connect_timeout,
+    u32,
+    1,
+    3600,
+    "must be between 1 and 3600 seconds"
+);
+bounded!(max_queued_messages, u32, 1, u32::MAX, "must be at least 1");
+bounded!(
+    max_client_buffer,
+    u32,
+    4096,
+    u32::MAX,
+    "must be at least 4096"
+);
