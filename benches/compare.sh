@@ -4,7 +4,8 @@
 # prints a table of medians with the ratio Tessera/peer. Also measures the raw relay ceiling for
 # fan-in. Usage: benches/compare.sh [ROUNDS] (default 3). QUICK=1 shortens every scenario;
 # SCENARIOS="fanout storm" runs only those (of: fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k
-# fanout storm idle retained relay).
+# fanout storm idle retained relay). BEFORE=path/to/an/older/tessera adds that build as the broker
+# "before", run the same way in the same rounds, for before/after figures of a change.
 #   Peers: Debian's mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd,
 #   outside this repository; found on PATH or in /opt/rumqttd/bin).
 set -euo pipefail
@@ -31,8 +32,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; cat "$WORK"/*/log >&2 2>/dev/null; return 1; }
 
 # Each start_* sets PORT, PID and LOGIN (loadgen arguments for the connect storm).
-start_tessera() {
-  PORT=$(free_port); local d=$WORK/tessera; rm -rf "$d"; mkdir -p "$d"
+start_tessera() { start_tessera_build "$BIN/tessera" tessera; }
+start_before() { start_tessera_build "$BEFORE" before; }
+start_tessera_build() { # binary name
+  local tessera=$1
+  PORT=$(free_port); local d=$WORK/$2; rm -rf "$d"; mkdir -p "$d"
   cat > "$d/t.yml" <<YML
 data_dir: $d/data
 listeners:
@@ -49,9 +53,9 @@ mqtt:
 log:
   level: warn
 YML
-  echo benchpass | "$BIN/tessera" -c "$d/t.yml" user add bench >/dev/null
-  local token; token=$("$BIN/tessera" -c "$d/t.yml" --json token issue bench --ttl 86400 | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  taskset -c 0 "$BIN/tessera" -c "$d/t.yml" serve 2>"$d/log" & PID=$!; PIDS+=("$PID")
+  echo benchpass | "$tessera" -c "$d/t.yml" user add bench >/dev/null
+  local token; token=$("$tessera" -c "$d/t.yml" --json token issue bench --ttl 86400 | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  taskset -c 0 "$tessera" -c "$d/t.yml" serve 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
   LOGIN=(--mqtt 5 "--token=$token")
 }
@@ -137,6 +141,7 @@ run_broker() {
 
 BROKERS=(tessera mosquitto)
 [ -n "$RUMQTTD" ] && BROKERS+=(rumqttd)
+[ -n "${BEFORE:-}" ] && BROKERS+=(before)
 for round in $(seq "$ROUNDS"); do
   # Alternate the order round by round.
   if [ $((round % 2)) = 0 ]; then ORDER=("$(printf '%s\n' "${BROKERS[@]}" | tac)"); ORDER=($ORDER); else ORDER=("${BROKERS[@]}"); fi
@@ -174,7 +179,7 @@ metrics = [
     ("idle", "kib_per_connection", "idle memory (KiB/connection)", False),
     ("retained", "seconds", "100k retained to a # subscriber (s; * = incomplete)", False),
 ]
-brokers = [b for b in ["tessera", "mosquitto", "rumqttd", "relay"] if any(r["broker"] == b for r in rows)]
+brokers = [b for b in ["tessera", "before", "mosquitto", "rumqttd", "relay"] if any(r["broker"] == b for r in rows)]
 def med(b, label, key):
     v = [r[key] for r in rows if r["broker"] == b and r["label"] == label and r.get(key) is not None]
     return statistics.median(v) if v else None

@@ -9,9 +9,9 @@
 //! | `subscribe.rs` | subscriptions, in the session and in the tree | `subscriptions` |
 //! | `persistence.rs` | the store: saving sessions, restoring at start | nothing shared |
 //!
-//! Lock order: the subscription tree (`subscriptions`), then a session's state, then the
-//! sessions map or the retained tree. Every lock is held for microseconds and never across an
-//! await; the registry's lock is taken alone.
+//! Lock order: the subscription tree (`subscriptions`) or the sessions map, then a session's
+//! state. The retained tree and the registry are taken alone. Every lock is held for
+//! microseconds and never across an await.
 
 use std::collections::HashMap;
 use std::sync::Arc;
