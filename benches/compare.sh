@@ -5,7 +5,8 @@
 # fan-in. Usage: benches/compare.sh [ROUNDS] (default 3). QUICK=1 shortens every scenario;
 # SCENARIOS="fanout storm" runs only those (of: fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k
 # fanout storm idle retained relay). BEFORE=path/to/an/older/tessera adds that build as the broker
-# "before", run the same way in the same rounds, for before/after figures of a change.
+# "before", run the same way in the same rounds, for before/after figures of a change;
+# ONLY="tessera before" runs just those brokers.
 #   Peers: Debian's mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd,
 #   outside this repository; found on PATH or in /opt/rumqttd/bin).
 set -euo pipefail
@@ -142,6 +143,8 @@ run_broker() {
 BROKERS=(tessera mosquitto)
 [ -n "$RUMQTTD" ] && BROKERS+=(rumqttd)
 [ -n "${BEFORE:-}" ] && BROKERS+=(before)
+# ONLY="tessera before" limits the brokers (for a quick before/after).
+[ -n "${ONLY:-}" ] && read -r -a BROKERS <<< "$ONLY"
 for round in $(seq "$ROUNDS"); do
   # Alternate the order round by round.
   if [ $((round % 2)) = 0 ]; then ORDER=("$(printf '%s\n' "${BROKERS[@]}" | tac)"); ORDER=($ORDER); else ORDER=("${BROKERS[@]}"); fi

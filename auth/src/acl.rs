@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use tessera_broker::auth::TopicAcl;
+use tessera_broker::codec::Utf8Bytes;
 use tessera_broker::codec::topic::matches;
 use tessera_config::AccessRule;
 
@@ -81,10 +82,10 @@ impl SessionAcl {
 }
 
 impl TopicAcl for SessionAcl {
-    fn can_publish(&self, topic: &str) -> bool {
+    fn can_publish(&self, topic: &Utf8Bytes) -> bool {
         let allowed = |fs: &Option<Vec<String>>| {
             fs.as_ref()
-                .is_none_or(|fs| fs.iter().any(|f| matches(f, topic)))
+                .is_none_or(|fs| fs.iter().any(|f| matches(f, topic.as_str())))
         };
         allowed(&self.publish) && allowed(&self.scope_publish)
     }
@@ -152,7 +153,7 @@ mod tests {
             "c",
             &["mqtt".into()],
         );
-        assert!(acl.can_publish("any/topic"));
+        assert!(acl.can_publish(&"any/topic".into()));
         assert!(acl.can_subscribe("#"));
     }
 
@@ -164,15 +165,15 @@ mod tests {
             ("admin/#", AccessRule::Users(vec!["root".into()])),
         ]);
         let acl = SessionAcl::new(&publish, &publish, Some("alice"), "dev1", &[]);
-        assert!(acl.can_publish("devices/alice/temp"));
-        assert!(!acl.can_publish("devices/bob/temp"));
-        assert!(acl.can_publish("clients/dev1"));
-        assert!(!acl.can_publish("admin/x"));
+        assert!(acl.can_publish(&"devices/alice/temp".into()));
+        assert!(!acl.can_publish(&"devices/bob/temp".into()));
+        assert!(acl.can_publish(&"clients/dev1".into()));
+        assert!(!acl.can_publish(&"admin/x".into()));
         assert!(acl.can_subscribe("devices/alice/+"));
         assert!(!acl.can_subscribe("devices/+/temp"));
         // A client id with a wildcard cannot widen its rights.
         let sneaky = SessionAcl::new(&publish, &publish, Some("alice"), "#", &[]);
-        assert!(!sneaky.can_publish("clients/x"));
+        assert!(!sneaky.can_publish(&"clients/x".into()));
         assert!(!sneaky.can_subscribe("clients/#"));
     }
 
@@ -186,10 +187,10 @@ mod tests {
             "mqtt:subscribe:devices/alice/cmd/#".to_string(),
         ];
         let acl = SessionAcl::new(&publish, &publish, Some("alice"), "c", &scopes);
-        assert!(acl.can_publish("devices/alice/telemetry"));
-        assert!(!acl.can_publish("devices/alice/other"));
+        assert!(acl.can_publish(&"devices/alice/telemetry".into()));
+        assert!(!acl.can_publish(&"devices/alice/other".into()));
         // The scope names it, the configuration does not grant it.
-        assert!(!acl.can_publish("elsewhere/x"));
+        assert!(!acl.can_publish(&"elsewhere/x".into()));
         assert!(acl.can_subscribe("devices/alice/cmd/+"));
         assert!(!acl.can_subscribe("devices/alice/#"));
         assert!(acl.can_subscribe("$share/g/devices/alice/cmd/x"));

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::codec::{ReasonCode, Version};
+use crate::codec::{ReasonCode, Utf8Bytes, Version};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -98,8 +98,8 @@ pub struct Grant {
 impl Grant {
     /// Whether the client may publish to `topic` (a PUBLISH or its will): never to `$SYS`,
     /// which only the broker writes, and only where its ACL allows.
-    pub fn may_publish(&self, topic: &str) -> bool {
-        !topic.starts_with("$SYS") && self.acl.can_publish(topic)
+    pub fn may_publish(&self, topic: &Utf8Bytes) -> bool {
+        !topic.as_bytes().starts_with(b"$SYS") && self.acl.can_publish(topic)
     }
 
     /// Everything allowed, no deadline.
@@ -116,7 +116,9 @@ impl Grant {
 
 /// Topic rights of one session.
 pub trait TopicAcl: Send + Sync {
-    fn can_publish(&self, topic: &str) -> bool;
+    /// `topic` as the client sent it: an ACL without publish rules need not look at it (the
+    /// `&str` view checks the bytes again, which the publish path avoids when it can).
+    fn can_publish(&self, topic: &Utf8Bytes) -> bool;
     fn can_subscribe(&self, filter: &str) -> bool;
 }
 
@@ -124,7 +126,7 @@ pub trait TopicAcl: Send + Sync {
 pub struct AllowAll;
 
 impl TopicAcl for AllowAll {
-    fn can_publish(&self, _topic: &str) -> bool {
+    fn can_publish(&self, _topic: &Utf8Bytes) -> bool {
         true
     }
     fn can_subscribe(&self, _filter: &str) -> bool {

@@ -13,7 +13,7 @@ use crate::subscriptions::split_level;
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<[u8]>, Node>,
     message: Option<Arc<Message>>,
 }
 
@@ -37,7 +37,7 @@ impl RetainedTree {
     /// Stores `message` for its topic, replacing the previous one.
     pub fn insert(&mut self, message: Arc<Message>) {
         let mut node = &mut self.root;
-        let mut rest = Some(message.topic.as_str());
+        let mut rest = Some(message.topic.as_bytes().as_ref());
         while let Some(r) = rest {
             let (level, next) = split_level(r);
             node = node.children.entry(level.into()).or_default();
@@ -49,7 +49,7 @@ impl RetainedTree {
     }
 
     /// Deletes the retained message of `topic` (an empty retained payload, MQTT-3.3.1-6).
-    pub fn remove(&mut self, topic: &str) -> bool {
+    pub fn remove(&mut self, topic: &[u8]) -> bool {
         let removed = Self::remove_in(&mut self.root, Some(topic));
         if removed {
             self.count -= 1;
@@ -57,7 +57,7 @@ impl RetainedTree {
         removed
     }
 
-    fn remove_in(node: &mut Node, rest: Option<&str>) -> bool {
+    fn remove_in(node: &mut Node, rest: Option<&[u8]>) -> bool {
         let Some(r) = rest else {
             return node.message.take().is_some();
         };
@@ -75,13 +75,13 @@ impl RetainedTree {
     /// Every live retained message whose topic matches `filter`.
     pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let mut out = Vec::new();
-        Self::collect(&self.root, Some(filter), true, now, &mut out);
+        Self::collect(&self.root, Some(filter.as_bytes()), true, now, &mut out);
         out
     }
 
     fn collect(
         node: &Node,
-        rest: Option<&str>,
+        rest: Option<&[u8]>,
         at_root: bool,
         now: Instant,
         out: &mut Vec<Arc<Message>>,
@@ -96,7 +96,7 @@ impl RetainedTree {
         };
         let (level, next) = split_level(r);
         match level {
-            "#" => {
+            b"#" => {
                 // "a/#" also matches "a" itself.
                 if let Some(m) = &node.message
                     && !at_root
@@ -105,15 +105,15 @@ impl RetainedTree {
                     out.push(m.clone());
                 }
                 for (name, child) in &node.children {
-                    if at_root && name.starts_with('$') {
+                    if at_root && name.first() == Some(&b'$') {
                         continue;
                     }
                     Self::collect_all(child, now, out);
                 }
             }
-            "+" => {
+            b"+" => {
                 for (name, child) in &node.children {
-                    if at_root && name.starts_with('$') {
+                    if at_root && name.first() == Some(&b'$') {
                         continue;
                     }
                     Self::collect(child, next, false, now, out);
@@ -189,7 +189,7 @@ mod tests {
             assert_eq!(got, want, "filter {f}");
         }
         for t in topics {
-            assert!(tree.remove(t));
+            assert!(tree.remove(t.as_bytes()));
         }
         assert!(tree.len() == 0 && tree.root.is_empty());
     }

@@ -111,7 +111,7 @@ impl Broker {
             {
                 let mut retained = self.retained.write();
                 if delete {
-                    retained.remove(&message.topic);
+                    retained.remove(message.topic.as_bytes());
                 } else {
                     retained.insert(message.clone());
                 }
@@ -155,7 +155,7 @@ impl Broker {
         }
         let tree = self.subscriptions.read();
         let mut targets: Vec<Target<'_>> = Vec::new();
-        tree.for_each_match(&message.topic, &mut |m| {
+        tree.for_each_match(message.topic.as_bytes(), &mut |m| {
             let s = m.subscriber;
             if s.options.no_local && !m.shared && s.session.id == message.publisher {
                 return;

@@ -5,6 +5,9 @@
 //! or at a `#` below it. Shared subscriptions (`$share/group/filter`) sit in the node of their
 //! inner filter, grouped by share name; a message goes to one member of each group.
 //!
+//! Levels are bytes: a topic is matched as the codec decoded it (already UTF-8 checked), with
+//! no second check on the routing path.
+//!
 //! Invariant: a session appears at most once per (node, group) - subscribing again to the same
 //! filter replaces the options (MQTT-3.8.4-3).
 
@@ -45,7 +48,7 @@ impl SubscriberSet {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<[u8]>, Node>,
     plus: Option<Box<Node>>,
     /// Filters ending here exactly.
     exact: SubscriberSet,
@@ -108,22 +111,22 @@ impl SubscriptionTree {
 
     /// Removes one session's subscription. Returns true if it existed.
     pub fn remove(&mut self, filter: &str, group: Option<&str>, session_id: u64) -> bool {
-        let removed = Self::remove_in(&mut self.root, Some(filter), group, session_id);
+        let removed = Self::remove_in(&mut self.root, Some(filter.as_bytes()), group, session_id);
         if removed {
             self.count -= 1;
         }
         removed
     }
 
-    fn remove_in(node: &mut Node, rest: Option<&str>, group: Option<&str>, id: u64) -> bool {
+    fn remove_in(node: &mut Node, rest: Option<&[u8]>, group: Option<&str>, id: u64) -> bool {
         let Some(rest) = rest else {
             return Self::remove_from_set(&mut node.exact, group, id);
         };
         let (level, next) = split_level(rest);
-        if level == "#" {
+        if level == b"#" {
             return Self::remove_from_set(&mut node.hash, group, id);
         }
-        if level == "+" {
+        if level == b"+" {
             let Some(child) = node.plus.as_deref_mut() else {
                 return false;
             };
@@ -163,13 +166,13 @@ impl SubscriptionTree {
 
     fn set_for<'a>(root: &'a mut Node, filter: &str) -> &'a mut SubscriberSet {
         let mut node = root;
-        let mut rest = Some(filter);
+        let mut rest = Some(filter.as_bytes());
         while let Some(r) = rest {
             let (level, next) = split_level(r);
-            if level == "#" {
+            if level == b"#" {
                 return &mut node.hash;
             }
-            node = if level == "+" {
+            node = if level == b"+" {
                 node.plus.get_or_insert_with(Default::default)
             } else {
                 node.children.entry(level.into()).or_default()
@@ -181,15 +184,15 @@ impl SubscriptionTree {
 
     /// Calls `f` for every direct subscriber matching `topic`, and for one member of every
     /// shared group matching it (chosen round-robin, preferring connected members).
-    pub fn for_each_match<'t>(&'t self, topic: &str, f: &mut dyn FnMut(Matched<'t>)) {
+    pub fn for_each_match<'t>(&'t self, topic: &[u8], f: &mut dyn FnMut(Matched<'t>)) {
         // `$` topics are not matched by a wildcard in the first level (MQTT-4.7.2-1).
-        let dollar = topic.starts_with('$');
+        let dollar = topic.first() == Some(&b'$');
         Self::walk(&self.root, Some(topic), true, dollar, f);
     }
 
     fn walk<'t>(
         node: &'t Node,
-        rest: Option<&str>,
+        rest: Option<&[u8]>,
         at_root: bool,
         dollar: bool,
         f: &mut dyn FnMut(Matched<'t>),
@@ -239,9 +242,9 @@ impl SubscriptionTree {
 }
 
 /// Splits off the first level of a topic: `"a/b/c"` → `("a", Some("b/c"))`, `"a"` → `("a", None)`.
-pub(crate) fn split_level(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('/') {
-        Some((l, r)) => (l, Some(r)),
+pub(crate) fn split_level(s: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match s.iter().position(|&b| b == b'/') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     }
 }
@@ -261,7 +264,7 @@ mod tests {
 
     fn matched(tree: &SubscriptionTree, topic: &str) -> Vec<u64> {
         let mut ids = Vec::new();
-        tree.for_each_match(topic, &mut |m| ids.push(m.subscriber.session.id));
+        tree.for_each_match(topic.as_bytes(), &mut |m| ids.push(m.subscriber.session.id));
         ids.sort();
         ids
     }
