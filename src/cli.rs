@@ -218,7 +218,10 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             token: Some(token),
             user: None,
         },
-        Command::Serve | Command::CheckConfig { .. } | Command::DefaultConfig => {
+        Command::Serve
+        | Command::CheckConfig { .. }
+        | Command::CheckData
+        | Command::DefaultConfig => {
             unreachable!("handled in main")
         }
     })

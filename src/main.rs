@@ -2,6 +2,7 @@
 //! manage users, OAuth clients and tokens (through the running server's admin socket, or on the
 //! store file when no server runs), with ejabberdctl's `oauth_*` names as aliases.
 
+mod check;
 mod cli;
 mod serve;
 
@@ -36,6 +37,9 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration (the commented example).
     DefaultConfig,
+    /// Verify the stores in the data directory (with the server stopped): every record reads
+    /// back and every queued message is there. Exit 0 if sound, 1 if not.
+    CheckData,
     /// Manage users (who log in to get tokens).
     #[command(subcommand)]
     User(cli::UserCmd),
@@ -106,6 +110,10 @@ fn main() -> ExitCode {
         }
         Command::Serve => match load_config(&cli.config) {
             Ok(config) => serve::run(config),
+            Err(code) => code,
+        },
+        Command::CheckData => match load_config(&cli.config) {
+            Ok(config) => check::run(&config, cli.json),
             Err(code) => code,
         },
         other => {

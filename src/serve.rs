@@ -13,7 +13,8 @@ use tessera_auth::revocation;
 use tessera_auth::service::TokenService;
 use tessera_auth::{admin, http};
 use tessera_broker::Server;
-use tessera_config::{Config, LogFormat};
+use tessera_config::{Config, Durability, LogFormat};
+use tessera_store::RedbBrokerStore;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +48,13 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    if let Err(e) = tessera_broker::files::private_dir(&config.data_dir) {
+        error!(
+            "cannot create the data directory {}: {e}",
+            config.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let store_path = config.data_dir.join("tessera.redb");
     let store = match RedbStore::open(&store_path) {
         Ok(s) => s,
@@ -64,7 +72,15 @@ async fn serve(config: Config) -> ExitCode {
         access_subscribe: config.access_subscribe.clone(),
         backoff: backoff.clone(),
     });
-    let server = match Server::start(&config, Arc::new(OAuthAuthenticator(mechanism))).await {
+    let auth = Arc::new(OAuthAuthenticator(mechanism));
+    let started = match config.storage.durability {
+        Durability::None => Server::start(&config, auth).await,
+        _ => match RedbBrokerStore::open(&config.data_dir.join("broker.redb")) {
+            Ok(state) => Server::start_with_store(&config, auth, Arc::new(state)).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        },
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -105,7 +121,7 @@ async fn serve(config: Config) -> ExitCode {
             }
         })
     };
-    info!(version = tessera_broker::VERSION, store = %store_path.display(), "tessera running");
+    info!(version = tessera_broker::VERSION, store = %store_path.display(), durability = ?config.storage.durability, "tessera running");
     wait_for_signal().await;
     admin_task.abort();
     if let Some(h) = http {

@@ -59,9 +59,9 @@ fn live(e: &Entry, now: u64) -> bool {
 impl RedbStore {
     /// Opens (or creates) the store file. Fails if another process holds it.
     pub fn open(path: &Path) -> KvResult<Arc<RedbStore>> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(storage)?;
-        }
+        // It holds argon2 hashes of passwords and client secrets: 0600 in a 0700 directory.
+        tessera_broker::files::private_file(path)
+            .map_err(|e| KvError::Storage(format!("cannot create {}: {e}", path.display())))?;
         let db = Database::create(path)
             .map_err(|e| KvError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(storage)?;

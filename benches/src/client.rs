@@ -84,12 +84,24 @@ impl Writer {
     }
 }
 
-/// Connects with `version` and waits for a successful CONNACK.
+/// Connects with `version` and a clean session, and waits for a successful CONNACK.
 pub async fn connect(
     addr: SocketAddr,
     id: &str,
     login: &Login,
     version: Version,
+) -> Result<(Reader, Writer), Error> {
+    connect_session(addr, id, login, version, false).await
+}
+
+/// `connect`, with a persistent session (3.1.1: clean session 0; 5.0: Clean Start 0 and a
+/// Session Expiry of an hour) when `persistent`.
+pub async fn connect_session(
+    addr: SocketAddr,
+    id: &str,
+    login: &Login,
+    version: Version,
+    persistent: bool,
 ) -> Result<(Reader, Writer), Error> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -107,11 +119,12 @@ pub async fn connect(
     let v5 = version == Version::V5;
     let mut c = Connect {
         version,
-        clean_start: true,
+        clean_start: !persistent,
         // Some brokers refuse keep-alive 0; scenarios are shorter than 1.5 × 120 s.
         keep_alive: 120,
         properties: Properties {
             receive_maximum: v5.then_some(u16::MAX),
+            session_expiry_interval: (v5 && persistent).then_some(3600),
             ..Default::default()
         },
         client_id: id.into(),

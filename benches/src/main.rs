@@ -31,6 +31,10 @@ struct Cli {
     /// Prefix for client identifiers and topics (default: unique per process).
     #[arg(long)]
     run: Option<String>,
+    /// Subscribers keep persistent sessions (clean session 0), so a durable broker stores what
+    /// is queued for them.
+    #[arg(long)]
+    persistent: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -91,6 +95,18 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         topics: u64,
     },
+    /// Fills the broker with retained topics and persistent sessions, for a restart to load.
+    Fill {
+        #[arg(long, default_value_t = 1_000_000)]
+        retained: u64,
+        #[arg(long, default_value_t = 100_000)]
+        sessions: usize,
+    },
+    /// Connects until the broker answers; prints how long that took.
+    Ready {
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +152,7 @@ fn main() -> ExitCode {
         run: cli
             .run
             .unwrap_or_else(|| format!("lg{}", std::process::id())),
+        persistent: cli.persistent,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -177,6 +194,12 @@ fn main() -> ExitCode {
             } => scenarios::connect_storm(&target, clients, concurrency, pid).await,
             Scenario::Idle { connections, pid } => scenarios::idle(&target, connections, pid).await,
             Scenario::Retained { topics } => scenarios::retained(&target, topics).await,
+            Scenario::Fill { retained, sessions } => {
+                scenarios::fill(&target, retained, sessions).await
+            }
+            Scenario::Ready { timeout } => {
+                scenarios::ready(&target, std::time::Duration::from_secs_f64(timeout)).await
+            }
         }
     });
     match result {

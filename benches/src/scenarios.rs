@@ -27,6 +27,8 @@ pub struct Target {
     pub version: Version,
     /// Prefix of client ids, unique per run.
     pub run: String,
+    /// Subscribers keep persistent sessions (whose messages a durable broker stores).
+    pub persistent: bool,
 }
 
 /// A tag unique to one scenario call, so topics and client ids never meet those of an earlier
@@ -55,7 +57,8 @@ async fn counting_subscriber(
     latencies: Option<(Instant, Arc<std::sync::Mutex<Vec<u64>>>)>,
     stop: Arc<AtomicBool>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let (mut r, mut w) = client::connect(t.addr, &id, &t.login, t.version).await?;
+    let (mut r, mut w) =
+        client::connect_session(t.addr, &id, &t.login, t.version, t.persistent).await?;
     client::subscribe(&mut r, &mut w, filter, qos).await?;
     Ok(tokio::spawn(async move {
         let mut local = Vec::new();
@@ -127,6 +130,8 @@ struct Pub {
     rate: Option<u64>,
     /// Stamp each payload with the send time since this instant (for latency).
     epoch: Option<Instant>,
+    /// Record each QoS 1 message's time from PUBLISH written to PUBACK read (nanoseconds).
+    ack_latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
 }
 
 /// A publisher sending until its deadline, at its rate if given; QoS 1 keeps at most `WINDOW`
@@ -140,19 +145,31 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
         deadline,
         rate,
         epoch,
+        ack_latencies,
     } = spec;
     let (mut r, mut w) = client::connect(t.addr, &id, &t.login, t.version).await?;
     let base = payload(size);
     let acked = Arc::new(AtomicU64::new(0));
     let window = Arc::new(Semaphore::new(WINDOW));
+    // When each packet identifier was written, for PUBLISH-to-PUBACK latency.
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..=u16::MAX as usize).map(|_| AtomicU64::new(0)).collect());
+    let clock = Instant::now();
     let reader = if qos == QoS::AtLeastOnce {
         let acked = acked.clone();
         let window = window.clone();
+        let sent_at = sent_at.clone();
+        let latencies = ack_latencies.clone();
         Some(tokio::spawn(async move {
             while let Ok(p) = r.recv().await {
-                if let Packet::PubAck(_) = p {
+                if let Packet::PubAck(a) = p {
                     acked.fetch_add(1, Ordering::Relaxed);
                     window.add_permits(1);
+                    // Recorded at once: this task is aborted when the publisher is done.
+                    if let Some(all) = &latencies {
+                        let t0 = sent_at[a.packet_id as usize].load(Ordering::Relaxed);
+                        all.lock().unwrap().push(now_nanos(clock).saturating_sub(t0));
+                    }
                 }
             }
         }))
@@ -189,6 +206,10 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
                 }
                 None => base.clone(),
             };
+            if ack_latencies.is_some() && qos == QoS::AtLeastOnce {
+                // Stamped before the write, so the PUBACK can never be read first.
+                sent_at[pid as usize].store(now_nanos(clock), Ordering::Relaxed);
+            }
             w.queue(&client::publish(&topic, body, qos, pid, false));
             sent += 1;
         }
@@ -266,6 +287,7 @@ pub async fn fan_in(
                 deadline,
                 rate: None,
                 epoch: None,
+                ack_latencies: None,
             },
         ));
     }
@@ -308,6 +330,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
     let got = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ack_lat = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut subs = Vec::new();
     let k = tag(t);
     for i in 0..n {
@@ -338,6 +361,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
                 deadline,
                 rate,
                 epoch: Some(epoch),
+                ack_latencies: Some(ack_lat.clone()),
             },
         ));
     }
@@ -353,12 +377,20 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
     let received = got.load(Ordering::Relaxed);
     let mut l = lat.lock().unwrap().clone();
     l.sort_unstable();
-    Ok(json!({
-        "scenario": "pairs", "pairs": n, "rate_per_pair": rate,
+    let mut a = ack_lat.lock().unwrap().clone();
+    a.sort_unstable();
+    let mut result = json!({
+        "scenario": "pairs", "pairs": n, "rate_per_pair": rate, "persistent": t.persistent,
         "sent": accepted, "received": received, "exact": received == accepted,
         "msgs_per_sec": received as f64 / end.duration_since(start).as_secs_f64(),
         "p50_us": percentile(&l, 0.5), "p99_us": percentile(&l, 0.99), "p999_us": percentile(&l, 0.999),
-    }))
+    });
+    if rate.is_some() {
+        // Publish to PUBACK: what a durable broker's acknowledgement costs the publisher.
+        result["ack_p50_us"] = json!(percentile(&a, 0.5));
+        result["ack_p99_us"] = json!(percentile(&a, 0.99));
+    }
+    Ok(result)
 }
 
 /// Scenario 3: 1 publisher → N subscribers at QoS 0: deliveries per second.
@@ -399,6 +431,7 @@ pub async fn fan_out(
             deadline,
             rate: None,
             epoch: None,
+            ack_latencies: None,
         },
     ));
     let (at_warm, warm_at) = window.warmed(&got).await;
@@ -585,4 +618,108 @@ pub async fn retained(t: &Target, n: u64) -> Result<Value, Error> {
     Ok(
         json!({ "scenario": "retained", "topics": n, "received": got, "complete": got == n, "seconds": start.elapsed().as_secs_f64() }),
     )
+}
+
+/// Publishes `n` retained QoS 1 messages (`{prefix}/{i/1000}/{i}`), `window` unacknowledged
+/// at most; returns when the broker has acknowledged them all.
+async fn publish_retained(
+    t: &Target,
+    id: &str,
+    prefix: &str,
+    n: u64,
+    window: usize,
+) -> Result<(), Error> {
+    let (mut r, mut w) = client::connect(t.addr, id, &t.login, t.version).await?;
+    let body = payload(16);
+    let mut pid: u16 = 0;
+    let mut outstanding = 0usize;
+    for i in 0..n {
+        pid = if pid == u16::MAX { 1 } else { pid + 1 };
+        w.queue(&client::publish(
+            &format!("{prefix}/{}/{i}", i / 1000),
+            body.clone(),
+            QoS::AtLeastOnce,
+            pid,
+            true,
+        ));
+        outstanding += 1;
+        if outstanding >= window {
+            w.flush().await?;
+            while outstanding > window / 2 {
+                if let Packet::PubAck(_) = recv_within(&mut r).await? {
+                    outstanding -= 1;
+                }
+            }
+        }
+    }
+    w.flush().await?;
+    while outstanding > 0 {
+        if let Packet::PubAck(_) = recv_within(&mut r).await? {
+            outstanding -= 1;
+        }
+    }
+    Ok(())
+}
+
+/// Restart benchmark, first half: fills the broker with `retained` retained topics and
+/// `sessions` persistent sessions (one subscription each, left offline) for a restart to load.
+pub async fn fill(t: &Target, retained: u64, sessions: usize) -> Result<Value, Error> {
+    let k = tag(t);
+    let start = Instant::now();
+    publish_retained(t, &format!("{k}-fill-pub"), "fill", retained, 1024).await?;
+    let retained_secs = start.elapsed().as_secs_f64();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..64 {
+        let t = t.clone();
+        let next = next.clone();
+        let k = k.clone();
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i as usize >= sessions {
+                    return Ok::<_, Error>(());
+                }
+                let (mut r, mut w) = client::connect_session(
+                    t.addr,
+                    &format!("{k}-sess{i}"),
+                    &t.login,
+                    t.version,
+                    true,
+                )
+                .await?;
+                client::subscribe(&mut r, &mut w, &format!("sess/{i}/#"), QoS::AtLeastOnce).await?;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(json!({
+        "scenario": "fill", "retained": retained, "sessions": sessions,
+        "retained_secs": retained_secs, "secs": start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Restart benchmark, second half: connects until a CONNACK comes back (the broker has loaded
+/// its state and serves); reports how long that took from this call.
+pub async fn ready(t: &Target, timeout: Duration) -> Result<Value, Error> {
+    let start = Instant::now();
+    let k = tag(t);
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            client::connect(t.addr, &format!("{k}-ready"), &t.login, t.version),
+        )
+        .await
+        {
+            return Ok(
+                json!({ "scenario": "ready", "ms": start.elapsed().as_secs_f64() * 1000.0 }),
+            );
+        }
+        if start.elapsed() > timeout {
+            return Err("the broker did not answer CONNECT in time".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

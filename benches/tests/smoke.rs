@@ -17,11 +17,13 @@ async fn broker() -> (Server, Target, tempfile::TempDir) {
         dir.path().display()
     );
     let config = Config::parse(&yaml, "smoke.yml").unwrap();
-    let server = Server::start(
+    // Durable, as shipped, on the in-memory store: the journal runs as it does on redb.
+    let server = Server::start_with_store(
         &config,
         Arc::new(AnonymousOnly {
             allow_anonymous: true,
         }),
+        Arc::new(tessera_broker::store::MemoryStore::default()),
     )
     .await
     .unwrap();
@@ -30,6 +32,7 @@ async fn broker() -> (Server, Target, tempfile::TempDir) {
         login: Login::Anonymous,
         version: tessera_broker::codec::Version::V3_1_1,
         run: "smoke".into(),
+        persistent: false,
     };
     (server, target, dir)
 }
@@ -48,6 +51,20 @@ async fn every_scenario_runs_and_counts_exactly() {
     let r = scenarios::pairs(&t, 2, Some(200), 0.5).await.unwrap();
     assert_eq!(r["exact"], true, "{r}");
     assert!(r["p99_us"].as_f64().unwrap() > 0.0, "{r}");
+    // Persistent subscribers: every message journaled, each PUBACK after its commit.
+    let persistent = Target {
+        persistent: true,
+        ..t.clone()
+    };
+    let r = scenarios::pairs(&persistent, 2, Some(200), 0.5)
+        .await
+        .unwrap();
+    assert_eq!(r["exact"], true, "{r}");
+    assert!(r["ack_p99_us"].as_f64().unwrap() > 0.0, "{r}");
+    let r = scenarios::fan_in(&persistent, 2, QoS::AtLeastOnce, 64, 0.5)
+        .await
+        .unwrap();
+    assert_eq!(r["exact"], true, "{r}");
     let r = scenarios::fan_out(&t, 20, 64, 0.5).await.unwrap();
     assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     let r = scenarios::connect_storm(&t, 100, 4, Some(std::process::id()))

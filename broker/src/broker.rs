@@ -7,7 +7,10 @@
 //! | `lifecycle.rs` | attaching, detaching and ending sessions; wills; expiry | `sessions` |
 //! | `routing.rs` | a published message to every matching session; the retained value | `retained` |
 //! | `subscribe.rs` | subscriptions, in the session and in the tree | `subscriptions` |
-//! | `persistence.rs` | the store: saving sessions, restoring at start | nothing shared |
+//! | `persistence.rs` | the store: snapshots, restoring at start | nothing shared |
+//!
+//! With durability on, each of them also appends records to the journal (`journal.rs`), under
+//! the session's lock where the record describes the session (the journal's lock is a leaf).
 //!
 //! Lock order: the subscription tree (`subscriptions`) or the sessions map, then a session's
 //! state. The retained tree and the registry are taken alone. Every lock is held for
@@ -23,6 +26,7 @@ use tessera_config::{MqttConfig, QueueFullPolicy};
 
 use crate::auth::Authenticator;
 use crate::codec::ReasonCode;
+use crate::journal::Journal;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session};
@@ -34,9 +38,8 @@ pub struct Broker {
     pub config: MqttConfig,
     pub limits: QueueLimits,
     pub auth: Arc<dyn Authenticator>,
-    /// Where retained messages and persistent sessions are written through; `None` when
-    /// nothing outlives this broker, so no copies are made at all.
-    pub store: Option<Arc<dyn Store>>,
+    /// How the state outlives the process.
+    pub(crate) persistence: Persistence,
     pub stats: Stats,
     pub started: Instant,
     /// Client identifier → its session.
@@ -45,6 +48,24 @@ pub struct Broker {
     pub(crate) retained: RwLock<RetainedTree>,
     pub(crate) connections: Registry,
     next_id: AtomicU64,
+}
+
+/// How the broker's state outlives the process (`storage.durability`).
+pub(crate) enum Persistence {
+    /// It does not: no copies are made at all.
+    None,
+    /// Written whole to the store at shutdown and every `interval`; a crash loses what
+    /// changed since the last snapshot.
+    Snapshots {
+        store: Arc<dyn Store>,
+        interval: Option<std::time::Duration>,
+    },
+    /// Every change journaled (group commit); acknowledgements wait until what they promise is
+    /// durable.
+    Journal {
+        store: Arc<dyn Store>,
+        journal: Journal,
+    },
 }
 
 /// A cloneable handle for code outside the broker (the auth service, the binary).
@@ -72,10 +93,10 @@ impl BrokerHandle {
 }
 
 impl Broker {
-    pub fn new(
+    pub(crate) fn new(
         config: MqttConfig,
         auth: Arc<dyn Authenticator>,
-        store: Option<Arc<dyn Store>>,
+        persistence: Persistence,
     ) -> Arc<Broker> {
         let limits = QueueLimits {
             max_messages: config.max_queued_messages as usize,
@@ -87,7 +108,7 @@ impl Broker {
             config,
             limits,
             auth,
-            store,
+            persistence,
             stats: Stats::default(),
             started: Instant::now(),
             sessions: Mutex::new(HashMap::new()),
@@ -96,6 +117,24 @@ impl Broker {
             connections: Registry::default(),
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// The journal, when every change is journaled.
+    pub(crate) fn journal(&self) -> Option<&Journal> {
+        match &self.persistence {
+            Persistence::Journal { journal, .. } => Some(journal),
+            _ => None,
+        }
+    }
+
+    /// The store, if the state outlives the process.
+    pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
+        match &self.persistence {
+            Persistence::None => None,
+            Persistence::Snapshots { store, .. } | Persistence::Journal { store, .. } => {
+                Some(store)
+            }
+        }
     }
 
     /// A broker-wide unique id (connections, sessions, detachments).

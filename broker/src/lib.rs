@@ -8,10 +8,12 @@
 
 pub mod auth;
 pub mod codec;
+pub mod files;
 pub mod store;
 
 mod broker;
 mod connection;
+mod journal;
 mod lifecycle;
 mod listener;
 mod message;

@@ -1,27 +1,71 @@
 //! Session lifecycle: attaching a connection to its session (creating, resuming or replacing
 //! it as Clean Start asks, taking it over from another connection), detaching it when the
-//! connection closes, the will and its delay, and session expiry.
+//! connection closes, the will and its delay, and session expiry. With durability on, each of
+//! these writes the session's head to the journal.
 //!
 //! Timers (will delay, expiry) are tasks that act only if the session is still in the
 //! detachment they were set for (`Attachment::Offline { detached }`), so a reconnect cancels
 //! them without bookkeeping.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::broker::Broker;
+use crate::codec::Will;
+use crate::journal::Record;
 use crate::message::Message;
-use crate::persistence::snapshot;
-use crate::session::{Attachment, ConnLink, Session};
+use crate::session::{Attachment, ConnLink, Session, SessionState};
+use crate::store::{Presence, SessionHead, StoredMessage, StoredWill};
 use crate::subscribe::split_shared;
+
+/// A connection attached to its session.
+pub(crate) struct Opened {
+    pub session: Arc<Session>,
+    /// Session Present: the session existed and was resumed.
+    pub present: bool,
+    /// The connection the session was taken from, which must be told to go (0x8E).
+    pub taken_from: Option<ConnLink>,
+    /// The journal ticket after which the session's head (and its will) is durable.
+    pub durable_at: Option<u64>,
+}
 
 impl Broker {
     /// Attaches a connection to the session of `client_id`, creating or replacing it as Clean
-    /// Start asks (§3.1.2.4). Returns the session, whether it existed (Session Present) and
-    /// the connection it was taken from, which the caller must tell to go (0x8E).
-    pub fn open_session(
+    /// Start asks (§3.1.2.4). `will` is the connection's will, recorded with the session so a
+    /// crash does not lose it.
+    pub(crate) fn open_session(
+        self: &Arc<Self>,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+        link: ConnLink,
+        will: Option<&Will>,
+    ) -> Opened {
+        let (session, present, taken_from) =
+            self.attach(client_id, clean_start, expiry_interval, link);
+        let mut durable_at = None;
+        if let Some(j) = self.journal() {
+            let mut st = session.state.lock();
+            if st.persisted || expiry_interval > 0 || will.is_some() {
+                st.persisted = true;
+                let will = will.map(|w| StoredWill {
+                    message: StoredMessage::from_message(&Message::from_will(w.clone())),
+                    delay: w.properties.will_delay_interval.unwrap_or(0),
+                });
+                durable_at = Some(j.append(Record::Session(Box::new(head(&session, &st, will)))));
+            }
+        }
+        Opened {
+            session,
+            present,
+            taken_from,
+            durable_at,
+        }
+    }
+
+    fn attach(
         self: &Arc<Self>,
         client_id: &str,
         clean_start: bool,
@@ -59,23 +103,29 @@ impl Broker {
         (session, false, None)
     }
 
-    /// Discards a session: its subscriptions leave the tree, its queue is dropped, and a will
-    /// waiting on its delay is published now (the session ended, §3.1.2.5).
-    pub fn end_session(&self, session: &Arc<Session>) {
-        let (subs, will, persisted) = {
+    /// Discards a session: its subscriptions leave the tree, its queue is dropped, its record
+    /// is deleted, and a will waiting on its delay is published now (the session ended,
+    /// §3.1.2.5).
+    pub(crate) fn end_session(&self, session: &Arc<Session>) {
+        let (subs, will) = {
             let mut st = session.state.lock();
             if st.attachment.is_ended() {
                 return;
             }
+            if std::mem::take(&mut st.persisted)
+                && let Some(j) = self.journal()
+            {
+                j.append(Record::EndSession {
+                    client: session.client_id.clone(),
+                    messages: st.stored_messages(),
+                });
+            }
             st.attachment = Attachment::Ended;
             st.pending.clear();
             st.inflight.clear();
+            st.unsent.clear();
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            (
-                subs,
-                st.pending_will.take(),
-                std::mem::take(&mut st.persisted),
-            )
+            (subs, st.pending_will.take())
         };
         {
             let mut tree = self.subscriptions.write();
@@ -94,12 +144,6 @@ impl Broker {
                 sessions.remove(&session.client_id);
             }
         }
-        if persisted
-            && let Some(store) = &self.store
-            && let Err(e) = store.delete_session(&session.client_id)
-        {
-            warn!(client_id = %session.client_id, error = %e, "store: cannot delete session");
-        }
         if let Some(w) = will {
             self.publish(w);
         }
@@ -107,7 +151,7 @@ impl Broker {
 
     /// A connection attached to `session` closed. `will` is its will message unless the client
     /// disconnected normally; `will_delay` its Will Delay Interval.
-    pub fn connection_closed(
+    pub(crate) fn connection_closed(
         self: &Arc<Self>,
         session: &Arc<Session>,
         conn_id: u64,
@@ -116,20 +160,25 @@ impl Broker {
     ) {
         // Decide under the session lock; publish and end the session after releasing it, since
         // both take the subscription tree (lock order: tree, then session).
-        let (publish_now, end_now, snapshot) = {
+        let (publish_now, end_now) = {
             let mut st = session.state.lock();
             let detached = self.next_id();
             let was_attached = st.detach(conn_id, detached);
             let ended = st.attachment.is_ended();
             let mut publish_now = None;
+            let mut stored_will = None;
             if let Some(w) = will {
                 if ended || will_delay == 0 {
                     publish_now = Some(w);
                 } else if was_attached {
                     // The will waits for the smaller of its delay and the session's expiry.
                     let delay = will_delay.min(st.expiry_interval);
+                    stored_will = Some(StoredWill {
+                        message: StoredMessage::from_message(&w),
+                        delay,
+                    });
                     st.pending_will = Some(w);
-                    self.schedule_will(session, detached, delay);
+                    self.schedule_will(session, detached, secs(delay));
                 }
                 // Taken over while the session continues: a delayed will is cancelled.
             }
@@ -138,22 +187,18 @@ impl Broker {
                 match st.expiry_interval {
                     0 => end_now = true,
                     u32::MAX => {}
-                    secs => self.schedule_expiry(session, detached, secs),
+                    s => self.schedule_expiry(session, detached, secs(s)),
                 }
             }
-            let snapshot =
-                (self.store.is_some() && was_attached && !end_now && !ended).then(|| {
-                    st.persisted = true;
-                    snapshot(&session.client_id, &st)
-                });
-            (publish_now, end_now, snapshot)
+            if was_attached
+                && !end_now
+                && st.persisted
+                && let Some(j) = self.journal()
+            {
+                j.append(Record::Session(Box::new(head(session, &st, stored_will))));
+            }
+            (publish_now, end_now)
         };
-        if let Some(record) = snapshot
-            && let Some(store) = &self.store
-            && let Err(e) = store.put_session(&record)
-        {
-            warn!(client_id = %session.client_id, error = %e, "store: cannot save session");
-        }
         if let Some(w) = publish_now {
             self.publish(w);
         }
@@ -162,36 +207,51 @@ impl Broker {
         }
     }
 
-    /// Publishes the session's pending will after `secs` unless the session is no longer in
+    /// Publishes the session's pending will after `delay` unless the session is no longer in
     /// the detachment `detached` (a connection attached, which cancels it, or the session
     /// ended, which already published it).
-    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, detached: u64, secs: u32) {
-        self.after(secs, session, detached, |broker, session| {
-            let will = session.state.lock().pending_will.take();
+    pub(crate) fn schedule_will(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        detached: u64,
+        delay: Duration,
+    ) {
+        self.after(delay, session, detached, |broker, session| {
+            let will = {
+                let mut st = session.state.lock();
+                let will = st.pending_will.take();
+                if will.is_some()
+                    && st.persisted
+                    && let Some(j) = broker.journal()
+                {
+                    j.append(Record::Session(Box::new(head(session, &st, None))));
+                }
+                will
+            };
             if let Some(w) = will {
                 broker.publish(w);
             }
         });
     }
 
-    /// Ends the session after `secs` unless it is no longer in the detachment `detached`.
+    /// Ends the session after `delay` unless it is no longer in the detachment `detached`.
     pub(crate) fn schedule_expiry(
         self: &Arc<Self>,
         session: &Arc<Session>,
         detached: u64,
-        secs: u32,
+        delay: Duration,
     ) {
-        self.after(secs, session, detached, |broker, session| {
+        self.after(delay, session, detached, |broker, session| {
             info!(client_id = %session.client_id, "session expired");
             broker.end_session(session);
         });
     }
 
-    /// Runs `action` after `secs` if the broker still runs and the session is still offline in
-    /// the detachment `detached` (the state the timer was set for).
+    /// Runs `action` after `delay` if the broker still runs and the session is still offline
+    /// in the detachment `detached` (the state the timer was set for).
     fn after(
         self: &Arc<Self>,
-        secs: u32,
+        delay: Duration,
         session: &Arc<Session>,
         detached: u64,
         action: impl FnOnce(&Arc<Broker>, &Arc<Session>) + Send + 'static,
@@ -199,17 +259,40 @@ impl Broker {
         let broker = Arc::downgrade(self);
         let session = session.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs as u64)).await;
+            tokio::time::sleep(delay).await;
             let Some(broker) = broker.upgrade() else {
                 return;
             };
             {
                 let st = session.state.lock();
-                if !matches!(st.attachment, Attachment::Offline { detached: d } if d == detached) {
+                if !matches!(st.attachment, Attachment::Offline { detached: d, .. } if d == detached)
+                {
                     return;
                 }
             }
             action(&broker, &session);
         });
+    }
+}
+
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(s as u64)
+}
+
+/// The session's head as the store keeps it. `will`: the attached connection's will when
+/// online, the pending will when offline.
+pub(crate) fn head(session: &Session, st: &SessionState, will: Option<StoredWill>) -> SessionHead {
+    let presence = match st.attachment {
+        Attachment::Online(_) => Presence::Online,
+        Attachment::Offline { since, .. } => Presence::Offline { since },
+        Attachment::Ended => Presence::Offline {
+            since: SystemTime::now(),
+        },
+    };
+    SessionHead {
+        client_id: session.client_id.to_string(),
+        expiry_interval: st.expiry_interval,
+        presence,
+        will,
     }
 }

@@ -24,6 +24,9 @@ pub struct Message {
     pub publisher: u64,
     /// `properties` encoded once, on first delivery, and shared by every subscriber.
     pub encoded_properties: OnceLock<Bytes>,
+    /// The id the message's body is stored under, once it is queued to a persistent session
+    /// (the same for every session; see `crate::journal`).
+    pub stored_id: OnceLock<u64>,
 }
 
 impl Message {
@@ -46,6 +49,28 @@ impl Message {
             expires_at,
             publisher,
             encoded_properties: OnceLock::new(),
+            stored_id: OnceLock::new(),
+        }
+    }
+
+    /// The application message a will becomes when it is published.
+    pub fn from_will(will: crate::codec::Will) -> Message {
+        let mut properties = will.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| Instant::now() + Duration::from_secs(s as u64));
+        properties.will_delay_interval = None;
+        Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            publisher: 0,
+            encoded_properties: OnceLock::new(),
+            stored_id: OnceLock::new(),
         }
     }
 
@@ -80,4 +105,24 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription Identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
+    /// The sequence number of its entry in the store, when it is journaled (a QoS 1/2 message
+    /// of a persistent session with durability on).
+    pub stored: Option<u64>,
+}
+
+impl Delivery {
+    /// What the journal needs to remove this delivery's entry, if it has one.
+    pub(crate) fn stored_ref(&self) -> Option<StoredRef> {
+        Some(StoredRef {
+            seq: self.stored?,
+            message: self.message.stored_id.get().copied()?,
+        })
+    }
+}
+
+/// A journaled queue entry: its sequence number and the message body it references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRef {
+    pub seq: u64,
+    pub message: u64,
 }

@@ -1,44 +1,83 @@
-//! Persistence through the store seam (`crate::store`): writing persistent sessions at
-//! shutdown, and rebuilding retained messages and sessions from the store at start.
+//! Persistence through the store seam (`crate::store`): rebuilding the broker from what the
+//! store holds at start, including what a crash left, and whole snapshots for `on_stop`
+//! durability.
 //!
-//! A retained message is written when it changes (`routing.rs`), a session when its connection
-//! goes away (`lifecycle.rs`) and here at shutdown; ending a session deletes its record.
+//! A crash leaves sessions whose connection was attached (`Presence::Online`): restored, they
+//! count as disconnected when the broker last ran (`StoredState::last_alive`), so their
+//! expiry keeps counting across the downtime and their wills are published after the Will
+//! Delay, as if the connection had dropped. A session whose expiry passed while the broker was
+//! down ends at start, its will published.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::session::{Inflight, Session, SessionState};
+use crate::journal::{MessageRefs, Record};
+use crate::lifecycle::head;
+use crate::message::{Delivery, Message, StoredRef};
+use crate::session::{Attachment, Inflight, Session};
 use crate::store::{
-    StoredDelivery, StoredInflight, StoredSession, StoredState, StoredSubscription,
+    Batch, Change, EntryState, Presence, StoreError, StoredEntry, StoredMessage, StoredState,
+    StoredSubscription, StoredWill,
 };
 
-impl Broker {
-    /// Writes every persistent session to the store (at shutdown, so queued messages survive).
-    pub fn save_sessions(&self) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
-        for session in sessions {
-            let record = {
-                let mut st = session.state.lock();
-                if st.attachment.is_ended() || st.expiry_interval == 0 {
-                    continue;
-                }
-                st.persisted = true;
-                snapshot(&session.client_id, &st)
-            };
-            if let Err(e) = store.put_session(&record) {
-                warn!(client_id = %session.client_id, error = %e, "store: cannot save session");
+/// The message bodies of one snapshot: each written once, numbered from 1.
+#[derive(Default)]
+struct Bodies {
+    ids: HashMap<*const Message, u64>,
+}
+
+impl Bodies {
+    fn id(&mut self, m: &Arc<Message>, changes: &mut Vec<Change>) -> u64 {
+        let next = self.ids.len() as u64 + 1;
+        *self.ids.entry(Arc::as_ptr(m)).or_insert_with(|| {
+            changes.push(Change::PutMessage(
+                next,
+                Arc::new(StoredMessage::from_message(m)),
+            ));
+            next
+        })
+    }
+}
+
+/// Where the journal starts from a loaded state: the references to stored message bodies,
+/// the next message id, and bodies nothing references any more (left by a crash between an
+/// entry's removal and its body's).
+pub(crate) fn journal_start(state: &StoredState) -> (MessageRefs, u64, Vec<u64>) {
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    for s in &state.sessions {
+        for e in &s.entries {
+            if state.messages.contains_key(&e.message_id) {
+                *counts.entry(e.message_id).or_default() += 1;
             }
         }
     }
+    let mut refs = MessageRefs::default();
+    let mut orphans = Vec::new();
+    for id in state.messages.keys() {
+        match counts.get(id) {
+            Some(&n) => refs.loaded(*id, n),
+            None => orphans.push(*id),
+        }
+    }
+    let next = state.messages.keys().max().map_or(1, |m| m + 1);
+    (refs, next, orphans)
+}
 
+impl Broker {
     /// Rebuilds retained messages and sessions from the store (at start, before listening).
-    pub fn restore(self: &Arc<Self>, state: StoredState) {
-        let now = std::time::SystemTime::now();
+    /// `orphans` are message bodies to drop (see [`journal_start`]).
+    pub(crate) fn restore(self: &Arc<Self>, state: StoredState, orphans: Vec<u64>) {
+        let now = SystemTime::now();
+        let journal = self.journal();
+        if let Some(j) = journal {
+            for id in orphans {
+                j.append(Record::DropMessage(id));
+            }
+        }
         {
             let mut retained = self.retained.write();
             for m in &state.retained {
@@ -47,98 +86,228 @@ impl Broker {
                 }
             }
         }
-        let mut restored = 0;
-        for rec in state.sessions {
-            let elapsed = now
-                .duration_since(rec.saved_at)
-                .unwrap_or_default()
-                .as_secs();
-            let remaining = match rec.expiry_interval {
-                u32::MAX => u32::MAX,
-                e if elapsed >= e as u64 => {
-                    if let Some(store) = &self.store {
-                        let _ = store.delete_session(&rec.client_id);
-                    }
-                    continue;
+        let messages: HashMap<u64, Arc<Message>> = state
+            .messages
+            .iter()
+            .map(|(id, m)| {
+                let message = m.to_message();
+                if journal.is_some() {
+                    let _ = message.stored_id.set(*id);
                 }
-                e => e - elapsed as u32,
+                (*id, Arc::new(message))
+            })
+            .collect();
+        let down_since = state.last_alive.unwrap_or(now);
+        let (mut restored, mut ended) = (0, 0);
+        let mut wills_now = Vec::new();
+        for rec in state.sessions {
+            let head_rec = rec.head;
+            let expiry = head_rec.expiry_interval;
+            // When the session lost its connection, and how long a will waits from then.
+            let (since, crashed) = match head_rec.presence {
+                Presence::Online => (down_since, true),
+                Presence::Offline { since } => (since, false),
             };
+            // An attached connection's will waits the smaller of its delay and the expiry; a
+            // pending one was stored with that already.
+            let will = head_rec.will.map(|w| {
+                let delay = if crashed {
+                    w.delay.min(expiry)
+                } else {
+                    w.delay
+                };
+                (Arc::new(w.message.to_message()), delay)
+            });
+            let will_delay = will.as_ref().map_or(0, |(_, d)| *d);
+            let elapsed = now.duration_since(since).unwrap_or_default();
+            let left = match expiry {
+                u32::MAX => None,
+                e => Some(Duration::from_secs(e as u64).saturating_sub(elapsed)),
+            };
+            let client: Arc<str> = head_rec.client_id.as_str().into();
+            if left == Some(Duration::ZERO) {
+                // Ended while the broker was down (or at the crash, for Session Expiry 0).
+                if let Some((w, _)) = will {
+                    wills_now.push(w);
+                }
+                if let Some(j) = journal {
+                    j.append(Record::EndSession {
+                        client,
+                        messages: rec.entries.iter().map(|e| e.message_id).collect(),
+                    });
+                }
+                ended += 1;
+                continue;
+            }
             let detached = self.next_id();
-            let session = Session::new(
-                self.next_id(),
-                rec.client_id.as_str().into(),
-                rec.expiry_interval,
-                detached,
-            );
+            let session = Session::new(self.next_id(), client.clone(), expiry, detached);
+            let mut will_left = None;
             {
                 let mut st = session.state.lock();
+                st.attachment = Attachment::Offline { detached, since };
                 st.persisted = true;
-                for d in &rec.pending {
-                    st.pending.push_back(d.to_delivery());
-                }
-                for (pid, i) in &rec.inflight {
-                    let entry = match i {
-                        StoredInflight::Published(d) => Inflight::Published(d.to_delivery()),
-                        StoredInflight::Released => Inflight::Released,
+                for e in &rec.entries {
+                    let Some(message) = messages.get(&e.message_id).cloned() else {
+                        if !matches!(e.state, EntryState::Released(_)) {
+                            warn!(client_id = %client, seq = e.seq, "stored entry without its message; skipped");
+                            continue;
+                        }
+                        if let EntryState::Released(pid) = e.state {
+                            st.inflight.insert(pid, Inflight::Released(None));
+                        }
+                        continue;
                     };
-                    st.inflight.insert(*pid, entry);
+                    let stored = journal.map(|_| e.seq);
+                    match e.state {
+                        EntryState::Released(pid) => {
+                            let r = stored.map(|seq| StoredRef {
+                                seq,
+                                message: e.message_id,
+                            });
+                            st.inflight.insert(pid, Inflight::Released(r));
+                        }
+                        state => {
+                            let d = Delivery {
+                                message,
+                                qos: e.qos,
+                                retain: e.retain,
+                                subscription_ids: e.subscription_ids.clone(),
+                                stored,
+                            };
+                            match state {
+                                EntryState::Sent(pid) => {
+                                    st.inflight.insert(pid, Inflight::Published(d));
+                                }
+                                _ => st.pending.push_back(d),
+                            }
+                        }
+                    }
+                    st.next_seq = st.next_seq.max(e.seq + 1);
                 }
                 st.incoming_qos2.extend(rec.incoming_qos2.iter().copied());
+                if let Some((w, delay)) = will {
+                    let due = since + Duration::from_secs(delay as u64);
+                    match due.duration_since(now) {
+                        Ok(left) if !left.is_zero() => {
+                            st.pending_will = Some(w);
+                            will_left = Some(left);
+                        }
+                        _ => wills_now.push(w),
+                    }
+                }
+                if crashed && let Some(j) = journal {
+                    // From now on the record says when the connection was lost, so a second
+                    // crash keeps counting from the same moment.
+                    let pending = st.pending_will.as_ref().map(|w| StoredWill {
+                        message: StoredMessage::from_message(w),
+                        delay: will_delay,
+                    });
+                    j.append(Record::Session(Box::new(head(&session, &st, pending))));
+                }
             }
             for sub in &rec.subscriptions {
-                self.subscribe(&session, &sub.filter, sub.options, sub.subscription_id);
+                self.add_subscription(
+                    &session,
+                    &sub.filter,
+                    sub.options,
+                    sub.subscription_id,
+                    false,
+                );
             }
             self.sessions
                 .lock()
                 .insert(session.client_id.clone(), session.clone());
-            if remaining != u32::MAX {
-                self.schedule_expiry(&session, detached, remaining);
+            if let Some(left) = left {
+                self.schedule_expiry(&session, detached, left);
+            }
+            if let Some(left) = will_left {
+                self.schedule_will(&session, detached, left);
             }
             restored += 1;
         }
-        if restored > 0 || !state.retained.is_empty() {
+        let wills = wills_now.len();
+        for w in wills_now {
+            self.publish(w);
+        }
+        if restored > 0 || ended > 0 || !state.retained.is_empty() {
             info!(
                 sessions = restored,
+                ended,
+                wills,
                 retained = self.retained_count(),
                 "restored state from the store"
             );
         }
     }
-}
 
-/// The session as a store record.
-pub(crate) fn snapshot(client_id: &str, st: &SessionState) -> StoredSession {
-    StoredSession {
-        client_id: client_id.to_string(),
-        expiry_interval: st.expiry_interval,
-        subscriptions: st
-            .subscriptions
-            .iter()
-            .map(|(f, r)| StoredSubscription {
-                filter: f.clone(),
-                options: r.options,
-                subscription_id: r.subscription_id,
-            })
-            .collect(),
-        inflight: st
-            .inflight
-            .iter()
-            .map(|(pid, i)| {
-                let rec = match i {
-                    Inflight::Published(d) => {
-                        StoredInflight::Published(Box::new(StoredDelivery::from_delivery(d)))
-                    }
-                    Inflight::Released => StoredInflight::Released,
+    /// Everything the store should hold, as one batch that replaces what it holds (`on_stop`
+    /// durability). A connection attached now is recorded as such, without its will (which
+    /// lives in the connection): a crash before the next snapshot loses it.
+    pub(crate) fn snapshot(&self) -> Vec<Change> {
+        let now = Instant::now();
+        let mut changes = vec![Change::Clear];
+        for m in self.retained.read().all(now) {
+            changes.push(Change::PutRetained(StoredMessage::from_message(&m)));
+        }
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        // Message bodies once per snapshot, however many sessions hold them.
+        let mut bodies = Bodies::default();
+        for session in sessions {
+            let st = session.state.lock();
+            if st.attachment.is_ended() || st.expiry_interval == 0 {
+                continue;
+            }
+            let client = session.client_id.to_string();
+            let will = st.pending_will.as_ref().map(|w| StoredWill {
+                message: StoredMessage::from_message(w),
+                delay: 0,
+            });
+            changes.push(Change::PutSession(head(&session, &st, will)));
+            for (f, r) in &st.subscriptions {
+                changes.push(Change::PutSubscription(
+                    client.clone(),
+                    StoredSubscription {
+                        filter: f.clone(),
+                        options: r.options,
+                        subscription_id: r.subscription_id,
+                    },
+                ));
+            }
+            let inflight = st.inflight.iter().map(|(pid, i)| match i {
+                Inflight::Published(d) => (Some(d), EntryState::Sent(*pid)),
+                Inflight::Released(_) => (None, EntryState::Released(*pid)),
+            });
+            let queued = st.pending.iter().map(|d| (Some(d), EntryState::Queued));
+            for (seq, (d, state)) in (1..).zip(inflight.chain(queued)) {
+                let entry = StoredEntry {
+                    seq,
+                    message_id: d.map_or(0, |d| bodies.id(&d.message, &mut changes)),
+                    qos: d.map_or(crate::codec::QoS::ExactlyOnce, |d| d.qos),
+                    retain: d.is_some_and(|d| d.retain),
+                    subscription_ids: d.map(|d| d.subscription_ids.clone()).unwrap_or_default(),
+                    state,
                 };
-                (*pid, rec)
-            })
-            .collect(),
-        pending: st
-            .pending
-            .iter()
-            .map(StoredDelivery::from_delivery)
-            .collect(),
-        incoming_qos2: st.incoming_qos2.iter().copied().collect(),
-        saved_at: std::time::SystemTime::now(),
+                changes.push(Change::PutEntry(client.clone(), entry));
+            }
+            for pid in &st.incoming_qos2 {
+                changes.push(Change::PutIncoming(client.clone(), *pid));
+            }
+        }
+        changes
+    }
+
+    /// Writes a snapshot now (`on_stop` durability: at shutdown and every interval).
+    pub(crate) fn save_snapshot(&self) -> Result<(), StoreError> {
+        let Some(store) = self.store() else {
+            return Ok(());
+        };
+        let changes = self.snapshot();
+        let n = changes.len();
+        store.commit(&Batch {
+            changes,
+            alive_at: SystemTime::now(),
+        })?;
+        info!(records = n, "state snapshot written");
+        Ok(())
     }
 }

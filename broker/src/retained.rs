@@ -127,6 +127,17 @@ impl RetainedTree {
         }
     }
 
+    /// Every live retained message but the broker's own `$SYS` ones (for snapshots).
+    pub fn all(&self, now: Instant) -> Vec<Arc<Message>> {
+        let mut out = Vec::with_capacity(self.count);
+        for (name, child) in &self.root.children {
+            if &**name != b"$SYS" {
+                Self::collect_all(child, now, &mut out);
+            }
+        }
+        out
+    }
+
     fn collect_all(node: &Node, now: Instant, out: &mut Vec<Arc<Message>>) {
         if let Some(m) = &node.message
             && !m.is_expired(now)
@@ -156,6 +167,7 @@ mod tests {
             expires_at: None,
             publisher: 0,
             encoded_properties: Default::default(),
+            stored_id: Default::default(),
         })
     }
 

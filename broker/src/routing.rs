@@ -9,13 +9,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tracing::warn;
-
 use crate::broker::Broker;
 use crate::codec::{Packet, QoS};
+use crate::journal::Record;
 use crate::message::{Delivery, Message};
 use crate::session::{Enqueued, Session};
-use crate::store::StoredMessage;
 
 /// Result of routing one message (or a run of them).
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +25,10 @@ pub struct Routed {
     /// Some online subscriber's queue is filling faster than its task runs (see
     /// [`Enqueued::QueuedBehind`]): the publisher should yield before its next message.
     pub subscribers_behind: bool,
+    /// The journal ticket after which the message is durable (as the retained value and in
+    /// every persistent session it was queued to); `None` when nothing of it is journaled.
+    /// The publisher's PUBACK / PUBREC waits for it.
+    pub durable_at: Option<u64>,
 }
 
 impl Routed {
@@ -34,6 +36,7 @@ impl Routed {
         self.matched += other.matched;
         self.rejected |= other.rejected;
         self.subscribers_behind |= other.subscribers_behind;
+        self.durable_at = self.durable_at.max(other.durable_at);
     }
 }
 
@@ -101,31 +104,35 @@ impl Broker {
     /// Stores or clears the retained message and routes `message` to every matching session.
     pub fn publish(&self, message: Arc<Message>) -> Routed {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        self.publish_internal(message)
+        self.publish_with(message, true)
     }
 
-    /// `publish` without counting the message as received (the broker's own `$SYS` updates).
-    pub fn publish_internal(&self, message: Arc<Message>) -> Routed {
+    /// The broker's own `$SYS` updates: not counted as received, and their retained values are
+    /// not stored (each is rewritten at the next interval).
+    pub(crate) fn publish_sys(&self, message: Arc<Message>) -> Routed {
+        self.publish_with(message, false)
+    }
+
+    fn publish_with(&self, message: Arc<Message>, store_retained: bool) -> Routed {
+        let mut retained_at = None;
         if message.retain && self.config.retain_available {
-            let delete = message.payload.is_empty();
             {
                 let mut retained = self.retained.write();
-                if delete {
+                if message.payload.is_empty() {
                     retained.remove(message.topic.as_bytes());
                 } else {
                     retained.insert(message.clone());
                 }
             }
-            let written = match &self.store {
-                None => Ok(()),
-                Some(store) if delete => store.delete_retained(&message.topic),
-                Some(store) => store.put_retained(&StoredMessage::from_message(&message)),
-            };
-            if let Err(e) = written {
-                warn!(topic = %message.topic, error = %e, "store: cannot save retained message");
+            if let Some(j) = self.journal()
+                && store_retained
+            {
+                retained_at = Some(j.append(Record::Retained(message.clone())));
             }
         }
-        self.route(std::slice::from_ref(&message))
+        let mut routed = self.route(std::slice::from_ref(&message));
+        routed.durable_at = routed.durable_at.max(retained_at);
+        routed
     }
 
     /// Routes a run of QoS 0 messages one client published to one topic, none retained, in
@@ -195,10 +202,10 @@ impl Broker {
             merged.push(t);
             last_merged = Some(merged.len() - 1);
         }
+        let journal = self.journal();
         let mut routed = Routed {
             matched: merged.len(),
-            rejected: false,
-            subscribers_behind: false,
+            ..Routed::default()
         };
         for mut t in merged {
             let mut st = t.session.state.lock();
@@ -214,8 +221,11 @@ impl Broker {
                     qos: m.qos.min(t.qos),
                     retain: t.retain_as_published && m.retain,
                     subscription_ids,
+                    stored: None,
                 };
-                match t.session.enqueue(&mut st, d, &self.limits) {
+                let (enqueued, ticket) = t.session.enqueue(&mut st, d, &self.limits, journal);
+                routed.durable_at = routed.durable_at.max(ticket);
+                match enqueued {
                     Enqueued::Queued | Enqueued::Skipped => {}
                     Enqueued::QueuedBehind => routed.subscribers_behind = true,
                     Enqueued::QueuedDroppedOldest => {

@@ -1,18 +1,22 @@
-//! The running broker: listeners bound from the configuration, the `$SYS` publisher, and a
-//! graceful stop that tells every client the server is shutting down (DISCONNECT 0x8B).
+//! The running broker: its state restored from the store as `storage.durability` says, the
+//! listeners bound from the configuration, the `$SYS` publisher and the `on_stop` snapshots,
+//! and a graceful stop that tells every client the server is shutting down (DISCONNECT 0x8B)
+//! and leaves the store complete.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_config::{Config, Transport};
+use tessera_config::{Config, Durability, Transport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::auth::Authenticator;
-use crate::broker::{Broker, BrokerHandle};
+use crate::broker::{Broker, BrokerHandle, Persistence};
+use crate::journal::Journal;
+use crate::persistence::journal_start;
 use crate::store::Store;
 use crate::{listener, sys};
 
@@ -27,17 +31,37 @@ impl Server {
     /// Binds every listener (all or nothing) and starts serving, with state kept in memory
     /// only: nothing is written through to a store.
     pub async fn start(config: &Config, auth: Arc<dyn Authenticator>) -> io::Result<Server> {
-        Server::bind_and_serve(config, Broker::new(config.mqtt.clone(), auth, None)).await
+        let broker = Broker::new(config.mqtt.clone(), auth, Persistence::None);
+        Server::bind_and_serve(config, broker).await
     }
 
-    /// As `start`, restoring retained messages and sessions from `store` and writing to it.
+    /// As `start`, restoring retained messages and sessions from `store` and keeping them in
+    /// it as `storage.durability` says (with `none`, the store is not used).
     pub async fn start_with_store(
         config: &Config,
         auth: Arc<dyn Authenticator>,
         store: Arc<dyn Store>,
     ) -> io::Result<Server> {
-        let broker = Broker::new(config.mqtt.clone(), auth, Some(store.clone()));
-        broker.restore(store.load()?);
+        let mqtt = config.mqtt.clone();
+        let broker = match config.storage.durability {
+            Durability::None => Broker::new(mqtt, auth, Persistence::None),
+            Durability::OnStop => {
+                let state = store.load().map_err(io::Error::other)?;
+                let interval = (config.storage.snapshot_interval > 0)
+                    .then(|| Duration::from_secs(config.storage.snapshot_interval as u64));
+                let broker = Broker::new(mqtt, auth, Persistence::Snapshots { store, interval });
+                broker.restore(state, Vec::new());
+                broker
+            }
+            Durability::Durable => {
+                let state = store.load().map_err(io::Error::other)?;
+                let (refs, next_message_id, orphans) = journal_start(&state);
+                let journal = Journal::start(store.clone(), refs, next_message_id)?;
+                let broker = Broker::new(mqtt, auth, Persistence::Journal { store, journal });
+                broker.restore(state, orphans);
+                broker
+            }
+        };
         Server::bind_and_serve(config, broker).await
     }
 
@@ -52,7 +76,18 @@ impl Server {
             .into_iter()
             .map(|b| listener::spawn_accept_loop(b, broker.clone(), stop_rx.clone()))
             .collect();
-        tasks.extend(sys::spawn(broker.clone(), config.sys.interval, stop_rx));
+        tasks.extend(sys::spawn(
+            broker.clone(),
+            config.sys.interval,
+            stop_rx.clone(),
+        ));
+        if let Persistence::Snapshots {
+            interval: Some(every),
+            ..
+        } = &broker.persistence
+        {
+            tasks.push(spawn_snapshots(broker.clone(), *every, stop_rx));
+        }
         Ok(Server {
             broker,
             addrs,
@@ -70,7 +105,8 @@ impl Server {
         self.broker.handle()
     }
 
-    /// Stops accepting, disconnects every client with 0x8B and waits (up to 5 s) for them.
+    /// Stops accepting, disconnects every client with 0x8B, waits (up to 5 s) for them, and
+    /// leaves the store complete: the journal's last batch committed, or a final snapshot.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -82,6 +118,45 @@ impl Server {
         while self.broker.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.broker.save_sessions();
+        let broker = self.broker.clone();
+        let stored = tokio::task::spawn_blocking(move || match &broker.persistence {
+            Persistence::Journal { journal, .. } => {
+                journal.close();
+                Ok(())
+            }
+            Persistence::Snapshots { .. } => broker.save_snapshot(),
+            Persistence::None => Ok(()),
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the state could not be stored at shutdown"),
+            Err(e) => warn!(error = %e, "storing the state at shutdown failed"),
+        }
     }
+}
+
+/// `on_stop` durability: a snapshot every `every`, besides the one at shutdown.
+fn spawn_snapshots(
+    broker: Arc<Broker>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    let b = broker.clone();
+                    match tokio::task::spawn_blocking(move || b.save_snapshot()).await {
+                        Ok(Err(e)) => warn!(error = %e, "snapshot failed"),
+                        Err(e) => warn!(error = %e, "snapshot failed"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+            }
+        }
+    })
 }

@@ -11,12 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
-use crate::message::{Delivery, Message};
+use crate::journal::{Journal, Record};
+use crate::message::{Delivery, Message, StoredRef};
 
 /// Orders to a live connection from elsewhere in the broker.
 #[derive(Debug, Clone)]
@@ -71,8 +73,8 @@ pub struct ConnLink {
 pub enum Inflight {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published(Delivery),
-    /// PUBREL sent; waiting for PUBCOMP.
-    Released,
+    /// PUBREL sent; waiting for PUBCOMP. Keeps the journaled entry to remove at PUBCOMP.
+    Released(Option<StoredRef>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +88,10 @@ pub struct SubRecord {
 pub enum Attachment {
     /// This connection is attached: it alone takes messages out of the queue.
     Online(ConnLink),
-    /// No connection is attached. `detached` names this detachment (a broker-wide unique id):
-    /// a will delay or an expiry timer set when it began acts only while it lasts.
-    Offline { detached: u64 },
+    /// No connection is attached since `since`. `detached` names this detachment (a
+    /// broker-wide unique id): a will delay or an expiry timer set when it began acts only
+    /// while it lasts.
+    Offline { detached: u64, since: SystemTime },
     /// The session was discarded (Clean Start, expiry, Session Expiry 0 at close). A connection
     /// still holding it must stop using it; nothing is queued to it any more.
     Ended,
@@ -169,6 +172,12 @@ pub struct SessionState {
     pub incoming_qos2: BTreeSet<u16>,
     /// A record of this session was written to the store (so ending it must delete it).
     pub persisted: bool,
+    /// The sequence number of the next journaled queue entry.
+    pub next_seq: u64,
+    /// QoS 2 messages given a packet identifier but not yet written to the client, with the
+    /// journal ticket of that assignment: a PUBLISH goes out only once its identifier is
+    /// durable, so a crash cannot make the broker resend it under another one (exactly once).
+    pub unsent: VecDeque<(u16, u64)>,
     /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
     pub pending_will: Option<Arc<Message>>,
     /// The attached connection left messages in `pending` because the client is not taking
@@ -220,7 +229,10 @@ impl Session {
             id,
             client_id,
             state: Mutex::new(SessionState {
-                attachment: Attachment::Offline { detached },
+                attachment: Attachment::Offline {
+                    detached,
+                    since: SystemTime::now(),
+                },
                 expiry_interval,
                 subscriptions: HashMap::new(),
                 pending: Pending::default(),
@@ -229,6 +241,8 @@ impl Session {
                 incoming_qos2: BTreeSet::new(),
                 pending_will: None,
                 persisted: false,
+                next_seq: 1,
+                unsent: VecDeque::new(),
                 stalled_by_client: false,
             }),
             notify: Notify::new(),
@@ -255,27 +269,61 @@ impl Session {
         self.state.lock().attachment.is_online()
     }
 
-    /// Queues a delivery for the client and wakes its connection.
-    pub fn enqueue(&self, state: &mut SessionState, d: Delivery, limits: &QueueLimits) -> Enqueued {
+    /// Queues a delivery for the client and wakes its connection. With a journal, a delivery
+    /// that must outlive the process (QoS 1/2, or queued offline, to a persistent session) is
+    /// journaled; the ticket of its record is returned with the outcome.
+    pub(crate) fn enqueue(
+        &self,
+        state: &mut SessionState,
+        mut d: Delivery,
+        limits: &QueueLimits,
+        journal: Option<&Journal>,
+    ) -> (Enqueued, Option<u64>) {
         let online = match state.attachment {
-            Attachment::Ended => return Enqueued::Skipped,
+            Attachment::Ended => return (Enqueued::Skipped, None),
             Attachment::Online(_) => true,
             Attachment::Offline { .. } => false,
         };
         if !online && d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
-            return Enqueued::Skipped;
+            return (Enqueued::Skipped, None);
         }
         let size = d.message.payload.len();
         let mut result = Enqueued::Queued;
+        let mut ticket = None;
         while !state.pending.is_empty()
             && (state.pending.len() >= limits.max_messages
                 || state.pending.bytes() + size > limits.max_bytes)
         {
             if !limits.drop_oldest {
-                return Enqueued::Rejected;
+                return (Enqueued::Rejected, None);
             }
-            state.pending.pop_front();
+            if let Some(old) = state.pending.pop_front()
+                && let (Some(j), Some(r)) = (journal, old.stored_ref())
+            {
+                j.append(Record::Remove {
+                    client: self.client_id.clone(),
+                    seq: r.seq,
+                    message: r.message,
+                });
+            }
             result = Enqueued::QueuedDroppedOldest;
+        }
+        if let Some(j) = journal
+            && state.expiry_interval > 0
+            && (d.qos != QoS::AtMostOnce || !online)
+        {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            d.stored = Some(seq);
+            j.message_id(&d.message);
+            ticket = Some(j.append(Record::Enqueue {
+                client: self.client_id.clone(),
+                seq,
+                message: d.message.clone(),
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids.clone(),
+            }));
         }
         let was_empty = state.pending.is_empty();
         state.pending.push_back(d);
@@ -289,9 +337,9 @@ impl Session {
             && !state.stalled_by_client
             && state.pending.len() * 2 >= limits.max_messages
         {
-            return Enqueued::QueuedBehind;
+            return (Enqueued::QueuedBehind, ticket);
         }
-        result
+        (result, ticket)
     }
 }
 
@@ -304,14 +352,27 @@ impl SessionState {
         }
     }
 
-    /// Detaches `conn_id` if it is the attached connection; the session is then offline since
-    /// `detached`. Returns whether it was attached.
+    /// Detaches `conn_id` if it is the attached connection; the session is then offline (the
+    /// detachment `detached`) from now. Returns whether it was attached.
     pub fn detach(&mut self, conn_id: u64, detached: u64) -> bool {
         if !self.attachment.is_attached(conn_id) {
             return false;
         }
-        self.attachment = Attachment::Offline { detached };
+        self.attachment = Attachment::Offline {
+            detached,
+            since: SystemTime::now(),
+        };
         true
+    }
+
+    /// The message ids referenced by the session's journaled entries (queued and in flight).
+    pub(crate) fn stored_messages(&self) -> Vec<u64> {
+        let queued = self.pending.iter().filter_map(Delivery::stored_ref);
+        let inflight = self.inflight.values().filter_map(|i| match i {
+            Inflight::Published(d) => d.stored_ref(),
+            Inflight::Released(r) => *r,
+        });
+        queued.chain(inflight).map(|r| r.message).collect()
     }
 
     /// A packet identifier not used by any in-flight outgoing message.
@@ -351,10 +412,12 @@ mod tests {
                 expires_at: None,
                 publisher: 0,
                 encoded_properties: Default::default(),
+                stored_id: Default::default(),
             }),
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            stored: None,
         }
     }
 
@@ -370,26 +433,31 @@ mod tests {
         let s = Session::new_for_test(1);
         let mut st = s.state.lock();
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS),
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS, None)
+                .0,
             Enqueued::Skipped
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS),
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS, None)
+                .0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS),
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS, None)
+                .0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 3), &LIMITS),
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 3), &LIMITS, None)
+                .0,
             Enqueued::QueuedDroppedOldest
         );
         assert_eq!(st.pending.len(), 2);
         assert_eq!(st.pending.bytes(), 5);
         // A byte bound too.
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 99), &LIMITS),
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 99), &LIMITS, None)
+                .0,
             Enqueued::QueuedDroppedOldest
         );
         assert_eq!(st.pending.len(), 1);
@@ -398,7 +466,8 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject),
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject, None)
+                .0,
             Enqueued::Rejected
         );
     }
@@ -417,24 +486,28 @@ mod tests {
             control: Arc::default(),
         });
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits),
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None)
+                .0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits),
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None)
+                .0,
             Enqueued::QueuedBehind
         );
         // A client that is not taking messages is its own problem: no signal to the publisher.
         st.stalled_by_client = true;
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits),
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None)
+                .0,
             Enqueued::Queued
         );
         // Offline sessions never signal either.
         st.stalled_by_client = false;
         assert!(st.detach(7, 1));
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &limits),
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &limits, None)
+                .0,
             Enqueued::Queued
         );
     }
@@ -445,7 +518,7 @@ mod tests {
         let mut st = s.state.lock();
         st.next_packet_id = u16::MAX;
         assert_eq!(st.allocate_packet_id(), Some(u16::MAX));
-        st.inflight.insert(1, Inflight::Released);
+        st.inflight.insert(1, Inflight::Released(None));
         assert_eq!(st.allocate_packet_id(), Some(2));
     }
 }

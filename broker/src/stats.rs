@@ -17,4 +17,6 @@ pub struct Stats {
     pub clients_connected: AtomicU64,
     /// Network connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Acknowledgements turned into refusals because the store failed to commit.
+    pub store_refusals: AtomicU64,
 }

@@ -8,24 +8,53 @@ use std::time::Instant;
 use crate::broker::Broker;
 use crate::codec::SubscriptionOptions;
 use crate::codec::topic::parse_shared;
+use crate::journal::Record;
 use crate::message::Message;
 use crate::session::{Session, SubRecord};
+use crate::store::StoredSubscription;
 use crate::subscriptions::Subscriber;
 
 impl Broker {
     /// Adds (or replaces) a subscription of `session`. Returns whether it replaced one.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         session: &Arc<Session>,
         filter: &str,
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
     ) -> bool {
+        self.add_subscription(session, filter, options, subscription_id, true)
+    }
+
+    /// `subscribe`; `journal` false for subscriptions restored from the store.
+    pub(crate) fn add_subscription(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+        journal: bool,
+    ) -> bool {
         let (group, inner) = split_shared(filter);
         let mut tree = self.subscriptions.write();
         let mut st = session.state.lock();
         if st.attachment.is_ended() {
             return false;
+        }
+        // Not waited for: a message acknowledged later is in a later batch, which commits
+        // after this one.
+        if journal
+            && st.persisted
+            && let Some(j) = self.journal()
+        {
+            j.append(Record::Subscribe(
+                session.client_id.clone(),
+                StoredSubscription {
+                    filter: filter.to_string(),
+                    options,
+                    subscription_id,
+                },
+            ));
         }
         st.subscriptions.insert(
             filter.to_string(),
@@ -48,13 +77,22 @@ impl Broker {
     }
 
     /// Removes a subscription; returns whether it existed.
-    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
         let (group, inner) = split_shared(filter);
         let mut tree = self.subscriptions.write();
         let existed = {
             let mut st = session.state.lock();
             let existed = st.subscriptions.remove(filter).is_some();
             session.set_subscription_count(st.subscriptions.len());
+            if existed
+                && st.persisted
+                && let Some(j) = self.journal()
+            {
+                j.append(Record::Unsubscribe(
+                    session.client_id.clone(),
+                    filter.to_string(),
+                ));
+            }
             existed
         };
         tree.remove(inner, group, session.id);
@@ -62,7 +100,7 @@ impl Broker {
     }
 
     /// The live retained messages matching `filter`.
-    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         self.retained.read().matching(filter, Instant::now())
     }
 }

@@ -69,6 +69,16 @@ fn publish_all(b: &Broker) {
         "$SYS/broker/retained messages/count",
         b.retained_count().to_string(),
     );
+    if let Some(j) = b.journal() {
+        let (commits, failures) = j.counts();
+        publish(b, "$SYS/broker/store/commits", commits.to_string());
+        publish(b, "$SYS/broker/store/failures", failures.to_string());
+        publish(
+            b,
+            "$SYS/broker/store/refused acknowledgements",
+            n(&s.store_refusals),
+        );
+    }
 }
 
 fn publish(b: &Broker, topic: &'static str, value: String) {
@@ -81,7 +91,8 @@ fn publish(b: &Broker, topic: &'static str, value: String) {
         expires_at: None,
         publisher: 0,
         encoded_properties: Default::default(),
+        stored_id: Default::default(),
     };
     // $SYS updates are not counted as received messages.
-    b.publish_internal(Arc::new(message));
+    b.publish_sys(Arc::new(message));
 }

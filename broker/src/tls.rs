@@ -49,7 +49,7 @@ pub fn dev_certificate(data_dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let cert_path = dir.join("dev-cert.pem");
     let key_path = dir.join("dev-key.pem");
     if !(cert_path.exists() && key_path.exists()) {
-        fs::create_dir_all(&dir)?;
+        crate::files::private_dir(&dir)?;
         let generated =
             rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
                 .map_err(|e| invalid(format!("generating a certificate: {e}")))?;

@@ -81,7 +81,7 @@ async fn restart_restores_retained_and_persistent_sessions() {
         1,
         "only the persistent session is stored"
     );
-    assert_eq!(state.sessions[0].pending.len(), 1);
+    assert_eq!(state.sessions[0].entries.len(), 1);
 
     let (_server, addr, _dir) = start(store.clone()).await;
     let (mut keeper, present) = Raw::connect(addr, "keeper", false, 3600).await;
@@ -128,6 +128,6 @@ async fn restart_restores_retained_and_persistent_sessions() {
             .unwrap()
             .sessions
             .iter()
-            .all(|s| s.client_id != "keeper")
+            .all(|s| s.head.client_id != "keeper")
     );
 }

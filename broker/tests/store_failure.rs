@@ -12,7 +12,9 @@ use bytes::Bytes;
 use common::Raw;
 use tessera_broker::Server;
 use tessera_broker::auth::AnonymousOnly;
-use tessera_broker::codec::{Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions};
+use tessera_broker::codec::{
+    Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
 use tessera_broker::store::{Batch, MemoryStore, Store, StoreError, StoredState};
 use tessera_config::Transport;
 
@@ -89,7 +91,10 @@ async fn a_failed_commit_is_answered_and_the_broker_recovers() {
         assert_eq!((a.packet_id, a.reason_code), (pid, code));
         if code.is_error() {
             let why = a.properties.reason_string.expect("a Reason String");
-            assert!(why.contains("not stored") || why.contains("could not store"), "{why}");
+            assert!(
+                why.contains("not stored") || why.contains("could not store"),
+                "{why}"
+            );
         }
     }
     server.shutdown().await;

@@ -6,12 +6,13 @@
 //! keeps it loadable and equal to the embedded default.
 //!
 //! This file holds the document's root, logging, `$SYS`, and loading with its errors; each
-//! larger section has its own file: `listener.rs`, `mqtt.rs`, `login.rs` (auth, oauth, topic
-//! rules).
+//! larger section has its own file: `listener.rs`, `mqtt.rs`, `storage.rs`, `login.rs` (auth,
+//! oauth, topic rules).
 
 mod listener;
 mod login;
 mod mqtt;
+mod storage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use serde_saphyr::Spanned;
 pub use listener::{Listener, Transport};
 pub use login::{AccessRule, AuthConfig, ClientIdCheck, NamedRule, OAuthConfig};
 pub use mqtt::{MqttConfig, QueueFullPolicy};
+pub use storage::{Durability, StorageConfig};
 
 /// The configuration used when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../tessera.example.yml");
@@ -40,6 +42,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub sys: SysConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]

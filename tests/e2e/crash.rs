@@ -75,14 +75,19 @@ impl Publisher {
     /// publisher resumes its session: unacknowledged PUBLISH packets again (DUP), PUBREL for
     /// those already received.
     async fn run(&mut self, addr: SocketAddr) {
-        let qos = if self.qos == 1 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let qos = if self.qos == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
         let id = format!("pub{}", self.qos);
         let connect = if self.qos == 2 {
             persistent(&id, 3600)
         } else {
             connect_v5(&id)
         };
-        let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(5), try_connect(addr, connect)).await
+        let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_secs(5), try_connect(addr, connect)).await
         else {
             return;
         };
@@ -150,8 +155,11 @@ fn message(qos: QoS, pid: u16, n: u64) -> Publish {
 impl Subscriber {
     /// Receives until the connection dies or `quiet` passes without a packet.
     async fn run(&mut self, addr: SocketAddr, quiet: Duration) -> bool {
-        let Ok(Ok(mut c)) =
-            tokio::time::timeout(Duration::from_secs(5), try_connect(addr, persistent("sub", 3600))).await
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            try_connect(addr, persistent("sub", 3600)),
+        )
+        .await
         else {
             return false;
         };
@@ -195,7 +203,10 @@ impl Subscriber {
     }
 }
 
-async fn try_connect(addr: SocketAddr, connect: tessera_broker::codec::Connect) -> std::io::Result<Raw> {
+async fn try_connect(
+    addr: SocketAddr,
+    connect: tessera_broker::codec::Connect,
+) -> std::io::Result<Raw> {
     let mut raw = Raw::try_open(addr).await?;
     if !raw.try_send(&Packet::Connect(Box::new(connect))).await {
         return Err(std::io::ErrorKind::BrokenPipe.into());
@@ -257,15 +268,19 @@ async fn every_acknowledged_message_survives_kill_9_at_random_moments() {
         let killed = async {
             tokio::time::sleep(run_for).await;
             // SIGKILL while the traffic flows: mid-commit, mid-packet, anywhere.
-            tokio::task::spawn_blocking(move || broker.kill()).await.unwrap()
+            tokio::task::spawn_blocking(move || broker.kill())
+                .await
+                .unwrap()
         };
         let (dir, ()) = tokio::join!(killed, traffic);
         // Every third time, also a kill while the broker recovers its state.
         let dir = if k % 3 == 2 {
             let after = Duration::from_millis(rng.below(150));
-            tokio::task::spawn_blocking(move || TestBroker::kill_while_starting(dir, ANONYMOUS, after))
-                .await
-                .unwrap()
+            tokio::task::spawn_blocking(move || {
+                TestBroker::kill_while_starting(dir, ANONYMOUS, after)
+            })
+            .await
+            .unwrap()
         } else {
             dir
         };
@@ -289,7 +304,10 @@ async fn every_acknowledged_message_survives_kill_9_at_random_moments() {
         .await;
     };
     tokio::join!(settle, async {
-        assert!(sub.run(addr, Duration::from_secs(3)).await, "the subscriber drained");
+        assert!(
+            sub.run(addr, Duration::from_secs(3)).await,
+            "the subscriber drained"
+        );
     });
     println!(
         "crash loop: {kills} kills in {:.1} s; acknowledged QoS 1: {}, QoS 2: {}",
@@ -298,7 +316,11 @@ async fn every_acknowledged_message_survives_kill_9_at_random_moments() {
         publishers[1].acked.len()
     );
     for p in &publishers {
-        assert!(!p.acked.is_empty(), "QoS {} publisher got acknowledgements", p.qos);
+        assert!(
+            !p.acked.is_empty(),
+            "QoS {} publisher got acknowledgements",
+            p.qos
+        );
         let missing: Vec<u64> = p
             .acked
             .iter()

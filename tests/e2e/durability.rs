@@ -89,19 +89,31 @@ async fn queued_and_retained_survive(end: fn(TestBroker) -> tempfile::TempDir) {
         ..Default::default()
     };
     keeper.subscribe_with("q/#", opts, Some(7)).await;
-    keeper
-        .send(&Packet::Disconnect(Default::default()))
-        .await;
+    keeper.send(&Packet::Disconnect(Default::default())).await;
     keeper.expect_closed().await;
 
     let mut publ = Raw::v5(b.tcp, "pub").await;
     for i in 0..100u16 {
-        let p = publish(&format!("r/{i}"), format!("kept {i}").as_bytes(), QoS::AtLeastOnce, i + 1);
+        let p = publish(
+            &format!("r/{i}"),
+            format!("kept {i}").as_bytes(),
+            QoS::AtLeastOnce,
+            i + 1,
+        );
         publish_acked(&mut publ, with_retain(p)).await;
     }
     for i in 0..100u16 {
-        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
-        let p = publish(&format!("q/{i}"), format!("queued {i}").as_bytes(), qos, i + 1);
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        let p = publish(
+            &format!("q/{i}"),
+            format!("queued {i}").as_bytes(),
+            qos,
+            i + 1,
+        );
         publish_acked(&mut publ, p).await;
     }
     let dir = end(b);
@@ -119,11 +131,18 @@ async fn queued_and_retained_survive(end: fn(TestBroker) -> tempfile::TempDir) {
             .filter(|p| p.qos == qos)
             .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
             .collect();
-        let want: Vec<String> = (first..100).step_by(2).map(|i| format!("queued {i}")).collect();
+        let want: Vec<String> = (first..100)
+            .step_by(2)
+            .map(|i| format!("queued {i}"))
+            .collect();
         assert_eq!(payloads, want, "{qos:?}");
     }
     for p in &got {
-        assert_eq!(p.properties.subscription_identifiers, vec![7], "the subscription's id");
+        assert_eq!(
+            p.properties.subscription_identifiers,
+            vec![7],
+            "the subscription's id"
+        );
     }
     // The subscription itself was restored with its options: live messages still route.
     let mut publ = Raw::v5(b.tcp, "pub").await;
@@ -172,7 +191,11 @@ async fn flows_in_progress_resume_after_kill_9() {
     };
     // QoS 2 received by the subscriber and released (PUBREC answered with PUBREL), PUBCOMP
     // never sent.
-    publish_acked(&mut publ, publish("f/two", b"released", QoS::ExactlyOnce, 2)).await;
+    publish_acked(
+        &mut publ,
+        publish("f/two", b"released", QoS::ExactlyOnce, 2),
+    )
+    .await;
     let Some(Packet::Publish(second)) = sub.recv().await else {
         panic!("no PUBLISH")
     };
@@ -182,19 +205,33 @@ async fn flows_in_progress_resume_after_kill_9() {
     // A publisher with a persistent session, half way through a QoS 2 publish: PUBREC
     // received, PUBREL not sent yet.
     let (mut half, _) = Raw::connect(b.tcp, persistent("half", 3600)).await;
-    half.send(&Packet::Publish(publish("f/three", b"once", QoS::ExactlyOnce, 11)))
-        .await;
+    half.send(&Packet::Publish(publish(
+        "f/three",
+        b"once",
+        QoS::ExactlyOnce,
+        11,
+    )))
+    .await;
     assert!(matches!(half.recv().await, Some(Packet::PubRec(_))));
     let Some(Packet::Publish(third)) = sub.recv().await else {
         panic!("no PUBLISH")
     };
     assert_eq!(&third.payload[..], b"once");
-    sub.send(&Packet::PubRec(ack(third.packet_id.unwrap()))).await;
+    sub.send(&Packet::PubRec(ack(third.packet_id.unwrap())))
+        .await;
     assert!(matches!(sub.recv().await, Some(Packet::PubRel(_))));
-    sub.send(&Packet::PubComp(ack(third.packet_id.unwrap()))).await;
-    // A later acknowledged publish commits after every earlier record (batches commit in
-    // order), so everything above is on disk when this PUBACK arrives.
-    publish_acked(&mut publ, publish("other", b"x", QoS::AtLeastOnce, 3)).await;
+    sub.send(&Packet::PubComp(ack(third.packet_id.unwrap())))
+        .await;
+    // The broker has handled the PUBCOMP once it answers a later PINGREQ on that connection.
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PingResp)));
+    // A retained message is journaled and its PUBACK waits for its commit; batches commit in
+    // order, so everything above is on disk once this PUBACK arrives.
+    publish_acked(
+        &mut publ,
+        with_retain(publish("barrier", b"x", QoS::AtLeastOnce, 3)),
+    )
+    .await;
     let dir = b.kill();
 
     let b = TestBroker::start_in(dir, ANONYMOUS);
@@ -209,7 +246,11 @@ async fn flows_in_progress_resume_after_kill_9() {
     assert!(matches!(half.recv().await, Some(Packet::PubRec(_))));
     half.send(&Packet::PubRel(ack(11))).await;
     match half.recv().await {
-        Some(Packet::PubComp(c)) => assert_eq!(c.reason_code, ReasonCode::SUCCESS, "the identifier was known"),
+        Some(Packet::PubComp(c)) => assert_eq!(
+            c.reason_code,
+            ReasonCode::SUCCESS,
+            "the identifier was known"
+        ),
         other => panic!("expected PUBCOMP, got {other:?}"),
     }
     // The subscriber gets the unacknowledged QoS 1 again, with DUP and its identifier, and the
@@ -225,10 +266,14 @@ async fn flows_in_progress_resume_after_kill_9() {
     }
     let resent = resent.expect("the in-flight QoS 1 message");
     assert!(resent.dup, "resent with DUP");
-    assert_eq!(resent.packet_id, first.packet_id, "under its packet identifier");
+    assert_eq!(
+        resent.packet_id, first.packet_id,
+        "under its packet identifier"
+    );
     assert_eq!(&resent.payload[..], b"unacked");
     assert_eq!(rel.expect("PUBREL resent").packet_id, second_pid);
-    sub.send(&Packet::PubAck(ack(resent.packet_id.unwrap()))).await;
+    sub.send(&Packet::PubAck(ack(resent.packet_id.unwrap())))
+        .await;
     sub.send(&Packet::PubComp(ack(second_pid))).await;
     sub.expect_silence(Duration::from_millis(500)).await;
 }
@@ -304,7 +349,11 @@ async fn stores_are_private_and_check_data_reads_them() {
     let (mut c, _) = Raw::connect(b.tcp, persistent("keeper", 3600)).await;
     c.subscribe("a/#", QoS::AtLeastOnce).await;
     let mut publ = Raw::v5(b.tcp, "pub").await;
-    publish_acked(&mut publ, with_retain(publish("a/b", b"r", QoS::AtLeastOnce, 1))).await;
+    publish_acked(
+        &mut publ,
+        with_retain(publish("a/b", b"r", QoS::AtLeastOnce, 1)),
+    )
+    .await;
     let data = b.dir.path().join("data");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
@@ -313,7 +362,10 @@ async fn stores_are_private_and_check_data_reads_them() {
     assert_eq!(mode(&data.join("tls/dev-key.pem")), 0o600);
 
     let running = b.command(&["check-data"], "");
-    assert!(!running.status.success(), "a running server holds the files");
+    assert!(
+        !running.status.success(),
+        "a running server holds the files"
+    );
     assert!(
         String::from_utf8_lossy(&running.stdout).contains("stop it first"),
         "{running:?}"
@@ -356,5 +408,8 @@ async fn a_store_from_a_newer_release_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("schema version 99") && err.contains("newer Tessera"), "{err}");
+    assert!(
+        err.contains("schema version 99") && err.contains("newer Tessera"),
+        "{err}"
+    );
 }

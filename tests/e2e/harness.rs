@@ -38,8 +38,8 @@ impl TestBroker {
         TestBroker::start_in(tempfile::tempdir().unwrap(), extra)
     }
 
-    /// Starts on an existing directory (a restart keeps the data directory).
-    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> TestBroker {
+    /// Writes the configuration for `dir` (free ports, `extra` appended) and starts the binary.
+    fn spawn(dir: &tempfile::TempDir, extra: &str) -> Child {
         let oauth = if extra.contains("oauth:") {
             String::new()
         } else {
@@ -51,7 +51,7 @@ impl TestBroker {
         );
         let config_path = dir.path().join("tessera.yml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -59,7 +59,26 @@ impl TestBroker {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start tessera");
+            .expect("start tessera")
+    }
+
+    /// Starts the broker on `dir` and kills it (SIGKILL) `after` that, ready or not: a crash
+    /// while it recovers its state.
+    pub fn kill_while_starting(
+        dir: tempfile::TempDir,
+        extra: &str,
+        after: Duration,
+    ) -> tempfile::TempDir {
+        let mut child = TestBroker::spawn(&dir, extra);
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+        dir
+    }
+
+    /// Starts on an existing directory (a restart keeps the data directory).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> TestBroker {
+        let mut child = TestBroker::spawn(&dir, extra);
         let stderr = child.stderr.take().unwrap();
         let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let sink = log.clone();

@@ -8,6 +8,8 @@ mod raw;
 
 mod bad_input;
 mod clients;
+mod crash;
+mod durability;
 mod features;
 mod js_clients;
 mod oauth;

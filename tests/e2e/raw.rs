@@ -29,6 +29,36 @@ impl Raw {
         }
     }
 
+    /// `open` for a broker that may be gone.
+    pub async fn try_open(addr: SocketAddr) -> std::io::Result<Raw> {
+        Ok(Raw {
+            stream: TcpStream::connect(addr).await?,
+            buf: BytesMut::new(),
+            version: Version::V5,
+        })
+    }
+
+    /// `send` for a broker that may be gone: false if the write failed.
+    pub async fn try_send(&mut self, p: &Packet) -> bool {
+        let mut b = BytesMut::new();
+        codec::encode(p, self.version, &mut b);
+        self.stream.write_all(&b).await.is_ok()
+    }
+
+    /// The next packet, or `None` once the connection is closed or broken (no time limit).
+    pub async fn try_recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = codec::decode(&mut self.buf, self.version, 1 << 24).ok()? {
+                return Some(p);
+            }
+            self.buf.reserve(4096);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Opens a connection and completes CONNECT / CONNACK.
     pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr).await;

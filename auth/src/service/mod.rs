@@ -207,6 +207,32 @@ impl TokenService {
             .collect()
     }
 
+    /// Reads every record of every bucket and checks it parses (`tessera check-data`).
+    /// Returns how many records each bucket holds.
+    pub fn check_records(&self) -> ServiceResult<Vec<(&'static str, usize)>> {
+        use crate::model::{AccessToken, AuthCode, Client, DeviceCode, RefreshToken, User};
+        Ok(vec![
+            ("users", self.scan::<User>(Bucket::Users)?.len()),
+            ("clients", self.scan::<Client>(Bucket::Clients)?.len()),
+            (
+                "access tokens",
+                self.scan::<AccessToken>(Bucket::AccessTokens)?.len(),
+            ),
+            (
+                "refresh tokens",
+                self.scan::<RefreshToken>(Bucket::RefreshTokens)?.len(),
+            ),
+            (
+                "authorization codes",
+                self.scan::<AuthCode>(Bucket::AuthCodes)?.len(),
+            ),
+            (
+                "device codes",
+                self.scan::<DeviceCode>(Bucket::DeviceCodes)?.len(),
+            ),
+        ])
+    }
+
     /// Creates a record that expires at `expires_at`.
     fn create<T: Serialize>(
         &self,

@@ -22,6 +22,11 @@ pub use encode::{
     PublishHead, encode, encode_message_properties, encode_publish_head, publish_head_len,
 };
 pub use properties::Properties;
+
+/// A PUBLISH's property list, length-prefixed (the store keeps a message's properties so).
+pub(crate) fn decode_publish_properties(buf: &mut Bytes) -> Result<Properties, DecodeError> {
+    Properties::decode(buf, properties::Context::Publish)
+}
 pub use strings::Utf8Bytes;
 
 /// The protocol level a connection speaks, fixed by its CONNECT.

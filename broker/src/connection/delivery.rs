@@ -10,11 +10,20 @@ use bytes::BytesMut;
 use super::client::Client;
 use super::{Connection, Ending};
 use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode};
-use crate::session::Inflight;
+use crate::journal::Record;
+use crate::message::Delivery;
+use crate::session::{Inflight, Session};
+use crate::store::EntryState;
 
 impl Connection {
     /// Moves messages from the session into the write buffer, within the client's Receive
     /// Maximum and Maximum Packet Size. Fails if the session was taken away.
+    ///
+    /// With durability on, a journaled message's packet identifier is journaled when it is
+    /// given. A QoS 2 message is written only once that is durable (`SessionState::unsent`):
+    /// after a crash it is resent under the same identifier, so the client can tell it is a
+    /// duplicate. Order is kept among QoS 2 messages; other QoS levels are not held back
+    /// (MQTT 4.6 orders messages of one QoS).
     pub(crate) fn fill(&mut self, c: &mut Client) -> Result<(), Ending> {
         let session = c.session.clone();
         let mut st = session.state.lock();
@@ -25,20 +34,45 @@ impl Connection {
             ));
         }
         let now = std::time::Instant::now();
+        let broker = self.broker.clone();
+        let journal = broker.journal();
         if c.resend {
             c.resend = false;
             let ids: Vec<u16> = st.inflight.keys().copied().collect();
             for pid in ids {
+                if st.unsent.iter().any(|(p, _)| *p == pid) {
+                    // Never written; it goes out in order below, once durable.
+                    continue;
+                }
                 match st.inflight.get(&pid) {
                     Some(Inflight::Published(d)) => {
                         let d = d.clone();
                         self.write_publish(c, &d, Some(pid), true, now);
                     }
-                    Some(Inflight::Released) => self.wire.packet(&Packet::PubRel(codec::PubResp {
-                        packet_id: pid,
-                        ..Default::default()
-                    })),
+                    Some(Inflight::Released(_)) => {
+                        self.wire.packet(&Packet::PubRel(codec::PubResp {
+                            packet_id: pid,
+                            ..Default::default()
+                        }))
+                    }
                     None => {}
+                }
+            }
+        }
+        if let Some(j) = journal {
+            let done = j.done();
+            while let Some(&(pid, ticket)) = st.unsent.front() {
+                if ticket > done || self.wire.out.len() >= self.high_water {
+                    break;
+                }
+                st.unsent.pop_front();
+                let Some(Inflight::Published(d)) = st.inflight.get(&pid) else {
+                    continue;
+                };
+                let d = d.clone();
+                if !self.write_publish(c, &d, Some(pid), false, now) {
+                    st.inflight.remove(&pid);
+                    self.discard(&session, &d, "too large");
                 }
             }
         }
@@ -53,10 +87,7 @@ impl Connection {
                 break;
             };
             if d.message.is_expired(now) {
-                self.broker
-                    .stats
-                    .messages_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.discard(&session, &d, "expired");
                 continue;
             }
             let pid = if d.qos == QoS::AtMostOnce {
@@ -64,16 +95,28 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
+            if let (Some(j), Some(seq), Some(pid)) = (journal, d.stored, pid) {
+                let ticket = j.append(Record::Entry {
+                    client: session.client_id.clone(),
+                    seq,
+                    state: EntryState::Sent(pid),
+                });
+                if d.qos == QoS::ExactlyOnce && (ticket > j.done() || !st.unsent.is_empty()) {
+                    if st.unsent.back().is_none_or(|(_, t)| *t != ticket) {
+                        j.wake_after(ticket, &session);
+                    }
+                    st.unsent.push_back((pid, ticket));
+                    st.inflight.insert(pid, Inflight::Published(d));
+                    continue;
+                }
+            }
             if self.write_publish(c, &d, pid, false, now) {
                 if let Some(pid) = pid {
                     st.inflight.insert(pid, Inflight::Published(d));
                 }
             } else {
                 // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
-                self.broker
-                    .stats
-                    .messages_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.discard(&session, &d, "too large");
             }
         }
         // Whatever is left waits for the client (a full buffer or its Receive Maximum).
@@ -81,11 +124,27 @@ impl Connection {
         Ok(())
     }
 
+    /// Drops a delivery that will not reach the client (expired, or too large for it),
+    /// counted, and gone from the store too.
+    fn discard(&self, session: &Session, d: &Delivery, _why: &str) {
+        self.broker
+            .stats
+            .messages_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        if let (Some(j), Some(r)) = (self.broker.journal(), d.stored_ref()) {
+            j.append(Record::Remove {
+                client: session.client_id.clone(),
+                seq: r.seq,
+                message: r.message,
+            });
+        }
+    }
+
     /// Encodes one PUBLISH for this client; false if it exceeds the client's maximum size.
     fn write_publish(
         &mut self,
         c: &mut Client,
-        d: &crate::message::Delivery,
+        d: &Delivery,
         packet_id: Option<u16>,
         dup: bool,
         now: std::time::Instant,

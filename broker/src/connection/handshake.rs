@@ -172,7 +172,15 @@ impl Handshake<'_> {
         let grant = self.authenticate(&c, &id, method.as_ref(), r, w).await?;
         check_will(&c, &grant, config)?;
         let terms = Terms::negotiate(&c, config);
-        Ok(self.attach(c, id, method, grant, terms))
+        let (client, durable_at) = self.attach(c, id, method, grant, terms);
+        // CONNACK (already encoded, not yet written) leaves once the session's record and the
+        // will are durable: a persistent session acknowledged must survive a crash.
+        if let (Some(t), Some(j)) = (durable_at, self.broker.journal())
+            && let Err(e) = j.wait(t).await
+        {
+            warn!(client_id = %client.client_id(), error = %e, "session record not stored; served from memory");
+        }
+        Ok(client)
     }
 
     /// Step 2: the mechanism's verdict, after as many AUTH round trips as it asks for.
@@ -226,7 +234,8 @@ impl Handshake<'_> {
         }
     }
 
-    /// Step 5: registers the connection, opens (or takes over) its session and sends CONNACK.
+    /// Step 5: registers the connection, opens (or takes over) its session and queues CONNACK.
+    /// Returns the journal ticket CONNACK must wait for, if any.
     fn attach(
         &mut self,
         c: Connect,
@@ -234,7 +243,7 @@ impl Handshake<'_> {
         method: Option<Method>,
         grant: Grant,
         terms: Terms,
-    ) -> Client {
+    ) -> (Client, Option<u64>) {
         let config = &self.broker.config;
         let endpoint = self.endpoint;
         let v5 = c.version.is_v5();
@@ -249,10 +258,15 @@ impl Handshake<'_> {
             conn_id: endpoint.id,
             control: endpoint.control.clone(),
         };
-        let (session, session_present, old) =
-            self.broker
-                .open_session(&id.client_id, c.clean_start, terms.expiry, link);
-        if let Some(old) = old
+        let opened = self.broker.open_session(
+            &id.client_id,
+            c.clean_start,
+            terms.expiry,
+            link,
+            c.will.as_ref(),
+        );
+        let (session, session_present) = (opened.session, opened.present);
+        if let Some(old) = opened.taken_from
             && old.conn_id != endpoint.id
         {
             old.control.send(Control::Disconnect {
@@ -300,7 +314,7 @@ impl Handshake<'_> {
         if grant.expires_at.is_some_and(|t| t <= SystemTime::now()) {
             warn!(client_id = %id.client_id, "credential expires at connect time");
         }
-        Client {
+        let client = Client {
             session,
             keep_alive_window: (terms.keep_alive > 0)
                 .then(|| Duration::from_millis(terms.keep_alive as u64 * 1500)),
@@ -319,7 +333,8 @@ impl Handshake<'_> {
             challenge: None,
             expiry_zero_at_connect: terms.requested_expiry == 0,
             resend: session_present,
-        }
+        };
+        (client, opened.durable_at)
     }
 }
 

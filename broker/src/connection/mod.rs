@@ -8,6 +8,7 @@
 //! to the client, within its flow control), `wire.rs` (bytes in and out) and `violation.rs`
 //! (the rules a client can break, with their reason codes).
 
+mod acks;
 mod client;
 mod delivery;
 mod exchange;
@@ -32,9 +33,7 @@ use self::protocol::Handled;
 use self::violation::Violation;
 use self::wire::{Reader, Wire, Writer};
 use crate::broker::Broker;
-use crate::codec::{
-    self, DecodeError, Disconnect, Packet, Properties, ReasonCode, Utf8Bytes, Will,
-};
+use crate::codec::{self, DecodeError, Disconnect, Packet, Properties, ReasonCode, Utf8Bytes};
 use crate::message::Message;
 use crate::routing::Qos0Run;
 use crate::session::Control;
@@ -108,6 +107,8 @@ pub(crate) struct Connection {
     /// The client's QoS 0 messages held back to be routed together; empty whenever the
     /// connection waits (its flush policy is in `routing.rs`).
     pub run: Qos0Run,
+    /// Acknowledgements waiting for durability (`acks.rs`); `None` while none waits.
+    pub acks: Option<Box<acks::DeferredAcks>>,
 }
 
 /// Serves one accepted stream until it closes.
@@ -131,6 +132,7 @@ where
         high_water: broker.config.max_client_buffer as usize,
         subscribers_behind: false,
         run: Qos0Run::default(),
+        acks: None,
         broker,
     };
     // The connect phase is boxed so its state is freed once the client is connected.
@@ -157,6 +159,7 @@ impl Connection {
         // TLS and WebSocket streams buffer inside; they must be flushed once the buffer empties.
         let mut needs_flush = false;
         loop {
+            self.release_acks(c);
             if let Err(end) = self.fill(c) {
                 return end;
             }
@@ -324,7 +327,7 @@ impl Connection {
         let (will, delay) = match (publish_will, c.will) {
             (true, Some(will)) => {
                 let delay = will.properties.will_delay_interval.unwrap_or(0);
-                (Some(Arc::new(will_message(*will))), delay)
+                (Some(Arc::new(Message::from_will(*will))), delay)
             }
             _ => (None, 0),
         };
@@ -338,26 +341,6 @@ impl Connection {
         if !self.wire.flush_and_close(w).await {
             debug!(conn = self.endpoint.id, "flush on close timed out");
         }
-    }
-}
-
-/// The application message a will becomes when it is published.
-fn will_message(will: Will) -> Message {
-    let mut properties = will.properties;
-    let expires_at = properties
-        .message_expiry_interval
-        .take()
-        .map(|s| std::time::Instant::now() + Duration::from_secs(s as u64));
-    properties.will_delay_interval = None;
-    Message {
-        topic: will.topic,
-        payload: will.payload,
-        qos: will.qos,
-        retain: will.retain,
-        properties,
-        expires_at,
-        publisher: 0,
-        encoded_properties: Default::default(),
     }
 }
 
@@ -376,7 +359,7 @@ mod size_tests {
             std::sync::Arc::new(crate::auth::AnonymousOnly {
                 allow_anonymous: true,
             }),
-            None,
+            crate::broker::Persistence::None,
         );
         let f = super::serve(broker, s, addr, "tcp");
         let size = std::mem::size_of_val(&f);

@@ -14,13 +14,16 @@ use super::exchange::{self, Next, Refused};
 use super::violation::Violation;
 use super::{Connection, Ending};
 use crate::auth::ReauthRequest;
+use crate::broker::Broker;
 use crate::codec::topic::{has_wildcard, parse_shared, valid_topic_filter};
 use crate::codec::{
     Auth, Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
-use crate::message::{Delivery, Message};
-use crate::session::Inflight;
+use crate::journal::Record;
+use crate::message::{Delivery, Message, StoredRef};
+use crate::session::{Inflight, Session};
+use crate::store::EntryState;
 
 /// What handling a packet asks of the connection next.
 pub(crate) enum Handled {
@@ -39,8 +42,9 @@ impl Connection {
             Packet::PubAck(r) => {
                 let mut st = c.session.state.lock();
                 if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::AtLeastOnce)
+                    && let Some(Inflight::Published(d)) = st.inflight.remove(&r.packet_id)
                 {
-                    st.inflight.remove(&r.packet_id);
+                    self.forget(&c.session, d.stored_ref());
                 }
             }
             Packet::PubRec(r) => {
@@ -48,35 +52,63 @@ impl Connection {
                     let mut st = c.session.state.lock();
                     match st.inflight.get(&r.packet_id) {
                         Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce => {
+                            let stored = d.stored_ref();
                             if r.reason_code.is_error() {
                                 st.inflight.remove(&r.packet_id);
+                                self.forget(&c.session, stored);
                                 None
                             } else {
-                                st.inflight.insert(r.packet_id, Inflight::Released);
-                                Some(ReasonCode::SUCCESS)
+                                st.inflight.insert(r.packet_id, Inflight::Released(stored));
+                                // PUBREL lets the client forget the identifier: it leaves once
+                                // the release is durable, or a crash would make the broker send
+                                // the PUBLISH again, now a duplicate to the client.
+                                let durable_at = match (self.broker.journal(), stored) {
+                                    (Some(j), Some(s)) => Some(j.append(Record::Entry {
+                                        client: c.session.client_id.clone(),
+                                        seq: s.seq,
+                                        state: EntryState::Released(r.packet_id),
+                                    })),
+                                    _ => None,
+                                };
+                                Some((ReasonCode::SUCCESS, durable_at))
                             }
                         }
-                        Some(Inflight::Released) => Some(ReasonCode::SUCCESS),
-                        _ => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                        Some(Inflight::Released(_)) => Some((ReasonCode::SUCCESS, None)),
+                        _ => Some((ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None)),
                     }
                 };
-                if let Some(code) = reply {
-                    self.send(c, Packet::PubRel(resp(r.packet_id, code)));
+                if let Some((code, durable_at)) = reply {
+                    self.acknowledge(c, Packet::PubRel(resp(r.packet_id, code)), durable_at);
                 }
             }
             Packet::PubRel(r) => {
-                let known = c.session.state.lock().incoming_qos2.remove(&r.packet_id);
+                let (known, durable_at) = {
+                    let mut st = c.session.state.lock();
+                    let known = st.incoming_qos2.remove(&r.packet_id);
+                    // The identifier is free for the client's next message once PUBCOMP is
+                    // sent: a crash must not bring it back.
+                    let durable_at = match self.broker.journal() {
+                        Some(j) if known && st.persisted => Some(j.append(Record::IncomingRemove(
+                            c.session.client_id.clone(),
+                            r.packet_id,
+                        ))),
+                        _ => None,
+                    };
+                    (known, durable_at)
+                };
                 let code = if known {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(c, Packet::PubComp(resp(r.packet_id, code)));
+                self.acknowledge(c, Packet::PubComp(resp(r.packet_id, code)), durable_at);
             }
             Packet::PubComp(r) => {
                 let mut st = c.session.state.lock();
-                if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Released)) {
-                    st.inflight.remove(&r.packet_id);
+                if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Released(_)))
+                    && let Some(Inflight::Released(stored)) = st.inflight.remove(&r.packet_id)
+                {
+                    self.forget(&c.session, stored);
                 }
             }
             Packet::Subscribe(s) => self.on_subscribe(c, s)?,
@@ -141,7 +173,7 @@ impl Connection {
             if st.incoming_qos2.contains(&pid) {
                 // A resend of a message already received: acknowledge, do not deliver twice.
                 drop(st);
-                self.send(c, Packet::PubRec(resp(pid, ReasonCode::SUCCESS)));
+                self.acknowledge(c, Packet::PubRec(resp(pid, ReasonCode::SUCCESS)), None);
                 return Ok(());
             }
             if st.incoming_qos2.len() >= cfg.receive_maximum as usize {
@@ -149,6 +181,16 @@ impl Connection {
             }
         }
         let qos = p.qos;
+        let mut durable_at = None;
+        // A QoS 2 message of a persistent session and its packet identifier commit in one
+        // batch: with either alone on disk, a crash would lose the message (the resend would
+        // be taken for a duplicate) or deliver it twice.
+        let broker = (qos == QoS::ExactlyOnce).then(|| self.broker.clone());
+        let _together = broker
+            .as_deref()
+            .and_then(Broker::journal)
+            .filter(|_| c.session.state.lock().persisted)
+            .map(|j| j.pin());
         let code = if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
@@ -168,6 +210,7 @@ impl Connection {
             if qos == QoS::AtMostOnce {
                 return Ok(());
             }
+            durable_at = routed.durable_at;
             if routed.rejected {
                 ReasonCode::QUOTA_EXCEEDED
             } else if routed.matched == 0 {
@@ -184,12 +227,23 @@ impl Connection {
                     .messages_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
-            QoS::AtLeastOnce => self.send(c, Packet::PubAck(resp(pid, code))),
+            QoS::AtLeastOnce => {
+                self.acknowledge(c, Packet::PubAck(resp(pid, code)), durable_at);
+            }
             QoS::ExactlyOnce => {
                 if !code.is_error() {
-                    c.session.state.lock().incoming_qos2.insert(pid);
+                    let mut st = c.session.state.lock();
+                    st.incoming_qos2.insert(pid);
+                    // The identifier is durable with the message, or a crash could let the
+                    // client's resend of it through as a second message.
+                    if st.persisted
+                        && let Some(j) = self.broker.journal()
+                    {
+                        let t = j.append(Record::IncomingAdd(c.session.client_id.clone(), pid));
+                        durable_at = durable_at.max(Some(t));
+                    }
                 }
-                self.send(c, Packet::PubRec(resp(pid, code)));
+                self.acknowledge(c, Packet::PubRec(resp(pid, code)), durable_at);
             }
         }
         Ok(())
@@ -238,6 +292,7 @@ impl Connection {
                                 message: m,
                                 retain: true,
                                 subscription_ids: sub_id.into_iter().collect(),
+                                stored: None,
                             });
                         }
                     }
@@ -335,6 +390,19 @@ impl Connection {
             }
             Err(Refused::Failure(f)) => Err(Ending::server(f.reason, f.reason_string)),
             Err(Refused::Violation(v)) => Err(v.into()),
+        }
+    }
+}
+
+impl Connection {
+    /// A delivery the client acknowledged (or refused): its journaled entry goes.
+    fn forget(&self, session: &Session, stored: Option<StoredRef>) {
+        if let (Some(j), Some(r)) = (self.broker.journal(), stored) {
+            j.append(Record::Remove {
+                client: session.client_id.clone(),
+                seq: r.seq,
+                message: r.message,
+            });
         }
     }
 }

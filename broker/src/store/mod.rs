@@ -1,0 +1,349 @@
+//! The storage seam: what the broker keeps so that a new process restores it, and the one
+//! operation a backend implements to keep it, an atomic and durable [`Batch`] of [`Change`]s.
+//!
+//! The broker decides what changes and when (`crate::journal` batches them, group commit);
+//! a backend (`tessera-store`'s redb file, [`MemoryStore`] in process, a cluster later) only
+//! applies each batch in one transaction and loads everything back at start. Records have one
+//! byte form, [`encoding`], so every backend stores the same bytes.
+//!
+//! The model, per persistent session: its head (expiry, whether a connection is attached, the
+//! will), its subscriptions, its queue of entries in `seq` order (each queued, sent with a
+//! packet identifier, or released), and the incoming QoS 2 packet identifiers not yet released.
+//! Queue entries reference messages by id: a message queued for many sessions is stored once.
+//!
+//! Invariants a backend keeps: a batch is applied whole or not at all; `Ok` from
+//! [`Store::commit`] means it survives a crash; [`Store::load`] returns what the last
+//! successful batch left.
+
+pub mod encoding;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::codec::{Properties, QoS, SubscriptionOptions, Utf8Bytes};
+use crate::message::Message;
+
+/// An application message as stored: expiry on the wall clock, so it survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The forwarded properties (as a PUBLISH carries them; no per-hop ones).
+    pub properties: Properties,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl StoredMessage {
+    pub(crate) fn from_message(m: &Message) -> StoredMessage {
+        StoredMessage {
+            topic: m.topic.to_string(),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+            properties: m.properties.clone(),
+            expires_at: m.expires_at.map(wall_clock),
+        }
+    }
+
+    pub(crate) fn to_message(&self) -> Message {
+        Message {
+            topic: Utf8Bytes::from(self.topic.as_str()),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.clone(),
+            expires_at: self.expires_at.map(runtime_clock),
+            publisher: 0,
+            encoded_properties: Default::default(),
+            stored_id: Default::default(),
+        }
+    }
+}
+
+/// A runtime instant on the wall clock.
+pub(crate) fn wall_clock(t: Instant) -> SystemTime {
+    let now = Instant::now();
+    match t.checked_duration_since(now) {
+        Some(ahead) => SystemTime::now() + ahead,
+        None => SystemTime::now() - now.duration_since(t),
+    }
+}
+
+/// A wall-clock time on the runtime clock (a past time is now).
+pub(crate) fn runtime_clock(t: SystemTime) -> Instant {
+    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    /// The full filter, `$share/group/` prefix included.
+    pub filter: String,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// A will as stored: the message it becomes and its Will Delay Interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    pub message: StoredMessage,
+    pub delay: u32,
+}
+
+/// Whether a connection was attached when the record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Attached. Found at start, it means the broker stopped without seeing the connection go
+    /// (a crash): the connection counts as dropped at [`StoredState::last_alive`].
+    Online,
+    /// No connection since `since`: the session's expiry and a pending will count from it.
+    Offline { since: SystemTime },
+}
+
+/// A session's own record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHead {
+    pub client_id: String,
+    /// Seconds the session outlives its connection; `u32::MAX` = forever; 0 for a clean
+    /// session kept only for its will.
+    pub expiry_interval: u32,
+    pub presence: Presence,
+    /// Online: the attached connection's will. Offline: a will still waiting out its delay.
+    pub will: Option<StoredWill>,
+}
+
+/// Where a queue entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    /// Waiting to be sent.
+    Queued,
+    /// Sent with this packet identifier; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(u16),
+    /// PUBREC received and PUBREL sent with this packet identifier; waiting for PUBCOMP.
+    Released(u16),
+}
+
+/// A message on its way to one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The session's sequence number of the entry: queue order.
+    pub seq: u64,
+    /// The stored message ([`Change::PutMessage`]).
+    pub message_id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub state: EntryState,
+}
+
+/// A persistent session as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub head: SessionHead,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// In `seq` order.
+    pub entries: Vec<StoredEntry>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+/// Everything a store holds.
+#[derive(Debug, Clone, Default)]
+pub struct StoredState {
+    pub retained: Vec<StoredMessage>,
+    /// Messages referenced by queue entries, by id.
+    pub messages: HashMap<u64, StoredMessage>,
+    pub sessions: Vec<StoredSession>,
+    /// The wall-clock time of the last batch.
+    pub last_alive: Option<SystemTime>,
+}
+
+/// One change of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Everything goes (a snapshot follows in the same batch).
+    Clear,
+    PutRetained(StoredMessage),
+    DeleteRetained(String),
+    PutMessage(u64, Arc<StoredMessage>),
+    DeleteMessage(u64),
+    /// Creates or replaces a session's head.
+    PutSession(SessionHead),
+    /// The session ended: its head, subscriptions, entries and incoming identifiers go.
+    DeleteSession(String),
+    PutSubscription(String, StoredSubscription),
+    DeleteSubscription(String, String),
+    /// Creates or replaces the entry `seq` of a session.
+    PutEntry(String, StoredEntry),
+    /// Changes the state of an existing entry (nothing if it is gone).
+    SetEntryState(String, u64, EntryState),
+    DeleteEntry(String, u64),
+    PutIncoming(String, u16),
+    DeleteIncoming(String, u16),
+}
+
+/// Changes applied together: all of them or none.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// When the batch was made (recorded as [`StoredState::last_alive`]).
+    pub alive_at: SystemTime,
+}
+
+/// Why a backend failed; the broker answers publishers waiting on the batch with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Out of space (QoS 1/2 publishers get 0x97 Quota exceeded).
+    Full(String),
+    /// Anything else (0x80 Unspecified error).
+    Failed(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Full(m) => write!(f, "store full: {m}"),
+            StoreError::Failed(m) => write!(f, "store failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::Full(e.to_string())
+        } else {
+            StoreError::Failed(e.to_string())
+        }
+    }
+}
+
+/// Persistence of the broker's state. Called from the journal's own thread, never with a
+/// broker lock held.
+pub trait Store: Send + Sync + 'static {
+    /// Everything the last successful batch left.
+    fn load(&self) -> Result<StoredState, StoreError>;
+    /// Applies `batch` atomically; `Ok` once it is durable.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+}
+
+/// Keeps the records in memory: state outlives a `Server` in the same process, not the
+/// process. For in-process tests and embedding.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    retained: BTreeMap<String, StoredMessage>,
+    messages: HashMap<u64, StoredMessage>,
+    heads: BTreeMap<String, SessionHead>,
+    subscriptions: BTreeMap<(String, String), StoredSubscription>,
+    entries: BTreeMap<(String, u64), StoredEntry>,
+    incoming: BTreeMap<(String, u16), ()>,
+    last_alive: Option<SystemTime>,
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<StoredState, StoreError> {
+        let st = self.state.lock();
+        let sessions = st
+            .heads
+            .values()
+            .map(|head| {
+                let id = &head.client_id;
+                let in_session = |k: &String| k == id;
+                StoredSession {
+                    head: head.clone(),
+                    subscriptions: st
+                        .subscriptions
+                        .iter()
+                        .filter(|((c, _), _)| in_session(c))
+                        .map(|(_, s)| s.clone())
+                        .collect(),
+                    entries: st
+                        .entries
+                        .iter()
+                        .filter(|((c, _), _)| in_session(c))
+                        .map(|(_, e)| e.clone())
+                        .collect(),
+                    incoming_qos2: st
+                        .incoming
+                        .keys()
+                        .filter(|(c, _)| in_session(c))
+                        .map(|(_, p)| *p)
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(StoredState {
+            retained: st.retained.values().cloned().collect(),
+            messages: st.messages.clone(),
+            sessions,
+            last_alive: st.last_alive,
+        })
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        for change in &batch.changes {
+            match change {
+                Change::Clear => *st = MemoryState::default(),
+                Change::PutRetained(m) => {
+                    st.retained.insert(m.topic.clone(), m.clone());
+                }
+                Change::DeleteRetained(t) => {
+                    st.retained.remove(t);
+                }
+                Change::PutMessage(id, m) => {
+                    st.messages.insert(*id, StoredMessage::clone(m));
+                }
+                Change::DeleteMessage(id) => {
+                    st.messages.remove(id);
+                }
+                Change::PutSession(h) => {
+                    st.heads.insert(h.client_id.clone(), h.clone());
+                }
+                Change::DeleteSession(c) => {
+                    st.heads.remove(c);
+                    st.subscriptions.retain(|(k, _), _| k != c);
+                    st.entries.retain(|(k, _), _| k != c);
+                    st.incoming.retain(|(k, _), _| k != c);
+                }
+                Change::PutSubscription(c, s) => {
+                    st.subscriptions
+                        .insert((c.clone(), s.filter.clone()), s.clone());
+                }
+                Change::DeleteSubscription(c, f) => {
+                    st.subscriptions.remove(&(c.clone(), f.clone()));
+                }
+                Change::PutEntry(c, e) => {
+                    st.entries.insert((c.clone(), e.seq), e.clone());
+                }
+                Change::SetEntryState(c, seq, state) => {
+                    if let Some(e) = st.entries.get_mut(&(c.clone(), *seq)) {
+                        e.state = *state;
+                    }
+                }
+                Change::DeleteEntry(c, seq) => {
+                    st.entries.remove(&(c.clone(), *seq));
+                }
+                Change::PutIncoming(c, p) => {
+                    st.incoming.insert((c.clone(), *p), ());
+                }
+                Change::DeleteIncoming(c, p) => {
+                    st.incoming.remove(&(c.clone(), *p));
+                }
+            }
+        }
+        st.last_alive = Some(batch.alive_at);
+        Ok(())
+    }
+}
