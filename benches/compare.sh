@@ -4,7 +4,10 @@
 # prints a table of medians with the ratio Tessera/peer. Also measures the raw relay ceiling for
 # fan-in. Usage: benches/compare.sh [ROUNDS] (default 3). QUICK=1 shortens every scenario;
 # SCENARIOS="fanout storm" runs only those (of: fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k
-# fanout storm idle retained relay). BEFORE=path/to/an/older/tessera adds that build as the broker
+# fanout storm idle retained relay, and fanin1_persist / pairs_1k_persist: the QoS 1 scenarios
+# with persistent-session subscribers, whose messages Tessera stores durably and mosquitto
+# with `persistence true`). VOLATILE=1 adds Tessera with `storage.durability: none` as the
+# broker "volatile". BEFORE=path/to/an/older/tessera adds that build as the broker
 # "before", run the same way in the same rounds, for before/after figures of a change;
 # ONLY="tessera before" runs just those brokers.
 #   Peers: Debian's mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd,
@@ -16,7 +19,7 @@ SECS=${SECS:-5}
 IDLE=${IDLE:-10000}
 RETAINED=${RETAINED:-100000}
 STORM=${STORM:-5000}
-SCENARIOS=${SCENARIOS:-fanin0_64 fanin0_1k fanin1_64 pairs_flat pairs_1k fanout storm idle retained relay}
+SCENARIOS=${SCENARIOS:-fanin0_64 fanin0_1k fanin1_64 fanin1_persist pairs_flat pairs_1k pairs_1k_persist fanout storm idle retained relay}
 if [ "${QUICK:-0}" = 1 ]; then SECS=1; IDLE=1000; RETAINED=10000; STORM=300; fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -33,9 +36,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; cat "$WORK"/*/log >&2 2>/dev/null; return 1; }
 
 # Each start_* sets PORT, PID and LOGIN (loadgen arguments for the connect storm).
-start_tessera() { start_tessera_build "$BIN/tessera" tessera; }
-start_before() { start_tessera_build "$BEFORE" before; }
-start_tessera_build() { # binary name
+start_tessera() { start_tessera_build "$BIN/tessera" tessera "storage: {durability: durable}"; }
+start_volatile() { start_tessera_build "$BIN/tessera" volatile "storage: {durability: none}"; }
+# An older build may not know the storage section: it runs on its own defaults.
+start_before() { start_tessera_build "$BEFORE" before ""; }
+start_tessera_build() { # binary name storage-line
   local tessera=$1
   PORT=$(free_port); local d=$WORK/$2; rm -rf "$d"; mkdir -p "$d"
   cat > "$d/t.yml" <<YML
@@ -53,6 +58,7 @@ mqtt:
   max_connections: 1000000
 log:
   level: warn
+$3
 YML
   echo benchpass | "$tessera" -c "$d/t.yml" user add bench >/dev/null
   local token; token=$("$tessera" -c "$d/t.yml" --json token issue bench --ttl 86400 | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -71,9 +77,13 @@ allow_anonymous true
 password_file $d/passwd
 max_queued_messages 1000
 max_inflight_messages 0
-persistence false
 log_dest stderr
 CONF
+  # The persistent-session scenarios compare against mosquitto keeping its state too.
+  case $SCEN in
+    *_persist) printf 'persistence true\npersistence_location %s/\n' "$d" >> "$d/m.conf"; chmod 777 "$d" ;;
+    *) echo "persistence false" >> "$d/m.conf" ;;
+  esac
   taskset -c 0 mosquitto -c "$d/m.conf" 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
   LOGIN=("--password=bench:benchpass")
@@ -122,14 +132,19 @@ run_broker() {
   local scen
   for scen in $SCENARIOS; do
     [ "$scen" = relay ] && continue
+    # rumqttd keeps no state across restarts: nothing to compare there.
+    case "$b:$scen" in rumqttd:*_persist) continue ;; esac
+    SCEN=$scen
     "start_$b"
     local out=""
     case $scen in
       fanin0_64) out=$(LG fan-in --publishers 8 --qos 0 --payload 64 --secs "$SECS") ;;
       fanin0_1k) out=$(LG fan-in --publishers 8 --qos 0 --payload 1024 --secs "$SECS") ;;
       fanin1_64) out=$(LG fan-in --publishers 8 --qos 1 --payload 64 --secs "$SECS") ;;
+      fanin1_persist) out=$(LG --persistent fan-in --publishers 8 --qos 1 --payload 64 --secs "$SECS") ;;
       pairs_flat) out=$(LG pairs --pairs 8 --secs "$SECS") ;;
       pairs_1k) out=$(LG pairs --pairs 8 --rate 1000 --secs "$SECS") ;;
+      pairs_1k_persist) out=$(LG --persistent pairs --pairs 8 --rate 1000 --secs "$SECS") ;;
       fanout) out=$(LG fan-out --subscribers 1000 --payload 64 --secs "$SECS") ;;
       storm) out=$(LG "${LOGIN[@]}" connect-storm --clients "$STORM" --pid "$PID") ;;
       idle) out=$(LG idle --connections "$IDLE" --pid "$PID") ;;
@@ -143,6 +158,7 @@ run_broker() {
 BROKERS=(tessera mosquitto)
 [ -n "$RUMQTTD" ] && BROKERS+=(rumqttd)
 [ -n "${BEFORE:-}" ] && BROKERS+=(before)
+[ "${VOLATILE:-0}" = 1 ] && BROKERS+=(volatile)
 # ONLY="tessera before" limits the brokers (for a quick before/after).
 [ -n "${ONLY:-}" ] && read -r -a BROKERS <<< "$ONLY"
 for round in $(seq "$ROUNDS"); do
@@ -175,6 +191,10 @@ metrics = [
     ("pairs_1k", "p50_us", "pairs QoS 1 @1k/s p50 (us)", False),
     ("pairs_1k", "p99_us", "pairs QoS 1 @1k/s p99 (us)", False),
     ("pairs_1k", "p999_us", "pairs QoS 1 @1k/s p99.9 (us)", False),
+    ("fanin1_persist", "msgs_per_sec", "fan-in QoS 1, 64 B, persistent subscriber (msgs/s)", True),
+    ("pairs_1k_persist", "ack_p50_us", "pairs QoS 1 @1k/s persistent: PUBLISH to PUBACK p50 (us)", False),
+    ("pairs_1k_persist", "ack_p99_us", "pairs QoS 1 @1k/s persistent: PUBLISH to PUBACK p99 (us)", False),
+    ("pairs_1k_persist", "p99_us", "pairs QoS 1 @1k/s persistent: end to end p99 (us)", False),
     ("fanout", "deliveries_per_sec", "fan-out 1000 subs QoS 0 (deliveries/s)", True),
     ("storm", "connacks_per_sec", "connect storm (CONNACKs/s)", True),
     ("storm", "p99_us", "connect storm p99 (us)", False),
@@ -182,7 +202,7 @@ metrics = [
     ("idle", "kib_per_connection", "idle memory (KiB/connection)", False),
     ("retained", "seconds", "100k retained to a # subscriber (s; * = incomplete)", False),
 ]
-brokers = [b for b in ["tessera", "before", "mosquitto", "rumqttd", "relay"] if any(r["broker"] == b for r in rows)]
+brokers = [b for b in ["tessera", "volatile", "before", "mosquitto", "rumqttd", "relay"] if any(r["broker"] == b for r in rows)]
 def med(b, label, key):
     v = [r[key] for r in rows if r["broker"] == b and r["label"] == label and r.get(key) is not None]
     return statistics.median(v) if v else None

@@ -168,7 +168,9 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
                     // Recorded at once: this task is aborted when the publisher is done.
                     if let Some(all) = &latencies {
                         let t0 = sent_at[a.packet_id as usize].load(Ordering::Relaxed);
-                        all.lock().unwrap().push(now_nanos(clock).saturating_sub(t0));
+                        all.lock()
+                            .unwrap()
+                            .push(now_nanos(clock).saturating_sub(t0));
                     }
                 }
             }
