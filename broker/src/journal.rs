@@ -20,6 +20,7 @@
 //! append lock is a leaf (taken last, held for a push).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -42,6 +43,40 @@ use crate::store::{
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Failed batches remembered, for waiters that look late.
 const FAILED_KEPT: usize = 4096;
+/// `last_alive` is written with a batch at most this often.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Hashes the writer's integer keys (message ids, entry keys) with one multiply per word: the
+/// default SipHash showed up in profiles, and these keys come from the broker, not the network.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A queue entry within a batch: its session (the address of the session's client id, which
+/// every record of one session shares) and its sequence number.
+type EntryKey = (usize, u64);
+
+fn entry_key(client: &Arc<str>, seq: u64) -> EntryKey {
+    (Arc::as_ptr(client) as *const u8 as usize, seq)
+}
 
 /// A change to durable state, as the broker describes it.
 pub(crate) enum Record {
@@ -49,7 +84,7 @@ pub(crate) enum Record {
     Retained(Arc<Message>),
     /// Boxed: a head with a will is large, and most records are queue entries.
     Session(Box<SessionHead>),
-    /// The session ended. `messages` are the message ids its journaled entries referenced.
+    /// The session ended. `messages` are the shared bodies its journaled entries referenced.
     EndSession {
         client: Arc<str>,
         messages: Vec<u64>,
@@ -60,6 +95,9 @@ pub(crate) enum Record {
         client: Arc<str>,
         seq: u64,
         message: Arc<Message>,
+        /// Routed to several sessions: the body is stored once, referenced by each entry.
+        /// Otherwise it is stored in the entry.
+        shared: bool,
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
@@ -70,11 +108,12 @@ pub(crate) enum Record {
         seq: u64,
         state: EntryState,
     },
-    /// An entry acknowledged, dropped by the queue bound, or expired.
+    /// An entry acknowledged, dropped by the queue bound, or expired; `message` is the shared
+    /// body it referenced, if any.
     Remove {
         client: Arc<str>,
         seq: u64,
-        message: u64,
+        message: Option<u64>,
     },
     IncomingAdd(Arc<str>, u16),
     IncomingRemove(Arc<str>, u16),
@@ -133,7 +172,7 @@ pub(crate) struct Journal {
 /// References to stored message bodies: which are written, and by how many entries.
 #[derive(Default)]
 pub(crate) struct MessageRefs {
-    refs: HashMap<u64, MessageRef>,
+    refs: IdMap<u64, MessageRef>,
 }
 
 struct MessageRef {
@@ -284,9 +323,9 @@ struct Writer {
 struct Building {
     changes: Vec<Option<Change>>,
     /// Entries created in this batch: where their `PutEntry` is.
-    new_entries: HashMap<(Arc<str>, u64), usize>,
+    new_entries: IdMap<EntryKey, usize>,
     /// Message bodies first written by this batch: where their `PutMessage` is.
-    new_bodies: HashMap<u64, usize>,
+    new_bodies: IdMap<u64, usize>,
 }
 
 impl Writer {
@@ -300,6 +339,7 @@ impl Writer {
 
     fn run(mut self) {
         let mut last_commit = Instant::now();
+        let mut last_alive: Option<Instant> = None;
         loop {
             let (batch, records, stop) = {
                 let mut p = self.shared.pending.lock();
@@ -322,19 +362,20 @@ impl Writer {
                 p.batch += 1;
                 (batch, std::mem::take(&mut p.records), p.stop)
             };
-            let changes = self.build(records);
-            let result = self.store.commit(&Batch {
-                changes: changes.iter().filter_map(|c| c.clone()).collect(),
-                alive_at: SystemTime::now(),
-            });
+            let (changes, bodies) = self.build(records);
+            let alive_at = last_alive
+                .is_none_or(|t| t.elapsed() >= ALIVE_EVERY)
+                .then(SystemTime::now);
+            let result = self.store.commit(&Batch { changes, alive_at });
             last_commit = Instant::now();
             match result {
                 Ok(()) => {
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
-                    for change in changes.iter().flatten() {
-                        if let Change::PutMessage(id, _) = change
-                            && let Some(r) = self.refs.refs.get_mut(id)
-                        {
+                    if alive_at.is_some() {
+                        last_alive = Some(last_commit);
+                    }
+                    for id in bodies {
+                        if let Some(r) = self.refs.refs.get_mut(&id) {
                             r.written = true;
                         }
                     }
@@ -367,62 +408,71 @@ impl Writer {
         }
     }
 
-    /// Turns a batch of records into store changes, coalescing what cancels out.
-    fn build(&mut self, records: Vec<Record>) -> Vec<Option<Change>> {
+    /// Turns a batch of records into store changes, coalescing what cancels out. Also returns
+    /// the message bodies the changes write.
+    fn build(&mut self, records: Vec<Record>) -> (Vec<Change>, Vec<u64>) {
         let mut b = Building {
             changes: Vec::with_capacity(records.len() + 1),
-            new_entries: HashMap::new(),
-            new_bodies: HashMap::new(),
+            new_entries: IdMap::default(),
+            new_bodies: IdMap::default(),
         };
         for record in records {
             match record {
                 Record::Retained(m) => b.changes.push(Some(if m.payload.is_empty() {
                     Change::DeleteRetained(m.topic.to_string())
                 } else {
-                    Change::PutRetained(StoredMessage::from_message(&m))
+                    Change::PutRetained(Box::new(StoredMessage::from_message(&m)))
                 })),
-                Record::Session(head) => b.changes.push(Some(Change::PutSession(*head))),
+                Record::Session(head) => b.changes.push(Some(Change::PutSession(head))),
                 Record::EndSession { client, messages } => {
-                    b.changes
-                        .push(Some(Change::DeleteSession(client.to_string())));
-                    b.new_entries.retain(|(c, _), _| *c != client);
+                    b.changes.push(Some(Change::DeleteSession(client.clone())));
+                    let gone = entry_key(&client, 0).0;
+                    b.new_entries.retain(|(c, _), _| *c != gone);
                     for id in messages {
                         self.release_message(&mut b, id);
                     }
                 }
                 Record::Subscribe(client, sub) => b
                     .changes
-                    .push(Some(Change::PutSubscription(client.to_string(), sub))),
+                    .push(Some(Change::PutSubscription(client.clone(), sub))),
                 Record::Unsubscribe(client, filter) => b
                     .changes
-                    .push(Some(Change::DeleteSubscription(client.to_string(), filter))),
+                    .push(Some(Change::DeleteSubscription(client.clone(), filter))),
                 Record::Enqueue {
                     client,
                     seq,
                     message,
+                    shared,
                     qos,
                     retain,
                     subscription_ids,
                 } => {
                     let id = message.stored_id.get().copied().unwrap_or_default();
-                    let r = self.refs.refs.entry(id).or_insert(MessageRef {
-                        entries: 0,
-                        written: false,
-                    });
-                    if r.entries == 0 && !r.written && !b.new_bodies.contains_key(&id) {
-                        b.new_bodies.insert(id, b.changes.len());
-                        b.changes.push(Some(Change::PutMessage(
-                            id,
-                            Arc::new(StoredMessage::from_message(&message)),
-                        )));
-                    }
-                    r.entries += 1;
-                    b.new_entries.insert((client.clone(), seq), b.changes.len());
+                    let body = if shared {
+                        let r = self.refs.refs.entry(id).or_insert(MessageRef {
+                            entries: 0,
+                            written: false,
+                        });
+                        if r.entries == 0 && !r.written && !b.new_bodies.contains_key(&id) {
+                            b.new_bodies.insert(id, b.changes.len());
+                            b.changes.push(Some(Change::PutMessage(
+                                id,
+                                Arc::new(StoredMessage::from_message(&message)),
+                            )));
+                        }
+                        r.entries += 1;
+                        None
+                    } else {
+                        Some(Arc::new(StoredMessage::from_message(&message)))
+                    };
+                    b.new_entries
+                        .insert(entry_key(&client, seq), b.changes.len());
                     b.changes.push(Some(Change::PutEntry(
-                        client.to_string(),
+                        client.clone(),
                         StoredEntry {
                             seq,
                             message_id: id,
+                            body,
                             qos,
                             retain,
                             subscription_ids,
@@ -431,14 +481,14 @@ impl Writer {
                     )));
                 }
                 Record::Entry { client, seq, state } => {
-                    if let Some(&at) = b.new_entries.get(&(client.clone(), seq)) {
+                    if let Some(&at) = b.new_entries.get(&entry_key(&client, seq)) {
                         // Still only in this batch: update the entry being written.
                         if let Some(Some(Change::PutEntry(_, e))) = b.changes.get_mut(at) {
                             e.state = state;
                         }
                     } else {
                         b.changes
-                            .push(Some(Change::SetEntryState(client.to_string(), seq, state)));
+                            .push(Some(Change::SetEntryState(client.clone(), seq, state)));
                     }
                 }
                 Record::Remove {
@@ -446,25 +496,28 @@ impl Writer {
                     seq,
                     message,
                 } => {
-                    match b.new_entries.remove(&(client.clone(), seq)) {
+                    match b.new_entries.remove(&entry_key(&client, seq)) {
                         // Created and gone within the batch: write neither.
                         Some(at) => b.changes[at] = None,
                         None => b
                             .changes
-                            .push(Some(Change::DeleteEntry(client.to_string(), seq))),
+                            .push(Some(Change::DeleteEntry(client.clone(), seq))),
                     }
-                    self.release_message(&mut b, message);
+                    if let Some(id) = message {
+                        self.release_message(&mut b, id);
+                    }
                 }
                 Record::IncomingAdd(client, pid) => b
                     .changes
-                    .push(Some(Change::PutIncoming(client.to_string(), pid))),
+                    .push(Some(Change::PutIncoming(client.clone(), pid))),
                 Record::IncomingRemove(client, pid) => b
                     .changes
-                    .push(Some(Change::DeleteIncoming(client.to_string(), pid))),
+                    .push(Some(Change::DeleteIncoming(client.clone(), pid))),
                 Record::DropMessage(id) => b.changes.push(Some(Change::DeleteMessage(id))),
             }
         }
-        b.changes
+        let bodies = b.new_bodies.keys().copied().collect();
+        (b.changes.into_iter().flatten().collect(), bodies)
     }
 
     /// One entry referencing message `id` went: its body goes with the last one.
@@ -509,22 +562,23 @@ mod tests {
         Arc::new(m)
     }
 
-    fn enqueue(client: &str, seq: u64, m: &Arc<Message>) -> Record {
+    fn enqueue(client: &Arc<str>, seq: u64, m: &Arc<Message>) -> Record {
         Record::Enqueue {
-            client: client.into(),
+            client: client.clone(),
             seq,
             message: m.clone(),
+            shared: true,
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![],
         }
     }
 
-    fn remove(client: &str, seq: u64, m: u64) -> Record {
+    fn remove(client: &Arc<str>, seq: u64, m: u64) -> Record {
         Record::Remove {
-            client: client.into(),
+            client: client.clone(),
             seq,
-            message: m,
+            message: Some(m),
         }
     }
 
@@ -553,22 +607,24 @@ mod tests {
         )
     }
 
-    fn written(changes: Vec<Option<Change>>) -> Vec<Change> {
-        changes.into_iter().flatten().collect()
+    fn written(built: (Vec<Change>, Vec<u64>)) -> Vec<Change> {
+        built.0
     }
 
     #[test]
     fn an_entry_acknowledged_before_its_batch_commits_is_not_written() {
         let mut w = writer();
         let m = message(5);
+        // Every record of one session shares the session's client id (the same `Arc`).
+        let a: Arc<str> = "a".into();
         let changes = written(w.build(vec![
-            enqueue("a", 1, &m),
+            enqueue(&a, 1, &m),
             Record::Entry {
-                client: "a".into(),
+                client: a.clone(),
                 seq: 1,
                 state: EntryState::Sent(9),
             },
-            remove("a", 1, 5),
+            remove(&a, 1, 5),
         ]));
         assert!(changes.is_empty(), "{changes:?}");
     }
@@ -577,7 +633,8 @@ mod tests {
     fn a_body_shared_by_sessions_goes_with_its_last_entry() {
         let mut w = writer();
         let m = message(5);
-        let first = written(w.build(vec![enqueue("a", 1, &m), enqueue("b", 1, &m)]));
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let first = written(w.build(vec![enqueue(&a, 1, &m), enqueue(&b, 1, &m)]));
         assert_eq!(
             first
                 .iter()
@@ -588,15 +645,15 @@ mod tests {
         );
         // As after a successful commit.
         w.refs.refs.get_mut(&5).unwrap().written = true;
-        let second = written(w.build(vec![remove("a", 1, 5)]));
+        let second = written(w.build(vec![remove(&a, 1, 5)]));
         assert_eq!(second, vec![Change::DeleteEntry("a".into(), 1)]);
         let third = written(w.build(vec![
             Record::Entry {
-                client: "b".into(),
+                client: b.clone(),
                 seq: 1,
                 state: EntryState::Sent(3),
             },
-            remove("b", 1, 5),
+            remove(&b, 1, 5),
         ]));
         assert_eq!(
             third,
@@ -613,7 +670,7 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         let journal = Journal::start(store.clone(), MessageRefs::default(), 1).unwrap();
         let m = message(1);
-        let ticket = journal.append(enqueue("a", 1, &m));
+        let ticket = journal.append(enqueue(&"a".into(), 1, &m));
         journal.wait(ticket).await.unwrap();
         assert!(journal.done() >= ticket);
         let state = store.load().unwrap();

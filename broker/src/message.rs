@@ -105,24 +105,39 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription Identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
-    /// The sequence number of its entry in the store, when it is journaled (a QoS 1/2 message
-    /// of a persistent session with durability on).
-    pub stored: Option<u64>,
+    /// Its entry in the store, when it is journaled (a QoS 1/2 message of a persistent
+    /// session with durability on).
+    pub stored: Option<Stored>,
+}
+
+/// How a delivery is kept in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The session's sequence number of the entry.
+    pub seq: u64,
+    /// The body is stored once for every session it was routed to, not in the entry.
+    pub shared: bool,
 }
 
 impl Delivery {
     /// What the journal needs to remove this delivery's entry, if it has one.
     pub(crate) fn stored_ref(&self) -> Option<StoredRef> {
+        let s = self.stored?;
         Some(StoredRef {
-            seq: self.stored?,
-            message: self.message.stored_id.get().copied()?,
+            seq: s.seq,
+            message: if s.shared {
+                Some(*self.message.stored_id.get()?)
+            } else {
+                None
+            },
         })
     }
 }
 
-/// A journaled queue entry: its sequence number and the message body it references.
+/// A journaled queue entry: its sequence number, and the shared message body it references
+/// (`None` when the body is in the entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredRef {
     pub seq: u64,
-    pub message: u64,
+    pub message: Option<u64>,
 }

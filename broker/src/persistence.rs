@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::journal::{MessageRefs, Record};
 use crate::lifecycle::head;
-use crate::message::{Delivery, Message, StoredRef};
+use crate::message::{Delivery, Message, Stored, StoredRef};
 use crate::session::{Attachment, Inflight, Session};
 use crate::store::{
     Batch, Change, EntryState, Presence, StoreError, StoredEntry, StoredMessage, StoredState,
@@ -48,9 +48,12 @@ impl Bodies {
 /// entry's removal and its body's).
 pub(crate) fn journal_start(state: &StoredState) -> (MessageRefs, u64, Vec<u64>) {
     let mut counts: HashMap<u64, u32> = HashMap::new();
+    // Ids must not repeat, shared bodies or not.
+    let mut last_id = state.messages.keys().max().copied().unwrap_or(0);
     for s in &state.sessions {
         for e in &s.entries {
-            if state.messages.contains_key(&e.message_id) {
+            last_id = last_id.max(e.message_id);
+            if e.body.is_none() && state.messages.contains_key(&e.message_id) {
                 *counts.entry(e.message_id).or_default() += 1;
             }
         }
@@ -63,8 +66,7 @@ pub(crate) fn journal_start(state: &StoredState) -> (MessageRefs, u64, Vec<u64>)
             None => orphans.push(*id),
         }
     }
-    let next = state.messages.keys().max().map_or(1, |m| m + 1);
-    (refs, next, orphans)
+    (refs, last_id + 1, orphans)
 }
 
 impl Broker {
@@ -133,7 +135,12 @@ impl Broker {
                 if let Some(j) = journal {
                     j.append(Record::EndSession {
                         client,
-                        messages: rec.entries.iter().map(|e| e.message_id).collect(),
+                        messages: rec
+                            .entries
+                            .iter()
+                            .filter(|e| e.body.is_none())
+                            .map(|e| e.message_id)
+                            .collect(),
                     });
                 }
                 ended += 1;
@@ -147,7 +154,18 @@ impl Broker {
                 st.attachment = Attachment::Offline { detached, since };
                 st.persisted = true;
                 for e in &rec.entries {
-                    let Some(message) = messages.get(&e.message_id).cloned() else {
+                    let shared = e.body.is_none();
+                    let message = match &e.body {
+                        Some(body) => Some(Arc::new({
+                            let m = body.to_message();
+                            if journal.is_some() {
+                                let _ = m.stored_id.set(e.message_id);
+                            }
+                            m
+                        })),
+                        None => messages.get(&e.message_id).cloned(),
+                    };
+                    let Some(message) = message else {
                         if !matches!(e.state, EntryState::Released(_)) {
                             warn!(client_id = %client, seq = e.seq, "stored entry without its message; skipped");
                             continue;
@@ -157,12 +175,12 @@ impl Broker {
                         }
                         continue;
                     };
-                    let stored = journal.map(|_| e.seq);
+                    let stored = journal.map(|_| Stored { seq: e.seq, shared });
                     match e.state {
                         EntryState::Released(pid) => {
-                            let r = stored.map(|seq| StoredRef {
-                                seq,
-                                message: e.message_id,
+                            let r = stored.map(|s| StoredRef {
+                                seq: s.seq,
+                                message: shared.then_some(e.message_id),
                             });
                             st.inflight.insert(pid, Inflight::Released(r));
                         }
@@ -247,7 +265,9 @@ impl Broker {
         let now = Instant::now();
         let mut changes = vec![Change::Clear];
         for m in self.retained.read().all(now) {
-            changes.push(Change::PutRetained(StoredMessage::from_message(&m)));
+            changes.push(Change::PutRetained(Box::new(StoredMessage::from_message(
+                &m,
+            ))));
         }
         let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
         // Message bodies once per snapshot, however many sessions hold them.
@@ -257,12 +277,12 @@ impl Broker {
             if st.attachment.is_ended() || st.expiry_interval == 0 {
                 continue;
             }
-            let client = session.client_id.to_string();
+            let client = session.client_id.clone();
             let will = st.pending_will.as_ref().map(|w| StoredWill {
                 message: StoredMessage::from_message(w),
                 delay: 0,
             });
-            changes.push(Change::PutSession(head(&session, &st, will)));
+            changes.push(Change::PutSession(Box::new(head(&session, &st, will))));
             for (f, r) in &st.subscriptions {
                 changes.push(Change::PutSubscription(
                     client.clone(),
@@ -282,6 +302,7 @@ impl Broker {
                 let entry = StoredEntry {
                     seq,
                     message_id: d.map_or(0, |d| bodies.id(&d.message, &mut changes)),
+                    body: None,
                     qos: d.map_or(crate::codec::QoS::ExactlyOnce, |d| d.qos),
                     retain: d.is_some_and(|d| d.retain),
                     subscription_ids: d.map(|d| d.subscription_ids.clone()).unwrap_or_default(),
@@ -305,7 +326,7 @@ impl Broker {
         let n = changes.len();
         store.commit(&Batch {
             changes,
-            alive_at: SystemTime::now(),
+            alive_at: Some(SystemTime::now()),
         })?;
         info!(records = n, "state snapshot written");
         Ok(())

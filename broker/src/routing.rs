@@ -203,6 +203,8 @@ impl Broker {
             last_merged = Some(merged.len() - 1);
         }
         let journal = self.journal();
+        // Routed to one session, a message's body is stored in its entry; to several, once.
+        let shared = merged.len() > 1;
         let mut routed = Routed {
             matched: merged.len(),
             ..Routed::default()
@@ -223,7 +225,8 @@ impl Broker {
                     subscription_ids,
                     stored: None,
                 };
-                let (enqueued, ticket) = t.session.enqueue(&mut st, d, &self.limits, journal);
+                let (enqueued, ticket) =
+                    t.session.enqueue(&mut st, d, &self.limits, journal, shared);
                 routed.durable_at = routed.durable_at.max(ticket);
                 match enqueued {
                     Enqueued::Queued | Enqueued::Skipped => {}

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::journal::{Journal, Record};
-use crate::message::{Delivery, Message, StoredRef};
+use crate::message::{Delivery, Message, Stored, StoredRef};
 
 /// Orders to a live connection from elsewhere in the broker.
 #[derive(Debug, Clone)]
@@ -271,13 +271,15 @@ impl Session {
 
     /// Queues a delivery for the client and wakes its connection. With a journal, a delivery
     /// that must outlive the process (QoS 1/2, or queued offline, to a persistent session) is
-    /// journaled; the ticket of its record is returned with the outcome.
+    /// journaled; the ticket of its record is returned with the outcome. `shared`: the
+    /// message goes to several sessions, so its body is stored once for all of them.
     pub(crate) fn enqueue(
         &self,
         state: &mut SessionState,
         mut d: Delivery,
         limits: &QueueLimits,
         journal: Option<&Journal>,
+        shared: bool,
     ) -> (Enqueued, Option<u64>) {
         let online = match state.attachment {
             Attachment::Ended => return (Enqueued::Skipped, None),
@@ -314,12 +316,13 @@ impl Session {
         {
             let seq = state.next_seq;
             state.next_seq += 1;
-            d.stored = Some(seq);
+            d.stored = Some(Stored { seq, shared });
             j.message_id(&d.message);
             ticket = Some(j.append(Record::Enqueue {
                 client: self.client_id.clone(),
                 seq,
                 message: d.message.clone(),
+                shared,
                 qos: d.qos,
                 retain: d.retain,
                 subscription_ids: d.subscription_ids.clone(),
@@ -365,14 +368,15 @@ impl SessionState {
         true
     }
 
-    /// The message ids referenced by the session's journaled entries (queued and in flight).
+    /// The shared message bodies referenced by the session's journaled entries (queued and
+    /// in flight).
     pub(crate) fn stored_messages(&self) -> Vec<u64> {
         let queued = self.pending.iter().filter_map(Delivery::stored_ref);
         let inflight = self.inflight.values().filter_map(|i| match i {
             Inflight::Published(d) => d.stored_ref(),
             Inflight::Released(r) => *r,
         });
-        queued.chain(inflight).map(|r| r.message).collect()
+        queued.chain(inflight).filter_map(|r| r.message).collect()
     }
 
     /// A packet identifier not used by any in-flight outgoing message.
@@ -433,22 +437,22 @@ mod tests {
         let s = Session::new_for_test(1);
         let mut st = s.state.lock();
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS, None)
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &LIMITS, None, false)
                 .0,
             Enqueued::Skipped
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS, None)
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &LIMITS, None, false)
                 .0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS, None)
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 2), &LIMITS, None, false)
                 .0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 3), &LIMITS, None)
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 3), &LIMITS, None, false)
                 .0,
             Enqueued::QueuedDroppedOldest
         );
@@ -456,8 +460,14 @@ mod tests {
         assert_eq!(st.pending.bytes(), 5);
         // A byte bound too.
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 99), &LIMITS, None)
-                .0,
+            s.enqueue(
+                &mut st,
+                delivery(QoS::AtLeastOnce, 99),
+                &LIMITS,
+                None,
+                false
+            )
+            .0,
             Enqueued::QueuedDroppedOldest
         );
         assert_eq!(st.pending.len(), 1);
@@ -466,7 +476,7 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject, None)
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 5), &reject, None, false)
                 .0,
             Enqueued::Rejected
         );
@@ -486,19 +496,19 @@ mod tests {
             control: Arc::default(),
         });
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None)
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None, false)
                 .0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None)
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None, false)
                 .0,
             Enqueued::QueuedBehind
         );
         // A client that is not taking messages is its own problem: no signal to the publisher.
         st.stalled_by_client = true;
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None)
+            s.enqueue(&mut st, delivery(QoS::AtMostOnce, 1), &limits, None, false)
                 .0,
             Enqueued::Queued
         );
@@ -506,7 +516,7 @@ mod tests {
         st.stalled_by_client = false;
         assert!(st.detach(7, 1));
         assert_eq!(
-            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &limits, None)
+            s.enqueue(&mut st, delivery(QoS::AtLeastOnce, 1), &limits, None, false)
                 .0,
             Enqueued::Queued
         );

@@ -264,7 +264,7 @@ impl Store for RedbBrokerStore {
                                 .map_err(e)?;
                         }
                         Change::DeleteSession(c) => {
-                            let c = c.as_str();
+                            let c: &str = c;
                             sessions.remove(c).map_err(e)?;
                             let filters: Vec<String> = subs
                                 .range((c, "")..)
@@ -287,44 +287,45 @@ impl Store for RedbBrokerStore {
                         }
                         Change::PutSubscription(c, s) => {
                             subs.insert(
-                                (c.as_str(), s.filter.as_str()),
+                                (&**c, s.filter.as_str()),
                                 encode_subscription(s).as_slice(),
                             )
                             .map_err(e)?;
                         }
                         Change::DeleteSubscription(c, f) => {
-                            subs.remove((c.as_str(), f.as_str())).map_err(e)?;
+                            subs.remove((&**c, f.as_str())).map_err(e)?;
                         }
                         Change::PutEntry(c, entry) => {
                             entries
-                                .insert((c.as_str(), entry.seq), encode_entry(entry).as_slice())
+                                .insert((&**c, entry.seq), encode_entry(entry).as_slice())
                                 .map_err(e)?;
                         }
                         Change::SetEntryState(c, seq, state) => {
                             let current = entries
-                                .get((c.as_str(), *seq))
+                                .get((&**c, *seq))
                                 .map_err(e)?
                                 .map(|v| decode_entry(v.value()));
                             if let Some(Ok(mut entry)) = current {
                                 entry.state = *state;
                                 entries
-                                    .insert((c.as_str(), *seq), encode_entry(&entry).as_slice())
+                                    .insert((&**c, *seq), encode_entry(&entry).as_slice())
                                     .map_err(e)?;
                             }
                         }
                         Change::DeleteEntry(c, seq) => {
-                            entries.remove((c.as_str(), *seq)).map_err(e)?;
+                            entries.remove((&**c, *seq)).map_err(e)?;
                         }
                         Change::PutIncoming(c, pid) => {
-                            incoming.insert((c.as_str(), *pid), ()).map_err(e)?;
+                            incoming.insert((&**c, *pid), ()).map_err(e)?;
                         }
                         Change::DeleteIncoming(c, pid) => {
-                            incoming.remove((c.as_str(), *pid)).map_err(e)?;
+                            incoming.remove((&**c, *pid)).map_err(e)?;
                         }
                     }
                 }
-                meta.insert("last_alive", millis(batch.alive_at))
-                    .map_err(e)?;
+                if let Some(t) = batch.alive_at {
+                    meta.insert("last_alive", millis(t)).map_err(e)?;
+                }
             }
             tx.commit().map_err(|e| failed("commit", e))
         })
@@ -373,7 +374,7 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
         for e in &s.entries {
             referenced.insert(e.message_id);
             let released = matches!(e.state, tessera_broker::store::EntryState::Released(_));
-            if !released && !state.messages.contains_key(&e.message_id) {
+            if !released && e.body.is_none() && !state.messages.contains_key(&e.message_id) {
                 report.dangling += 1;
             }
         }

@@ -33,6 +33,7 @@ fn entry(seq: u64, message_id: u64) -> StoredEntry {
     StoredEntry {
         seq,
         message_id,
+        body: None,
         qos: QoS::AtLeastOnce,
         retain: false,
         subscription_ids: vec![],
@@ -43,13 +44,13 @@ fn entry(seq: u64, message_id: u64) -> StoredEntry {
 fn batch(changes: Vec<Change>) -> Batch {
     Batch {
         changes,
-        alive_at: SystemTime::now(),
+        alive_at: Some(SystemTime::now()),
     }
 }
 
 fn session_changes(client: &str) -> Vec<Change> {
     vec![
-        Change::PutSession(head(client)),
+        Change::PutSession(Box::new(head(client))),
         Change::PutSubscription(
             client.into(),
             StoredSubscription {
@@ -70,7 +71,7 @@ fn batches_read_back_and_a_session_ends_alone() {
     let path = dir.path().join("data/broker.redb");
     let store = RedbBrokerStore::open(&path).unwrap();
     let mut changes = vec![
-        Change::PutRetained(message("r/1")),
+        Change::PutRetained(Box::new(message("r/1"))),
         Change::PutMessage(7, Arc::new(message("q/1"))),
     ];
     // "a" sorts before "ab": ending "a" must leave "ab" alone.

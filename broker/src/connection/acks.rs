@@ -5,35 +5,83 @@
 //! journal batch that holds what it promises, and they leave in the order their packets
 //! arrived (MQTT 4.6), while the connection goes on reading.
 //!
-//! The queue exists only while something waits, so an idle connection pays one pointer.
+//! The queue exists only while something waits, so an idle connection pays one pointer, and
+//! holds a few bytes per acknowledgement (the packet is built when it leaves).
 
 use std::collections::VecDeque;
 
 use super::Connection;
 use super::client::Client;
-use crate::codec::{Packet, Properties, ReasonCode};
+use crate::codec::{Packet, Properties, PubResp, ReasonCode};
 use crate::journal::Record;
 use crate::store::StoreError;
+
+/// Which acknowledgement, named as the packets are.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+/// An acknowledgement to send: the packet, as small as it can be kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ack {
+    pub kind: AckKind,
+    pub packet_id: u16,
+    pub code: ReasonCode,
+}
+
+impl Ack {
+    pub(crate) fn new(kind: AckKind, packet_id: u16, code: ReasonCode) -> Ack {
+        Ack {
+            kind,
+            packet_id,
+            code,
+        }
+    }
+
+    fn packet(self, reason_string: Option<&'static str>) -> Packet {
+        let r = PubResp {
+            packet_id: self.packet_id,
+            reason_code: self.code,
+            properties: Properties {
+                reason_string: reason_string.map(Into::into),
+                ..Default::default()
+            },
+        };
+        match self.kind {
+            AckKind::PubAck => Packet::PubAck(r),
+            AckKind::PubRec => Packet::PubRec(r),
+            AckKind::PubRel => Packet::PubRel(r),
+            AckKind::PubComp => Packet::PubComp(r),
+        }
+    }
+}
 
 /// Acknowledgements waiting for their journal tickets, in arrival order.
 #[derive(Default)]
 pub(crate) struct DeferredAcks {
-    queue: VecDeque<(u64, Packet)>,
+    queue: VecDeque<(u64, Ack)>,
     /// The highest ticket the session's wake-up is registered for.
     registered: u64,
 }
 
 impl Connection {
-    /// Sends `packet` (PUBACK, PUBREC, PUBREL or PUBCOMP) once the journal batch `durable_at` is done,
-    /// and after every acknowledgement queued before it.
-    pub(crate) fn acknowledge(&mut self, c: &Client, packet: Packet, durable_at: Option<u64>) {
-        let journal = self.broker.journal();
+    /// Sends `ack` once the journal batch `durable_at` is done, and after every acknowledgement
+    /// queued before it.
+    pub(crate) fn acknowledge(&mut self, c: &Client, ack: Ack, durable_at: Option<u64>) {
+        let broker = self.broker.clone();
+        let journal = broker.journal();
         let ready = durable_at.is_none_or(|t| journal.is_some_and(|j| j.done() >= t));
         if self.acks.is_none() && ready {
-            let packet = match (journal, durable_at) {
-                (Some(j), Some(t)) => self.outcome(c, packet, j.outcome(t)),
-                _ => packet,
+            let outcome = match (journal, durable_at) {
+                (Some(j), Some(t)) => j.outcome(t),
+                _ => Ok(()),
             };
+            let packet = self.outcome(c, ack, outcome);
             self.send(c, packet);
             return;
         }
@@ -45,7 +93,7 @@ impl Connection {
             acks.registered = ticket;
             j.wake_after(ticket, &c.session);
         }
-        acks.queue.push_back((ticket, packet));
+        acks.queue.push_back((ticket, ack));
     }
 
     /// Sends the acknowledgements whose batches are done, in order.
@@ -63,7 +111,7 @@ impl Connection {
             if *ticket > done {
                 break;
             }
-            let Some((ticket, packet)) = acks.queue.pop_front() else {
+            let Some((ticket, ack)) = acks.queue.pop_front() else {
                 break;
             };
             let outcome = if ticket == 0 {
@@ -71,17 +119,17 @@ impl Connection {
             } else {
                 journal.outcome(ticket)
             };
-            let packet = self.outcome(c, packet, outcome);
+            let packet = self.outcome(c, ack, outcome);
             self.send(c, packet);
         }
     }
 
-    /// The acknowledgement as the batch's outcome makes it: a failed commit turns PUBACK and
-    /// PUBREC into 0x97 (disk full) or 0x80 with a Reason String. A PUBCOMP has no failure code;
-    /// its release is journaled again instead.
-    fn outcome(&self, c: &Client, mut packet: Packet, outcome: Result<(), StoreError>) -> Packet {
+    /// The packet as the batch's outcome makes it: a failed commit turns PUBACK and PUBREC
+    /// into 0x97 (disk full) or 0x80 with a Reason String. PUBREL and PUBCOMP have no failure
+    /// code; a PUBCOMP's release is journaled again instead.
+    fn outcome(&self, c: &Client, mut ack: Ack, outcome: Result<(), StoreError>) -> Packet {
         let Err(e) = outcome else {
-            return packet;
+            return ack.packet(None);
         };
         self.broker
             .stats
@@ -97,33 +145,31 @@ impl Connection {
                 "the broker could not store the message",
             ),
         };
-        let is_pubrec = matches!(packet, Packet::PubRec(_));
-        match &mut packet {
-            Packet::PubAck(r) | Packet::PubRec(r) if r.reason_code.0 < 0x80 => {
-                r.reason_code = code;
-                r.properties = Properties {
-                    reason_string: Some(why.into()),
-                    ..Default::default()
-                };
-                if is_pubrec {
+        match ack.kind {
+            AckKind::PubAck | AckKind::PubRec if !ack.code.is_error() => {
+                if ack.kind == AckKind::PubRec {
                     // Refused: the client may use the identifier again for a new message.
-                    let pid = r.packet_id;
-                    c.session.state.lock().incoming_qos2.remove(&pid);
+                    c.session.state.lock().incoming_qos2.remove(&ack.packet_id);
                     if let Some(j) = self.broker.journal() {
-                        j.append(Record::IncomingRemove(c.session.client_id.clone(), pid));
+                        j.append(Record::IncomingRemove(
+                            c.session.client_id.clone(),
+                            ack.packet_id,
+                        ));
                     }
                 }
+                ack.code = code;
+                return ack.packet(Some(why));
             }
-            Packet::PubComp(r) => {
+            AckKind::PubComp => {
                 if let Some(j) = self.broker.journal() {
                     j.append(Record::IncomingRemove(
                         c.session.client_id.clone(),
-                        r.packet_id,
+                        ack.packet_id,
                     ));
                 }
             }
             _ => {}
         }
-        packet
+        ack.packet(None)
     }
 }

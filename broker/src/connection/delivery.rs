@@ -95,7 +95,7 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
-            if let (Some(j), Some(seq), Some(pid)) = (journal, d.stored, pid) {
+            if let (Some(j), Some(seq), Some(pid)) = (journal, d.stored.map(|s| s.seq), pid) {
                 let ticket = j.append(Record::Entry {
                     client: session.client_id.clone(),
                     seq,

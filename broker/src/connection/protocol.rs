@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, info};
 
+use super::acks::{Ack, AckKind};
 use super::client::Client;
 use super::exchange::{self, Next, Refused};
 use super::violation::Violation;
@@ -17,7 +18,7 @@ use crate::auth::ReauthRequest;
 use crate::broker::Broker;
 use crate::codec::topic::{has_wildcard, parse_shared, valid_topic_filter};
 use crate::codec::{
-    Auth, Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    Auth, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
 use crate::journal::Record;
@@ -78,7 +79,7 @@ impl Connection {
                     }
                 };
                 if let Some((code, durable_at)) = reply {
-                    self.acknowledge(c, Packet::PubRel(resp(r.packet_id, code)), durable_at);
+                    self.acknowledge(c, Ack::new(AckKind::PubRel, r.packet_id, code), durable_at);
                 }
             }
             Packet::PubRel(r) => {
@@ -101,7 +102,7 @@ impl Connection {
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.acknowledge(c, Packet::PubComp(resp(r.packet_id, code)), durable_at);
+                self.acknowledge(c, Ack::new(AckKind::PubComp, r.packet_id, code), durable_at);
             }
             Packet::PubComp(r) => {
                 let mut st = c.session.state.lock();
@@ -173,7 +174,7 @@ impl Connection {
             if st.incoming_qos2.contains(&pid) {
                 // A resend of a message already received: acknowledge, do not deliver twice.
                 drop(st);
-                self.acknowledge(c, Packet::PubRec(resp(pid, ReasonCode::SUCCESS)), None);
+                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, ReasonCode::SUCCESS), None);
                 return Ok(());
             }
             if st.incoming_qos2.len() >= cfg.receive_maximum as usize {
@@ -228,7 +229,7 @@ impl Connection {
                     .fetch_add(1, Ordering::Relaxed);
             }
             QoS::AtLeastOnce => {
-                self.acknowledge(c, Packet::PubAck(resp(pid, code)), durable_at);
+                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at);
             }
             QoS::ExactlyOnce => {
                 if !code.is_error() {
@@ -243,7 +244,7 @@ impl Connection {
                         durable_at = durable_at.max(Some(t));
                     }
                 }
-                self.acknowledge(c, Packet::PubRec(resp(pid, code)), durable_at);
+                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable_at);
             }
         }
         Ok(())
@@ -404,13 +405,5 @@ impl Connection {
                 message: r.message,
             });
         }
-    }
-}
-
-fn resp(packet_id: u16, code: ReasonCode) -> PubResp {
-    PubResp {
-        packet_id,
-        reason_code: code,
-        properties: Properties::default(),
     }
 }

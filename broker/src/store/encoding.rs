@@ -14,7 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::{
     EntryState, Presence, SessionHead, StoredEntry, StoredMessage, StoredSubscription, StoredWill,
 };
-use crate::codec::{self, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{self, QoS, RetainHandling, SubscriptionOptions, Utf8Bytes};
 
 const VERSION: u8 = 1;
 
@@ -92,8 +92,8 @@ fn decode_message_bytes(mut b: Bytes) -> Result<StoredMessage> {
     let expires_at = time(b.get_u64());
     let len = b.get_u16() as usize;
     need(&b, len, "message topic")?;
-    let topic = String::from_utf8(b.split_to(len).to_vec())
-        .map_err(|_| CorruptRecord("message topic is not UTF-8"))?;
+    let topic = Utf8Bytes::try_from_bytes(b.split_to(len))
+        .ok_or(CorruptRecord("message topic is not UTF-8"))?;
     let properties = codec::decode_publish_properties(&mut b)
         .map_err(|_| CorruptRecord("message properties"))?;
     Ok(StoredMessage {
@@ -212,12 +212,18 @@ pub fn decode_subscription(raw: &[u8]) -> Result<StoredSubscription> {
 
 // ---- queue entries ----
 
+/// `[1][seq][message id][qos | retain << 2 | body << 3][state][packet id][n][ids × n][body]`:
+/// the body (a message record) runs to the end when the entry holds it.
 pub fn encode_entry(e: &StoredEntry) -> Vec<u8> {
-    let mut b = BytesMut::with_capacity(24 + 4 * e.subscription_ids.len());
+    let body_len = e
+        .body
+        .as_ref()
+        .map_or(0, |m| 32 + m.topic.len() + m.payload.len());
+    let mut b = BytesMut::with_capacity(26 + 4 * e.subscription_ids.len() + body_len);
     b.put_u8(VERSION);
     b.put_u64(e.seq);
     b.put_u64(e.message_id);
-    b.put_u8(e.qos.as_u8() | (e.retain as u8) << 2);
+    b.put_u8(e.qos.as_u8() | (e.retain as u8) << 2 | (e.body.is_some() as u8) << 3);
     match e.state {
         EntryState::Queued => {
             b.put_u8(0);
@@ -232,8 +238,12 @@ pub fn encode_entry(e: &StoredEntry) -> Vec<u8> {
             b.put_u16(pid);
         }
     }
-    for id in &e.subscription_ids {
+    b.put_u16(e.subscription_ids.len().min(u16::MAX as usize) as u16);
+    for id in e.subscription_ids.iter().take(u16::MAX as usize) {
         b.put_u32(*id);
+    }
+    if let Some(m) = &e.body {
+        put_message(&mut b, m);
     }
     b.to_vec()
 }
@@ -241,26 +251,31 @@ pub fn encode_entry(e: &StoredEntry) -> Vec<u8> {
 pub fn decode_entry(raw: &[u8]) -> Result<StoredEntry> {
     let mut b = Bytes::copy_from_slice(raw);
     version(&mut b, "queue entry")?;
-    need(&b, 20, "queue entry")?;
+    need(&b, 22, "queue entry")?;
     let seq = b.get_u64();
     let message_id = b.get_u64();
-    let (qos, retain) = qos_and_retain(b.get_u8())?;
+    let flags = b.get_u8();
+    let (qos, retain) = qos_and_retain(flags)?;
     let state = match (b.get_u8(), b.get_u16()) {
         (0, _) => EntryState::Queued,
         (1, pid) if pid != 0 => EntryState::Sent(pid),
         (2, pid) if pid != 0 => EntryState::Released(pid),
         _ => return Err(CorruptRecord("queue entry state")),
     };
-    if !b.remaining().is_multiple_of(4) {
-        return Err(CorruptRecord("queue entry subscription identifiers"));
-    }
-    let mut subscription_ids = Vec::with_capacity(b.remaining() / 4);
-    while b.has_remaining() {
-        subscription_ids.push(b.get_u32());
-    }
+    let n = b.get_u16() as usize;
+    need(&b, 4 * n, "queue entry subscription identifiers")?;
+    let subscription_ids = (0..n).map(|_| b.get_u32()).collect();
+    let body = if flags & 0x08 != 0 {
+        Some(std::sync::Arc::new(decode_message_bytes(b.split_off(0))?))
+    } else if b.has_remaining() {
+        return Err(CorruptRecord("bytes after a queue entry"));
+    } else {
+        None
+    };
     Ok(StoredEntry {
         seq,
         message_id,
+        body,
         qos,
         retain,
         subscription_ids,
@@ -329,6 +344,7 @@ mod tests {
             let e = StoredEntry {
                 seq: u64::MAX - 1,
                 message_id: 42,
+                body: (state == EntryState::Queued).then(|| std::sync::Arc::new(m.clone())),
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 subscription_ids: vec![1, 9],
@@ -354,6 +370,7 @@ mod tests {
             encode_entry(&StoredEntry {
                 seq: 1,
                 message_id: 1,
+                body: Some(std::sync::Arc::new(message())),
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 subscription_ids: vec![3],

@@ -30,7 +30,8 @@ use crate::message::Message;
 /// An application message as stored: expiry on the wall clock, so it survives a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    pub topic: String,
+    /// The topic as the codec checked it (shared with the message, not copied).
+    pub topic: Utf8Bytes,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
@@ -42,7 +43,7 @@ pub struct StoredMessage {
 impl StoredMessage {
     pub(crate) fn from_message(m: &Message) -> StoredMessage {
         StoredMessage {
-            topic: m.topic.to_string(),
+            topic: m.topic.clone(),
             payload: m.payload.clone(),
             qos: m.qos,
             retain: m.retain,
@@ -53,7 +54,7 @@ impl StoredMessage {
 
     pub(crate) fn to_message(&self) -> Message {
         Message {
-            topic: Utf8Bytes::from(self.topic.as_str()),
+            topic: self.topic.clone(),
             payload: self.payload.clone(),
             qos: self.qos,
             retain: self.retain,
@@ -133,8 +134,10 @@ pub enum EntryState {
 pub struct StoredEntry {
     /// The session's sequence number of the entry: queue order.
     pub seq: u64,
-    /// The stored message ([`Change::PutMessage`]).
+    /// The message's id: of its shared body ([`Change::PutMessage`]) unless `body` is here.
     pub message_id: u64,
+    /// The message itself, when it was routed to this session alone.
+    pub body: Option<Arc<StoredMessage>>,
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
@@ -162,36 +165,40 @@ pub struct StoredState {
     pub last_alive: Option<SystemTime>,
 }
 
-/// One change of a batch.
+/// One change of a batch. A session's changes name it by its client id, shared with the
+/// broker's session (no copy per change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Everything goes (a snapshot follows in the same batch).
     Clear,
-    PutRetained(StoredMessage),
+    /// Boxed, as `PutSession`: a change is moved several times on its way to the store, and
+    /// most are small.
+    PutRetained(Box<StoredMessage>),
     DeleteRetained(String),
     PutMessage(u64, Arc<StoredMessage>),
     DeleteMessage(u64),
     /// Creates or replaces a session's head.
-    PutSession(SessionHead),
+    PutSession(Box<SessionHead>),
     /// The session ended: its head, subscriptions, entries and incoming identifiers go.
-    DeleteSession(String),
-    PutSubscription(String, StoredSubscription),
-    DeleteSubscription(String, String),
+    DeleteSession(Arc<str>),
+    PutSubscription(Arc<str>, StoredSubscription),
+    DeleteSubscription(Arc<str>, String),
     /// Creates or replaces the entry `seq` of a session.
-    PutEntry(String, StoredEntry),
+    PutEntry(Arc<str>, StoredEntry),
     /// Changes the state of an existing entry (nothing if it is gone).
-    SetEntryState(String, u64, EntryState),
-    DeleteEntry(String, u64),
-    PutIncoming(String, u16),
-    DeleteIncoming(String, u16),
+    SetEntryState(Arc<str>, u64, EntryState),
+    DeleteEntry(Arc<str>, u64),
+    PutIncoming(Arc<str>, u16),
+    DeleteIncoming(Arc<str>, u16),
 }
 
 /// Changes applied together: all of them or none.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub changes: Vec<Change>,
-    /// When the batch was made (recorded as [`StoredState::last_alive`]).
-    pub alive_at: SystemTime,
+    /// When the batch was made, to record as [`StoredState::last_alive`]; the journal sends it
+    /// about once a second, not with every batch.
+    pub alive_at: Option<SystemTime>,
 }
 
 /// Why a backend failed; the broker answers publishers waiting on the batch with it.
@@ -297,7 +304,8 @@ impl Store for MemoryStore {
             match change {
                 Change::Clear => *st = MemoryState::default(),
                 Change::PutRetained(m) => {
-                    st.retained.insert(m.topic.clone(), m.clone());
+                    st.retained
+                        .insert(m.topic.to_string(), StoredMessage::clone(m));
                 }
                 Change::DeleteRetained(t) => {
                     st.retained.remove(t);
@@ -309,41 +317,44 @@ impl Store for MemoryStore {
                     st.messages.remove(id);
                 }
                 Change::PutSession(h) => {
-                    st.heads.insert(h.client_id.clone(), h.clone());
+                    st.heads.insert(h.client_id.clone(), SessionHead::clone(h));
                 }
                 Change::DeleteSession(c) => {
-                    st.heads.remove(c);
-                    st.subscriptions.retain(|(k, _), _| k != c);
-                    st.entries.retain(|(k, _), _| k != c);
-                    st.incoming.retain(|(k, _), _| k != c);
+                    let c = c.to_string();
+                    st.heads.remove(&c);
+                    st.subscriptions.retain(|(k, _), _| *k != c);
+                    st.entries.retain(|(k, _), _| *k != c);
+                    st.incoming.retain(|(k, _), _| *k != c);
                 }
                 Change::PutSubscription(c, s) => {
                     st.subscriptions
-                        .insert((c.clone(), s.filter.clone()), s.clone());
+                        .insert((c.to_string(), s.filter.clone()), s.clone());
                 }
                 Change::DeleteSubscription(c, f) => {
-                    st.subscriptions.remove(&(c.clone(), f.clone()));
+                    st.subscriptions.remove(&(c.to_string(), f.clone()));
                 }
                 Change::PutEntry(c, e) => {
-                    st.entries.insert((c.clone(), e.seq), e.clone());
+                    st.entries.insert((c.to_string(), e.seq), e.clone());
                 }
                 Change::SetEntryState(c, seq, state) => {
-                    if let Some(e) = st.entries.get_mut(&(c.clone(), *seq)) {
+                    if let Some(e) = st.entries.get_mut(&(c.to_string(), *seq)) {
                         e.state = *state;
                     }
                 }
                 Change::DeleteEntry(c, seq) => {
-                    st.entries.remove(&(c.clone(), *seq));
+                    st.entries.remove(&(c.to_string(), *seq));
                 }
                 Change::PutIncoming(c, p) => {
-                    st.incoming.insert((c.clone(), *p), ());
+                    st.incoming.insert((c.to_string(), *p), ());
                 }
                 Change::DeleteIncoming(c, p) => {
-                    st.incoming.remove(&(c.clone(), *p));
+                    st.incoming.remove(&(c.to_string(), *p));
                 }
             }
         }
-        st.last_alive = Some(batch.alive_at);
+        if batch.alive_at.is_some() {
+            st.last_alive = batch.alive_at;
+        }
         Ok(())
     }
 }
