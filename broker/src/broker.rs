@@ -90,6 +90,15 @@ impl BrokerHandle {
     pub fn connected_clients(&self) -> Vec<ConnectionInfo> {
         self.0.connections.list()
     }
+
+    /// Waits until every change to durable state made so far is in the store (with `durable`
+    /// storage; otherwise returns at once).
+    pub async fn sync(&self) -> Result<(), crate::store::StoreError> {
+        match self.0.journal() {
+            Some(j) => j.sync().await,
+            None => Ok(()),
+        }
+    }
 }
 
 impl Broker {

@@ -252,6 +252,20 @@ impl Journal {
             .get_or_init(|| self.shared.next_message_id.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Waits until everything appended so far is committed.
+    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+        let ticket = {
+            let p = self.shared.pending.lock();
+            if p.records.is_empty() && p.pins == 0 {
+                // The last record appended is in an earlier batch (possibly still committing).
+                p.batch.saturating_sub(1)
+            } else {
+                p.batch
+            }
+        };
+        self.wait(ticket).await
+    }
+
     /// Every batch up to this ticket is done.
     pub(crate) fn done(&self) -> u64 {
         self.shared.done.load(Ordering::Acquire)
@@ -321,11 +335,41 @@ struct Writer {
 
 /// A batch being turned into changes.
 struct Building {
-    changes: Vec<Option<Change>>,
+    changes: Vec<Slot>,
     /// Entries created in this batch: where their `PutEntry` is.
     new_entries: IdMap<EntryKey, usize>,
     /// Message bodies first written by this batch: where their `PutMessage` is.
     new_bodies: IdMap<u64, usize>,
+}
+
+/// A change of the batch being built. Messages are converted to their stored form only for
+/// the entries and bodies that are still there when the batch is complete: most entries of a
+/// busy persistent session are acknowledged before their batch commits.
+enum Slot {
+    Ready(Change),
+    /// A queue entry, with the message to store inline in it if it is not shared.
+    Entry(Arc<str>, StoredEntry, Option<Arc<Message>>),
+    /// A shared message body.
+    Body(u64, Arc<Message>),
+    /// Cancelled within the batch.
+    Gone,
+}
+
+impl Slot {
+    fn into_change(self) -> Option<Change> {
+        match self {
+            Slot::Ready(c) => Some(c),
+            Slot::Entry(client, mut entry, inline) => {
+                entry.body = inline.map(|m| Arc::new(StoredMessage::from_message(&m)));
+                Some(Change::PutEntry(client, entry))
+            }
+            Slot::Body(id, m) => Some(Change::PutMessage(
+                id,
+                Arc::new(StoredMessage::from_message(&m)),
+            )),
+            Slot::Gone => None,
+        }
+    }
 }
 
 impl Writer {
@@ -341,6 +385,12 @@ impl Writer {
         let mut last_commit = Instant::now();
         let mut last_alive: Option<Instant> = None;
         loop {
+            // On a busy core, connection threads are ready to run: letting them go first makes
+            // the batch bigger, and most of a commit's cost (its fsync above all) is per commit,
+            // not per record (QoS 1 fan-in to a persistent session on one core: 250 -> 390
+            // messages per commit, 3.2 -> 2.7 µs of CPU per message). With nothing else ready to
+            // run this returns at once.
+            std::thread::yield_now();
             let (batch, records, stop) = {
                 let mut p = self.shared.pending.lock();
                 loop {
@@ -418,14 +468,15 @@ impl Writer {
         };
         for record in records {
             match record {
-                Record::Retained(m) => b.changes.push(Some(if m.payload.is_empty() {
+                Record::Retained(m) => b.changes.push(Slot::Ready(if m.payload.is_empty() {
                     Change::DeleteRetained(m.topic.to_string())
                 } else {
                     Change::PutRetained(Box::new(StoredMessage::from_message(&m)))
                 })),
-                Record::Session(head) => b.changes.push(Some(Change::PutSession(head))),
+                Record::Session(head) => b.changes.push(Slot::Ready(Change::PutSession(head))),
                 Record::EndSession { client, messages } => {
-                    b.changes.push(Some(Change::DeleteSession(client.clone())));
+                    b.changes
+                        .push(Slot::Ready(Change::DeleteSession(client.clone())));
                     let gone = entry_key(&client, 0).0;
                     b.new_entries.retain(|(c, _), _| *c != gone);
                     for id in messages {
@@ -434,10 +485,10 @@ impl Writer {
                 }
                 Record::Subscribe(client, sub) => b
                     .changes
-                    .push(Some(Change::PutSubscription(client.clone(), sub))),
-                Record::Unsubscribe(client, filter) => b
-                    .changes
-                    .push(Some(Change::DeleteSubscription(client.clone(), filter))),
+                    .push(Slot::Ready(Change::PutSubscription(client.clone(), sub))),
+                Record::Unsubscribe(client, filter) => b.changes.push(Slot::Ready(
+                    Change::DeleteSubscription(client.clone(), filter),
+                )),
                 Record::Enqueue {
                     client,
                     seq,
@@ -448,47 +499,48 @@ impl Writer {
                     subscription_ids,
                 } => {
                     let id = message.stored_id.get().copied().unwrap_or_default();
-                    let body = if shared {
+                    let inline = if shared {
                         let r = self.refs.refs.entry(id).or_insert(MessageRef {
                             entries: 0,
                             written: false,
                         });
                         if r.entries == 0 && !r.written && !b.new_bodies.contains_key(&id) {
                             b.new_bodies.insert(id, b.changes.len());
-                            b.changes.push(Some(Change::PutMessage(
-                                id,
-                                Arc::new(StoredMessage::from_message(&message)),
-                            )));
+                            b.changes.push(Slot::Body(id, message.clone()));
                         }
                         r.entries += 1;
                         None
                     } else {
-                        Some(Arc::new(StoredMessage::from_message(&message)))
+                        Some(message)
                     };
                     b.new_entries
                         .insert(entry_key(&client, seq), b.changes.len());
-                    b.changes.push(Some(Change::PutEntry(
+                    b.changes.push(Slot::Entry(
                         client.clone(),
                         StoredEntry {
                             seq,
                             message_id: id,
-                            body,
+                            body: None,
                             qos,
                             retain,
                             subscription_ids,
                             state: EntryState::Queued,
                         },
-                    )));
+                        inline,
+                    ));
                 }
                 Record::Entry { client, seq, state } => {
                     if let Some(&at) = b.new_entries.get(&entry_key(&client, seq)) {
                         // Still only in this batch: update the entry being written.
-                        if let Some(Some(Change::PutEntry(_, e))) = b.changes.get_mut(at) {
+                        if let Some(Slot::Entry(_, e, _)) = b.changes.get_mut(at) {
                             e.state = state;
                         }
                     } else {
-                        b.changes
-                            .push(Some(Change::SetEntryState(client.clone(), seq, state)));
+                        b.changes.push(Slot::Ready(Change::SetEntryState(
+                            client.clone(),
+                            seq,
+                            state,
+                        )));
                     }
                 }
                 Record::Remove {
@@ -498,10 +550,10 @@ impl Writer {
                 } => {
                     match b.new_entries.remove(&entry_key(&client, seq)) {
                         // Created and gone within the batch: write neither.
-                        Some(at) => b.changes[at] = None,
+                        Some(at) => b.changes[at] = Slot::Gone,
                         None => b
                             .changes
-                            .push(Some(Change::DeleteEntry(client.clone(), seq))),
+                            .push(Slot::Ready(Change::DeleteEntry(client.clone(), seq))),
                     }
                     if let Some(id) = message {
                         self.release_message(&mut b, id);
@@ -509,15 +561,21 @@ impl Writer {
                 }
                 Record::IncomingAdd(client, pid) => b
                     .changes
-                    .push(Some(Change::PutIncoming(client.clone(), pid))),
+                    .push(Slot::Ready(Change::PutIncoming(client.clone(), pid))),
                 Record::IncomingRemove(client, pid) => b
                     .changes
-                    .push(Some(Change::DeleteIncoming(client.clone(), pid))),
-                Record::DropMessage(id) => b.changes.push(Some(Change::DeleteMessage(id))),
+                    .push(Slot::Ready(Change::DeleteIncoming(client.clone(), pid))),
+                Record::DropMessage(id) => b.changes.push(Slot::Ready(Change::DeleteMessage(id))),
             }
         }
         let bodies = b.new_bodies.keys().copied().collect();
-        (b.changes.into_iter().flatten().collect(), bodies)
+        (
+            b.changes
+                .into_iter()
+                .filter_map(Slot::into_change)
+                .collect(),
+            bodies,
+        )
     }
 
     /// One entry referencing message `id` went: its body goes with the last one.
@@ -532,8 +590,8 @@ impl Writer {
         let written = r.written;
         self.refs.refs.remove(&id);
         match b.new_bodies.remove(&id) {
-            Some(i) => b.changes[i] = None,
-            None if written => b.changes.push(Some(Change::DeleteMessage(id))),
+            Some(i) => b.changes[i] = Slot::Gone,
+            None if written => b.changes.push(Slot::Ready(Change::DeleteMessage(id))),
             None => {}
         }
     }

@@ -83,7 +83,7 @@ async fn restart_restores_retained_and_persistent_sessions() {
     );
     assert_eq!(state.sessions[0].entries.len(), 1);
 
-    let (_server, addr, _dir) = start(store.clone()).await;
+    let (server, addr, _dir) = start(store.clone()).await;
     let (mut keeper, present) = Raw::connect(addr, "keeper", false, 3600).await;
     assert!(present, "session restored");
     let Some(Packet::Publish(p)) = keeper.recv().await else {
@@ -122,6 +122,7 @@ async fn restart_restores_retained_and_persistent_sessions() {
     drop(keeper);
     let (_k, present) = Raw::connect(addr, "keeper", true, 0).await;
     assert!(!present);
+    server.handle().sync().await.unwrap();
     assert!(
         store
             .load()

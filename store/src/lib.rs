@@ -1,10 +1,6 @@
 //! The broker's durable state in a redb file (`broker.redb` in the data directory): the
 //! broker's storage seam ([`tessera_broker::store::Store`]) on disk.
 //!
-//! One table per record kind; a session's records share the client id as the first part of
-//! their keys, so ending a session is a range delete. Values are the broker's record encoding
-//! (`tessera_broker::store::encoding`), so this file only decides where bytes go:
-//!
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `schema_version`, `last_alive` (ms since the epoch) | u64 |
@@ -14,43 +10,75 @@
 //! | `subscriptions` | (client id, filter) | subscription |
 //! | `entries` | (client id, seq) | queue entry |
 //! | `incoming` | (client id, packet id) | () |
+//! | `log` | batch number since the last checkpoint | the batch's changes |
 //!
-//! Each [`Store::commit`] is one redb write transaction with `Durability::Immediate`: fsync
-//! before it returns. The file is created with mode 0600 in a 0700 directory. After an I/O
-//! error redb refuses every further operation until the file is opened again, so this store
-//! drops the handle and reopens it at the next call (a full disk that got space back is used
-//! again without a restart).
+//! Values are the broker's record encodings (`tessera_broker::store::encoding`), so this crate
+//! only decides where bytes go.
+//!
+//! **Log and checkpoint.** A [`Store::commit`] is one redb write transaction with
+//! `Durability::Immediate` (fsync before it returns) that appends the whole batch, encoded, as
+//! one row of `log`: one insert instead of one B-tree update per change, which is most of a
+//! commit's cost when a batch holds hundreds of queue entries. The store folds what it logged
+//! into its net effect on the tables ([`logged`]), and about once a second (or once the log
+//! holds [`LOG_BYTES`]) a checkpoint writes that effect to the tables and drops the log in one
+//! transaction. Entries acknowledged within a second of being queued, most of them under load,
+//! never reach the tables. At open, a log left by a crash is folded and checkpointed before
+//! anything is read. Invariant: the state is the tables with the log's batches applied in
+//! order; a checkpoint changes neither, since it swaps the two atomically.
+//!
+//! A batch that clears the store (a snapshot of `on_stop` durability) or is large goes to the
+//! tables directly, with the checkpoint, rather than through the log.
+//!
+//! The file is created with mode 0600 in a 0700 directory. After an I/O error redb refuses
+//! every further operation until the file is opened again, so this store drops the handle and
+//! reopens it (which folds and checkpoints the log again) at the next call: a full disk that
+//! got space back is used again without a restart.
 
-use std::collections::HashMap;
+mod logged;
+mod tables;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tessera_broker::store::encoding::{
-    decode_entry, decode_head, decode_message, decode_subscription, encode_entry, encode_head,
-    encode_message, encode_subscription,
-};
-use tessera_broker::store::{Batch, Change, Store, StoreError, StoredSession, StoredState};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tessera_broker::store::encoding::{decode_changes, encode_changes};
+use tessera_broker::store::{Batch, Change, Store, StoreError, StoredState};
+use tracing::{debug, warn};
 
-/// Bumped when the layout changes; a newer file is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+use logged::Logged;
+use tables::{LOG, META, Tables};
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
-const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
-const INCOMING: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming");
+/// Bumped when the layout changes; a newer file is refused. 2 added the log; a file of
+/// schema 1 (no log) is read as it is and marked 2 when opened.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// redb's page cache. Reads at start fill it; a broker's working set is in memory anyway.
 const CACHE: usize = 64 << 20;
+/// A checkpoint is due once the log holds this much...
+pub const LOG_BYTES: usize = 16 << 20;
+/// ...or is this old.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// A batch this large (a snapshot, a restore) goes to the tables directly.
+const DIRECT_BYTES: usize = LOG_BYTES / 4;
 
 pub struct RedbBrokerStore {
     path: PathBuf,
     /// `None` after an I/O error, until reopened.
-    db: Mutex<Option<Database>>,
+    open: Mutex<Option<Open>>,
+}
+
+/// An open file and what its log holds.
+struct Open {
+    db: Database,
+    logged: Logged,
+    /// The number of the next log row (rows since the last checkpoint).
+    next_row: u64,
+    log_bytes: usize,
+    /// When the first row since the last checkpoint was written.
+    since: Option<Instant>,
+    /// A checkpoint failed: reopen before the next use.
+    broken: bool,
 }
 
 fn failed(what: &str, e: impl Into<redb::Error>) -> StoreError {
@@ -72,18 +100,18 @@ fn millis(t: SystemTime) -> u64 {
 }
 
 impl RedbBrokerStore {
-    /// Opens (or creates) the store. Fails if another process holds it, or if it was written by
-    /// a newer release.
+    /// Opens (or creates) the store, applying a log left by a crash. Fails if another process
+    /// holds it, or if it was written by a newer release.
     pub fn open(path: &Path) -> Result<RedbBrokerStore, StoreError> {
         let store = RedbBrokerStore {
             path: path.to_path_buf(),
-            db: Mutex::new(None),
+            open: Mutex::new(None),
         };
-        store.with_db(|_| Ok(()))?;
+        store.with_open(|_| Ok(()))?;
         Ok(store)
     }
 
-    fn open_db(&self) -> Result<Database, StoreError> {
+    fn open_db(&self) -> Result<Open, StoreError> {
         let name = self.path.display().to_string();
         tessera_broker::files::private_file(&self.path)
             .map_err(|e| StoreError::from(std::io::Error::new(e.kind(), format!("{name}: {e}"))))?;
@@ -92,49 +120,68 @@ impl RedbBrokerStore {
             .create(&self.path)
             .map_err(|e| failed(&format!("cannot open {name}"), e))?;
         let tx = db.begin_write().map_err(|e| failed(&name, e))?;
+        let mut logged = Logged::default();
+        let mut rows = 0;
         {
             let mut meta = tx.open_table(META).map_err(|e| failed(&name, e))?;
             let version = meta
                 .get("schema_version")
                 .map_err(|e| failed(&name, e))?
                 .map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(|e| failed(&name, e))?;
-                }
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::Failed(format!(
-                        "{name} has schema version {v}; this release reads up to \
-                         {SCHEMA_VERSION} (it was written by a newer Tessera)"
-                    )));
-                }
-                Some(_) => {}
+            if let Some(v) = version
+                && v > SCHEMA_VERSION
+            {
+                return Err(StoreError::Failed(format!(
+                    "{name} has schema version {v}; this release reads up to \
+                     {SCHEMA_VERSION} (it was written by a newer Tessera)"
+                )));
             }
-            tx.open_table(RETAINED).map_err(|e| failed(&name, e))?;
-            tx.open_table(MESSAGES).map_err(|e| failed(&name, e))?;
-            tx.open_table(SESSIONS).map_err(|e| failed(&name, e))?;
-            tx.open_table(SUBSCRIPTIONS).map_err(|e| failed(&name, e))?;
-            tx.open_table(ENTRIES).map_err(|e| failed(&name, e))?;
-            tx.open_table(INCOMING).map_err(|e| failed(&name, e))?;
+            if version != Some(SCHEMA_VERSION) {
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(|e| failed(&name, e))?;
+            }
+            // A crash left these batches committed but not checkpointed: fold them in order.
+            let log = tx.open_table(LOG).map_err(|e| failed(&name, e))?;
+            for row in log.iter().map_err(|e| failed(&name, e))? {
+                let (k, v) = row.map_err(|e| failed(&name, e))?;
+                let changes = decode_changes(v.value())
+                    .map_err(|e| corrupt(&format!("{name}: log row {}", k.value()), e))?;
+                for c in &changes {
+                    logged.fold(c);
+                }
+                rows += 1;
+            }
+            let mut t = Tables::open(&tx)?;
+            logged.write(&mut t)?;
         }
+        tx.delete_table(LOG).map_err(|e| failed(&name, e))?;
         tx.commit().map_err(|e| failed(&name, e))?;
-        Ok(db)
+        if rows > 0 {
+            debug!(rows, "store log applied at open");
+        }
+        Ok(Open {
+            db,
+            logged: Logged::default(),
+            next_row: 0,
+            log_bytes: 0,
+            since: None,
+            broken: false,
+        })
     }
 
-    /// Runs `f` on the open database, reopening it first if an I/O error closed it; an I/O
-    /// error in `f` closes it again.
-    fn with_db<T>(
+    /// Runs `f` on the open store, reopening it first if an I/O error closed it; an error in
+    /// `f` closes it again.
+    fn with_open<T>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Open) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.db.lock();
+        let mut guard = self.open.lock();
         if guard.is_none() {
             *guard = Some(self.open_db()?);
         }
-        let db = guard.as_ref().expect("opened above");
-        let result = f(db);
-        if result.is_err() {
+        let open = guard.as_mut().expect("opened above");
+        let result = f(open);
+        if result.is_err() || open.broken {
             // Whatever failed, a fresh handle re-reads the last committed state.
             *guard = None;
         }
@@ -142,192 +189,91 @@ impl RedbBrokerStore {
     }
 }
 
+impl Open {
+    /// Appends `batch` to the log as one row.
+    fn log(&mut self, batch: &Batch, record: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| failed("write", e))?;
+        {
+            let mut log = tx.open_table(LOG).map_err(|e| failed("write", e))?;
+            log.insert(self.next_row, record)
+                .map_err(|e| failed("write", e))?;
+            if let Some(t) = batch.alive_at {
+                let mut meta = tx.open_table(META).map_err(|e| failed("write", e))?;
+                meta.insert("last_alive", millis(t))
+                    .map_err(|e| failed("write", e))?;
+            }
+        }
+        tx.commit().map_err(|e| failed("commit", e))?;
+        for c in &batch.changes {
+            self.logged.fold(c);
+        }
+        self.next_row += 1;
+        self.log_bytes += record.len();
+        self.since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Writes the log's net effect and then `batch` (if any) to the tables, and drops the log.
+    fn checkpoint(&mut self, batch: Option<&Batch>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| failed("write", e))?;
+        {
+            let mut t = Tables::open(&tx)?;
+            self.logged.write(&mut t)?;
+            if let Some(batch) = batch {
+                for c in &batch.changes {
+                    t.apply(c)?;
+                }
+                if let Some(at) = batch.alive_at {
+                    let mut meta = tx.open_table(META).map_err(|e| failed("write", e))?;
+                    meta.insert("last_alive", millis(at))
+                        .map_err(|e| failed("write", e))?;
+                }
+            }
+        }
+        tx.delete_table(LOG).map_err(|e| failed("write", e))?;
+        tx.commit().map_err(|e| failed("commit", e))?;
+        self.logged = Logged::default();
+        self.next_row = 0;
+        self.log_bytes = 0;
+        self.since = None;
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.log_bytes >= LOG_BYTES || self.since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)
+    }
+}
+
 impl Store for RedbBrokerStore {
     fn load(&self) -> Result<StoredState, StoreError> {
-        self.with_db(|db| {
-            let tx = db.begin_read().map_err(|e| failed("read", e))?;
-            let mut state = StoredState::default();
-            let meta = tx.open_table(META).map_err(|e| failed("meta", e))?;
-            state.last_alive = meta
-                .get("last_alive")
-                .map_err(|e| failed("meta", e))?
-                .map(|v| UNIX_EPOCH + Duration::from_millis(v.value()));
-            let retained = tx.open_table(RETAINED).map_err(|e| failed("retained", e))?;
-            for row in retained.iter().map_err(|e| failed("retained", e))? {
-                let (k, v) = row.map_err(|e| failed("retained", e))?;
-                let m = decode_message(v.value())
-                    .map_err(|e| corrupt(&format!("retained {:?}", k.value()), e))?;
-                state.retained.push(m);
+        self.with_open(|open| {
+            if !open.logged.is_empty() {
+                open.checkpoint(None)?;
             }
-            let messages = tx.open_table(MESSAGES).map_err(|e| failed("messages", e))?;
-            for row in messages.iter().map_err(|e| failed("messages", e))? {
-                let (k, v) = row.map_err(|e| failed("messages", e))?;
-                let m = decode_message(v.value())
-                    .map_err(|e| corrupt(&format!("message {}", k.value()), e))?;
-                state.messages.insert(k.value(), m);
-            }
-            let mut sessions: HashMap<String, StoredSession> = HashMap::new();
-            let heads = tx.open_table(SESSIONS).map_err(|e| failed("sessions", e))?;
-            for row in heads.iter().map_err(|e| failed("sessions", e))? {
-                let (k, v) = row.map_err(|e| failed("sessions", e))?;
-                let head = decode_head(v.value())
-                    .map_err(|e| corrupt(&format!("session {:?}", k.value()), e))?;
-                sessions.insert(
-                    k.value().to_string(),
-                    StoredSession {
-                        head,
-                        subscriptions: Vec::new(),
-                        entries: Vec::new(),
-                        incoming_qos2: Vec::new(),
-                    },
-                );
-            }
-            let subs = tx
-                .open_table(SUBSCRIPTIONS)
-                .map_err(|e| failed("subscriptions", e))?;
-            for row in subs.iter().map_err(|e| failed("subscriptions", e))? {
-                let (k, v) = row.map_err(|e| failed("subscriptions", e))?;
-                let (client, filter) = k.value();
-                let s = decode_subscription(v.value())
-                    .map_err(|e| corrupt(&format!("subscription {filter:?} of {client:?}"), e))?;
-                if let Some(session) = sessions.get_mut(client) {
-                    session.subscriptions.push(s);
-                }
-            }
-            // Entries come in key order: by client, then by sequence number.
-            let entries = tx.open_table(ENTRIES).map_err(|e| failed("entries", e))?;
-            for row in entries.iter().map_err(|e| failed("entries", e))? {
-                let (k, v) = row.map_err(|e| failed("entries", e))?;
-                let (client, seq) = k.value();
-                let e = decode_entry(v.value())
-                    .map_err(|e| corrupt(&format!("entry {seq} of {client:?}"), e))?;
-                if let Some(session) = sessions.get_mut(client) {
-                    session.entries.push(e);
-                }
-            }
-            let incoming = tx.open_table(INCOMING).map_err(|e| failed("incoming", e))?;
-            for row in incoming.iter().map_err(|e| failed("incoming", e))? {
-                let (k, _) = row.map_err(|e| failed("incoming", e))?;
-                let (client, pid) = k.value();
-                if let Some(session) = sessions.get_mut(client) {
-                    session.incoming_qos2.push(pid);
-                }
-            }
-            state.sessions = sessions.into_values().collect();
-            Ok(state)
+            let tx = open.db.begin_read().map_err(|e| failed("read", e))?;
+            tables::read(&tx)
         })
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.with_db(|db| {
-            let tx = db.begin_write().map_err(|e| failed("write", e))?;
-            {
-                fn e(err: impl Into<redb::Error>) -> StoreError {
-                    failed("write", err)
-                }
-                let mut meta = tx.open_table(META).map_err(e)?;
-                let mut retained = tx.open_table(RETAINED).map_err(e)?;
-                let mut messages = tx.open_table(MESSAGES).map_err(e)?;
-                let mut sessions = tx.open_table(SESSIONS).map_err(e)?;
-                let mut subs = tx.open_table(SUBSCRIPTIONS).map_err(e)?;
-                let mut entries = tx.open_table(ENTRIES).map_err(e)?;
-                let mut incoming = tx.open_table(INCOMING).map_err(e)?;
-                for change in &batch.changes {
-                    match change {
-                        Change::Clear => {
-                            retained.retain(|_, _| false).map_err(e)?;
-                            messages.retain(|_, _| false).map_err(e)?;
-                            sessions.retain(|_, _| false).map_err(e)?;
-                            subs.retain(|_, _| false).map_err(e)?;
-                            entries.retain(|_, _| false).map_err(e)?;
-                            incoming.retain(|_, _| false).map_err(e)?;
-                        }
-                        Change::PutRetained(m) => {
-                            retained
-                                .insert(m.topic.as_str(), encode_message(m).as_slice())
-                                .map_err(e)?;
-                        }
-                        Change::DeleteRetained(t) => {
-                            retained.remove(t.as_str()).map_err(e)?;
-                        }
-                        Change::PutMessage(id, m) => {
-                            messages
-                                .insert(*id, encode_message(m).as_slice())
-                                .map_err(e)?;
-                        }
-                        Change::DeleteMessage(id) => {
-                            messages.remove(*id).map_err(e)?;
-                        }
-                        Change::PutSession(h) => {
-                            sessions
-                                .insert(h.client_id.as_str(), encode_head(h).as_slice())
-                                .map_err(e)?;
-                        }
-                        Change::DeleteSession(c) => {
-                            let c: &str = c;
-                            sessions.remove(c).map_err(e)?;
-                            let filters: Vec<String> = subs
-                                .range((c, "")..)
-                                .map_err(e)?
-                                .map_while(|row| {
-                                    let (k, _) = row.ok()?;
-                                    let (client, filter) = k.value();
-                                    (client == c).then(|| filter.to_string())
-                                })
-                                .collect();
-                            for f in &filters {
-                                subs.remove((c, f.as_str())).map_err(e)?;
-                            }
-                            entries
-                                .retain_in((c, 0u64)..=(c, u64::MAX), |_, _| false)
-                                .map_err(e)?;
-                            incoming
-                                .retain_in((c, 0u16)..=(c, u16::MAX), |_, _| false)
-                                .map_err(e)?;
-                        }
-                        Change::PutSubscription(c, s) => {
-                            subs.insert(
-                                (&**c, s.filter.as_str()),
-                                encode_subscription(s).as_slice(),
-                            )
-                            .map_err(e)?;
-                        }
-                        Change::DeleteSubscription(c, f) => {
-                            subs.remove((&**c, f.as_str())).map_err(e)?;
-                        }
-                        Change::PutEntry(c, entry) => {
-                            entries
-                                .insert((&**c, entry.seq), encode_entry(entry).as_slice())
-                                .map_err(e)?;
-                        }
-                        Change::SetEntryState(c, seq, state) => {
-                            let current = entries
-                                .get((&**c, *seq))
-                                .map_err(e)?
-                                .map(|v| decode_entry(v.value()));
-                            if let Some(Ok(mut entry)) = current {
-                                entry.state = *state;
-                                entries
-                                    .insert((&**c, *seq), encode_entry(&entry).as_slice())
-                                    .map_err(e)?;
-                            }
-                        }
-                        Change::DeleteEntry(c, seq) => {
-                            entries.remove((&**c, *seq)).map_err(e)?;
-                        }
-                        Change::PutIncoming(c, pid) => {
-                            incoming.insert((&**c, *pid), ()).map_err(e)?;
-                        }
-                        Change::DeleteIncoming(c, pid) => {
-                            incoming.remove((&**c, *pid)).map_err(e)?;
-                        }
+        self.with_open(|open| {
+            let clears = batch.changes.iter().any(|c| matches!(c, Change::Clear));
+            let record = (!clears).then(|| encode_changes(&batch.changes));
+            match record {
+                Some(record) if record.len() < DIRECT_BYTES => {
+                    open.log(batch, &record)?;
+                    if open.checkpoint_due()
+                        && let Err(e) = open.checkpoint(None)
+                    {
+                        // The batch is durable in the log already, so it succeeded. The
+                        // handle is reopened by the next call, which checkpoints the log.
+                        warn!(error = %e, "store checkpoint failed; the log keeps the changes");
+                        open.broken = true;
                     }
+                    Ok(())
                 }
-                if let Some(t) = batch.alive_at {
-                    meta.insert("last_alive", millis(t)).map_err(e)?;
-                }
+                _ => open.checkpoint(Some(batch)),
             }
-            tx.commit().map_err(|e| failed("commit", e))
         })
     }
 }

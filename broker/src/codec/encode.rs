@@ -166,7 +166,7 @@ fn put_header(buf: &mut BytesMut, first: u8, remaining: usize) {
 
 /// The 5.0 short forms of PUBACK..PUBCOMP (§3.4.2.1): omit what is default.
 fn encode_pub_resp(buf: &mut BytesMut, first: u8, r: &PubResp, version: Version) {
-    let has_props = r.properties != Properties::default();
+    let has_props = version.is_v5() && !r.properties.is_empty();
     if !version.is_v5() || (r.reason_code == ReasonCode::SUCCESS && !has_props) {
         put_header(buf, first, 2);
         buf.put_u16(r.packet_id);
@@ -377,7 +377,7 @@ fn encode_reason_and_props(
     props: &Properties,
     v5: bool,
 ) {
-    let has_props = *props != Properties::default();
+    let has_props = !props.is_empty();
     if !v5 || (code == ReasonCode::SUCCESS && !has_props) {
         put_header(buf, first, 0);
     } else if !has_props {

@@ -277,6 +277,13 @@ macro_rules! properties {
                 }
             }
 
+            /// No property is set (a present property always encodes to at least two bytes).
+            /// Cheaper than comparing with `Properties::default()`, which builds and compares
+            /// the whole struct: an acknowledgement asks this for every packet.
+            pub fn is_empty(&self) -> bool {
+                true $( && <$wire as WireType>::len(&self.$field) == 0 )*
+            }
+
             /// Encoded length of the properties, without the length prefix.
             pub fn encoded_len(&self) -> usize {
                 0 $( + <$wire as WireType>::len(&self.$field) )*

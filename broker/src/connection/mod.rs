@@ -147,6 +147,10 @@ where
     Box::pin(conn.finish(client, ending, &mut w)).await;
 }
 
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
 impl Connection {
     /// The connected phase: until the client, the broker or the network ends it.
     async fn run<S: AsyncRead + AsyncWrite>(
@@ -169,7 +173,6 @@ impl Connection {
             } else {
                 0
             };
-            let far = Instant::now() + Duration::from_secs(86_400 * 365);
             let timer = match (keep_alive_deadline, c.credential_deadline) {
                 (Some(k), Some(d)) => Some(k.min(d)),
                 (k, d) => k.or(d),
@@ -236,8 +239,9 @@ impl Connection {
                 }
                 _ = c.session.notify.notified(), if self.wire.out.len() < self.high_water => {}
                 // One timer for both deadlines (a timer is over a hundred bytes of every idle
-                // connection): whichever has passed when it fires ends the connection.
-                _ = sleep_until(timer.unwrap_or(far)), if timer.is_some() => {
+                // connection): whichever has passed when it fires ends the connection. select!
+                // builds a disabled branch's future too, so without a timer it gets a far one.
+                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
                     if c.credential_deadline.is_some_and(|d| d <= Instant::now()) {
                         return Ending::server(ReasonCode::MAXIMUM_CONNECT_TIME, "credential expired; re-authenticate before expiry to stay connected");
                     }
@@ -257,13 +261,18 @@ impl Connection {
         keep_alive_deadline: &mut Option<Instant>,
         handled: &mut usize,
     ) -> Buffered {
+        // Every packet of one read arrived at once: the keep-alive restarts once per call.
+        let mut received = false;
         let outcome = loop {
             let packet = match self.wire.decode() {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break Buffered::Drained,
                 Err(e) => break Buffered::End(Ending::Undecodable(e)),
             };
-            *keep_alive_deadline = c.keep_alive_window.map(|d| Instant::now() + d);
+            if !received {
+                received = true;
+                *keep_alive_deadline = c.keep_alive_window.map(|d| Instant::now() + d);
+            }
             *handled += 1;
             if !Qos0Run::joins(&packet) {
                 self.flush_run();

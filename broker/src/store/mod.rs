@@ -183,7 +183,11 @@ pub enum Change {
     DeleteSession(Arc<str>),
     PutSubscription(Arc<str>, StoredSubscription),
     DeleteSubscription(Arc<str>, String),
-    /// Creates or replaces the entry `seq` of a session.
+    /// Creates the entry `seq` of a session. The broker never puts an entry (or a message
+    /// body, `PutMessage`) under a key it has stored before, unless a `Clear` or the session's
+    /// `DeleteSession` came in between: sequence numbers and message ids only grow, from past
+    /// what was loaded. A backend may rely on it (the redb store drops a put that a delete
+    /// follows before the put reached its tables).
     PutEntry(Arc<str>, StoredEntry),
     /// Changes the state of an existing entry (nothing if it is gone).
     SetEntryState(Arc<str>, u64, EntryState),
