@@ -2,9 +2,9 @@
 # Restart with a large state: fills Tessera (durability durable) and mosquitto (persistence
 # true) with RETAINED retained topics and SESSIONS persistent sessions (one subscription each),
 # stops each gracefully, then starts it again and reports the time until it answers CONNECT,
-# its RSS then, and the size of its state on disk. Each broker pinned to CPU 0, the load
-# generator to CPU 1. Usage: benches/restart.sh [ROUNDS] (default 1); RETAINED=1000000
-# SESSIONS=100000 by default.
+# its RSS then (and its RSS just after the fill, for comparison), and the size of its state on
+# disk. Each broker pinned to CPU 0, the load generator to CPU 1. Usage: benches/restart.sh
+# [ROUNDS] (default 1); RETAINED=1000000 SESSIONS=100000 by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -74,7 +74,8 @@ for b in tessera mosquitto; do
   "start_$b"
   LG ready --timeout 60 >/dev/null
   fill=$(LG fill --retained "$RETAINED" --sessions "$SESSIONS")
-  echo "$b filled: $fill" >&2
+  filled_rss=$(rss_kib "$PID")
+  echo "$b filled: $fill rss_kib=$filled_rss" >&2
   stop
   for round in $(seq "$ROUNDS"); do
     "start_$b"
@@ -82,7 +83,8 @@ for b in tessera mosquitto; do
     rss=$(rss_kib "$PID")
     size=$(du -k "$DISK" | cut -f1)
     echo "$b round $round: $ready rss_kib=$rss disk_kib=$size" >&2
-    printf '{"broker":"%s","ready":%s,"rss_kib":%s,"disk_kib":%s}\n' "$b" "$ready" "$rss" "$size"
+    printf '{"broker":"%s","ready":%s,"rss_kib":%s,"filled_rss_kib":%s,"disk_kib":%s}\n' \
+      "$b" "$ready" "$rss" "$filled_rss" "$size"
     stop
   done
 done

@@ -71,6 +71,41 @@ async fn malformed_packets_after_connect_get_disconnect_with_the_named_code() {
             &[0x20, 0x03, 0x00, 0x00, 0x00],
             ReasonCode::PROTOCOL_ERROR,
         ),
+        // A wildcard in a PUBLISH Topic Name: the code the standard names.
+        (
+            "wildcard topic",
+            &[0x30, 0x04, 0x00, 0x01, b'#', 0x00],
+            ReasonCode::TOPIC_NAME_INVALID,
+        ),
+        // DUP on a QoS 0 PUBLISH.
+        (
+            "dup on qos 0",
+            &[0x38, 0x04, 0x00, 0x01, b'a', 0x00],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+        // A zero-length topic filter (MQTT-4.7.3-1), in SUBSCRIBE and in UNSUBSCRIBE.
+        (
+            "empty filter",
+            &[0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+        (
+            "empty unsubscribe filter",
+            &[0xA2, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+        // A PUBACK with a reason code PUBACK does not define (0x01).
+        (
+            "undefined ack code",
+            &[0x40, 0x03, 0x00, 0x01, 0x01],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
+        // A wildcard Response Topic.
+        (
+            "wildcard response topic",
+            &[0x30, 0x08, 0x00, 0x01, b'a', 0x04, 0x08, 0x00, 0x01, b'+'],
+            ReasonCode::PROTOCOL_ERROR,
+        ),
     ];
     for (name, bytes, code) in cases {
         let mut c = Raw::v5(b.tcp, name).await;
@@ -138,6 +173,26 @@ async fn malformed_v5_connect_gets_connack_0x81() {
 }
 
 #[tokio::test]
+async fn wildcard_will_topic_gets_connack_0x90() {
+    let b = TestBroker::start();
+    let mut c = connect_v5("willful");
+    c.will = Some(tessera_broker::codec::Will {
+        topic: "alarms/#".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let mut raw = Raw::open(b.tcp).await;
+    raw.send(&Packet::Connect(Box::new(c))).await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::TOPIC_NAME_INVALID),
+        other => panic!("{other:?}"),
+    }
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
 async fn oversized_connect_is_refused() {
     let b = TestBroker::start_with("mqtt:\n  max_packet_size: 64\n");
     let mut c = connect_v5("x");
@@ -201,4 +256,81 @@ async fn unknown_authentication_method_gets_0x8c() {
     ])
     .await;
     assert!(!out.status.success());
+}
+
+/// Sends `bytes` while reading: whether every write succeeded, and the first packet read.
+async fn write_while_reading(stream: tokio::net::TcpStream, bytes: Vec<u8>) -> (bool, Option<Packet>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for chunk in bytes.chunks(16 * 1024) {
+            if wr.write_all(chunk).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let mut buf = bytes::BytesMut::new();
+    let first = loop {
+        match tessera_broker::codec::decode(&mut buf, tessera_broker::codec::Version::V5, 1 << 20) {
+            Ok(Some(p)) => break Some(p),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        buf.reserve(4096);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break None,
+            Ok(_) => {}
+        }
+    };
+    (writer.await.unwrap(), first)
+}
+
+/// QoS 2 PUBLISH packets to `t`, 100-byte payloads, identifiers from `first`.
+fn qos2_flood(first: u16, n: u16) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    for id in first..first + n {
+        let mut p = crate::raw::publish("t", &[b'x'; 100], QoS::ExactlyOnce, id);
+        tessera_broker::codec::encode(&Packet::Publish(p), tessera_broker::codec::Version::V5, &mut b);
+    }
+    b.to_vec()
+}
+
+#[tokio::test]
+async fn a_client_still_sending_reads_the_disconnect_instead_of_a_reset() {
+    // Receive Maximum 5, and a client that floods QoS 2 without waiting for PUBRECs (the Paho
+    // suite's test_flow_control2): the broker answers 0x93 and, closing, reads what still comes.
+    let b = TestBroker::start_with("mqtt:\n  receive_maximum: 5\n");
+    let c = Raw::v5(b.tcp, "flood").await;
+    let (all_written, first) = write_while_reading(c.stream, qos2_flood(1, 3000)).await;
+    match first {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+        }
+        other => panic!("expected DISCONNECT 0x93, got {other:?}"),
+    }
+    assert!(all_written, "the broker reset the connection instead of draining it");
+}
+
+#[tokio::test]
+async fn a_refused_connect_followed_by_packets_still_gets_its_connack() {
+    let b = TestBroker::start();
+    let mut c = connect_v5("pipelined");
+    c.will = Some(tessera_broker::codec::Will {
+        topic: "a/+".into(),
+        payload: bytes::Bytes::new(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let mut bytes = bytes::BytesMut::new();
+    tessera_broker::codec::encode(&Packet::Connect(Box::new(c)), tessera_broker::codec::Version::V5, &mut bytes);
+    bytes.extend_from_slice(&qos2_flood(1, 3000));
+    let stream = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
+    let (all_written, first) = write_while_reading(stream, bytes.to_vec()).await;
+    match first {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::TOPIC_NAME_INVALID),
+        other => panic!("expected CONNACK 0x90, got {other:?}"),
+    }
+    assert!(all_written, "the broker reset the connection instead of draining it");
 }

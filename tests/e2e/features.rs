@@ -428,7 +428,7 @@ async fn client_may_not_send_subscription_identifiers_or_wildcard_response_topic
     let mut p = publish("t", b"x", QoS::AtMostOnce, 0);
     p.properties.response_topic = Some("replies/#".into());
     c.send(&Packet::Publish(p)).await;
-    c.expect_disconnect(ReasonCode::MALFORMED_PACKET).await;
+    c.expect_disconnect(ReasonCode::PROTOCOL_ERROR).await;
 }
 
 #[tokio::test]

@@ -118,19 +118,19 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
         3 => Packet::Publish(decode_publish(flags, &mut b, version)?),
         4 => {
             expect_flags(0)?;
-            Packet::PubAck(decode_pub_resp(&mut b, v5)?)
+            Packet::PubAck(decode_pub_resp(&mut b, v5, PubRespKind::AckOrRec)?)
         }
         5 => {
             expect_flags(0)?;
-            Packet::PubRec(decode_pub_resp(&mut b, v5)?)
+            Packet::PubRec(decode_pub_resp(&mut b, v5, PubRespKind::AckOrRec)?)
         }
         6 => {
             expect_flags(0b0010)?;
-            Packet::PubRel(decode_pub_resp(&mut b, v5)?)
+            Packet::PubRel(decode_pub_resp(&mut b, v5, PubRespKind::RelOrComp)?)
         }
         7 => {
             expect_flags(0)?;
-            Packet::PubComp(decode_pub_resp(&mut b, v5)?)
+            Packet::PubComp(decode_pub_resp(&mut b, v5, PubRespKind::RelOrComp)?)
         }
         8 => {
             expect_flags(0b0010)?;
@@ -162,7 +162,7 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
             };
             let mut filters = Vec::new();
             while b.has_remaining() {
-                filters.push(read_utf8(&mut b)?);
+                filters.push(read_filter(&mut b)?);
             }
             if filters.is_empty() {
                 return Err(DecodeError::Protocol("UNSUBSCRIBE with no topic filter"));
@@ -202,6 +202,11 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
             expect_flags(0)?;
             let (reason_code, properties) =
                 decode_reason_and_props(&mut b, v5, Context::Disconnect)?;
+            if !disconnect_defines(reason_code.0) {
+                return Err(DecodeError::Protocol(
+                    "reason code not defined for DISCONNECT",
+                ));
+            }
             Packet::Disconnect(Disconnect {
                 reason_code,
                 properties,
@@ -293,10 +298,11 @@ fn decode_connect(b: &mut Bytes) -> Result<Connect, DecodeError> {
             Properties::default()
         };
         let topic = read_utf8(b)?;
+        if topic.is_empty() {
+            return Err(DecodeError::Protocol("empty will topic"));
+        }
         if !valid_topic_name(&topic) {
-            return Err(DecodeError::Malformed(
-                "will topic is not a valid topic name",
-            ));
+            return Err(DecodeError::TopicNameInvalid("wildcard in the will topic"));
         }
         let payload = read_binary(b)?;
         Some(Will {
@@ -336,7 +342,7 @@ fn decode_publish(flags: u8, b: &mut Bytes, version: Version) -> Result<Publish,
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH QoS 3"))?;
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
-        return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
+        return Err(DecodeError::Protocol("DUP set on a QoS 0 PUBLISH"));
     }
     let topic = read_utf8(b)?;
     if topic.is_empty() {
@@ -344,7 +350,7 @@ fn decode_publish(flags: u8, b: &mut Bytes, version: Version) -> Result<Publish,
             return Err(DecodeError::Malformed("empty topic name"));
         }
     } else if !valid_topic_name(&topic) {
-        return Err(DecodeError::Malformed("wildcard in a topic name"));
+        return Err(DecodeError::TopicNameInvalid("wildcard in a topic name"));
     }
     let packet_id = if qos != QoS::AtMostOnce {
         Some(read_packet_id(b)?)
@@ -368,9 +374,49 @@ fn decode_publish(flags: u8, b: &mut Bytes, version: Version) -> Result<Publish,
     })
 }
 
-fn decode_pub_resp(b: &mut Bytes, v5: bool) -> Result<PubResp, DecodeError> {
+/// A topic filter of SUBSCRIBE or UNSUBSCRIBE: at least one character (MQTT-4.7.3-1). Its
+/// syntax beyond that is judged per filter, in SUBACK.
+fn read_filter(b: &mut Bytes) -> Result<Utf8Bytes, DecodeError> {
+    let filter = read_utf8(b)?;
+    if filter.is_empty() {
+        return Err(DecodeError::Protocol("empty topic filter"));
+    }
+    Ok(filter)
+}
+
+/// The DISCONNECT reason codes of §3.14.2.1.
+fn disconnect_defines(code: u8) -> bool {
+    matches!(code, 0x00 | 0x04 | 0x80..=0x83 | 0x87 | 0x89 | 0x8B | 0x8D..=0x90 | 0x93..=0xA2)
+}
+
+/// Which acknowledgement a PUBACK / PUBREC / PUBREL / PUBCOMP is, for its reason codes.
+#[derive(Clone, Copy)]
+enum PubRespKind {
+    /// PUBACK and PUBREC (§3.4.2.1, §3.5.2.1).
+    AckOrRec,
+    /// PUBREL and PUBCOMP (§3.6.2.1, §3.7.2.1).
+    RelOrComp,
+}
+
+impl PubRespKind {
+    fn defines(self, code: u8) -> bool {
+        match self {
+            PubRespKind::AckOrRec => {
+                matches!(code, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99)
+            }
+            PubRespKind::RelOrComp => matches!(code, 0x00 | 0x92),
+        }
+    }
+}
+
+fn decode_pub_resp(b: &mut Bytes, v5: bool, kind: PubRespKind) -> Result<PubResp, DecodeError> {
     let packet_id = read_packet_id(b)?;
     let (reason_code, properties) = decode_reason_and_props(b, v5, Context::PubResp)?;
+    if !kind.defines(reason_code.0) {
+        return Err(DecodeError::Protocol(
+            "reason code not defined for this acknowledgement",
+        ));
+    }
     Ok(PubResp {
         packet_id,
         reason_code,
@@ -387,7 +433,7 @@ fn decode_subscribe(b: &mut Bytes, v5: bool) -> Result<Subscribe, DecodeError> {
     };
     let mut filters = Vec::new();
     while b.has_remaining() {
-        let filter = read_utf8(b)?;
+        let filter = read_filter(b)?;
         let o = read_u8(b)?;
         let reserved = if v5 { 0xC0 } else { 0xFC };
         if o & reserved != 0 {

@@ -194,11 +194,20 @@ impl std::fmt::Display for ReasonCode {
 
 /// Why bytes could not be decoded, and the reason code the specification names for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The rule for which code: 0x81 Malformed Packet for what breaks the wire format (a length,
+/// a reserved bit, invalid UTF-8, a value outside its type); the specific code where the
+/// standard names one (0x90 for a topic name with a wildcard, 0x95 for size); 0x82 Protocol
+/// Error for any other well-formed packet that breaks a rule (DUP on QoS 0, an empty topic
+/// filter, a reason code the packet type does not define, a wildcard Response Topic), as EMQX
+/// and mosquitto answer them.
 pub enum DecodeError {
     /// The packet breaks the wire format (§4.13: Malformed Packet, 0x81).
     Malformed(&'static str),
     /// The packet is well formed but breaks a protocol rule (Protocol Error, 0x82).
     Protocol(&'static str),
+    /// A PUBLISH or will Topic Name with a wildcard (MQTT-3.3.2-2: Topic Name invalid, 0x90).
+    TopicNameInvalid(&'static str),
     /// The packet is larger than the receiver's Maximum Packet Size (0x95).
     TooLarge { size: usize, max: usize },
     /// CONNECT names a protocol or level this server does not speak (0x84 / 3.1.1 return code 1).
@@ -210,6 +219,7 @@ impl DecodeError {
         match self {
             DecodeError::Malformed(_) => ReasonCode::MALFORMED_PACKET,
             DecodeError::Protocol(_) => ReasonCode::PROTOCOL_ERROR,
+            DecodeError::TopicNameInvalid(_) => ReasonCode::TOPIC_NAME_INVALID,
             DecodeError::TooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             DecodeError::UnsupportedProtocol { .. } => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
         }
@@ -221,6 +231,7 @@ impl std::fmt::Display for DecodeError {
         match self {
             DecodeError::Malformed(why) => write!(f, "malformed packet: {why}"),
             DecodeError::Protocol(why) => write!(f, "protocol error: {why}"),
+            DecodeError::TopicNameInvalid(why) => write!(f, "topic name invalid: {why}"),
             DecodeError::TooLarge { size, max } => {
                 write!(f, "packet of {size} bytes exceeds the maximum of {max}")
             }

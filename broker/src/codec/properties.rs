@@ -168,7 +168,7 @@ impl WireType for TopicName {
     fn read(f: &mut Option<Utf8Bytes>, p: &mut Bytes, _: Context) -> Result<(), DecodeError> {
         let t = read_utf8(p)?;
         if !super::topic::valid_topic_name(&t) {
-            return Err(DecodeError::Malformed("response topic is not a topic name"));
+            return Err(DecodeError::Protocol("response topic is not a topic name"));
         }
         set_once(f, t)
     }

@@ -446,16 +446,49 @@ fn strictness() {
         err_of("36050001610001", Version::V3_1_1),
         Malformed(_)
     ));
-    // DUP on QoS 0.
+    // DUP on QoS 0: well formed, against a rule (0x82 as EMQX and mosquitto).
     assert!(matches!(
         err_of("3803000161", Version::V3_1_1),
-        Malformed(_)
+        Protocol(_)
     ));
-    // Topic with a wildcard.
+    // Topic with a wildcard: 0x90, the code the standard names.
     assert!(matches!(
         err_of("300300012b", Version::V3_1_1),
-        Malformed(_)
+        TopicNameInvalid(_)
     ));
+    // Will Topic with a wildcard.
+    assert!(matches!(
+        err_of("101400044d51545405 06 003c 00 000163 00 00012b 0000", Version::V5),
+        TopicNameInvalid(_)
+    ));
+    // Response Topic with a wildcard.
+    assert!(matches!(
+        err_of("3008000161 04 0800012b", Version::V5),
+        Protocol(_)
+    ));
+    // Zero-length topic filters (MQTT-4.7.3-1) in SUBSCRIBE and UNSUBSCRIBE.
+    assert!(matches!(
+        err_of("8206000100 0000 00", Version::V5),
+        Protocol(_)
+    ));
+    assert!(matches!(
+        err_of("a20500010000 00", Version::V5),
+        Protocol(_)
+    ));
+    assert!(matches!(
+        err_of("a2040001 0000", Version::V3_1_1),
+        Protocol(_)
+    ));
+    // Reason codes the acknowledgement does not define.
+    assert!(matches!(err_of("4003000101", Version::V5), Protocol(_)));
+    assert!(matches!(err_of("5003000192", Version::V5), Protocol(_)));
+    assert!(matches!(err_of("6203000110", Version::V5), Protocol(_)));
+    assert!(matches!(err_of("7003000180", Version::V5), Protocol(_)));
+    assert!(matches!(err_of("e00101", Version::V5), Protocol(_)));
+    // ...and ones it does.
+    for ok in ["4003000110", "5003000197", "6203000192", "7003000192", "e00104", "e001a2"] {
+        assert!(decode(&mut hex(ok), Version::V5, 1 << 20).is_ok(), "{ok}");
+    }
     // Topic with U+0000.
     assert!(matches!(
         err_of("3003000100", Version::V3_1_1),
@@ -524,6 +557,10 @@ fn strictness() {
     ));
     assert_eq!(Malformed("x").reason_code(), ReasonCode::MALFORMED_PACKET);
     assert_eq!(Protocol("x").reason_code(), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(
+        TopicNameInvalid("x").reason_code(),
+        ReasonCode::TOPIC_NAME_INVALID
+    );
 }
 
 #[test]

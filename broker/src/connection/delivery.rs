@@ -6,10 +6,11 @@
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
+use tracing::debug;
 
 use super::client::Client;
 use super::{Connection, Ending};
-use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode};
+use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode, Version};
 use crate::journal::Record;
 use crate::message::Delivery;
 use crate::session::{Inflight, Session};
@@ -201,24 +202,48 @@ impl Connection {
             packet,
             Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
         );
-        if let Some(props) = properties_mut(&mut packet) {
-            if !c.problem_info && !exempt {
-                props.reason_string = None;
-                props.user_properties.clear();
-            }
-            if props.reason_string.is_some() || !props.user_properties.is_empty() {
-                let mut scratch = BytesMut::new();
-                codec::encode(&packet, self.wire.version, &mut scratch);
-                if scratch.len() > c.max_packet_out
-                    && let Some(props) = properties_mut(&mut packet)
-                {
-                    props.reason_string = None;
-                    props.user_properties.clear();
-                }
-            }
+        if !c.problem_info
+            && !exempt
+            && let Some(props) = properties_mut(&mut packet)
+        {
+            props.reason_string = None;
+            props.user_properties.clear();
+        }
+        if !fit(&mut packet, self.wire.version, c.max_packet_out) {
+            // MQTT-3.1.2-25: a packet too large for the client is not sent.
+            debug!(conn = self.endpoint.id, "packet exceeds the client's maximum packet size; not sent");
+            return;
         }
         self.wire.packet(&packet);
     }
+}
+
+/// Makes `packet` fit the client's Maximum Packet Size (MQTT-3.1.2-24): if it is larger, its
+/// Reason String and User Properties go first (MQTT-3.2.2-19/20 and the same rule for every
+/// acknowledgement); false if it is still too large.
+pub(super) fn fit(packet: &mut Packet, version: Version, max: usize) -> bool {
+    let encoded_len = |p: &Packet| {
+        let mut scratch = BytesMut::new();
+        codec::encode(p, version, &mut scratch);
+        scratch.len()
+    };
+    let trimmable = properties_mut(packet)
+        .is_some_and(|p| p.reason_string.is_some() || !p.user_properties.is_empty());
+    // The hot path: a bare acknowledgement is at most 5 bytes, less than any sensible limit,
+    // so it is not encoded twice to be measured.
+    let bare_ack = matches!(
+        packet,
+        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) | Packet::PingResp
+    );
+    if max == usize::MAX || (bare_ack && !trimmable) || encoded_len(packet) <= max {
+        return true;
+    }
+    let Some(props) = properties_mut(packet).filter(|_| trimmable) else {
+        return false;
+    };
+    props.reason_string = None;
+    props.user_properties.clear();
+    encoded_len(packet) <= max
 }
 
 fn properties_mut(p: &mut Packet) -> Option<&mut Properties> {

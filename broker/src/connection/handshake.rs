@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::client::{Client, Endpoint, deadline_from};
 use super::exchange::{self, Method, Next, Refused};
+use super::delivery::fit;
 use super::violation::Violation;
 use super::wire::{ReadError, Reader, Wire, Writer};
 use crate::auth::{AuthFailure, ConnectRequest, Grant};
@@ -62,6 +63,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite>(
         return None;
     };
     wire.version = connect.version;
+    let max_packet_out = max_packet_out(&connect);
     let mut handshake = Handshake {
         broker,
         wire,
@@ -72,15 +74,18 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite>(
         Ok(client) => Some(client),
         Err(Refusal::Connack(reason, why)) => {
             info!(peer = %endpoint.peer, reason = %reason, why = %why, "connection refused");
-            let v5 = handshake.wire.version.is_v5();
-            handshake.wire.packet(&Packet::ConnAck(ConnAck {
+            let version = handshake.wire.version;
+            let mut connack = Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason_code: reason,
                 properties: Properties {
-                    reason_string: v5.then(|| why.as_ref().into()),
+                    reason_string: version.is_v5().then(|| why.as_ref().into()),
                     ..Default::default()
                 },
-            }));
+            });
+            if fit(&mut connack, version, max_packet_out) {
+                handshake.wire.packet(&connack);
+            }
             None
         }
         Err(Refusal::Close(why)) => {
@@ -172,7 +177,21 @@ impl Handshake<'_> {
         let grant = self.authenticate(&c, &id, method.as_ref(), r, w).await?;
         check_will(&c, &grant, config)?;
         let terms = Terms::negotiate(&c, config);
-        let (client, durable_at) = self.attach(c, id, method, grant, terms);
+        // Session Present does not change its size: the CONNACK is measured before the
+        // session is touched, and a client whose Maximum Packet Size cannot hold it is closed
+        // without one (MQTT-3.1.2-25).
+        let properties = connack_properties(&c, &id, method.as_ref(), &grant, &terms, config);
+        let mut connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::SUCCESS,
+            properties,
+        });
+        if !fit(&mut connack, c.version, max_packet_out(&c)) {
+            return Err(Refusal::Close(
+                "CONNACK exceeds the client's maximum packet size",
+            ));
+        }
+        let (client, durable_at) = self.attach(c, id, method, grant, terms, connack);
         // CONNACK (already encoded, not yet written) leaves once the session's record and the
         // will are durable: a persistent session acknowledged must survive a crash.
         if let (Some(t), Some(j)) = (durable_at, self.broker.journal())
@@ -209,7 +228,13 @@ impl Handshake<'_> {
                 Next::Granted(grant) => return Ok(grant),
                 Next::Challenge(challenge) => challenge,
             };
-            self.wire.packet(&challenge.packet());
+            let mut auth = challenge.packet();
+            if !fit(&mut auth, c.version, max_packet_out(c)) {
+                return Err(Refusal::Close(
+                    "AUTH challenge exceeds the client's maximum packet size",
+                ));
+            }
+            self.wire.packet(&auth);
             if self.wire.write_all(w, &self.broker.stats).await.is_err() {
                 return Err(Refusal::Close("connection lost during authentication"));
             }
@@ -243,10 +268,9 @@ impl Handshake<'_> {
         method: Option<Method>,
         grant: Grant,
         terms: Terms,
+        mut connack: Packet,
     ) -> (Client, Option<u64>) {
-        let config = &self.broker.config;
         let endpoint = self.endpoint;
-        let v5 = c.version.is_v5();
         self.broker.register_connection(ConnectionInfo {
             conn_id: endpoint.id,
             client_id: id.client_id.clone(),
@@ -274,34 +298,10 @@ impl Handshake<'_> {
                 reason_string: Some("another connection took over this session".into()),
             });
         }
-        let properties = if v5 {
-            Properties {
-                session_expiry_interval: (terms.expiry != terms.requested_expiry)
-                    .then_some(terms.expiry),
-                receive_maximum: (config.receive_maximum != u16::MAX)
-                    .then_some(config.receive_maximum),
-                maximum_qos: (config.max_qos < 2).then_some(config.max_qos),
-                retain_available: Some(config.retain_available as u8),
-                maximum_packet_size: Some(config.max_packet_size),
-                assigned_client_identifier: id.assigned.map(Into::into),
-                topic_alias_maximum: (config.topic_alias_maximum > 0)
-                    .then_some(config.topic_alias_maximum),
-                wildcard_subscription_available: Some(config.wildcard_subscriptions as u8),
-                subscription_identifier_available: Some(config.subscription_identifiers as u8),
-                shared_subscription_available: Some(config.shared_subscriptions as u8),
-                server_keep_alive: terms.server_keep_alive,
-                authentication_method: method.as_ref().map(|m| m.name().clone()),
-                authentication_data: grant.data.clone(),
-                ..Default::default()
-            }
-        } else {
-            Properties::default()
-        };
-        self.wire.packet(&Packet::ConnAck(ConnAck {
-            session_present,
-            reason_code: ReasonCode::SUCCESS,
-            properties,
-        }));
+        if let Packet::ConnAck(a) = &mut connack {
+            a.session_present = session_present;
+        }
+        self.wire.packet(&connack);
         info!(
             client_id = %id.client_id,
             peer = %endpoint.peer,
@@ -319,10 +319,7 @@ impl Handshake<'_> {
             keep_alive_window: (terms.keep_alive > 0)
                 .then(|| Duration::from_millis(terms.keep_alive as u64 * 1500)),
             receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX) as usize,
-            max_packet_out: c
-                .properties
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| m as usize),
+            max_packet_out: max_packet_out(&c),
             topic_alias_max_out: c.properties.topic_alias_maximum.unwrap_or(0),
             aliases: None,
             problem_info: c.properties.request_problem_information.unwrap_or(1) == 1,
@@ -336,6 +333,46 @@ impl Handshake<'_> {
         };
         (client, opened.durable_at)
     }
+}
+
+/// The properties of a successful CONNACK (5.0): what the broker grants and announces.
+fn connack_properties(
+    c: &Connect,
+    id: &Identified,
+    method: Option<&Method>,
+    grant: &Grant,
+    terms: &Terms,
+    config: &MqttConfig,
+) -> Properties {
+    if !c.version.is_v5() {
+        return Properties::default();
+    }
+    Properties {
+        session_expiry_interval: (terms.expiry != terms.requested_expiry)
+            .then_some(terms.expiry),
+        receive_maximum: (config.receive_maximum != u16::MAX)
+            .then_some(config.receive_maximum),
+        maximum_qos: (config.max_qos < 2).then_some(config.max_qos),
+        retain_available: Some(config.retain_available as u8),
+        maximum_packet_size: Some(config.max_packet_size),
+        assigned_client_identifier: id.assigned.as_deref().map(Into::into),
+        topic_alias_maximum: (config.topic_alias_maximum > 0)
+            .then_some(config.topic_alias_maximum),
+        wildcard_subscription_available: Some(config.wildcard_subscriptions as u8),
+        subscription_identifier_available: Some(config.subscription_identifiers as u8),
+        shared_subscription_available: Some(config.shared_subscriptions as u8),
+        server_keep_alive: terms.server_keep_alive,
+        authentication_method: method.map(|m| m.name().clone()),
+        authentication_data: grant.data.clone(),
+        ..Default::default()
+    }
+}
+
+/// The client's Maximum Packet Size (unlimited when it sets none).
+fn max_packet_out(c: &Connect) -> usize {
+    c.properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |m| m as usize)
 }
 
 /// A failed exchange during CONNECT: the mechanism's refusal as it is; a client that answered a

@@ -140,11 +140,12 @@ where
         handshake::connect(&conn.broker, &mut conn.wire, &conn.endpoint, &mut r, &mut w);
     let Some(mut client) = Box::pin(handshake).await else {
         conn.close(&mut w).await;
+        conn.wire.linger(&mut r).await;
         return;
     };
     let ending = conn.run(&mut client, &mut r, &mut w).await;
     // Boxed like the connect phase: only a closing connection needs its state.
-    Box::pin(conn.finish(client, ending, &mut w)).await;
+    Box::pin(conn.finish(client, ending, &mut r, &mut w)).await;
 }
 
 fn far_future() -> Instant {
@@ -296,11 +297,13 @@ impl Connection {
         self.subscribers_behind |= routed.subscribers_behind;
     }
 
-    /// Ends the connected phase: DISCONNECT if the broker ends it, the will, the session.
+    /// Ends the connected phase: DISCONNECT if the broker ends it, the will, the session; then
+    /// the lingering close, once the session no longer waits for this connection.
     async fn finish<S: AsyncRead + AsyncWrite>(
         &mut self,
         c: Client,
         ending: Ending,
+        r: &mut Reader<S>,
         w: &mut Writer<S>,
     ) {
         match (&ending, ending.disconnect()) {
@@ -343,6 +346,7 @@ impl Connection {
         self.broker.unregister_connection(self.endpoint.id);
         self.broker
             .connection_closed(&c.session, self.endpoint.id, will, delay);
+        self.wire.linger(r).await;
     }
 
     /// Writes what is buffered (bounded in time) and closes the write side.
