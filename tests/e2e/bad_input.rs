@@ -258,8 +258,12 @@ async fn unknown_authentication_method_gets_0x8c() {
     assert!(!out.status.success());
 }
 
-/// Sends `bytes` while reading: whether every write succeeded, and the first packet read.
-async fn write_while_reading(stream: tokio::net::TcpStream, bytes: Vec<u8>) -> (bool, Option<Packet>) {
+/// Sends `bytes` while reading: whether every write succeeded, and the CONNACK or DISCONNECT
+/// read (the acknowledgements before it skipped).
+async fn write_while_reading(
+    stream: tokio::net::TcpStream,
+    bytes: Vec<u8>,
+) -> (bool, Option<Packet>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
@@ -273,7 +277,8 @@ async fn write_while_reading(stream: tokio::net::TcpStream, bytes: Vec<u8>) -> (
     let mut buf = bytes::BytesMut::new();
     let first = loop {
         match tessera_broker::codec::decode(&mut buf, tessera_broker::codec::Version::V5, 1 << 20) {
-            Ok(Some(p)) => break Some(p),
+            Ok(Some(p @ (Packet::ConnAck(_) | Packet::Disconnect(_)))) => break Some(p),
+            Ok(Some(_)) => continue,
             Ok(None) => {}
             Err(_) => break None,
         }
@@ -291,7 +296,11 @@ fn qos2_flood(first: u16, n: u16) -> Vec<u8> {
     let mut b = bytes::BytesMut::new();
     for id in first..first + n {
         let mut p = crate::raw::publish("t", &[b'x'; 100], QoS::ExactlyOnce, id);
-        tessera_broker::codec::encode(&Packet::Publish(p), tessera_broker::codec::Version::V5, &mut b);
+        tessera_broker::codec::encode(
+            &Packet::Publish(p),
+            tessera_broker::codec::Version::V5,
+            &mut b,
+        );
     }
     b.to_vec()
 }
@@ -302,14 +311,17 @@ async fn a_client_still_sending_reads_the_disconnect_instead_of_a_reset() {
     // suite's test_flow_control2): the broker answers 0x93 and, closing, reads what still comes.
     let b = TestBroker::start_with("mqtt:\n  receive_maximum: 5\n");
     let c = Raw::v5(b.tcp, "flood").await;
-    let (all_written, first) = write_while_reading(c.stream, qos2_flood(1, 3000)).await;
+    let (all_written, first) = write_while_reading(c.stream, qos2_flood(1, 20_000)).await;
     match first {
         Some(Packet::Disconnect(d)) => {
             assert_eq!(d.reason_code, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
         }
         other => panic!("expected DISCONNECT 0x93, got {other:?}"),
     }
-    assert!(all_written, "the broker reset the connection instead of draining it");
+    assert!(
+        all_written,
+        "the broker reset the connection instead of draining it"
+    );
 }
 
 #[tokio::test]
@@ -324,13 +336,59 @@ async fn a_refused_connect_followed_by_packets_still_gets_its_connack() {
         properties: Default::default(),
     });
     let mut bytes = bytes::BytesMut::new();
-    tessera_broker::codec::encode(&Packet::Connect(Box::new(c)), tessera_broker::codec::Version::V5, &mut bytes);
-    bytes.extend_from_slice(&qos2_flood(1, 3000));
+    tessera_broker::codec::encode(
+        &Packet::Connect(Box::new(c)),
+        tessera_broker::codec::Version::V5,
+        &mut bytes,
+    );
+    bytes.extend_from_slice(&qos2_flood(1, 20_000));
     let stream = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
     let (all_written, first) = write_while_reading(stream, bytes.to_vec()).await;
     match first {
         Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::TOPIC_NAME_INVALID),
         other => panic!("expected CONNACK 0x90, got {other:?}"),
     }
-    assert!(all_written, "the broker reset the connection instead of draining it");
+    assert!(
+        all_written,
+        "the broker reset the connection instead of draining it"
+    );
+}
+
+#[tokio::test]
+async fn connack_respects_the_clients_maximum_packet_size() {
+    let b = TestBroker::start_with("mqtt:\n  max_qos: 1\n");
+    let refused = |max: Option<u32>| {
+        let mut c = connect_v5("small");
+        c.properties.maximum_packet_size = max;
+        c.will = Some(tessera_broker::codec::Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        c
+    };
+    // Without a limit the refusal carries its Reason String...
+    let (_, ack) = Raw::connect(b.tcp, refused(None)).await;
+    assert_eq!(ack.reason_code, ReasonCode::QOS_NOT_SUPPORTED);
+    assert!(ack.properties.reason_string.is_some());
+    // ...which a 20-byte limit cannot hold: the same CONNACK without it (MQTT-3.2.2-19).
+    let (mut s, ack) = Raw::connect(b.tcp, refused(Some(20))).await;
+    assert_eq!(ack.reason_code, ReasonCode::QOS_NOT_SUPPORTED);
+    assert_eq!(ack.properties.reason_string, None);
+    s.expect_closed().await;
+    // A successful CONNACK does not fit in 10 bytes: closed without it (MQTT-3.1.2-25).
+    let mut c = connect_v5("tiny");
+    c.properties.maximum_packet_size = Some(10);
+    let mut raw = Raw::open(b.tcp).await;
+    raw.send(&Packet::Connect(Box::new(c))).await;
+    assert!(
+        raw.try_recv().await.is_none(),
+        "no CONNACK larger than 10 bytes"
+    );
+    // Nothing of that client stays: the same identifier connects normally.
+    let (_, ack) = Raw::connect(b.tcp, connect_v5("tiny")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(!ack.session_present);
 }

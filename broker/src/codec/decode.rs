@@ -402,7 +402,10 @@ impl PubRespKind {
     fn defines(self, code: u8) -> bool {
         match self {
             PubRespKind::AckOrRec => {
-                matches!(code, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99)
+                matches!(
+                    code,
+                    0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+                )
             }
             PubRespKind::RelOrComp => matches!(code, 0x00 | 0x92),
         }

@@ -211,7 +211,10 @@ impl Connection {
         }
         if !fit(&mut packet, self.wire.version, c.max_packet_out) {
             // MQTT-3.1.2-25: a packet too large for the client is not sent.
-            debug!(conn = self.endpoint.id, "packet exceeds the client's maximum packet size; not sent");
+            debug!(
+                conn = self.endpoint.id,
+                "packet exceeds the client's maximum packet size; not sent"
+            );
             return;
         }
         self.wire.packet(&packet);
@@ -233,7 +236,11 @@ pub(super) fn fit(packet: &mut Packet, version: Version, max: usize) -> bool {
     // so it is not encoded twice to be measured.
     let bare_ack = matches!(
         packet,
-        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) | Packet::PingResp
+        Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::PingResp
     );
     if max == usize::MAX || (bare_ack && !trimmable) || encoded_len(packet) <= max {
         return true;

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::client::{Client, Endpoint, deadline_from};
-use super::exchange::{self, Method, Next, Refused};
 use super::delivery::fit;
+use super::exchange::{self, Method, Next, Refused};
 use super::violation::Violation;
 use super::wire::{ReadError, Reader, Wire, Writer};
 use crate::auth::{AuthFailure, ConnectRequest, Grant};
@@ -348,16 +348,13 @@ fn connack_properties(
         return Properties::default();
     }
     Properties {
-        session_expiry_interval: (terms.expiry != terms.requested_expiry)
-            .then_some(terms.expiry),
-        receive_maximum: (config.receive_maximum != u16::MAX)
-            .then_some(config.receive_maximum),
+        session_expiry_interval: (terms.expiry != terms.requested_expiry).then_some(terms.expiry),
+        receive_maximum: (config.receive_maximum != u16::MAX).then_some(config.receive_maximum),
         maximum_qos: (config.max_qos < 2).then_some(config.max_qos),
         retain_available: Some(config.retain_available as u8),
         maximum_packet_size: Some(config.max_packet_size),
         assigned_client_identifier: id.assigned.as_deref().map(Into::into),
-        topic_alias_maximum: (config.topic_alias_maximum > 0)
-            .then_some(config.topic_alias_maximum),
+        topic_alias_maximum: (config.topic_alias_maximum > 0).then_some(config.topic_alias_maximum),
         wildcard_subscription_available: Some(config.wildcard_subscriptions as u8),
         subscription_identifier_available: Some(config.subscription_identifiers as u8),
         shared_subscription_available: Some(config.shared_subscriptions as u8),

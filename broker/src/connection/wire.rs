@@ -29,7 +29,7 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// How long, and for how many bytes, a closed connection still reads what the client sends
 /// (see [`Wire::linger`]).
 const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: usize = 8 << 20;
 
 pub(crate) struct Wire {
     /// The protocol level every packet after CONNECT is read and written in.
