@@ -4,6 +4,7 @@
 
 mod check;
 mod cli;
+mod logging;
 mod serve;
 
 use std::path::PathBuf;

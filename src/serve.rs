@@ -1,7 +1,6 @@
 //! `tessera serve`: the broker, the token service behind its authentication seam, the
 //! revocation watcher, the admin socket, the OAuth2 endpoint, and a graceful stop.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +12,12 @@ use tessera_auth::revocation;
 use tessera_auth::service::TokenService;
 use tessera_auth::{admin, http};
 use tessera_broker::Server;
-use tessera_config::{Config, Durability, LogFormat};
+use tessera_config::{Config, Durability};
 use tessera_store::RedbBrokerStore;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 pub fn run(config: Config) -> ExitCode {
-    init_logging(&config);
+    crate::logging::init(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,20 +29,6 @@ pub fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 async fn serve(config: Config) -> ExitCode {

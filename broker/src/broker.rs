@@ -200,4 +200,9 @@ impl Broker {
     pub fn retained_count(&self) -> usize {
         self.retained.read().len()
     }
+
+    /// Topic and payload bytes of the retained messages (`mqtt.max_retained_bytes`).
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.read().bytes()
+    }
 }

@@ -15,6 +15,7 @@ mod broker;
 mod connection;
 mod journal;
 mod lifecycle;
+mod limits;
 mod listener;
 mod message;
 mod persistence;

@@ -26,12 +26,24 @@ impl Node {
 #[derive(Default)]
 pub struct RetainedTree {
     root: Node,
+    /// Topics holding a message, and their bytes ([`size`]): kept by `insert` and `remove`,
+    /// the two ways a value changes, for the limits of `insert_within`.
     count: usize,
+    bytes: usize,
+}
+
+/// What a retained value counts for against `mqtt.max_retained_bytes`: topic and payload.
+fn size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
 }
 
 impl RetainedTree {
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Stores `message` for its topic, replacing the previous one.
@@ -43,28 +55,58 @@ impl RetainedTree {
             node = node.children.entry(level.into()).or_default();
             rest = next;
         }
-        if node.message.replace(message).is_none() {
-            self.count += 1;
+        self.bytes += size(&message);
+        match node.message.replace(message) {
+            Some(old) => self.bytes -= size(&old),
+            None => self.count += 1,
         }
+    }
+
+    /// `insert`, unless a new topic would take the tree past `max_count` topics, or the value
+    /// past `max_bytes` (a replacement no larger than the value it replaces always fits).
+    /// Returns whether it was stored; a refused message changes nothing.
+    pub fn insert_within(&mut self, message: Arc<Message>, max_count: u64, max_bytes: u64) -> bool {
+        let new = size(&message);
+        let old = self.get(message.topic.as_bytes()).map(|m| size(m));
+        let bytes_after = (self.bytes - old.unwrap_or(0) + new) as u64;
+        let fits = match old {
+            Some(old) => new <= old || bytes_after <= max_bytes,
+            None => (self.count as u64) < max_count && bytes_after <= max_bytes,
+        };
+        if fits {
+            self.insert(message);
+        }
+        fits
+    }
+
+    /// The message retained for exactly `topic`.
+    fn get(&self, topic: &[u8]) -> Option<&Arc<Message>> {
+        let mut node = &self.root;
+        let mut rest = Some(topic);
+        while let Some(r) = rest {
+            let (level, next) = split_level(r);
+            node = node.children.get(level)?;
+            rest = next;
+        }
+        node.message.as_ref()
     }
 
     /// Deletes the retained message of `topic` (an empty retained payload, MQTT-3.3.1-6).
     pub fn remove(&mut self, topic: &[u8]) -> bool {
-        let removed = Self::remove_in(&mut self.root, Some(topic));
-        if removed {
-            self.count -= 1;
-        }
-        removed
-    }
-
-    fn remove_in(node: &mut Node, rest: Option<&[u8]>) -> bool {
-        let Some(r) = rest else {
-            return node.message.take().is_some();
-        };
-        let (level, next) = split_level(r);
-        let Some(child) = node.children.get_mut(level) else {
+        let Some(removed) = Self::remove_in(&mut self.root, Some(topic)) else {
             return false;
         };
+        self.count -= 1;
+        self.bytes -= size(&removed);
+        true
+    }
+
+    fn remove_in(node: &mut Node, rest: Option<&[u8]>) -> Option<Arc<Message>> {
+        let Some(r) = rest else {
+            return node.message.take();
+        };
+        let (level, next) = split_level(r);
+        let child = node.children.get_mut(level)?;
         let removed = Self::remove_in(child, next);
         if child.is_empty() {
             node.children.remove(level);
@@ -158,9 +200,13 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(topic: &str) -> Arc<Message> {
+        sized(topic, 1)
+    }
+
+    fn sized(topic: &str, payload: usize) -> Arc<Message> {
         Arc::new(Message {
             topic: Utf8Bytes::from(topic),
-            payload: Bytes::from_static(b"x"),
+            payload: Bytes::from(vec![b'x'; payload]),
             qos: QoS::AtMostOnce,
             retain: true,
             properties: Properties::default(),
@@ -204,5 +250,35 @@ mod tests {
             assert!(tree.remove(t.as_bytes()));
         }
         assert!(tree.len() == 0 && tree.root.is_empty());
+    }
+
+    #[test]
+    fn limits_count_topics_and_bytes_and_let_replacements_shrink() {
+        let mut tree = RetainedTree::default();
+        // Two topics at most, 20 bytes at most (topic + payload).
+        assert!(tree.insert_within(sized("a", 4), 2, 20)); // 5
+        assert!(tree.insert_within(sized("b", 9), 2, 20)); // 15
+        assert!(!tree.insert_within(sized("c", 1), 2, 20), "a third topic");
+        assert!(
+            !tree.insert_within(sized("a", 10), 2, 20),
+            "grows past 20 bytes"
+        );
+        assert!(
+            tree.insert_within(sized("a", 9), 2, 20),
+            "grows to exactly 20"
+        );
+        assert_eq!((tree.len(), tree.bytes()), (2, 20));
+        assert!(
+            tree.insert_within(sized("b", 1), 2, 20),
+            "a smaller replacement"
+        );
+        assert_eq!(tree.bytes(), 12);
+        assert!(tree.remove(b"a"));
+        assert_eq!((tree.len(), tree.bytes()), (1, 2));
+        assert!(tree.insert_within(sized("c", 1), 2, 20));
+        assert!(
+            tree.get(b"d").is_none() && tree.root.children.len() == 2,
+            "a refusal leaves no node"
+        );
     }
 }

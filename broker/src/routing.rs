@@ -29,6 +29,9 @@ pub struct Routed {
     /// every persistent session it was queued to); `None` when nothing of it is journaled.
     /// The publisher's PUBACK / PUBREC waits for it.
     pub durable_at: Option<u64>,
+    /// A retained message refused by `mqtt.max_retained_messages` / `max_retained_bytes`: not
+    /// stored and not routed (QoS 1/2 publisher: 0x97).
+    pub retained_refused: bool,
 }
 
 impl Routed {
@@ -37,6 +40,7 @@ impl Routed {
         self.rejected |= other.rejected;
         self.subscribers_behind |= other.subscribers_behind;
         self.durable_at = self.durable_at.max(other.durable_at);
+        self.retained_refused |= other.retained_refused;
     }
 }
 
@@ -116,14 +120,25 @@ impl Broker {
     fn publish_with(&self, message: Arc<Message>, store_retained: bool) -> Routed {
         let mut retained_at = None;
         if message.retain && self.config.retain_available {
-            {
-                let mut retained = self.retained.write();
-                if message.payload.is_empty() {
-                    retained.remove(message.topic.as_bytes());
-                } else {
-                    retained.insert(message.clone());
-                }
+            let mut retained = self.retained.write();
+            if message.payload.is_empty() {
+                retained.remove(message.topic.as_bytes());
+            } else if !store_retained {
+                retained.insert(message.clone());
+            } else if !retained.insert_within(
+                message.clone(),
+                self.config.max_retained_messages,
+                self.config.max_retained_bytes,
+            ) {
+                drop(retained);
+                // Refused whole: a publisher told 0x97 must not find it delivered either.
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                return Routed {
+                    retained_refused: true,
+                    ..Routed::default()
+                };
             }
+            drop(retained);
             if let Some(j) = self.journal()
                 && store_retained
             {

@@ -259,6 +259,13 @@ impl Session {
         self.subscription_count.load(Ordering::Relaxed)
     }
 
+    /// Whether subscribing to `filter` would take the session past `max` subscriptions
+    /// (`mqtt.max_subscriptions`); replacing one it has never does.
+    pub(crate) fn at_subscription_limit(&self, filter: &str, max: u32) -> bool {
+        let st = self.state.lock();
+        st.subscriptions.len() >= max as usize && !st.subscriptions.contains_key(filter)
+    }
+
     /// Call with the subscription tree's write lock held.
     pub fn set_subscription_count(&self, n: usize) {
         self.subscription_count.store(n, Ordering::Relaxed);

@@ -69,6 +69,11 @@ fn publish_all(b: &Broker) {
         "$SYS/broker/retained messages/count",
         b.retained_count().to_string(),
     );
+    publish(
+        b,
+        "$SYS/broker/retained messages/bytes",
+        b.retained_bytes().to_string(),
+    );
     if let Some(j) = b.journal() {
         let (commits, failures) = j.counts();
         publish(b, "$SYS/broker/store/commits", commits.to_string());

@@ -54,6 +54,27 @@ pub struct MqttConfig {
     pub max_client_buffer: u32,
     /// Also queue QoS 0 messages for offline persistent sessions.
     pub queue_qos0_offline: bool,
+    /// Accept C0/C1 control characters (U+0001-U+001F, U+007F-U+009F) in client identifiers,
+    /// user names and topics. Off: refused, as mosquitto does.
+    pub allow_control_characters: bool,
+    /// Bytes of a topic name or filter (beyond: PUBACK/PUBREC 0x90, SUBACK/UNSUBACK 0x8F).
+    #[serde(deserialize_with = "max_topic_length")]
+    pub max_topic_length: u32,
+    /// `/`-separated levels of a topic name or filter (same answers).
+    #[serde(deserialize_with = "max_topic_levels")]
+    pub max_topic_levels: u32,
+    /// Subscriptions one session may hold; a SUBSCRIBE beyond it gets 0x97 for that filter.
+    #[serde(deserialize_with = "max_subscriptions")]
+    pub max_subscriptions: u32,
+    /// Retained topics the broker holds, and their bytes (topic + payload); a new retained
+    /// value beyond either is refused (QoS 1/2: 0x97; QoS 0: dropped and counted).
+    pub max_retained_messages: u64,
+    pub max_retained_bytes: u64,
+    /// Per-connection inbound rate limits, PUBLISH packets and bytes per second (0: none).
+    /// Over the limit the broker stops reading from that client for a while; it never drops
+    /// what it has read.
+    pub max_inbound_messages_per_second: u32,
+    pub max_inbound_bytes_per_second: u64,
 }
 
 impl Default for MqttConfig {
@@ -76,6 +97,14 @@ impl Default for MqttConfig {
             queue_full: QueueFullPolicy::DropOldest,
             max_client_buffer: 1024 * 1024,
             queue_qos0_offline: false,
+            allow_control_characters: false,
+            max_topic_length: 65535,
+            max_topic_levels: 128,
+            max_subscriptions: 10_000,
+            max_retained_messages: 10_000_000,
+            max_retained_bytes: 1 << 30,
+            max_inbound_messages_per_second: 0,
+            max_inbound_bytes_per_second: 0,
         }
     }
 }
@@ -120,3 +149,18 @@ bounded!(
     u32::MAX,
     "must be at least 4096"
 );
+bounded!(
+    max_topic_length,
+    u32,
+    1,
+    65535,
+    "must be between 1 and 65535"
+);
+bounded!(
+    max_topic_levels,
+    u32,
+    1,
+    65535,
+    "must be between 1 and 65535"
+);
+bounded!(max_subscriptions, u32, 1, u32::MAX, "must be at least 1");

@@ -295,7 +295,7 @@ async fn write_while_reading(
 fn qos2_flood(first: u16, n: u16) -> Vec<u8> {
     let mut b = bytes::BytesMut::new();
     for id in first..first + n {
-        let mut p = crate::raw::publish("t", &[b'x'; 100], QoS::ExactlyOnce, id);
+        let p = crate::raw::publish("t", &[b'x'; 100], QoS::ExactlyOnce, id);
         tessera_broker::codec::encode(
             &Packet::Publish(p),
             tessera_broker::codec::Version::V5,

@@ -12,6 +12,7 @@ mod crash;
 mod durability;
 mod features;
 mod js_clients;
+mod limits;
 mod oauth;
 mod oauth_flows;
 mod operations;

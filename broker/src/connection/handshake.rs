@@ -28,6 +28,7 @@ use super::wire::{ReadError, Reader, Wire, Writer};
 use crate::auth::{AuthFailure, ConnectRequest, Grant};
 use crate::broker::Broker;
 use crate::codec::{ConnAck, Connect, DecodeError, Packet, Properties, ReasonCode, Version};
+use crate::limits;
 use crate::registry::ConnectionInfo;
 use crate::session::{ConnLink, Control};
 use tessera_config::MqttConfig;
@@ -166,7 +167,7 @@ impl Handshake<'_> {
         w: &mut Writer<S>,
     ) -> Result<Client, Refusal> {
         let config = &self.broker.config;
-        let id = identify(&c)?;
+        let id = identify(&c, config)?;
         if self.broker.connection_count() >= config.max_connections as usize {
             return Err(Refusal::new(
                 ReasonCode::QUOTA_EXCEEDED,
@@ -388,8 +389,24 @@ struct Identified {
     assigned: Option<String>,
 }
 
-/// Step 1: the client identifier, assigned when the client sent none and may (§3.1.3.1).
-fn identify(c: &Connect) -> Result<Identified, Refusal> {
+/// Step 1: the client identifier, assigned when the client sent none and may (§3.1.3.1); it
+/// and the user name must be names the broker accepts (`limits.rs`).
+fn identify(c: &Connect, config: &MqttConfig) -> Result<Identified, Refusal> {
+    if limits::refuses_name(&c.client_id, config) {
+        return Err(Refusal::new(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifier contains a control character",
+        ));
+    }
+    if c.username
+        .as_ref()
+        .is_some_and(|u| limits::refuses_name(u, config))
+    {
+        return Err(Refusal::new(
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "user name contains a control character",
+        ));
+    }
     if !c.client_id.is_empty() {
         return Ok(Identified {
             client_id: c.client_id.as_str().into(),
@@ -440,6 +457,12 @@ fn check_will(c: &Connect, grant: &Grant, config: &MqttConfig) -> Result<(), Ref
         return Err(Refusal::new(
             ReasonCode::RETAIN_NOT_SUPPORTED,
             "retained wills are not available",
+        ));
+    }
+    if let Err(refusal) = limits::check_topic(will.topic.as_bytes(), config) {
+        return Err(Refusal::new(
+            ReasonCode::TOPIC_NAME_INVALID,
+            refusal.describe(),
         ));
     }
     if !grant.may_publish(&will.topic) {

@@ -15,6 +15,7 @@ mod exchange;
 mod handshake;
 mod outbuf;
 mod protocol;
+mod rate;
 mod violation;
 mod wire;
 
@@ -90,6 +91,8 @@ enum Buffered {
     Yield,
     /// An AUTH packet (re-authentication), to be handled before the rest.
     Auth(Box<codec::Auth>),
+    /// Over the inbound message rate: the rest waits until then.
+    Paused(Instant),
     End(Ending),
 }
 
@@ -109,6 +112,8 @@ pub(crate) struct Connection {
     pub run: Qos0Run,
     /// Acknowledgements waiting for durability (`acks.rs`); `None` while none waits.
     pub acks: Option<Box<acks::DeferredAcks>>,
+    /// The inbound rate limit (`rate.rs`); `None` when none is configured.
+    pub rate: Option<Box<rate::RateLimit>>,
 }
 
 /// Serves one accepted stream until it closes.
@@ -133,6 +138,7 @@ where
         subscribers_behind: false,
         run: Qos0Run::default(),
         acks: None,
+        rate: rate::RateLimit::new(&broker.config),
         broker,
     };
     // The connect phase is boxed so its state is freed once the client is connected.
@@ -163,21 +169,23 @@ impl Connection {
         let mut keep_alive_deadline = c.keep_alive_window.map(|d| Instant::now() + d);
         // TLS and WebSocket streams buffer inside; they must be flushed once the buffer empties.
         let mut needs_flush = false;
+        // Set while the inbound rate limit holds reading back.
+        let mut paused_until: Option<Instant> = None;
         loop {
             self.release_acks(c);
             if let Err(end) = self.fill(c) {
                 return end;
             }
-            let want_read = self.wire.out.len() < self.high_water;
+            let want_read = self.wire.out.len() < self.high_water && paused_until.is_none();
             let spare = if want_read {
                 self.wire.ready_to_read()
             } else {
                 0
             };
-            let timer = match (keep_alive_deadline, c.credential_deadline) {
-                (Some(k), Some(d)) => Some(k.min(d)),
-                (k, d) => k.or(d),
-            };
+            let timer = [keep_alive_deadline, c.credential_deadline, paused_until]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 biased;
                 order = self.endpoint.control.recv() => {
@@ -193,32 +201,8 @@ impl Connection {
                             self.wire.read_done(n, spare);
                         }
                     }
-                    let mut handled = 0;
-                    loop {
-                        match self.handle_buffered(c, &mut keep_alive_deadline, &mut handled) {
-                            Buffered::Drained => break,
-                            Buffered::End(end) => return end,
-                            Buffered::Yield => {
-                                handled = 0;
-                                tokio::task::yield_now().await;
-                            }
-                            // Boxed: re-authentication is rare, and its state would otherwise
-                            // sit in every idle connection's future.
-                            Buffered::Auth(auth) => {
-                                if let Err(end) = Box::pin(self.on_auth(c, *auth)).await {
-                                    return end;
-                                }
-                            }
-                        }
-                    }
-                    if std::mem::take(&mut self.subscribers_behind) {
-                        handled = YIELD_AFTER;
-                    }
-                    if handled >= YIELD_AFTER {
-                        // A publisher with a full socket would otherwise keep the worker for a
-                        // whole scheduling budget (over a hundred reads) while the subscribers it
-                        // fills wait; yielding after each large batch lets them drain in step.
-                        tokio::task::yield_now().await;
+                    if let Err(end) = self.handle_read(c, &mut keep_alive_deadline, &mut paused_until).await {
+                        return end;
                     }
                 }
                 // One branch both writes and, once the buffer is empty, flushes.
@@ -239,10 +223,19 @@ impl Connection {
                     }
                 }
                 _ = c.session.notify.notified(), if self.wire.out.len() < self.high_water => {}
-                // One timer for both deadlines (a timer is over a hundred bytes of every idle
-                // connection): whichever has passed when it fires ends the connection. select!
-                // builds a disabled branch's future too, so without a timer it gets a far one.
+                // One timer for every deadline (a timer is over a hundred bytes of every idle
+                // connection): the rate limit's pause resumes reading; keep-alive or credential
+                // expiry, whichever has passed, ends the connection. select! builds a disabled
+                // branch's future too, so without a timer it gets a far one.
                 _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
+                    if paused_until.is_some_and(|p| p <= Instant::now()) {
+                        // What the pause left in the read buffer comes before the next read.
+                        paused_until = None;
+                        if let Err(end) = self.handle_read(c, &mut keep_alive_deadline, &mut paused_until).await {
+                            return end;
+                        }
+                        continue;
+                    }
                     if c.credential_deadline.is_some_and(|d| d <= Instant::now()) {
                         return Ending::server(ReasonCode::MAXIMUM_CONNECT_TIME, "credential expired; re-authenticate before expiry to stay connected");
                     }
@@ -250,6 +243,52 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Handles what a read (or the end of a rate-limit pause) left in the read buffer: every
+    /// complete packet, unless the rate limit pauses the connection first.
+    async fn handle_read(
+        &mut self,
+        c: &mut Client,
+        keep_alive_deadline: &mut Option<Instant>,
+        paused_until: &mut Option<Instant>,
+    ) -> Result<(), Ending> {
+        let mut handled = 0;
+        loop {
+            match self.handle_buffered(c, keep_alive_deadline, &mut handled) {
+                Buffered::Drained => break,
+                Buffered::End(end) => return Err(end),
+                Buffered::Yield => {
+                    handled = 0;
+                    tokio::task::yield_now().await;
+                }
+                Buffered::Paused(until) => {
+                    *paused_until = (*paused_until).max(Some(until));
+                    break;
+                }
+                // Boxed: re-authentication is rare, and its state would otherwise sit in every
+                // idle connection's future.
+                Buffered::Auth(auth) => Box::pin(self.on_auth(c, *auth)).await?,
+            }
+        }
+        // The client is not late while the broker is the one not reading.
+        if let (Some(p), Some(k), Some(w)) = (
+            *paused_until,
+            keep_alive_deadline.as_mut(),
+            c.keep_alive_window,
+        ) {
+            *k = (*k).max(p + w);
+        }
+        if std::mem::take(&mut self.subscribers_behind) {
+            handled = YIELD_AFTER;
+        }
+        if handled >= YIELD_AFTER {
+            // A publisher with a full socket would otherwise keep the worker for a whole
+            // scheduling budget (over a hundred reads) while the subscribers it fills wait;
+            // yielding after each large batch lets them drain in step.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     /// Handles the complete packets in the read buffer until it is drained, the connection
@@ -265,6 +304,7 @@ impl Connection {
         // Every packet of one read arrived at once: the keep-alive restarts once per call.
         let mut received = false;
         let outcome = loop {
+            let buffered = self.wire.rbuf.len();
             let packet = match self.wire.decode() {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break Buffered::Drained,
@@ -278,10 +318,18 @@ impl Connection {
             if !Qos0Run::joins(&packet) {
                 self.flush_run();
             }
+            let publishes = matches!(packet, Packet::Publish(_)) as u64;
             match self.handle(c, packet) {
                 Ok(Handled::Done) => {}
                 Ok(Handled::Auth(auth)) => break Buffered::Auth(auth),
                 Err(end) => break Buffered::End(end),
+            }
+            // Over the inbound rate, the rest of the buffer waits (`rate.rs`).
+            if let Some(rate) = &mut self.rate {
+                let bytes = (buffered - self.wire.rbuf.len()) as u64;
+                if let Some(until) = rate.record(publishes, bytes, Instant::now()) {
+                    break Buffered::Paused(until);
+                }
             }
             if std::mem::take(&mut self.subscribers_behind) {
                 break Buffered::Yield;

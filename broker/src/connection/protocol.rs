@@ -22,6 +22,7 @@ use crate::codec::{
     UnsubAck, Unsubscribe,
 };
 use crate::journal::Record;
+use crate::limits;
 use crate::message::{Delivery, Message, StoredRef};
 use crate::session::{Inflight, Session};
 use crate::store::EntryState;
@@ -141,6 +142,11 @@ impl Connection {
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Violation::SubscriptionIdFromClient.into());
         }
+        // A topic the broker does not accept (`limits.rs`) is refused like a denied one, and
+        // never becomes an alias. A topic that came by alias was checked when it was set.
+        let refused_topic = (!p.topic.is_empty())
+            .then(|| limits::check_topic(p.topic.as_bytes(), cfg).err())
+            .flatten();
         // Topic Alias (§3.3.2.3.4).
         let topic = match p.properties.topic_alias {
             Some(alias) if alias == 0 || alias > cfg.topic_alias_maximum => {
@@ -153,10 +159,12 @@ impl Connection {
                 }
             }
             Some(alias) => {
-                c.aliases
-                    .get_or_insert_default()
-                    .inbound
-                    .insert(alias, p.topic.clone());
+                if refused_topic.is_none() {
+                    c.aliases
+                        .get_or_insert_default()
+                        .inbound
+                        .insert(alias, p.topic.clone());
+                }
                 p.topic.clone()
             }
             None if p.topic.is_empty() => return Err(Violation::EmptyTopicWithoutAlias.into()),
@@ -192,7 +200,10 @@ impl Connection {
             .and_then(Broker::journal)
             .filter(|_| c.session.state.lock().persisted)
             .map(|j| j.pin());
-        let code = if p.properties.payload_format_indicator == Some(1)
+        let code = if let Some(refusal) = refused_topic {
+            debug!(client_id = %c.client_id(), why = refusal.describe(), "topic refused");
+            ReasonCode::TOPIC_NAME_INVALID
+        } else if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
             ReasonCode::PAYLOAD_FORMAT_INVALID
@@ -212,7 +223,7 @@ impl Connection {
                 return Ok(());
             }
             durable_at = routed.durable_at;
-            if routed.rejected {
+            if routed.rejected || routed.retained_refused {
                 ReasonCode::QUOTA_EXCEEDED
             } else if routed.matched == 0 {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
@@ -222,7 +233,7 @@ impl Connection {
         };
         match qos {
             QoS::AtMostOnce => {
-                // Refused above (payload format or rights): dropped, and counted.
+                // Refused above (topic, payload format or rights): dropped, and counted.
                 self.broker
                     .stats
                     .messages_dropped
@@ -263,6 +274,9 @@ impl Connection {
             let code = match shared {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(_) if !valid_topic_filter(filter) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(_) if limits::check_topic(filter.as_bytes(), &cfg).is_err() => {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                }
                 Ok(Some(_)) if !cfg.shared_subscriptions => {
                     ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
                 }
@@ -274,6 +288,12 @@ impl Connection {
                     ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
                 }
                 Ok(_) if !c.grant.acl.can_subscribe(filter) => ReasonCode::NOT_AUTHORIZED,
+                Ok(_)
+                    if c.session
+                        .at_subscription_limit(filter, cfg.max_subscriptions) =>
+                {
+                    ReasonCode::QUOTA_EXCEEDED
+                }
                 Ok(inner) => {
                     let mut opts = *opts;
                     opts.qos = opts
@@ -329,7 +349,10 @@ impl Connection {
             .filters
             .iter()
             .map(|f| {
-                if self.broker.unsubscribe(&c.session, f) {
+                let cfg = &self.broker.config;
+                if !valid_topic_filter(f) || limits::check_topic(f.as_bytes(), cfg).is_err() {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else if self.broker.unsubscribe(&c.session, f) {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
