@@ -52,7 +52,7 @@ impl Bucket {
 pub struct Entry {
     pub value: Vec<u8>,
     pub revision: u64,
-    pub expires_at: Option<u64>,
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Why a key changed.
@@ -103,7 +103,7 @@ pub trait KvStore: Send + Sync + 'static {
         bucket: Bucket,
         key: &str,
         value: &[u8],
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
     ) -> KvResult<u64>;
     /// Writes `key` only if its revision is still `expected`.
     fn update(
@@ -111,7 +111,7 @@ pub trait KvStore: Send + Sync + 'static {
         bucket: Bucket,
         key: &str,
         value: &[u8],
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
         expected: u64,
     ) -> KvResult<u64>;
     /// Writes `key` whatever it holds.
@@ -120,7 +120,7 @@ pub trait KvStore: Send + Sync + 'static {
         bucket: Bucket,
         key: &str,
         value: &[u8],
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
     ) -> KvResult<u64>;
     /// Deletes `key` (only at revision `expected`, if given). Returns whether it existed.
     fn delete(&self, bucket: Bucket, key: &str, expected: Option<u64>) -> KvResult<bool>;

@@ -51,7 +51,7 @@ impl OAuthMechanism {
         Grant {
             identity: user,
             data: None,
-            expires_at: token.map(|t| UNIX_EPOCH + Duration::from_secs(t.expires_at)),
+            expires_at: token.map(|t| UNIX_EPOCH + Duration::from_millis(t.expires_at_ms)),
             credential: token.map(|t| t.key.clone()),
             acl: Arc::new(acl),
         }
@@ -144,7 +144,7 @@ impl Authenticator for OAuthAuthenticator {
     fn connect(&self, r: ConnectRequest) -> BoxFuture<'_, AuthStep> {
         let m = self.0.clone();
         Box::pin(async move {
-            let ip = r.peer.ip().to_string();
+            let ip = crate::backoff::address_key(r.peer.ip());
             if let Err(wait) = m.backoff.check(&ip) {
                 return fail(
                     ReasonCode::CONNECTION_RATE_EXCEEDED,
@@ -214,7 +214,7 @@ impl Authenticator for OAuthAuthenticator {
             };
             // The fresh token must belong to the same user.
             let step = m.check_token(&token, r.identity.as_deref(), &r.client_id);
-            m.record(&step, &r.peer.ip().to_string());
+            m.record(&step, &crate::backoff::address_key(r.peer.ip()));
             step
         })
     }
@@ -249,7 +249,7 @@ impl OAuthMechanism {
                 "bad user name or password",
             );
         };
-        if let Err(wait) = self.backoff.check(&format!("user:{user}")) {
+        if let Err(wait) = self.backoff.check(&crate::backoff::user_key(&user)) {
             return fail(
                 ReasonCode::CONNECTION_RATE_EXCEEDED,
                 &format!(
@@ -272,10 +272,10 @@ impl OAuthMechanism {
             .and_then(Result::ok)
             .unwrap_or(false);
         if ok {
-            self.backoff.succeed(&format!("user:{user}"));
+            self.backoff.succeed(&crate::backoff::user_key(&user));
             AuthStep::Success(self.grant(Some(user), client_id, None))
         } else {
-            self.backoff.fail(&format!("user:{user}"));
+            self.backoff.fail(&crate::backoff::user_key(&user));
             fail(
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD,
                 "bad user name or password",

@@ -55,7 +55,8 @@ pub struct AccessToken {
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
     pub issued_at: u64,
-    pub expires_at: u64,
+    /// Milliseconds since the epoch.
+    pub expires_at_ms: u64,
     /// The refresh-token family this token came from, so reuse detection can revoke it.
     pub family: Option<String>,
 }
@@ -68,7 +69,8 @@ pub struct RefreshToken {
     /// All refresh tokens rotated from one grant share a family.
     pub family: String,
     pub issued_at: u64,
-    pub expires_at: u64,
+    /// Milliseconds since the epoch.
+    pub expires_at_ms: u64,
     /// Set when it was exchanged; presenting it again revokes the family (RFC 6819 §5.2.2.3).
     pub spent: bool,
 }
@@ -82,7 +84,12 @@ pub struct AuthCode {
     /// PKCE S256 challenge, if the client sent one.
     pub code_challenge: Option<String>,
     pub ttl: Option<u64>,
-    pub expires_at: u64,
+    /// Milliseconds since the epoch.
+    pub expires_at_ms: u64,
+    /// Set when the code is exchanged: the family of the tokens it gave, revoked if the code
+    /// is presented again (RFC 6749 §4.1.2). The spent record lives until the code's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -99,7 +106,8 @@ pub struct DeviceCode {
     pub user_code: String,
     pub scopes: Vec<String>,
     pub state: DeviceState,
-    pub expires_at: u64,
+    /// Milliseconds since the epoch.
+    pub expires_at_ms: u64,
     /// Last poll, for `slow_down` (RFC 8628 §3.5).
     pub last_poll: u64,
     /// Seconds the device must wait between polls; grows by 5 at every `slow_down`.

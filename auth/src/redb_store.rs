@@ -1,6 +1,7 @@
 //! The embedded store: one redb file in the data directory.
 //!
-//! Each bucket is a table `key → [revision: u64 BE][expires_at: u64 BE, 0 = never][value]`.
+//! Each bucket is a table `key → [revision: u64 BE][expires_at_ms: u64 BE, 0 = never][value]`,
+//! the expiry in milliseconds since the epoch.
 //! The table `meta` holds the schema version and the last revision handed out. Every write is
 //! one redb transaction, committed (fsync) before the call returns, and only then announced on
 //! the watch channel.
@@ -11,12 +12,14 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
-use crate::clock::now_secs;
+use crate::clock::now_ms;
 use crate::kv::{Bucket, Change, ChangeKind, Entry, KvError, KvResult, KvStore};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Bumped when the layout of records changes; `open` refuses a newer file.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Bumped when the layout of records changes; `open` refuses a newer file. 2: expiries in
+/// milliseconds (header and records' `expires_at_ms`); a file of schema 1 (seconds, records'
+/// `expires_at`) is converted when opened.
+pub const SCHEMA_VERSION: u64 = 2;
 
 fn table(b: Bucket) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(b.name())
@@ -31,10 +34,10 @@ fn storage<E: std::fmt::Display>(e: E) -> KvError {
     KvError::Storage(e.to_string())
 }
 
-fn encode(revision: u64, expires_at: Option<u64>, value: &[u8]) -> Vec<u8> {
+fn encode(revision: u64, expires_at_ms: Option<u64>, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(16 + value.len());
     v.extend_from_slice(&revision.to_be_bytes());
-    v.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    v.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
     v.extend_from_slice(value);
     v
 }
@@ -48,12 +51,40 @@ fn decode(raw: &[u8]) -> Option<Entry> {
     Some(Entry {
         value: raw[16..].to_vec(),
         revision,
-        expires_at: (exp != 0).then_some(exp),
+        expires_at_ms: (exp != 0).then_some(exp),
     })
 }
 
-fn live(e: &Entry, now: u64) -> bool {
-    e.expires_at.is_none_or(|t| t > now)
+fn live(e: &Entry, now_ms: u64) -> bool {
+    e.expires_at_ms.is_none_or(|t| t > now_ms)
+}
+
+/// Schema 1 → 2, in the opening transaction: every expiry from seconds to milliseconds, in
+/// the entry header and in the JSON record (`expires_at` → `expires_at_ms`).
+fn upgrade_from_1(tx: &redb::WriteTransaction) -> KvResult<()> {
+    for b in Bucket::ALL {
+        let mut t = tx.open_table(table(b)).map_err(storage)?;
+        let mut rows = Vec::new();
+        for item in t.iter().map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            if let Some(e) = decode(v.value()) {
+                rows.push((k.value().to_string(), e));
+            }
+        }
+        for (key, e) in rows {
+            let mut value = e.value;
+            if let Ok(serde_json::Value::Object(mut record)) = serde_json::from_slice(&value)
+                && let Some(secs) = record.remove("expires_at").and_then(|v| v.as_u64())
+            {
+                record.insert("expires_at_ms".into(), (secs.saturating_mul(1000)).into());
+                value = serde_json::to_vec(&record).map_err(storage)?;
+            }
+            let expires = e.expires_at_ms.map(|secs| secs.saturating_mul(1000));
+            t.insert(key.as_str(), encode(e.revision, expires, &value).as_slice())
+                .map_err(storage)?;
+        }
+    }
+    Ok(())
 }
 
 impl RedbStore {
@@ -82,6 +113,13 @@ impl RedbStore {
                         path.display()
                     )));
                 }
+                Some(1) => {
+                    drop(meta);
+                    upgrade_from_1(&tx)?;
+                    let mut meta = tx.open_table(META).map_err(storage)?;
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(storage)?;
+                }
                 Some(_) => {}
             }
             for b in Bucket::ALL {
@@ -101,7 +139,7 @@ impl RedbStore {
         key: &str,
         f: impl FnOnce(Option<Entry>) -> KvResult<Option<(Vec<u8>, Option<u64>)>>,
     ) -> KvResult<(u64, bool)> {
-        let now = now_secs();
+        let now = now_ms();
         let tx = self.db.begin_write().map_err(storage)?;
         let (revision, kind, existed) = {
             let mut meta = tx.open_table(META).map_err(storage)?;
@@ -118,8 +156,8 @@ impl RedbStore {
                 .map_or(0, |v| v.value());
             let revision = last + 1;
             let kind = match f(current)? {
-                Some((value, expires_at)) => {
-                    t.insert(key, encode(revision, expires_at, &value).as_slice())
+                Some((value, expires_at_ms)) => {
+                    t.insert(key, encode(revision, expires_at_ms, &value).as_slice())
                         .map_err(storage)?;
                     ChangeKind::Put
                 }
@@ -149,7 +187,7 @@ impl KvStore for RedbStore {
     fn get(&self, bucket: Bucket, key: &str) -> KvResult<Option<Entry>> {
         let tx = self.db.begin_read().map_err(storage)?;
         let t = tx.open_table(table(bucket)).map_err(storage)?;
-        let now = now_secs();
+        let now = now_ms();
         Ok(t.get(key)
             .map_err(storage)?
             .and_then(|v| decode(v.value()))
@@ -161,13 +199,13 @@ impl KvStore for RedbStore {
         bucket: Bucket,
         key: &str,
         value: &[u8],
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
     ) -> KvResult<u64> {
         self.write(bucket, key, |cur| {
             if cur.is_some() {
                 return Err(KvError::Conflict);
             }
-            Ok(Some((value.to_vec(), expires_at)))
+            Ok(Some((value.to_vec(), expires_at_ms)))
         })
         .map(|(r, _)| r)
     }
@@ -177,11 +215,11 @@ impl KvStore for RedbStore {
         bucket: Bucket,
         key: &str,
         value: &[u8],
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
         expected: u64,
     ) -> KvResult<u64> {
         self.write(bucket, key, |cur| match cur {
-            Some(e) if e.revision == expected => Ok(Some((value.to_vec(), expires_at))),
+            Some(e) if e.revision == expected => Ok(Some((value.to_vec(), expires_at_ms))),
             _ => Err(KvError::Conflict),
         })
         .map(|(r, _)| r)
@@ -192,9 +230,9 @@ impl KvStore for RedbStore {
         bucket: Bucket,
         key: &str,
         value: &[u8],
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
     ) -> KvResult<u64> {
-        self.write(bucket, key, |_| Ok(Some((value.to_vec(), expires_at))))
+        self.write(bucket, key, |_| Ok(Some((value.to_vec(), expires_at_ms))))
             .map(|(r, _)| r)
     }
 
@@ -209,7 +247,7 @@ impl KvStore for RedbStore {
     fn scan(&self, bucket: Bucket, prefix: &str) -> KvResult<Vec<(String, Entry)>> {
         let tx = self.db.begin_read().map_err(storage)?;
         let t = tx.open_table(table(bucket)).map_err(storage)?;
-        let now = now_secs();
+        let now = now_ms();
         let mut out = Vec::new();
         for item in t.range(prefix..).map_err(storage)? {
             let (k, v) = item.map_err(storage)?;
@@ -299,17 +337,17 @@ mod tests {
     #[test]
     fn expired_entries_read_as_absent_and_are_purged() {
         let (_d, s) = store();
-        let past = now_secs() - 1;
+        let past = now_ms() - 1;
         s.put(Bucket::AccessTokens, "old", b"x", Some(past))
             .unwrap();
-        s.put(Bucket::AccessTokens, "new", b"y", Some(now_secs() + 100))
+        s.put(Bucket::AccessTokens, "new", b"y", Some(now_ms() + 100_000))
             .unwrap();
         assert!(s.get(Bucket::AccessTokens, "old").unwrap().is_none());
         // An expired key can be created again.
         s.create(Bucket::AuthCodes, "c", b"1", Some(past)).unwrap();
         s.create(Bucket::AuthCodes, "c", b"2", None).unwrap();
         let mut w = s.watch();
-        assert_eq!(s.purge_expired(now_secs()).unwrap(), 1);
+        assert_eq!(s.purge_expired(now_ms()).unwrap(), 1);
         let c = w.try_recv().unwrap();
         assert_eq!((c.key.as_str(), c.kind), ("old", ChangeKind::Expired));
         assert_eq!(s.scan(Bucket::AccessTokens, "").unwrap().len(), 1);
@@ -342,6 +380,49 @@ mod tests {
                 ChangeKind::Deleted
             ]
         );
+    }
+
+    #[test]
+    fn a_store_of_schema_1_gets_its_expiries_in_milliseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let secs = crate::clock::now_secs() + 3600;
+        {
+            // A file as schema 1 wrote it: expiries in seconds, in the header and the record.
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            let record = format!(r#"{{"user":"bob","expires_at":{secs},"spent":false}}"#);
+            tx.open_table(table(Bucket::RefreshTokens))
+                .unwrap()
+                .insert("k", encode(7, Some(secs), record.as_bytes()).as_slice())
+                .unwrap();
+            tx.open_table(table(Bucket::Users))
+                .unwrap()
+                .insert("u", encode(8, None, br#"{"name":"u"}"#).as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        let e = s.get(Bucket::RefreshTokens, "k").unwrap().unwrap();
+        assert_eq!((e.revision, e.expires_at_ms), (7, Some(secs * 1000)));
+        let v: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
+        assert_eq!(v["expires_at_ms"], secs * 1000);
+        assert!(v.get("expires_at").is_none());
+        assert_eq!(v["user"], "bob");
+        let u = s.get(Bucket::Users, "u").unwrap().unwrap();
+        assert_eq!(
+            (u.value.as_slice(), u.expires_at_ms),
+            (&br#"{"name":"u"}"#[..], None)
+        );
+        drop(s);
+        // Converted once: a second opening leaves the values as they are.
+        let s = RedbStore::open(&path).unwrap();
+        let again = s.get(Bucket::RefreshTokens, "k").unwrap().unwrap();
+        assert_eq!(again.expires_at_ms, Some(secs * 1000));
     }
 
     #[test]

@@ -161,10 +161,17 @@ async fn authorization_code_with_pkce_and_exact_redirect_uris() {
     )
     .await;
     let code = query_param(ok.header("location").unwrap(), "code").unwrap();
-    let t = exchange(code, verifier).await;
+    let t = exchange(code.clone(), verifier).await;
     assert_eq!(t.status, 200, "{}", t.body);
     let tok = t.json()["access_token"].as_str().unwrap().to_string();
-    login(&b, "from-code", &tok).await;
+    let mut device = login(&b, "from-code", &tok).await;
+    // The same code again: refused, and what it gave is revoked (RFC 6749 §4.1.2), down to the
+    // session that token opened.
+    let again = exchange(code, verifier).await;
+    assert_eq!(again.json()["error"], "invalid_grant");
+    device.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    let (_r, ack) = Raw::connect(b.tcp, crate::oauth::x_oauth2("reuse", None, Some(&tok))).await;
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
 
     // Public clients must use PKCE: the error goes back to the registered URI.
     let q = https::form(&[
@@ -442,6 +449,34 @@ async fn failed_logins_are_slowed_per_user_and_ip() {
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.header("retry-after").is_some());
     assert_eq!(r.json()["error"], "slow_down");
+}
+
+#[tokio::test]
+async fn mqtt_and_http_failures_share_one_budget_per_address() {
+    // 5 failures allowed per address: 3 over MQTT and 2 over HTTPS (for another user, so no
+    // user key is spent by alice) use it up, and both sides then make alice's good login wait.
+    let b = setup("");
+    let good = cli_token(&b, "alice", "600", "mqtt");
+    for i in 0..3 {
+        let (_r, ack) = Raw::connect(
+            b.tcp,
+            crate::oauth::x_oauth2(&format!("g{i}"), None, Some("guess")),
+        )
+        .await;
+        assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    }
+    for _ in 0..2 {
+        let r = password_grant(&b, "bob", "guess", "mqtt", None).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    let (_r, ack) = Raw::connect(
+        b.tcp,
+        crate::oauth::x_oauth2("alice-dev", None, Some(&good)),
+    )
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::CONNECTION_RATE_EXCEEDED);
+    let r = password_grant(&b, "alice", "wonderland", "mqtt", None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
 }
 
 #[tokio::test]

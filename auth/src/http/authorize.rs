@@ -270,7 +270,7 @@ async fn submit(
             "the user denied the request",
         );
     }
-    let ip_key = format!("ip:{}", peer.ip());
+    let ip_key = crate::backoff::address_key(peer.ip());
     if let Err(wait) = state.backoff.check(&ip_key) {
         let text = format!(
             "Too many failed attempts. Try again in {} seconds.",

@@ -69,7 +69,7 @@ fn verify_page(state: &AppState, p: &VerifyParams, error: Option<&str>) -> Respo
          <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{user}\" required>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
          <div class=\"buttons\"><button type=\"submit\" name=\"action\" value=\"allow\">Approve device</button>\
-         <button type=\"submit\" name=\"action\" value=\"deny\" formnovalidate>Deny</button></div></form>",
+         <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></div></form>",
         code = esc(p.user_code.as_deref().unwrap_or("")),
         user = esc(p.username.as_deref().unwrap_or("")),
         hidden = hidden(&[("csrf", Some(csrf.as_str()))]),
@@ -105,7 +105,7 @@ pub async fn verify_submit(
             "The form expired or did not come from this server. Go back and try again.",
         );
     }
-    let ip_key = format!("ip:{}", peer.ip());
+    let ip_key = crate::backoff::address_key(peer.ip());
     if let Err(wait) = state.backoff.check(&ip_key) {
         let text = format!(
             "Too many failed attempts. Try again in {} seconds.",

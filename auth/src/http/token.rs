@@ -109,8 +109,8 @@ async fn password_grant(
     let Some(user) = state.service.local_user(username).map(str::to_string) else {
         return Err(OAuthError::invalid_request("bad user name"));
     };
-    let ip_key = format!("ip:{}", peer.ip());
-    let user_key = format!("user:{user}");
+    let ip_key = crate::backoff::address_key(peer.ip());
+    let user_key = crate::backoff::user_key(&user);
     for key in [&ip_key, &user_key] {
         if let Err(wait) = state.backoff.check(key) {
             return Err(OAuthError::slow_down(wait));

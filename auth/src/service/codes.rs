@@ -10,7 +10,7 @@
 //! "Once" is a compare-and-set delete: of two exchanges of one code, one wins.
 
 use super::{Issued, ServiceError, ServiceResult, TokenService};
-use crate::clock::now_secs;
+use crate::clock::{now_ms, now_secs};
 use crate::kv::Bucket;
 use crate::model::{AuthCode, DeviceCode, DeviceState};
 use crate::secrets;
@@ -93,16 +93,18 @@ impl TokenService {
             scopes: request.scopes,
             code_challenge: request.code_challenge,
             ttl: request.ttl,
-            expires_at: now_secs() + CODE_TTL,
+            expires_at_ms: now_ms() + CODE_TTL * 1000,
+            family: None,
         };
         let key = secrets::token_key(&code);
-        self.create(Bucket::AuthCodes, &key, &record, Some(record.expires_at))?;
+        self.create(Bucket::AuthCodes, &key, &record, Some(record.expires_at_ms))?;
         Ok(code)
     }
 
     /// Exchanges an authorization code for tokens, once: by the client it was issued to, at
     /// the redirect URI it was issued for, with the verifier of its PKCE challenge. A used code
-    /// is gone whether or not the exchange then succeeds.
+    /// is spent whether or not the exchange then succeeds, and presenting it again revokes the
+    /// tokens it gave (RFC 6749 §4.1.2, RFC 9700 §4.5: a code seen twice was likely stolen).
     pub fn exchange_code(
         &self,
         code: &str,
@@ -111,18 +113,23 @@ impl TokenService {
         verifier: Option<&str>,
     ) -> ServiceResult<Issued> {
         let key = secrets::token_key(code);
-        let entry = self
-            .store
-            .get(Bucket::AuthCodes, &key)?
+        let (mut c, revision) = self
+            .get::<AuthCode>(Bucket::AuthCodes, &key)?
             .ok_or(ServiceError::CodeUnknown)?;
-        // One use only: whoever deletes it first wins.
-        if !self
-            .store
-            .delete(Bucket::AuthCodes, &key, Some(entry.revision))?
-        {
+        if let Some(family) = &c.family {
+            self.revoke_family(family)?;
+            self.store.delete(Bucket::AuthCodes, &key, None)?;
             return Err(ServiceError::CodeUsed);
         }
-        let c: AuthCode = super::from_json(Bucket::AuthCodes.name(), &entry.value)?;
+        // One use only: whoever marks it spent first wins (compare-and-set on its revision).
+        let family = secrets::random_string(12);
+        c.family = Some(family.clone());
+        match self.update(Bucket::AuthCodes, &key, &c, Some(c.expires_at_ms), revision) {
+            Err(crate::kv::KvError::Conflict) => return Err(ServiceError::CodeUsed),
+            other => {
+                other?;
+            }
+        }
         if c.client_id != client_id {
             return Err(ServiceError::CodeOtherClient);
         }
@@ -138,7 +145,14 @@ impl TokenService {
             (Some(_), None) => return Err(ServiceError::VerifierMissing),
             (None, _) => {}
         }
-        self.issue(&c.user, Some(&c.client_id), c.scopes, c.ttl, true)
+        self.issue_in_family(
+            &c.user,
+            Some(&c.client_id),
+            c.scopes,
+            None,
+            c.ttl,
+            Some(family),
+        )
     }
 
     /// Starts the device flow for a client (RFC 8628 §3.1).
@@ -154,12 +168,17 @@ impl TokenService {
             user_code: user_code.clone(),
             scopes,
             state: DeviceState::Pending,
-            expires_at: now_secs() + DEVICE_TTL,
+            expires_at_ms: now_ms() + DEVICE_TTL * 1000,
             last_poll: 0,
             interval: DEVICE_INTERVAL,
         };
         let key = secrets::token_key(&device_code);
-        self.create(Bucket::DeviceCodes, &key, &record, Some(record.expires_at))?;
+        self.create(
+            Bucket::DeviceCodes,
+            &key,
+            &record,
+            Some(record.expires_at_ms),
+        )?;
         Ok(DeviceGrant {
             device_code,
             user_code,
@@ -194,7 +213,7 @@ impl TokenService {
                     Bucket::DeviceCodes,
                     &key,
                     &d,
-                    Some(d.expires_at),
+                    Some(d.expires_at_ms),
                     entry.revision,
                 );
                 Err(if too_fast {
@@ -239,26 +258,35 @@ impl TokenService {
                 (d.user_code == code && d.state == DeviceState::Pending)
                     .then_some((key, e.revision, d))
             });
-        let user = self.check_login(username, password)?;
+        // Either answer needs a signed-in person: whoever merely knows (or guesses) a user code
+        // must not be able to deny a device its login, nor learn which codes are pending.
+        let Some(user) = self.check_login(username, password)? else {
+            return Ok(DeviceAnswer::BadLogin);
+        };
         let Some((key, revision, mut d)) = found else {
             return Ok(DeviceAnswer::UnknownCode);
         };
-        let answer = match (decision, user) {
-            (DeviceDecision::Deny, _) => {
+        let answer = match decision {
+            DeviceDecision::Deny => {
                 d.state = DeviceState::Denied;
                 DeviceAnswer::Denied
             }
-            (DeviceDecision::Approve, Some(user)) => {
+            DeviceDecision::Approve => {
                 if !self.may_obtain_tokens(&user) {
                     return Ok(DeviceAnswer::NotAllowed);
                 }
                 d.state = DeviceState::Approved { user: user.clone() };
                 DeviceAnswer::Approved(user)
             }
-            (DeviceDecision::Approve, None) => return Ok(DeviceAnswer::BadLogin),
         };
         // Only the request as it was found is answered: compare-and-set on its revision.
-        self.update(Bucket::DeviceCodes, &key, &d, Some(d.expires_at), revision)?;
+        self.update(
+            Bucket::DeviceCodes,
+            &key,
+            &d,
+            Some(d.expires_at_ms),
+            revision,
+        )?;
         Ok(answer)
     }
 }
@@ -297,12 +325,45 @@ mod tests {
         // The failed attempt used the code up.
         assert!(matches!(
             s.exchange_code(&code, "app", uri, Some(&verifier)),
-            Err(ServiceError::CodeUnknown)
+            Err(ServiceError::CodeUsed)
         ));
         let code = s.create_code(request).unwrap();
         let t = s.exchange_code(&code, "app", uri, Some(&verifier)).unwrap();
         assert!(s.validate(&t.access_token).unwrap().is_some());
-        assert!(s.exchange_code(&code, "app", uri, Some(&verifier)).is_err());
+        // Presented again: refused, and the tokens the first exchange gave are revoked.
+        assert!(matches!(
+            s.exchange_code(&code, "app", uri, Some(&verifier)),
+            Err(ServiceError::CodeUsed)
+        ));
+        assert!(s.validate(&t.access_token).unwrap().is_none());
+        let refresh = t.refresh_token.unwrap();
+        assert!(matches!(
+            s.refresh(&refresh, Some("app"), None),
+            Err(ServiceError::UnknownRefreshToken)
+        ));
+        assert!(matches!(
+            s.exchange_code(&code, "app", uri, Some(&verifier)),
+            Err(ServiceError::CodeUnknown)
+        ));
+    }
+
+    #[test]
+    fn a_device_code_is_denied_only_by_a_signed_in_person() {
+        let (_d, s) = service();
+        s.add_user("fay", "pw").unwrap();
+        let g = s.start_device("tv".into(), vec!["mqtt".into()]).unwrap();
+        let deny = |user, pw| s.answer_device(&g.user_code, user, pw, DeviceDecision::Deny);
+        assert_eq!(deny(None, "").unwrap(), DeviceAnswer::BadLogin);
+        assert_eq!(deny(Some("fay"), "wrong").unwrap(), DeviceAnswer::BadLogin);
+        assert!(matches!(
+            s.poll_device(&g.device_code, "tv"),
+            Err(ServiceError::DevicePending)
+        ));
+        assert_eq!(deny(Some("fay"), "pw").unwrap(), DeviceAnswer::Denied);
+        assert!(matches!(
+            s.poll_device(&g.device_code, "tv"),
+            Err(ServiceError::DeviceDenied)
+        ));
     }
 
     #[test]

@@ -233,15 +233,15 @@ impl TokenService {
         ])
     }
 
-    /// Creates a record that expires at `expires_at`.
+    /// Creates a record that expires at `expires_at_ms`.
     fn create<T: Serialize>(
         &self,
         b: Bucket,
         key: &str,
         record: &T,
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
     ) -> Result<u64, KvError> {
-        self.store.create(b, key, &to_json(record), expires_at)
+        self.store.create(b, key, &to_json(record), expires_at_ms)
     }
 
     /// Replaces a record if it is still at revision `rev` (compare-and-set).
@@ -250,10 +250,11 @@ impl TokenService {
         b: Bucket,
         key: &str,
         record: &T,
-        expires_at: Option<u64>,
+        expires_at_ms: Option<u64>,
         rev: u64,
     ) -> Result<u64, KvError> {
-        self.store.update(b, key, &to_json(record), expires_at, rev)
+        self.store
+            .update(b, key, &to_json(record), expires_at_ms, rev)
     }
 }
 

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::{ServiceError, ServiceResult, TokenService};
-use crate::clock::now_secs;
+use crate::clock::{now_ms, now_secs};
 use crate::kv::{Bucket, KvError};
 use crate::model::{AccessToken, RefreshToken};
 use crate::secrets;
@@ -35,7 +35,11 @@ pub struct TokenInfo {
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
     pub issued_at: u64,
+    /// Seconds since the epoch, as `token list` shows it...
     pub expires_at: u64,
+    /// ...and the exact expiry, in milliseconds.
+    #[serde(skip)]
+    pub expires_at_ms: u64,
 }
 
 impl TokenService {
@@ -61,7 +65,7 @@ impl TokenService {
 
     /// Issues an access token with `access_scopes` (default: `scopes`) and, with a family, a
     /// refresh token carrying `scopes`.
-    fn issue_in_family(
+    pub(super) fn issue_in_family(
         &self,
         user: &str,
         client_id: Option<&str>,
@@ -72,6 +76,7 @@ impl TokenService {
     ) -> ServiceResult<Issued> {
         let access_scopes = access_scopes.unwrap_or_else(|| scopes.clone());
         let now = now_secs();
+        let now_ms = now_ms();
         let expires_in = self.lifetime(ttl);
         let token = secrets::new_token();
         let key = secrets::token_key(&token);
@@ -80,10 +85,15 @@ impl TokenService {
             client_id: client_id.map(str::to_string),
             scopes: access_scopes.clone(),
             issued_at: now,
-            expires_at: now + expires_in,
+            expires_at_ms: now_ms + expires_in * 1000,
             family: family.clone(),
         };
-        self.create(Bucket::AccessTokens, &key, &record, Some(record.expires_at))?;
+        self.create(
+            Bucket::AccessTokens,
+            &key,
+            &record,
+            Some(record.expires_at_ms),
+        )?;
         let refresh_token = match family {
             Some(family) => {
                 let rt = secrets::new_token();
@@ -93,14 +103,14 @@ impl TokenService {
                     scopes: scopes.clone(),
                     family,
                     issued_at: now,
-                    expires_at: now + self.config.refresh_token_expire,
+                    expires_at_ms: now_ms + self.config.refresh_token_expire * 1000,
                     spent: false,
                 };
                 self.create(
                     Bucket::RefreshTokens,
                     &secrets::token_key(&rt),
                     &r,
-                    Some(r.expires_at),
+                    Some(r.expires_at_ms),
                 )?;
                 Some(rt)
             }
@@ -151,7 +161,7 @@ impl TokenService {
         }
         r.spent = true;
         // Compare-and-set: of two concurrent refreshes, one wins and the other is a reuse.
-        match self.update(Bucket::RefreshTokens, &key, &r, Some(r.expires_at), rev) {
+        match self.update(Bucket::RefreshTokens, &key, &r, Some(r.expires_at_ms), rev) {
             Err(KvError::Conflict) => return Err(ServiceError::RefreshRace),
             other => {
                 other?;
@@ -193,7 +203,7 @@ impl TokenService {
     }
 
     /// Revokes every access and refresh token of one grant.
-    fn revoke_family(&self, family: &str) -> ServiceResult<usize> {
+    pub(super) fn revoke_family(&self, family: &str) -> ServiceResult<usize> {
         self.revoke_where(
             |t| t.family.as_deref() == Some(family),
             |r| r.family == family,
@@ -231,7 +241,7 @@ impl TokenService {
 
     /// Purges expired records.
     pub fn purge_expired(&self) -> ServiceResult<usize> {
-        Ok(self.store.purge_expired(now_secs())?)
+        Ok(self.store.purge_expired(now_ms())?)
     }
 }
 
@@ -243,7 +253,8 @@ fn info(key: String, t: AccessToken) -> TokenInfo {
         client_id: t.client_id,
         scopes: t.scopes,
         issued_at: t.issued_at,
-        expires_at: t.expires_at,
+        expires_at: t.expires_at_ms / 1000,
+        expires_at_ms: t.expires_at_ms,
     }
 }
 
