@@ -6,7 +6,6 @@
 //! Reason Strings say what failed (unknown, expired or revoked token, missing scope, another
 //! user's token) but never whether a user exists.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,7 +15,7 @@ use tessera_broker::auth::{
     ReauthRequest,
 };
 use tessera_broker::codec::ReasonCode;
-use tessera_config::{AccessRule, AuthConfig};
+use tessera_config::{AccessRules, AuthConfig};
 use tracing::info;
 
 use crate::acl::SessionAcl;
@@ -29,8 +28,8 @@ pub const METHOD: &str = "X-OAUTH2";
 pub struct OAuthMechanism {
     pub service: Arc<TokenService>,
     pub auth: AuthConfig,
-    pub access_publish: BTreeMap<String, AccessRule>,
-    pub access_subscribe: BTreeMap<String, AccessRule>,
+    pub access_publish: AccessRules,
+    pub access_subscribe: AccessRules,
     pub backoff: Arc<Backoff>,
 }
 

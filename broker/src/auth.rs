@@ -120,6 +120,15 @@ pub trait TopicAcl: Send + Sync {
     /// `&str` view checks the bytes again, which the publish path avoids when it can).
     fn can_publish(&self, topic: &Utf8Bytes) -> bool;
     fn can_subscribe(&self, filter: &str) -> bool;
+    /// Whether [`TopicAcl::can_receive`] can ever refuse; when not, deliveries skip it.
+    fn judges_deliveries(&self) -> bool {
+        false
+    }
+    /// Whether a message on `topic` may be delivered: a subscription can be granted with a
+    /// rule refusing part of what it matches (`#` but not `secret/#`).
+    fn can_receive(&self, _topic: &Utf8Bytes) -> bool {
+        true
+    }
 }
 
 /// No restriction.

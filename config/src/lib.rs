@@ -21,7 +21,9 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use listener::{Listener, Transport};
-pub use login::{AccessRule, AuthConfig, ClientIdCheck, NamedRule, OAuthConfig};
+pub use login::{
+    AccessRule, AccessRules, AuthConfig, ClientIdCheck, Effect, NamedRule, OAuthConfig, TopicRule,
+};
 pub use mqtt::{MqttConfig, QueueFullPolicy};
 pub use storage::{Durability, StorageConfig};
 
@@ -48,11 +50,11 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub oauth: OAuthConfig,
-    /// Topic rights: filter (with `%u` user and `%c` client id) → who may use it.
+    /// Topic rights (see [`AccessRules`]): ordered allow/deny rules, or a map filter → who.
     #[serde(default)]
-    pub access_publish: std::collections::BTreeMap<String, AccessRule>,
+    pub access_publish: AccessRules,
     #[serde(default)]
-    pub access_subscribe: std::collections::BTreeMap<String, AccessRule>,
+    pub access_subscribe: AccessRules,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,11 +320,54 @@ mod access_tests {
             "t.yml",
         )
         .unwrap();
-        assert!(c.access_publish["devices/%u/#"].admits(Some("x")));
-        assert!(c.access_publish["admin/#"].admits(Some("bob")));
-        assert!(!c.access_publish["admin/#"].admits(Some("eve")));
-        assert!(!c.access_publish["nobody/#"].admits(Some("alice")));
+        let rule = |f: &str| {
+            c.access_publish
+                .0
+                .iter()
+                .find(|r| r.filter == f)
+                .cloned()
+                .unwrap()
+        };
+        assert!(c.access_publish.0.iter().all(|r| r.effect == Effect::Allow));
+        assert!(rule("devices/%u/#").users.admits(Some("x")));
+        assert!(rule("admin/#").users.admits(Some("bob")));
+        assert!(!rule("admin/#").users.admits(Some("eve")));
+        assert!(!rule("nobody/#").users.admits(Some("alice")));
         let e = Config::parse("oauth:\n  oauth_client_id_check: maybe\n", "t.yml").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn ordered_rules_keep_their_order_and_need_one_effect_each() {
+        let c = Config::parse(
+            "access_subscribe:\n  - deny: \"$SYS/#\"\n  - allow: \"devices/%u/#\"\n  - deny: \"#\"\n    users: [guest]\n  - allow: \"#\"\n",
+            "t.yml",
+        )
+        .unwrap();
+        let rules = &c.access_subscribe.0;
+        let got: Vec<(Effect, &str)> = rules
+            .iter()
+            .map(|r| (r.effect, r.filter.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Effect::Deny, "$SYS/#"),
+                (Effect::Allow, "devices/%u/#"),
+                (Effect::Deny, "#"),
+                (Effect::Allow, "#")
+            ]
+        );
+        assert!(rules[2].users.admits(Some("guest")) && !rules[2].users.admits(Some("ann")));
+        assert!(rules[0].users.admits(None));
+        let e = Config::parse(
+            "access_publish:\n  - allow: a\n  - allow: b\n    deny: c\n",
+            "t.yml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("exactly one"), "{e}");
+        assert!(e.message.contains("line 3"), "{e}");
+        let e = Config::parse("access_publish:\n  - permit: a\n", "t.yml").unwrap_err();
+        assert!(e.message.contains("permit"), "{e}");
     }
 }

@@ -31,6 +31,111 @@ impl AccessRule {
     }
 }
 
+/// Whether a topic rule grants or refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// One topic rule: a filter (with `%u` and `%c`), who it is for, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRule {
+    pub effect: Effect,
+    pub filter: String,
+    pub users: AccessRule,
+}
+
+/// `access_publish` / `access_subscribe`. Two forms:
+/// - a list of `- allow: FILTER` / `- deny: FILTER` items (each with an optional `users:`,
+///   default `all`), in order: for a topic, the first rule that applies to the user and whose
+///   filter matches decides; no rule matching means refused;
+/// - ejabberd's map `FILTER: all | none | [users]`, which only allows: a topic is allowed if
+///   any filter that admits the user matches.
+///
+/// Empty (the default): no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRules(pub Vec<TopicRule>);
+
+impl AccessRules {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListedRule {
+    allow: Option<String>,
+    deny: Option<String>,
+    #[serde(default = "admits_all")]
+    users: AccessRule,
+}
+
+fn admits_all() -> AccessRule {
+    AccessRule::Named(NamedRule::All)
+}
+
+impl<'de> Deserialize<'de> for AccessRules {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AccessRules, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = AccessRules;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of `allow:` / `deny:` rules, or a map of filter to who")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AccessRules, A::Error> {
+                let mut rules = Vec::new();
+                while let Some(item) = seq.next_element::<serde_saphyr::Spanned<ListedRule>>()? {
+                    let line = item.referenced.line();
+                    let r = item.value;
+                    let (effect, filter) = match (r.allow, r.deny) {
+                        (Some(f), None) => (Effect::Allow, f),
+                        (None, Some(f)) => (Effect::Deny, f),
+                        _ => {
+                            return Err(serde::de::Error::custom(format!(
+                                "topic rule at line {line}: each rule has exactly one of `allow:` or `deny:`"
+                            )));
+                        }
+                    };
+                    if filter.is_empty() {
+                        return Err(serde::de::Error::custom(format!(
+                            "topic rule at line {line}: the filter is empty"
+                        )));
+                    }
+                    rules.push(TopicRule {
+                        effect,
+                        filter,
+                        users: r.users,
+                    });
+                }
+                Ok(AccessRules(rules))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AccessRules, A::Error> {
+                let mut rules = Vec::new();
+                while let Some((filter, users)) = map.next_entry::<String, AccessRule>()? {
+                    rules.push(TopicRule {
+                        effect: Effect::Allow,
+                        filter,
+                        users,
+                    });
+                }
+                Ok(AccessRules(rules))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<AccessRules, E> {
+                Ok(AccessRules::default())
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientIdCheck {

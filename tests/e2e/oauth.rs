@@ -353,6 +353,54 @@ async fn every_failure_gets_its_code_and_a_reason_that_reveals_no_user() {
 }
 
 #[tokio::test]
+async fn ordered_deny_rules_say_everything_but() {
+    let b = setup(concat!(
+        "access_publish:\n  - deny: \"readonly/#\"\n  - allow: \"#\"\n",
+        "access_subscribe:\n  - deny: \"secret/#\"\n  - deny: \"#\"\n    users: [bob]\n",
+        "  - allow: \"#\"\n",
+    ));
+    let alice = cli_token(&b, "alice", "600", "mqtt");
+    let o = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    let mut s = login(&b, "reader", &alice).await;
+    assert_eq!(
+        s.subscribe_with("secret/plans", o, None).await,
+        vec![ReasonCode::NOT_AUTHORIZED]
+    );
+    // `#` is granted, but what `secret/#` denies never arrives through it.
+    assert_eq!(
+        s.subscribe_with("#", o, None).await,
+        vec![ReasonCode::GRANTED_QOS_1]
+    );
+    let mut p = login(&b, "writer", &alice).await;
+    p.publish("readonly/x", b"no", QoS::AtLeastOnce, 1).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::NOT_AUTHORIZED)
+    );
+    p.publish("secret/plans", b"hidden", QoS::AtLeastOnce, 2)
+        .await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(a)) if !a.reason_code.is_error()));
+    p.publish("public/news", b"shown", QoS::AtLeastOnce, 3)
+        .await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(a)) if !a.reason_code.is_error()));
+    let got = s.next_publish().await;
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        ("public/news", &b"shown"[..])
+    );
+    s.expect_silence(Duration::from_millis(300)).await;
+    // A rule for one user only.
+    let bob = cli_token(&b, "bob", "600", "mqtt");
+    let mut bs = login(&b, "bob-reader", &bob).await;
+    assert_eq!(
+        bs.subscribe_with("public/#", o, None).await,
+        vec![ReasonCode::NOT_AUTHORIZED]
+    );
+}
+
+#[tokio::test]
 async fn scopes_narrow_configured_rights_and_the_will_is_checked() {
     let b = setup(
         "access_publish:\n  \"devices/%u/#\": all\naccess_subscribe:\n  \"devices/%u/#\": all\n",

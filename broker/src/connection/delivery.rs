@@ -37,6 +37,9 @@ impl Connection {
         let now = std::time::Instant::now();
         let broker = self.broker.clone();
         let journal = broker.journal();
+        // A subscription granted with a rule refusing part of what it matches (`acl.rs` of
+        // the token service): each message is judged by its topic before it leaves.
+        let judged = c.grant.acl.judges_deliveries();
         if c.resend {
             c.resend = false;
             let ids: Vec<u16> = st.inflight.keys().copied().collect();
@@ -89,6 +92,10 @@ impl Connection {
             };
             if d.message.is_expired(now) {
                 self.discard(&session, &d, "expired");
+                continue;
+            }
+            if judged && !c.grant.acl.can_receive(&d.message.topic) {
+                self.discard(&session, &d, "refused by a topic rule");
                 continue;
             }
             let pid = if d.qos == QoS::AtMostOnce {
