@@ -6,6 +6,8 @@ pub mod acl;
 pub mod admin;
 pub mod backoff;
 pub mod clock;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod kv;
 pub mod mechanism;

@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod codec;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod store;
 
 mod broker;

@@ -392,3 +392,34 @@ async fn connack_respects_the_clients_maximum_packet_size() {
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     assert!(!ack.session_present);
 }
+
+#[tokio::test]
+async fn packets_sent_right_behind_connect_are_handled_at_once() {
+    // CONNECT, SUBSCRIBE and PINGREQ in one write, as a pipelining client sends them: the
+    // SUBACK and PINGRESP come without the client sending anything more.
+    let b = TestBroker::start();
+    let mut bytes = bytes::BytesMut::new();
+    let v5 = tessera_broker::codec::Version::V5;
+    tessera_broker::codec::encode(
+        &Packet::Connect(Box::new(connect_v5("eager"))),
+        v5,
+        &mut bytes,
+    );
+    tessera_broker::codec::encode(
+        &Packet::Subscribe(tessera_broker::codec::Subscribe {
+            packet_id: 7,
+            properties: Default::default(),
+            filters: vec![("t".into(), Default::default())],
+        }),
+        v5,
+        &mut bytes,
+    );
+    tessera_broker::codec::encode(&Packet::PingReq, v5, &mut bytes);
+    let mut c = Raw::open(b.tcp).await;
+    c.send_bytes(&bytes).await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::SUCCESS)
+    );
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(a)) if a.packet_id == 7));
+    assert!(matches!(c.recv().await, Some(Packet::PingResp)));
+}

@@ -411,7 +411,8 @@ async fn mqtt_3_1_clients_are_served() {
     c.client_id = "".into();
     let (_s, ack) = Raw::connect(b.tcp, c).await;
     assert_eq!(
-        ack.reason_code.0, 2,
+        ack.reason_code,
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
         "3.1 return code 2: identifier rejected"
     );
 }

@@ -9,6 +9,7 @@ mod pages;
 mod token;
 
 pub use error::{ErrorCode, OAuthError};
+pub(crate) use token::read_token_request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use axum::Extension;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -72,6 +72,28 @@ pub async fn token(
             "unsupported grant_type",
         )),
         None => Err(OAuthError::invalid_request("grant_type is required")),
+    }
+}
+
+/// What the token endpoint reads of a request before any grant: the form as axum's extractor
+/// decodes it, the client credentials (Basic or form), `ttl` and `scope`; a refusal as the
+/// RFC 6749 error response. The fuzz target `oauth_form` drives it with arbitrary bytes.
+pub(crate) async fn read_token_request(request: axum::extract::Request) -> Response {
+    use axum::extract::FromRequest;
+    let headers = request.headers().clone();
+    let outcome = async {
+        let Form(f) = Form::<TokenForm>::from_request(request, &())
+            .await
+            .map_err(form_error)?;
+        client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
+        parse_ttl(&f.ttl)?;
+        let _ = super::parse_scope(&f.scope);
+        Ok::<_, OAuthError>(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => json_response(json!({})),
+        Err(e) => e.into_response(),
     }
 }
 

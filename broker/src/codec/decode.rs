@@ -104,6 +104,13 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
                 return Err(DecodeError::Malformed("reserved CONNACK flags"));
             }
             let code = read_u8(&mut b)?;
+            let reason_code = if v5 {
+                connack_defines(code)
+                    .then_some(ReasonCode(code))
+                    .ok_or(DecodeError::Protocol("reason code not defined for CONNACK"))?
+            } else {
+                v3_connack_reason(code)?
+            };
             let properties = if v5 {
                 Properties::decode(&mut b, Context::ConnAck)?
             } else {
@@ -111,7 +118,7 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
             };
             Packet::ConnAck(ConnAck {
                 session_present: ack_flags & 1 == 1,
-                reason_code: ReasonCode(code),
+                reason_code,
                 properties,
             })
         }
@@ -144,6 +151,14 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
             } else {
                 Properties::default()
             };
+            let defined = if v5 {
+                suback_defines
+            } else {
+                v3_suback_defines
+            };
+            if !b.iter().all(|&c| defined(c)) {
+                return Err(DecodeError::Protocol("reason code not defined for SUBACK"));
+            }
             let reason_codes = b.iter().map(|&c| ReasonCode(c)).collect();
             b.advance(b.len());
             Packet::SubAck(SubAck {
@@ -178,6 +193,11 @@ fn decode_body(first: u8, mut b: Bytes, version: Version) -> Result<Packet, Deco
             let packet_id = read_packet_id(&mut b)?;
             let (properties, reason_codes) = if v5 {
                 let p = Properties::decode(&mut b, Context::UnsubAck)?;
+                if !b.iter().all(|&c| unsuback_defines(c)) {
+                    return Err(DecodeError::Protocol(
+                        "reason code not defined for UNSUBACK",
+                    ));
+                }
                 let codes = b.iter().map(|&c| ReasonCode(c)).collect();
                 b.advance(b.len());
                 (p, codes)
@@ -382,6 +402,42 @@ fn read_filter(b: &mut Bytes) -> Result<Utf8Bytes, DecodeError> {
         return Err(DecodeError::Protocol("empty topic filter"));
     }
     Ok(filter)
+}
+
+/// The CONNACK reason codes of §3.2.2.2.
+fn connack_defines(code: u8) -> bool {
+    matches!(code, 0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F)
+}
+
+/// A 3.1.1 CONNACK return code (§3.2.2.3) as the 5.0 reason code it stands for, as the encoder
+/// maps them the other way.
+fn v3_connack_reason(code: u8) -> Result<ReasonCode, DecodeError> {
+    Ok(match code {
+        0 => ReasonCode::SUCCESS,
+        1 => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+        2 => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        3 => ReasonCode::SERVER_UNAVAILABLE,
+        4 => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        5 => ReasonCode::NOT_AUTHORIZED,
+        _ => return Err(DecodeError::Protocol("CONNACK return code above 5")),
+    })
+}
+
+/// The SUBACK reason codes of §3.9.3, and 3.1.1's (granted QoS or 0x80 Failure).
+fn suback_defines(code: u8) -> bool {
+    matches!(
+        code,
+        0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
+    )
+}
+
+fn v3_suback_defines(code: u8) -> bool {
+    matches!(code, 0x00..=0x02 | 0x80)
+}
+
+/// The UNSUBACK reason codes of §3.11.3.
+fn unsuback_defines(code: u8) -> bool {
+    matches!(code, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91)
 }
 
 /// The DISCONNECT reason codes of §3.14.2.1.

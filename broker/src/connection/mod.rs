@@ -171,6 +171,15 @@ impl Connection {
         let mut needs_flush = false;
         // Set while the inbound rate limit holds reading back.
         let mut paused_until: Option<Instant> = None;
+        // Packets the client sent right behind its CONNECT were read with it: they are handled
+        // now, not when the client next sends something (found by the connection fuzz target).
+        if !self.wire.rbuf.is_empty()
+            && let Err(end) = self
+                .handle_read(c, &mut keep_alive_deadline, &mut paused_until)
+                .await
+        {
+            return end;
+        }
         loop {
             self.release_acks(c);
             if let Err(end) = self.fill(c) {
