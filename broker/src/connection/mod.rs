@@ -388,6 +388,12 @@ impl Connection {
             }
             (_, None) => {}
         }
+        // Only a connection the broker ends may still have bytes coming: a client that sent
+        // DISCONNECT closes its side (MQTT-3.14.4-1), and a closed or failed socket has none.
+        let linger = !matches!(
+            ending,
+            Ending::ClientDisconnect { .. } | Ending::Transport(_)
+        );
         let publish_will = match ending {
             Ending::ClientDisconnect { publish_will } => publish_will,
             _ => true,
@@ -403,7 +409,9 @@ impl Connection {
         self.broker.unregister_connection(self.endpoint.id);
         self.broker
             .connection_closed(&c.session, self.endpoint.id, will, delay);
-        self.wire.linger(r).await;
+        if linger {
+            self.wire.linger(r).await;
+        }
     }
 
     /// Writes what is buffered (bounded in time) and closes the write side.
