@@ -600,7 +600,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Properties;
     use crate::store::MemoryStore;
     use bytes::Bytes;
 
@@ -610,7 +609,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: None,
             expires_at: None,
             publisher: 1,
             encoded_properties: Default::default(),

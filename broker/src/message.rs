@@ -16,8 +16,10 @@ pub struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// The forwarded properties (payload format, content type, response topic, correlation
-    /// data, user properties). Per-hop ones in it are ignored when encoding.
-    pub properties: Properties,
+    /// data, user properties), `None` when there are none: an empty `Properties` is 400 bytes,
+    /// more than the rest of a message, and a retained or queued message carries it for as
+    /// long as it lives. Read them through [`Message::properties`].
+    pub properties: Option<Box<Properties>>,
     /// From Message Expiry Interval; `None` = never expires.
     pub expires_at: Option<Instant>,
     /// The session that published it (for No Local); 0 for the broker itself ($SYS, wills).
@@ -45,7 +47,7 @@ impl Message {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties,
+            properties: boxed(properties),
             expires_at,
             publisher,
             encoded_properties: OnceLock::new(),
@@ -66,7 +68,7 @@ impl Message {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties,
+            properties: boxed(properties),
             expires_at,
             publisher: 0,
             encoded_properties: OnceLock::new(),
@@ -77,7 +79,13 @@ impl Message {
     /// The forwarded properties as wire bytes (encoded on first use).
     pub fn wire_properties(&self) -> &[u8] {
         self.encoded_properties
-            .get_or_init(|| encode_message_properties(&self.properties))
+            .get_or_init(|| encode_message_properties(self.properties()))
+    }
+
+    pub fn properties(&self) -> &Properties {
+        static NONE: std::sync::LazyLock<Properties> =
+            std::sync::LazyLock::new(Properties::default);
+        self.properties.as_deref().unwrap_or(&NONE)
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -92,6 +100,11 @@ impl Message {
             secs.clamp(1, u32::MAX as u64) as u32
         })
     }
+}
+
+/// Properties as a message keeps them: boxed, and only if there are any.
+pub(crate) fn boxed(properties: Properties) -> Option<Box<Properties>> {
+    (!properties.is_empty()).then(|| Box::new(properties))
 }
 
 /// One message on its way to one session.

@@ -196,7 +196,7 @@ impl RetainedTree {
 mod tests {
     use super::*;
     use crate::codec::topic::matches;
-    use crate::codec::{Properties, QoS, Utf8Bytes};
+    use crate::codec::{QoS, Utf8Bytes};
     use bytes::Bytes;
 
     fn msg(topic: &str) -> Arc<Message> {
@@ -209,7 +209,7 @@ mod tests {
             payload: Bytes::from(vec![b'x'; payload]),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: None,
             expires_at: None,
             publisher: 0,
             encoded_properties: Default::default(),

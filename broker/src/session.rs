@@ -409,7 +409,7 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, Utf8Bytes};
+    use crate::codec::Utf8Bytes;
     use bytes::Bytes;
 
     fn delivery(qos: QoS, n: usize) -> Delivery {
@@ -419,7 +419,7 @@ mod tests {
                 payload: Bytes::from(vec![0u8; n]),
                 qos,
                 retain: false,
-                properties: Properties::default(),
+                properties: None,
                 expires_at: None,
                 publisher: 0,
                 encoded_properties: Default::default(),

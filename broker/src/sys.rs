@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
-use crate::codec::{Properties, QoS, Utf8Bytes};
+use crate::codec::{QoS, Utf8Bytes};
 use crate::message::Message;
 
 pub const VERSION: &str = concat!("tessera ", env!("CARGO_PKG_VERSION"));
@@ -92,7 +92,7 @@ fn publish(b: &Broker, topic: &'static str, value: String) {
         payload: Bytes::from(value),
         qos: QoS::AtMostOnce,
         retain: true,
-        properties: Properties::default(),
+        properties: None,
         expires_at: None,
         publisher: 0,
         encoded_properties: Default::default(),

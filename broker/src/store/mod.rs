@@ -47,7 +47,7 @@ impl StoredMessage {
             payload: m.payload.clone(),
             qos: m.qos,
             retain: m.retain,
-            properties: m.properties.clone(),
+            properties: m.properties().clone(),
             expires_at: m.expires_at.map(wall_clock),
         }
     }
@@ -58,7 +58,7 @@ impl StoredMessage {
             payload: self.payload.clone(),
             qos: self.qos,
             retain: self.retain,
-            properties: self.properties.clone(),
+            properties: crate::message::boxed(self.properties.clone()),
             expires_at: self.expires_at.map(runtime_clock),
             publisher: 0,
             encoded_properties: Default::default(),
