@@ -102,6 +102,17 @@ async fn topic_length_and_levels_are_bounded() {
         c.subscribe_with("+/+/#", Default::default(), None).await,
         vec![ReasonCode::SUCCESS]
     );
+    // A shared subscription is measured by its inner filter.
+    assert_eq!(
+        c.subscribe_with("$share/group/a/+/c", Default::default(), None)
+            .await,
+        vec![ReasonCode::SUCCESS]
+    );
+    assert_eq!(
+        c.subscribe_with("$share/g/a/b/c/d", Default::default(), None)
+            .await,
+        vec![ReasonCode::TOPIC_FILTER_INVALID]
+    );
 }
 
 #[tokio::test]

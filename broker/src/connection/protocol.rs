@@ -274,7 +274,16 @@ impl Connection {
             let code = match shared {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(_) if !valid_topic_filter(filter) => ReasonCode::TOPIC_FILTER_INVALID,
-                Ok(_) if limits::check_topic(filter.as_bytes(), &cfg).is_err() => {
+                // A shared subscription's limits are its inner filter's; its group name may
+                // not hold control characters either.
+                Ok(inner)
+                    if limits::check_topic(
+                        inner.map_or(filter.as_str(), |s| s.filter).as_bytes(),
+                        &cfg,
+                    )
+                    .is_err()
+                        || limits::refuses_name(filter, &cfg) =>
+                {
                     ReasonCode::TOPIC_FILTER_INVALID
                 }
                 Ok(Some(_)) if !cfg.shared_subscriptions => {
