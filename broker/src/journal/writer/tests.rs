@@ -1,0 +1,137 @@
+//! The writer against a `MemoryStore`: coalescing inside a batch, shared bodies, tickets.
+
+use super::*;
+use crate::store::MemoryStore;
+use bytes::Bytes;
+
+fn message(id: u64) -> Arc<Message> {
+    let m = Message {
+        topic: "t".into(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        publisher: 1,
+        encoded_properties: Default::default(),
+        stored_id: Default::default(),
+    };
+    let _ = m.stored_id.set(id);
+    Arc::new(m)
+}
+
+fn enqueue(client: &Arc<str>, seq: u64, m: &Arc<Message>) -> Record {
+    Record::Enqueue {
+        client: client.clone(),
+        seq,
+        message: m.clone(),
+        shared: true,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+    }
+}
+
+fn remove(client: &Arc<str>, seq: u64, m: u64) -> Record {
+    Record::Remove {
+        client: client.clone(),
+        seq,
+        message: Some(m),
+    }
+}
+
+fn writer() -> Writer {
+    let (done_tx, _) = watch::channel(0);
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending {
+            batch: 1,
+            records: Vec::new(),
+            waiters: Vec::new(),
+            pins: 0,
+            stop: false,
+        }),
+        wake: Condvar::new(),
+        done: AtomicU64::new(0),
+        done_tx,
+        failed: Mutex::new(BTreeMap::new()),
+        next_message_id: AtomicU64::new(1),
+        commits: AtomicU64::new(0),
+        failures: AtomicU64::new(0),
+    });
+    Writer::new(
+        shared,
+        Arc::new(MemoryStore::default()),
+        MessageRefs::default(),
+    )
+}
+
+fn written(built: (Vec<Change>, Vec<u64>)) -> Vec<Change> {
+    built.0
+}
+
+#[test]
+fn an_entry_acknowledged_before_its_batch_commits_is_not_written() {
+    let mut w = writer();
+    let m = message(5);
+    // Every record of one session shares the session's client id (the same `Arc`).
+    let a: Arc<str> = "a".into();
+    let changes = written(w.build(vec![
+        enqueue(&a, 1, &m),
+        Record::Entry {
+            client: a.clone(),
+            seq: 1,
+            state: EntryState::Sent(9),
+        },
+        remove(&a, 1, 5),
+    ]));
+    assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[test]
+fn a_body_shared_by_sessions_goes_with_its_last_entry() {
+    let mut w = writer();
+    let m = message(5);
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    let first = written(w.build(vec![enqueue(&a, 1, &m), enqueue(&b, 1, &m)]));
+    assert_eq!(
+        first
+            .iter()
+            .filter(|c| matches!(c, Change::PutMessage(..)))
+            .count(),
+        1,
+        "one body for two sessions"
+    );
+    // As after a successful commit.
+    w.refs.refs.get_mut(&5).unwrap().written = true;
+    let second = written(w.build(vec![remove(&a, 1, 5)]));
+    assert_eq!(second, vec![Change::DeleteEntry("a".into(), 1)]);
+    let third = written(w.build(vec![
+        Record::Entry {
+            client: b.clone(),
+            seq: 1,
+            state: EntryState::Sent(3),
+        },
+        remove(&b, 1, 5),
+    ]));
+    assert_eq!(
+        third,
+        vec![
+            Change::SetEntryState("b".into(), 1, EntryState::Sent(3)),
+            Change::DeleteEntry("b".into(), 1),
+            Change::DeleteMessage(5),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_ticket_is_done_once_its_batch_is_committed() {
+    let store = Arc::new(MemoryStore::default());
+    let journal = Journal::start(store.clone(), MessageRefs::default(), 1).unwrap();
+    let m = message(1);
+    let ticket = journal.append(enqueue(&"a".into(), 1, &m));
+    journal.wait(ticket).await.unwrap();
+    assert!(journal.done() >= ticket);
+    let state = store.load().unwrap();
+    assert_eq!(state.messages.len(), 1);
+    journal.close();
+}
