@@ -51,8 +51,7 @@ pub(crate) fn check_topic(topic: &[u8], cfg: &MqttConfig) -> Result<(), TopicRef
 /// Whether `s` holds a C0 or C1 control character (U+0001-U+001F, U+007F-U+009F; U+0000 never
 /// reaches here, the codec refuses it).
 pub(crate) fn has_control_character(s: &str) -> bool {
-    s.chars()
-        .any(|c| matches!(c, '\u{1}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+    s.chars().any(char::is_control)
 }
 
 /// A client identifier or user name the broker refuses: a control character, unless allowed
