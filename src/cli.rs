@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Subcommand;
 use serde_json::Value;
@@ -22,6 +21,9 @@ pub enum UserCmd {
         name: String,
         #[arg(long)]
         password: Option<String>,
+        /// An operator: may sign in to the console (`https://<oauth endpoint>/console/`).
+        #[arg(long)]
+        admin: bool,
     },
     /// Change a user's password; every token of the user is revoked.
     Passwd {
@@ -95,6 +97,18 @@ pub enum TokenCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum SessionCmd {
+    /// The live MQTT connections: client id, user, address, transport, protocol, since.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Disconnect a client (DISCONNECT 0x98, Administrative action). Its token stays valid:
+    /// revoke it too to keep the client out.
+    Kick { client_id: String },
+}
+
 fn read_password(prompt: &str) -> Result<String, ExitCode> {
     if std::io::stdin().is_terminal() {
         eprint!("{prompt}: ");
@@ -125,12 +139,17 @@ fn split_scopes(scopes: Vec<String>) -> Vec<String> {
 /// The request a command stands for.
 pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
     Ok(match cmd {
-        Command::User(UserCmd::Add { name, password }) => AdminRequest::UserAdd {
+        Command::User(UserCmd::Add {
+            name,
+            password,
+            admin,
+        }) => AdminRequest::UserAdd {
             password: match password {
                 Some(p) => p,
                 None => read_password("password")?,
             },
             name,
+            admin,
         },
         Command::User(UserCmd::Passwd { name, password }) => AdminRequest::UserPasswd {
             password: match password {
@@ -218,6 +237,8 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             token: Some(token),
             user: None,
         },
+        Command::Session(SessionCmd::List { user }) => AdminRequest::SessionList { user },
+        Command::Session(SessionCmd::Kick { client_id }) => AdminRequest::SessionKick { client_id },
         Command::Serve
         | Command::CheckConfig { .. }
         | Command::CheckData
@@ -253,7 +274,12 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
                 }
             };
             let service = TokenService::new(store, config.oauth.clone());
-            admin::execute(&Arc::new(service), request)
+            let op = admin::Operator {
+                service: &service,
+                broker: None,
+                actor: "cli",
+            };
+            admin::execute(&op, request)
         }
     };
     match answer {

@@ -5,6 +5,7 @@
 mod check;
 mod cli;
 mod logging;
+mod metrics;
 mod serve;
 
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ enum Command {
     /// Issue, list and revoke access tokens.
     #[command(subcommand)]
     Token(cli::TokenCmd),
+    /// List and disconnect live MQTT connections (needs the running server).
+    #[command(subcommand)]
+    Session(cli::SessionCmd),
     /// ejabberdctl: register a confidential client with its secret.
     #[command(name = "oauth_add_client_password")]
     OauthAddClientPassword {

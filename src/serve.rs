@@ -73,7 +73,7 @@ async fn serve(config: Config) -> ExitCode {
     };
     let watcher = revocation::spawn(service.clone(), server.handle());
     let http = if config.oauth.enabled {
-        match start_http(&config, service.clone(), backoff.clone()).await {
+        match start_http(&config, service.clone(), backoff.clone(), server.handle()).await {
             Ok(t) => Some(t),
             Err(e) => {
                 error!("{e}");
@@ -83,7 +83,22 @@ async fn serve(config: Config) -> ExitCode {
     } else {
         None
     };
-    let admin_task = match admin::serve(&admin::socket_path(&config.data_dir), service.clone()) {
+    let ops = if config.metrics.enabled {
+        match crate::metrics::serve(config.metrics.bind, server.handle(), service.clone()).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let admin_task = match admin::serve(
+        &admin::socket_path(&config.data_dir),
+        service.clone(),
+        server.handle(),
+    ) {
         Ok(t) => t,
         Err(e) => {
             error!("cannot open the admin socket: {e}");
@@ -108,7 +123,7 @@ async fn serve(config: Config) -> ExitCode {
     info!(version = tessera_broker::VERSION, store = %store_path.display(), durability = ?config.storage.durability, "tessera running");
     wait_for_signal().await;
     admin_task.abort();
-    if let Some(h) = http {
+    for h in [http, ops].into_iter().flatten() {
         h.abort();
     }
     purge.abort();
@@ -123,6 +138,7 @@ async fn start_http(
     config: &Config,
     service: Arc<TokenService>,
     backoff: Arc<Backoff>,
+    broker: tessera_broker::BrokerHandle,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let o = &config.oauth;
     let listener = http::bind(o.bind).await?;
@@ -141,7 +157,17 @@ async fn start_http(
         backoff,
         issuer,
         csrf_key: http::csrf_key(),
+        broker: Some(broker),
     };
+    let registered = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || http::console::register_client(&state)).await
+    };
+    match registered {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(std::io::Error::other(format!("console client: {e}"))),
+        Err(e) => return Err(std::io::Error::other(e)),
+    }
     Ok(http::serve(state, listener, tls))
 }
 

@@ -1,7 +1,8 @@
 //! Operator commands: one set of requests, executed on the token service either by the
 //! running server (through its admin socket, a Unix socket of mode 0600 in the data directory,
 //! one JSON request and one JSON answer per connection) or, when no server runs, directly on the
-//! store file.
+//! store file. Session commands (list, kick) need the running broker. Every request that
+//! changes something is written to the audit log with who asked (`audit::admin_action`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use std::time::UNIX_EPOCH;
+
+use tessera_broker::BrokerHandle;
+
 use crate::model::ClientKind;
+use crate::secrets;
 use crate::service::{ErrorKind, NewClient, ServiceError, TokenService};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +28,9 @@ pub enum AdminRequest {
     UserAdd {
         name: String,
         password: String,
+        /// An operator, who may sign in to the console.
+        #[serde(default)]
+        admin: bool,
     },
     UserPasswd {
         name: String,
@@ -55,6 +64,52 @@ pub enum AdminRequest {
         token: Option<String>,
         user: Option<String>,
     },
+    /// The live MQTT connections, optionally of one user.
+    SessionList {
+        user: Option<String>,
+    },
+    /// Ends a client's connection with DISCONNECT 0x98 (Administrative action).
+    SessionKick {
+        client_id: String,
+    },
+}
+
+impl AdminRequest {
+    /// The action's name in the audit log, and what it names (never a password or a token:
+    /// a token is named by its id).
+    fn audit_subject(&self) -> Option<(&'static str, String)> {
+        Some(match self {
+            AdminRequest::UserAdd { name, .. } => ("user_add", name.clone()),
+            AdminRequest::UserPasswd { name, .. } => ("user_passwd", name.clone()),
+            AdminRequest::UserDel { name } => ("user_del", name.clone()),
+            AdminRequest::ClientAdd { id, .. } => ("client_add", id.clone()),
+            AdminRequest::ClientRemove { id } => ("client_remove", id.clone()),
+            AdminRequest::TokenIssue { user, .. } => ("token_issue", user.clone()),
+            AdminRequest::TokenRevoke { token, user } => (
+                "token_revoke",
+                match (token, user) {
+                    (Some(t), _) => {
+                        format!("token {}", secrets::token_id(&secrets::token_key(t)))
+                    }
+                    (None, Some(u)) => format!("user {u}"),
+                    _ => String::new(),
+                },
+            ),
+            AdminRequest::SessionKick { client_id } => ("session_kick", client_id.clone()),
+            AdminRequest::UserList
+            | AdminRequest::ClientList
+            | AdminRequest::TokenList { .. }
+            | AdminRequest::SessionList { .. } => return None,
+        })
+    }
+}
+
+/// Who runs operator requests, and on what: the token service, the broker when one runs, and
+/// the actor named in the audit log (`cli`, `console:<user>`).
+pub struct Operator<'a> {
+    pub service: &'a TokenService,
+    pub broker: Option<&'a BrokerHandle>,
+    pub actor: &'a str,
 }
 
 /// The answer: a message for people and data for scripts, or an error.
@@ -85,13 +140,41 @@ fn ok(message: impl Into<String>, data: Value) -> AdminResponse {
     }
 }
 
-/// Runs a request. Blocking (argon2, store writes): call from `spawn_blocking` in async code.
-pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
+/// Runs a request, audited. Blocking (argon2, store writes): call from `spawn_blocking` in
+/// async code.
+pub fn execute(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
+    let audit = req.audit_subject();
+    let answer = run(op, req);
+    if let Some((action, subject)) = audit {
+        let (ok, detail) = match &answer {
+            AdminResponse::Ok { message, .. } => (true, message.as_str()),
+            AdminResponse::Error { message, .. } => (false, message.as_str()),
+        };
+        // A generated client secret or an issued token is in the message: never logged.
+        let detail = match action {
+            "client_add" | "token_issue" if ok => "",
+            _ => detail,
+        };
+        crate::audit::admin_action(op.actor, action, &subject, ok, detail);
+    }
+    answer
+}
+
+fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
+    let s = op.service;
     let r: Result<AdminResponse, ServiceError> = (|| {
         Ok(match req {
-            AdminRequest::UserAdd { name, password } => {
-                s.add_user(&name, &password)?;
-                ok(format!("user {name} added"), json!({ "user": name }))
+            AdminRequest::UserAdd {
+                name,
+                password,
+                admin,
+            } => {
+                s.add_user_as(&name, &password, admin)?;
+                let what = if admin { "operator" } else { "user" };
+                ok(
+                    format!("{what} {name} added"),
+                    json!({ "user": name, "admin": admin }),
+                )
             }
             AdminRequest::UserPasswd { name, password } => {
                 let n = s.set_password(&name, &password)?;
@@ -111,7 +194,7 @@ pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
                 let users = s.list_users()?;
                 let data: Vec<Value> = users
                     .iter()
-                    .map(|(n, c)| json!({ "name": n, "created_at": c }))
+                    .map(|(n, c, admin)| json!({ "name": n, "admin": admin, "created_at": c }))
                     .collect();
                 ok(format!("{} user(s)", users.len()), Value::Array(data))
             }
@@ -166,6 +249,8 @@ pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
                 }
                 let scopes = s.check_scopes(&scopes)?;
                 let t = s.issue(&local, None, scopes, ttl, false)?;
+                s.metrics.issued("operator");
+                crate::audit::token_issued("operator", &local, None, &t.id, &t.scope, t.expires_in);
                 ok(
                     format!("token for {local} (id {}), shown only now", t.id),
                     json!({
@@ -197,9 +282,47 @@ pub fn execute(s: &TokenService, req: AdminRequest) -> AdminResponse {
                 }
                 ok(format!("{n} token(s) revoked"), json!({ "revoked": n }))
             }
+            AdminRequest::SessionList { user } => {
+                let broker = op.broker.ok_or(ServiceError::Usage(NO_BROKER))?;
+                let rows = sessions(broker, user.as_deref());
+                ok(format!("{} connection(s)", rows.len()), Value::Array(rows))
+            }
+            AdminRequest::SessionKick { client_id } => {
+                let broker = op.broker.ok_or(ServiceError::Usage(NO_BROKER))?;
+                if !broker.kick(&client_id) {
+                    return Err(ServiceError::NoSuchConnection(client_id));
+                }
+                ok(
+                    format!("{client_id} disconnected (0x98 administrative action)"),
+                    json!({ "client_id": client_id }),
+                )
+            }
         })
     })();
     r.unwrap_or_else(err)
+}
+
+const NO_BROKER: &str = "sessions are the running server's: start `tessera serve` first";
+
+/// The live connections as rows (`tessera session list`, the console), oldest first.
+pub fn sessions(broker: &BrokerHandle, user: Option<&str>) -> Vec<Value> {
+    let mut conns = broker.connected_clients();
+    conns.retain(|c| user.is_none_or(|u| c.identity.as_deref() == Some(u)));
+    conns.sort_by_key(|c| (c.since, c.conn_id));
+    conns
+        .iter()
+        .map(|c| {
+            json!({
+                "client_id": &*c.client_id,
+                "user": c.identity,
+                "address": c.peer.to_string(),
+                "transport": c.transport,
+                "protocol": c.version.name(),
+                "connected_at": c.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "token_id": c.credential.as_deref().map(secrets::token_id),
+            })
+        })
+        .collect()
 }
 
 /// Where the admin socket of a data directory is. Its directory has mode 0700 and the socket
@@ -209,7 +332,11 @@ pub fn socket_path(data_dir: &Path) -> std::path::PathBuf {
 }
 
 /// Serves the admin socket until the task is aborted.
-pub fn serve(path: &Path, service: Arc<TokenService>) -> std::io::Result<JoinHandle<()>> {
+pub fn serve(
+    path: &Path,
+    service: Arc<TokenService>,
+    broker: BrokerHandle,
+) -> std::io::Result<JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         #[cfg(unix)]
@@ -232,8 +359,9 @@ pub fn serve(path: &Path, service: Arc<TokenService>) -> std::io::Result<JoinHan
                 continue;
             };
             let service = service.clone();
+            let broker = broker.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, service).await {
+                if let Err(e) = handle(stream, service, broker).await {
                     warn!(error = %e, "admin connection");
                 }
             });
@@ -241,17 +369,28 @@ pub fn serve(path: &Path, service: Arc<TokenService>) -> std::io::Result<JoinHan
     }))
 }
 
-async fn handle(stream: UnixStream, service: Arc<TokenService>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    service: Arc<TokenService>,
+    broker: BrokerHandle,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).take_line(&mut line).await?;
     let answer = match serde_json::from_str::<AdminRequest>(&line) {
-        Ok(req) => tokio::task::spawn_blocking(move || execute(&service, req))
-            .await
-            .unwrap_or_else(|_| AdminResponse::Error {
-                message: "internal error".into(),
-                exit_code: 1,
-            }),
+        Ok(req) => tokio::task::spawn_blocking(move || {
+            let op = Operator {
+                service: &service,
+                broker: Some(&broker),
+                actor: "cli",
+            };
+            execute(&op, req)
+        })
+        .await
+        .unwrap_or_else(|_| AdminResponse::Error {
+            message: "internal error".into(),
+            exit_code: 1,
+        }),
         Err(e) => AdminResponse::Error {
             message: format!("bad request: {e}"),
             exit_code: 2,

@@ -130,4 +130,6 @@ pub trait KvStore: Send + Sync + 'static {
     fn purge_expired(&self, now: u64) -> KvResult<usize>;
     /// Changes from now on, after they are durable.
     fn watch(&self) -> broadcast::Receiver<Change>;
+    /// A durable write that touches no record (readiness: the store takes writes).
+    fn probe(&self) -> KvResult<()>;
 }

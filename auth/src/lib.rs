@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod audit;
 pub mod backoff;
 pub mod clock;
 #[doc(hidden)]
@@ -11,6 +12,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod kv;
 pub mod mechanism;
+pub mod metrics;
 pub mod model;
 pub mod redb_store;
 pub mod revocation;

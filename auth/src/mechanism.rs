@@ -6,9 +6,15 @@
 //! Reason Strings say what failed (unknown, expired or revoked token, missing scope, another
 //! user's token) but never whether a user exists.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::acl::SessionAcl;
+use crate::audit;
+use crate::backoff::Backoff;
+use crate::secrets;
+use crate::service::{TokenInfo, TokenService};
 use bytes::Bytes;
 use tessera_broker::auth::{
     AuthExchange, AuthFailure, AuthStep, Authenticator, BoxFuture, ConnectRequest, Grant,
@@ -16,12 +22,6 @@ use tessera_broker::auth::{
 };
 use tessera_broker::codec::ReasonCode;
 use tessera_config::{AccessRules, AuthConfig};
-use tracing::info;
-
-use crate::acl::SessionAcl;
-use crate::backoff::Backoff;
-use crate::secrets;
-use crate::service::{TokenInfo, TokenService};
 
 pub const METHOD: &str = "X-OAUTH2";
 
@@ -97,7 +97,45 @@ impl OAuthMechanism {
         AuthStep::Success(self.grant(Some(user), client_id, Some(&info)))
     }
 
-    fn record(&self, step: &AuthStep, ip: &str) {
+    /// Settles an authentication that ended: the backoff learns of it, it is counted by
+    /// method and result, and written to the audit log.
+    fn record(&self, step: &AuthStep, ip: &str, login: &Login<'_>) {
+        let (accepted, code, reason, user, token) = match step {
+            AuthStep::Success(g) => (
+                true,
+                0,
+                "",
+                g.identity.as_deref(),
+                g.credential.as_deref().map(secrets::token_id),
+            ),
+            AuthStep::Failure(f) => (
+                false,
+                f.reason.0,
+                f.reason_string.as_str(),
+                login.user,
+                None,
+            ),
+            AuthStep::Continue { .. } => return,
+        };
+        let result = if accepted {
+            "success".to_string()
+        } else {
+            format!("0x{code:02x}")
+        };
+        self.service.metrics.login(login.method, result);
+        if code == ReasonCode::CONNECTION_RATE_EXCEEDED.0 {
+            self.service.metrics.backoff_refused("mqtt");
+        }
+        audit::login(
+            accepted,
+            login.method,
+            login.client_id,
+            user,
+            login.peer,
+            token,
+            code,
+            reason,
+        );
         match step {
             AuthStep::Success(_) => self.backoff.succeed(ip),
             AuthStep::Failure(f)
@@ -111,12 +149,33 @@ impl OAuthMechanism {
     }
 }
 
+/// Who is logging in, as the audit log and the metrics name it.
+struct Login<'a> {
+    /// `X-OAUTH2`, `password`, `anonymous` or `other`.
+    method: &'static str,
+    client_id: &'a str,
+    /// The user name the client claimed, if any.
+    user: Option<&'a str>,
+    peer: IpAddr,
+}
+
+/// The label of the method a CONNECT uses.
+fn method_label(r: &ConnectRequest) -> &'static str {
+    match (r.method.as_deref(), &r.password) {
+        (Some(METHOD), _) => METHOD,
+        (Some(_), _) => "other",
+        (None, Some(_)) => "password",
+        (None, None) => "anonymous",
+    }
+}
+
 /// The second step of the two-step flow: the token arrives in the client's AUTH 0x18.
 struct AwaitToken {
     mechanism: Arc<OAuthMechanism>,
     username: Option<String>,
     client_id: String,
     ip: String,
+    peer: IpAddr,
 }
 
 impl AuthExchange for AwaitToken {
@@ -129,7 +188,13 @@ impl AuthExchange for AwaitToken {
                 }
                 _ => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
             };
-            self.mechanism.record(&step, &self.ip);
+            let login = Login {
+                method: METHOD,
+                client_id: &self.client_id,
+                user: self.username.as_deref(),
+                peer: self.peer,
+            };
+            self.mechanism.record(&step, &self.ip, &login);
             step
         })
     }
@@ -144,14 +209,22 @@ impl Authenticator for OAuthAuthenticator {
         let m = self.0.clone();
         Box::pin(async move {
             let ip = crate::backoff::address_key(r.peer.ip());
+            let login = Login {
+                method: method_label(&r),
+                client_id: &r.client_id,
+                user: r.username.as_deref(),
+                peer: r.peer.ip(),
+            };
             if let Err(wait) = m.backoff.check(&ip) {
-                return fail(
+                let step = fail(
                     ReasonCode::CONNECTION_RATE_EXCEEDED,
                     &format!(
                         "too many failed logins; retry in {} s",
                         wait.as_secs().max(1)
                     ),
                 );
+                m.record(&step, &ip, &login);
+                return step;
             }
             let step = match r.method.as_deref() {
                 Some(METHOD) if m.auth.x_oauth2 => match &r.data {
@@ -166,6 +239,7 @@ impl Authenticator for OAuthAuthenticator {
                                 username: r.username.clone(),
                                 client_id: r.client_id.clone(),
                                 ip,
+                                peer: r.peer.ip(),
                             }),
                         };
                     }
@@ -189,15 +263,7 @@ impl Authenticator for OAuthAuthenticator {
                     ),
                 },
             };
-            m.record(&step, &ip);
-            if let AuthStep::Success(g) = &step {
-                info!(
-                    client_id = %r.client_id,
-                    user = g.identity.as_deref().unwrap_or(""),
-                    token = g.credential.as_deref().map(secrets::token_id).unwrap_or(""),
-                    "login accepted"
-                );
-            }
+            m.record(&step, &ip, &login);
             step
         })
     }
@@ -208,12 +274,19 @@ impl Authenticator for OAuthAuthenticator {
             if r.method != METHOD {
                 return fail(ReasonCode::BAD_AUTHENTICATION_METHOD, "unknown method");
             }
-            let Some(token) = r.data.filter(|d| !d.is_empty()) else {
-                return fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH");
+            let login = Login {
+                method: METHOD,
+                client_id: &r.client_id,
+                user: r.identity.as_deref(),
+                peer: r.peer.ip(),
             };
-            // The fresh token must belong to the same user.
-            let step = m.check_token(&token, r.identity.as_deref(), &r.client_id);
-            m.record(&step, &crate::backoff::address_key(r.peer.ip()));
+            let ip = crate::backoff::address_key(r.peer.ip());
+            let step = match r.data.as_ref().filter(|d| !d.is_empty()) {
+                // The fresh token must belong to the same user.
+                Some(token) => m.check_token(token, r.identity.as_deref(), &r.client_id),
+                None => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
+            };
+            m.record(&step, &ip, &login);
             step
         })
     }

@@ -12,6 +12,9 @@ pub struct User {
     /// argon2id PHC string.
     pub password_hash: String,
     pub created_at: u64,
+    /// An operator: may obtain the console scope (`tessera user add NAME --admin`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

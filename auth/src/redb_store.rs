@@ -184,6 +184,15 @@ impl RedbStore {
 }
 
 impl KvStore for RedbStore {
+    fn probe(&self) -> KvResult<()> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            meta.insert("probed_at_ms", now_ms()).map_err(storage)?;
+        }
+        tx.commit().map_err(storage)
+    }
+
     fn get(&self, bucket: Bucket, key: &str) -> KvResult<Option<Entry>> {
         let tx = self.db.begin_read().map_err(storage)?;
         let t = tx.open_table(table(bucket)).map_err(storage)?;

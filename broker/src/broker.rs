@@ -30,7 +30,7 @@ use crate::journal::Journal;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session};
-use crate::stats::Stats;
+use crate::stats::{Stats, transport_index};
 use crate::store::Store;
 use crate::subscriptions::SubscriptionTree;
 
@@ -156,8 +156,9 @@ impl Broker {
     }
 
     pub fn register_connection(&self, info: ConnectionInfo) {
+        let slot = &self.stats.clients_connected[transport_index(info.transport)];
         if self.connections.register(info) {
-            self.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
+            slot.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -171,8 +172,9 @@ impl Broker {
     }
 
     pub fn unregister_connection(&self, conn_id: u64) {
-        if self.connections.unregister(conn_id) {
-            self.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        if let Some(info) = self.connections.unregister(conn_id) {
+            self.stats.clients_connected[transport_index(info.transport)]
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,6 +33,7 @@ use tracing::{error, warn};
 use crate::codec::QoS;
 use crate::message::Message;
 use crate::session::Session;
+use crate::stats::{Histogram, HistogramValues};
 use crate::store::{
     Batch, Change, EntryState, SessionHead, Store, StoreError, StoredEntry, StoredMessage,
     StoredSubscription,
@@ -161,6 +162,10 @@ struct Shared {
     next_message_id: AtomicU64,
     commits: AtomicU64,
     failures: AtomicU64,
+    /// Whether the last commit succeeded (readiness: the store is writable).
+    last_ok: AtomicBool,
+    /// How long each commit took (the fsync included).
+    commit_latency: Histogram,
 }
 
 /// The handle the broker holds.
@@ -216,6 +221,8 @@ impl Journal {
             next_message_id: AtomicU64::new(next_message_id.max(1)),
             commits: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+            commit_latency: Histogram::default(),
         });
         let writer = {
             let shared = shared.clone();
@@ -298,6 +305,15 @@ impl Journal {
             return Err(StoreError::Failed("the journal stopped".into()));
         }
         self.outcome(ticket)
+    }
+
+    /// Whether the last batch committed (until a commit fails, and again once one succeeds).
+    pub(crate) fn writable(&self) -> bool {
+        self.shared.last_ok.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn commit_latency(&self) -> HistogramValues {
+        self.shared.commit_latency.read()
     }
 
     /// Batches committed, and batches that failed, since start.

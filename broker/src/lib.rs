@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod listener;
 mod message;
+mod operator;
 mod persistence;
 mod registry;
 mod retained;
@@ -34,8 +35,10 @@ mod tls;
 mod websocket;
 
 pub use broker::BrokerHandle;
+pub use operator::{Metrics, RetainedInfo, StoreMetrics};
 pub use registry::ConnectionInfo;
 pub use server::Server;
+pub use stats::HistogramValues;
 pub use sys::VERSION;
 pub use tls::server_config as tls_server_config;
 

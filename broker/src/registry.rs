@@ -4,11 +4,13 @@
 //! Its one lock guards only the map; it is never held while another broker lock is taken.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-use crate::codec::ReasonCode;
+use crate::codec::{ReasonCode, Version};
 use crate::session::{Control, ControlSlot};
 
 /// What a connection registers so it can be found and told to disconnect.
@@ -20,6 +22,13 @@ pub struct ConnectionInfo {
     pub identity: Option<String>,
     /// The credential label from the grant (a token id, never a token).
     pub credential: Option<String>,
+    pub peer: SocketAddr,
+    /// Listener kind: "tcp", "tls", "ws" or "wss".
+    pub transport: &'static str,
+    /// The MQTT protocol version the client speaks.
+    pub version: Version,
+    /// When CONNECT succeeded.
+    pub since: SystemTime,
     pub control: Arc<ControlSlot>,
 }
 
@@ -47,9 +56,9 @@ impl Registry {
         }
     }
 
-    /// Removes a connection; returns whether it was registered.
-    pub(crate) fn unregister(&self, conn_id: u64) -> bool {
-        self.connections.lock().remove(&conn_id).is_some()
+    /// Removes a connection; returns it if it was registered.
+    pub(crate) fn unregister(&self, conn_id: u64) -> Option<ConnectionInfo> {
+        self.connections.lock().remove(&conn_id)
     }
 
     pub(crate) fn len(&self) -> usize {

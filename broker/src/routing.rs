@@ -7,13 +7,15 @@
 //! across an await.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
 
 use crate::broker::Broker;
-use crate::codec::{Packet, QoS};
+use crate::codec::{Packet, QoS, Utf8Bytes};
 use crate::journal::Record;
 use crate::message::{Delivery, Message};
 use crate::session::{Enqueued, Session};
+use crate::stats::Dropped;
 
 /// Result of routing one message (or a run of them).
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,8 +109,33 @@ impl Qos0Run {
 impl Broker {
     /// Stores or clears the retained message and routes `message` to every matching session.
     pub fn publish(&self, message: Arc<Message>) -> Routed {
-        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.stats.messages_received.add(message.qos, 1);
+        self.stats
+            .payload_received
+            .add(message.qos, message.payload.len() as u64);
         self.publish_with(message, true)
+    }
+
+    /// Removes the retained message of `topic` without publishing anything (an operator's
+    /// deletion), journaled as an empty retained message would be. Returns whether one was there.
+    pub(crate) fn clear_retained(&self, topic: Utf8Bytes) -> bool {
+        if !self.retained.write().remove(topic.as_bytes()) {
+            return false;
+        }
+        if let Some(j) = self.journal() {
+            j.append(Record::Retained(Arc::new(Message {
+                topic,
+                payload: Bytes::new(),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                expires_at: None,
+                publisher: 0,
+                encoded_properties: Default::default(),
+                stored_id: Default::default(),
+            })));
+        }
+        true
     }
 
     /// The broker's own `$SYS` updates: not counted as received, and their retained values are
@@ -132,7 +159,7 @@ impl Broker {
             ) {
                 drop(retained);
                 // Refused whole: a publisher told 0x97 must not find it delivered either.
-                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.drop_one(Dropped::RetainedLimit);
                 return Routed {
                     retained_refused: true,
                     ..Routed::default()
@@ -157,9 +184,13 @@ impl Broker {
             && m.qos == QoS::AtMostOnce
             && m.topic == run[0].topic
             && m.publisher == run[0].publisher));
+        let bytes: usize = run.iter().map(|m| m.payload.len()).sum();
         self.stats
             .messages_received
-            .fetch_add(run.len() as u64, Ordering::Relaxed);
+            .add(QoS::AtMostOnce, run.len() as u64);
+        self.stats
+            .payload_received
+            .add(QoS::AtMostOnce, bytes as u64);
         self.route(run)
     }
 
@@ -247,10 +278,10 @@ impl Broker {
                     Enqueued::Queued | Enqueued::Skipped => {}
                     Enqueued::QueuedBehind => routed.subscribers_behind = true,
                     Enqueued::QueuedDroppedOldest => {
-                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.drop_one(Dropped::QueueFull);
                     }
                     Enqueued::Rejected => {
-                        self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.drop_one(Dropped::QueueFull);
                         routed.rejected = true;
                     }
                 }

@@ -43,19 +43,31 @@ fn publish_all(b: &Broker) {
         "$SYS/broker/uptime",
         format!("{} seconds", b.started.elapsed().as_secs()),
     );
-    publish(b, "$SYS/broker/clients/connected", n(&s.clients_connected));
+    publish(
+        b,
+        "$SYS/broker/clients/connected",
+        s.connected_total().to_string(),
+    );
     publish(
         b,
         "$SYS/broker/clients/total",
         b.session_count().to_string(),
     );
     publish(b, "$SYS/broker/connections/total", n(&s.connections_total));
-    publish(b, "$SYS/broker/messages/received", n(&s.messages_received));
-    publish(b, "$SYS/broker/messages/sent", n(&s.messages_sent));
+    publish(
+        b,
+        "$SYS/broker/messages/received",
+        s.messages_received.total().to_string(),
+    );
+    publish(
+        b,
+        "$SYS/broker/messages/sent",
+        s.messages_sent.total().to_string(),
+    );
     publish(
         b,
         "$SYS/broker/publish/messages/dropped",
-        n(&s.messages_dropped),
+        s.dropped_total().to_string(),
     );
     publish(b, "$SYS/broker/bytes/received", n(&s.bytes_received));
     publish(b, "$SYS/broker/bytes/sent", n(&s.bytes_sent));

@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub sys: SysConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub auth: AuthConfig,
@@ -95,6 +97,24 @@ pub struct SysConfig {
 impl Default for SysConfig {
     fn default() -> Self {
         SysConfig { interval: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (Prometheus text format), `/healthz` and `/readyz`.
+    pub enabled: bool,
+    /// Plain HTTP, on loopback by default: put it behind the network's own access control.
+    pub bind: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 9183)),
+        }
     }
 }
 

@@ -272,6 +272,7 @@ async fn submit(
     }
     let ip_key = crate::backoff::address_key(peer.ip());
     if let Err(wait) = state.backoff.check(&ip_key) {
+        state.service.metrics.backoff_refused("http");
         let text = format!(
             "Too many failed attempts. Try again in {} seconds.",
             wait.as_secs().max(1)
@@ -288,6 +289,12 @@ async fn submit(
         .flatten();
     let Some(user) = user else {
         state.backoff.fail(&ip_key);
+        crate::audit::http_login_refused(
+            "authorize",
+            p.username.as_deref().unwrap_or(""),
+            peer.ip(),
+            "bad user name or password",
+        );
         return login_form(
             &state,
             action,
@@ -300,6 +307,16 @@ async fn submit(
     state.backoff.succeed(&ip_key);
     if !state.service.may_obtain_tokens(&user) {
         return error_redirect(&v, &p, ErrorCode::AccessDenied, "access denied");
+    }
+    let console = v.scopes.iter().any(|s| s == crate::service::CONSOLE_SCOPE);
+    if console && !state.service.is_admin(&user).unwrap_or(false) {
+        crate::audit::console_sign_in(&user, false, "not an operator");
+        return error_redirect(
+            &v,
+            &p,
+            ErrorCode::AccessDenied,
+            "only operators may use the console",
+        );
     }
     let ttl = p.ttl.as_deref().and_then(|t| t.parse::<u64>().ok());
     let client_id = v.client.id.clone();
@@ -316,6 +333,15 @@ async fn submit(
                 "the token store is unavailable",
             );
         };
+        state.service.metrics.issued("implicit");
+        crate::audit::token_issued(
+            "implicit",
+            &t.user,
+            t.client_id.as_deref(),
+            &t.id,
+            &t.scope,
+            t.expires_in,
+        );
         let expires = t.expires_in.to_string();
         let mut params = vec![
             ("access_token", t.access_token.as_str()),

@@ -107,6 +107,7 @@ pub async fn verify_submit(
     }
     let ip_key = crate::backoff::address_key(peer.ip());
     if let Err(wait) = state.backoff.check(&ip_key) {
+        state.service.metrics.backoff_refused("http");
         let text = format!(
             "Too many failed attempts. Try again in {} seconds.",
             wait.as_secs().max(1)
@@ -132,6 +133,12 @@ pub async fn verify_submit(
         }
         Ok(Ok(DeviceAnswer::BadLogin)) => {
             state.backoff.fail(&ip_key);
+            crate::audit::http_login_refused(
+                "device",
+                p.username.as_deref().unwrap_or(""),
+                peer.ip(),
+                "bad user name or password",
+            );
             verify_page(&state, &p, Some("Bad user name or password."))
         }
         Ok(Ok(DeviceAnswer::NotAllowed)) => {

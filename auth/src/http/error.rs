@@ -112,6 +112,7 @@ impl From<ServiceError> for OAuthError {
             | UnknownClient(_)
             | UnknownRefreshToken
             | UnknownToken
+            | NoSuchConnection(_)
             | InvalidUserName(_)
             | EmptyPassword
             | InvalidClientId(_)

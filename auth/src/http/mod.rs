@@ -3,6 +3,7 @@
 //! error answers, client authentication, and the per-user / per-IP backoff.
 
 mod authorize;
+pub mod console;
 mod device;
 mod error;
 mod pages;
@@ -40,11 +41,27 @@ pub struct AppState {
     pub issuer: String,
     /// Key for CSRF tokens of the HTML forms (random per process).
     pub csrf_key: Arc<[u8; 32]>,
+    /// The running broker, for the console (connections, kick, retained, counters).
+    pub broker: Option<tessera_broker::BrokerHandle>,
 }
 
 impl AppState {
     pub fn config(&self) -> &OAuthConfig {
         &self.service.config
+    }
+
+    /// A token issued by `grant_type`, counted and audited, as its JSON answer.
+    fn issued(&self, grant_type: &'static str, t: &crate::service::Issued) -> Response {
+        self.service.metrics.issued(grant_type);
+        crate::audit::token_issued(
+            grant_type,
+            &t.user,
+            t.client_id.as_deref(),
+            &t.id,
+            &t.scope,
+            t.expires_in,
+        );
+        token::issued_json(t)
     }
 
     /// Runs `work` with the token service on tokio's blocking pool (redb and argon2 hold the
@@ -215,7 +232,28 @@ pub fn router(state: AppState) -> Router {
             "/.well-known/oauth-authorization-server",
             get(token::metadata),
         )
+        .merge(console::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.service.metrics.clone(),
+            count_request,
+        ))
         .with_state(state)
+}
+
+/// Counts a request by its matched route and status (`tessera_oauth_requests_total`).
+async fn count_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<crate::metrics::AuthMetrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_string();
+    let response = next.run(request).await;
+    metrics.request(endpoint, response.status().as_u16());
+    response
 }
 
 /// Binds the endpoint's address; the error names it.

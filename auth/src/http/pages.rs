@@ -27,7 +27,7 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];
     k[..key.len().min(64)].copy_from_slice(&key[..key.len().min(64)]);
     let mut inner = Sha256::new();

@@ -135,6 +135,7 @@ async fn password_grant(
     let user_key = crate::backoff::user_key(&user);
     for key in [&ip_key, &user_key] {
         if let Err(wait) = state.backoff.check(key) {
+            state.service.metrics.backoff_refused("http");
             return Err(OAuthError::slow_down(wait));
         }
     }
@@ -166,6 +167,7 @@ async fn password_grant(
         Outcome::BadLogin => {
             state.backoff.fail(&ip_key);
             state.backoff.fail(&user_key);
+            crate::audit::http_login_refused("password_grant", &user, peer.ip(), "bad password");
             Err(OAuthError::new(
                 ErrorCode::InvalidGrant,
                 "bad user name or password",
@@ -175,7 +177,7 @@ async fn password_grant(
         Outcome::Issued(t) => {
             state.backoff.succeed(&ip_key);
             state.backoff.succeed(&user_key);
-            Ok(issued_json(&t))
+            Ok(state.issued("password", &t))
         }
     }
 }
@@ -212,7 +214,7 @@ async fn client_credentials_grant(
             service.issue(&user, Some(&client.id), scopes, ttl, false)
         })
         .await??;
-    Ok(issued_json(&t))
+    Ok(state.issued("client_credentials", &t))
 }
 
 async fn refresh_grant(
@@ -230,7 +232,7 @@ async fn refresh_grant(
     let t = state
         .blocking(move |service| service.refresh(&rt, client_id.as_deref(), narrower))
         .await??;
-    Ok(issued_json(&t))
+    Ok(state.issued("refresh_token", &t))
 }
 
 async fn code_grant(
@@ -254,7 +256,7 @@ async fn code_grant(
             )
         })
         .await??;
-    Ok(issued_json(&t))
+    Ok(state.issued("authorization_code", &t))
 }
 
 async fn device_grant(
@@ -270,7 +272,7 @@ async fn device_grant(
     let t = state
         .blocking(move |service| service.poll_device(&device_code, &client_id))
         .await??;
-    Ok(issued_json(&t))
+    Ok(state.issued("device_code", &t))
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -100,6 +100,8 @@ impl TokenService {
             return Err(ServiceError::UnknownClient(id.to_string()));
         }
         self.revoke_where(
+            "client",
+            id,
             |t| t.client_id.as_deref() == Some(id),
             |r| r.client_id.as_deref() == Some(id),
         )

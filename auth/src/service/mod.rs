@@ -27,9 +27,11 @@ use serde::de::DeserializeOwned;
 use tessera_config::OAuthConfig;
 
 use crate::kv::{Bucket, KvError, KvStore};
+use crate::metrics::AuthMetrics;
 
 pub use clients::{ClientInfo, NewClient, valid_redirect_uri};
 pub use codes::{CodeRequest, DeviceAnswer, DeviceDecision, DeviceGrant, normalize_user_code};
+pub use scopes::CONSOLE_SCOPE;
 pub use tokens::{Issued, TokenInfo};
 pub use users::valid_user_name;
 
@@ -42,6 +44,8 @@ pub enum ServiceError {
     UnknownRefreshToken,
     /// `token revoke` found nothing to revoke.
     UnknownToken,
+    /// `session kick` named a client with no live connection.
+    NoSuchConnection(String),
 
     // ---- something to create exists ----
     UserExists(String),
@@ -102,9 +106,8 @@ impl ServiceError {
     pub fn kind(&self) -> ErrorKind {
         use ServiceError::*;
         match self {
-            UnknownUser(_) | UnknownClient(_) | UnknownRefreshToken | UnknownToken => {
-                ErrorKind::NotFound
-            }
+            UnknownUser(_) | UnknownClient(_) | UnknownRefreshToken | UnknownToken
+            | NoSuchConnection(_) => ErrorKind::NotFound,
             UserExists(_) | ClientExists(_) => ErrorKind::AlreadyExists,
             Storage(_) => ErrorKind::Storage,
             _ => ErrorKind::Invalid,
@@ -120,6 +123,7 @@ impl std::fmt::Display for ServiceError {
             UnknownClient(c) => write!(f, "client {c} not found"),
             UnknownRefreshToken => f.write_str("refresh token not found"),
             UnknownToken => f.write_str("token not found"),
+            NoSuchConnection(c) => write!(f, "no live connection has client id {c:?}"),
             UserExists(u) => write!(f, "user {u} already exists"),
             ClientExists(c) => write!(f, "client {c} already exists"),
             InvalidUserName(u) => write!(
@@ -174,6 +178,8 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 pub struct TokenService {
     pub store: Arc<dyn KvStore>,
     pub config: OAuthConfig,
+    /// Counters of logins, grants, revocations and requests (`/metrics`).
+    pub metrics: Arc<AuthMetrics>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -187,7 +193,11 @@ fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> ServiceResult<T> 
 
 impl TokenService {
     pub fn new(store: Arc<dyn KvStore>, config: OAuthConfig) -> TokenService {
-        TokenService { store, config }
+        TokenService {
+            store,
+            config,
+            metrics: Arc::default(),
+        }
     }
 
     /// A record and its revision.

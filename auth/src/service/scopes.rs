@@ -4,6 +4,10 @@
 
 use super::{ServiceError, ServiceResult, TokenService};
 
+/// The scope of the operator console's tokens. Any client may ask for it, but only a user
+/// marked admin gets a token carrying it (checked where every token is issued).
+pub const CONSOLE_SCOPE: &str = "tessera:console";
+
 impl TokenService {
     /// Checks requested scopes against the configured list; an empty request gets `mqtt`.
     pub fn check_scopes(&self, requested: &[String]) -> ServiceResult<Vec<String>> {
@@ -11,14 +15,15 @@ impl TokenService {
             return Ok(vec!["mqtt".to_string()]);
         }
         for s in requested {
-            let allowed = self
-                .config
-                .scopes
-                .iter()
-                .any(|a| match a.strip_suffix('*') {
-                    Some(prefix) => s.starts_with(prefix) && s.len() > prefix.len(),
-                    None => a == s,
-                });
+            let allowed = s == CONSOLE_SCOPE
+                || self
+                    .config
+                    .scopes
+                    .iter()
+                    .any(|a| match a.strip_suffix('*') {
+                        Some(prefix) => s.starts_with(prefix) && s.len() > prefix.len(),
+                        None => a == s,
+                    });
             if !allowed {
                 return Err(ServiceError::ScopeNotAllowed(s.clone()));
             }

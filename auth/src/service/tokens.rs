@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{ServiceError, ServiceResult, TokenService};
+use super::{CONSOLE_SCOPE, ServiceError, ServiceResult, TokenService};
 use crate::clock::{now_ms, now_secs};
 use crate::kv::{Bucket, KvError};
 use crate::model::{AccessToken, RefreshToken};
@@ -23,6 +23,11 @@ pub struct Issued {
     /// The token's public id (for `token list` / `token revoke`).
     #[serde(skip)]
     pub id: String,
+    /// Whose it is and which client asked (for the audit log; never sent).
+    #[serde(skip)]
+    pub user: String,
+    #[serde(skip)]
+    pub client_id: Option<String>,
 }
 
 /// A token's metadata, never the token.
@@ -75,6 +80,10 @@ impl TokenService {
         family: Option<String>,
     ) -> ServiceResult<Issued> {
         let access_scopes = access_scopes.unwrap_or_else(|| scopes.clone());
+        // The console's scope is an operator's alone, however the token is asked for.
+        if scopes.iter().any(|s| s == CONSOLE_SCOPE) && !self.is_admin(user)? {
+            return Err(ServiceError::ScopeNotAllowed(CONSOLE_SCOPE.to_string()));
+        }
         let now = now_secs();
         let now_ms = now_ms();
         let expires_in = self.lifetime(ttl);
@@ -123,6 +132,8 @@ impl TokenService {
             expires_in,
             refresh_token,
             id: secrets::token_id(&key).to_string(),
+            user: user.to_string(),
+            client_id: client_id.map(str::to_string),
         })
     }
 
@@ -178,6 +189,7 @@ impl TokenService {
     pub fn revoke(&self, token_or_id: &str) -> ServiceResult<usize> {
         let key = secrets::token_key(token_or_id);
         if self.store.delete(Bucket::AccessTokens, &key, None)? {
+            self.revoked("token", secrets::token_id(&key), 1);
             return Ok(1);
         }
         if let Some((r, _)) = self.get::<RefreshToken>(Bucket::RefreshTokens, &key)? {
@@ -188,6 +200,7 @@ impl TokenService {
             if matches.len() == 1 {
                 self.store
                     .delete(Bucket::AccessTokens, &matches[0].0, None)?;
+                self.revoked("token", secrets::token_id(&matches[0].0), 1);
                 return Ok(1);
             }
             if matches.len() > 1 {
@@ -199,20 +212,25 @@ impl TokenService {
 
     /// Revokes every token of `user`.
     pub fn revoke_user(&self, user: &str) -> ServiceResult<usize> {
-        self.revoke_where(|t| t.user == user, |r| r.user == user)
+        self.revoke_where("user", user, |t| t.user == user, |r| r.user == user)
     }
 
     /// Revokes every access and refresh token of one grant.
     pub(super) fn revoke_family(&self, family: &str) -> ServiceResult<usize> {
         self.revoke_where(
+            "family",
+            secrets::token_id(family),
             |t| t.family.as_deref() == Some(family),
             |r| r.family == family,
         )
     }
 
-    /// Revokes the access tokens and refresh tokens the predicates select.
+    /// Revokes the access tokens and refresh tokens the predicates select, counted and
+    /// audited as revoking `what` (`subject`) when any went.
     pub(super) fn revoke_where(
         &self,
+        what: &'static str,
+        subject: &str,
         access: impl Fn(&AccessToken) -> bool,
         refresh: impl Fn(&RefreshToken) -> bool,
     ) -> ServiceResult<usize> {
@@ -227,7 +245,15 @@ impl TokenService {
                 n += 1;
             }
         }
+        self.revoked(what, subject, n);
         Ok(n)
+    }
+
+    fn revoked(&self, what: &'static str, subject: &str, n: usize) {
+        if n > 0 {
+            self.metrics.revoked(what);
+            crate::audit::revoked(what, subject, n);
+        }
     }
 
     pub fn list_tokens(&self, user: Option<&str>) -> ServiceResult<Vec<TokenInfo>> {

@@ -34,6 +34,11 @@ impl TokenService {
     }
 
     pub fn add_user(&self, name: &str, password: &str) -> ServiceResult<()> {
+        self.add_user_as(name, password, false)
+    }
+
+    /// Adds a user; `admin` makes it an operator who may sign in to the console.
+    pub fn add_user_as(&self, name: &str, password: &str, admin: bool) -> ServiceResult<()> {
         if !valid_user_name(name) {
             return Err(ServiceError::InvalidUserName(name.to_string()));
         }
@@ -44,6 +49,7 @@ impl TokenService {
             name: name.to_string(),
             password_hash: secrets::hash_password(password),
             created_at: now_secs(),
+            admin,
         };
         match self.create(Bucket::Users, name, &user, None) {
             Err(KvError::Conflict) => Err(ServiceError::UserExists(name.to_string())),
@@ -72,12 +78,20 @@ impl TokenService {
         self.revoke_user(name)
     }
 
-    pub fn list_users(&self) -> ServiceResult<Vec<(String, u64)>> {
+    /// Every user: name, creation time (seconds since the epoch), whether an operator.
+    pub fn list_users(&self) -> ServiceResult<Vec<(String, u64, bool)>> {
         Ok(self
             .scan::<User>(Bucket::Users)?
             .into_iter()
-            .map(|(_, u)| (u.name, u.created_at))
+            .map(|(_, u)| (u.name, u.created_at, u.admin))
             .collect())
+    }
+
+    /// Whether `name` is an operator (`--admin`).
+    pub fn is_admin(&self, name: &str) -> ServiceResult<bool> {
+        Ok(self
+            .get::<User>(Bucket::Users, name)?
+            .is_some_and(|(u, _)| u.admin))
     }
 
     pub fn user_exists(&self, name: &str) -> ServiceResult<bool> {

@@ -44,6 +44,15 @@ impl Version {
     pub fn is_v5(self) -> bool {
         self == Version::V5
     }
+
+    /// The version as operators write it: `5.0`, `3.1.1`, `3.1`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V3_1 => "3.1",
+            Version::V3_1_1 => "3.1.1",
+            Version::V5 => "5.0",
+        }
+    }
     pub fn level(self) -> u8 {
         match self {
             Version::V3_1 => 3,

@@ -3,8 +3,6 @@
 //! this client (topic alias, remaining expiry, subscription identifiers), and sending the
 //! broker's own packets without the reason strings a client asked not to get.
 
-use std::sync::atomic::Ordering;
-
 use bytes::BytesMut;
 use tracing::debug;
 
@@ -14,6 +12,7 @@ use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode, Versi
 use crate::journal::Record;
 use crate::message::Delivery;
 use crate::session::{Inflight, Session};
+use crate::stats::Dropped;
 use crate::store::EntryState;
 
 impl Connection {
@@ -76,7 +75,7 @@ impl Connection {
                 let d = d.clone();
                 if !self.write_publish(c, &d, Some(pid), false, now) {
                     st.inflight.remove(&pid);
-                    self.discard(&session, &d, "too large");
+                    self.discard(&session, &d, Dropped::TooLarge);
                 }
             }
         }
@@ -91,11 +90,11 @@ impl Connection {
                 break;
             };
             if d.message.is_expired(now) {
-                self.discard(&session, &d, "expired");
+                self.discard(&session, &d, Dropped::Expired);
                 continue;
             }
             if judged && !c.grant.acl.can_receive(&d.message.topic) {
-                self.discard(&session, &d, "refused by a topic rule");
+                self.discard(&session, &d, Dropped::DeniedDelivery);
                 continue;
             }
             let pid = if d.qos == QoS::AtMostOnce {
@@ -124,7 +123,7 @@ impl Connection {
                 }
             } else {
                 // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
-                self.discard(&session, &d, "too large");
+                self.discard(&session, &d, Dropped::TooLarge);
             }
         }
         // Whatever is left waits for the client (a full buffer or its Receive Maximum).
@@ -134,11 +133,8 @@ impl Connection {
 
     /// Drops a delivery that will not reach the client (expired, or too large for it),
     /// counted, and gone from the store too.
-    fn discard(&self, session: &Session, d: &Delivery, _why: &str) {
-        self.broker
-            .stats
-            .messages_dropped
-            .fetch_add(1, Ordering::Relaxed);
+    fn discard(&self, session: &Session, d: &Delivery, why: Dropped) {
+        self.broker.stats.drop_one(why);
         if let (Some(j), Some(r)) = (self.broker.journal(), d.stored_ref()) {
             j.append(Record::Remove {
                 client: session.client_id.clone(),
@@ -195,10 +191,9 @@ impl Connection {
             return false;
         }
         self.wire.out.publish(&head, self.wire.version, &m.payload);
-        self.broker
-            .stats
-            .messages_sent
-            .fetch_add(1, Ordering::Relaxed);
+        let stats = &self.broker.stats;
+        stats.messages_sent.add(d.qos, 1);
+        stats.payload_sent.add(d.qos, m.payload.len() as u64);
         true
     }
 

@@ -277,6 +277,10 @@ impl Handshake<'_> {
             client_id: id.client_id.clone(),
             identity: grant.identity.clone(),
             credential: grant.credential.clone(),
+            peer: endpoint.peer,
+            transport: endpoint.transport,
+            version: c.version,
+            since: SystemTime::now(),
             control: endpoint.control.clone(),
         });
         let link = ConnLink {

@@ -5,7 +5,6 @@
 //! [`Violation`] carries the reason code the specification names.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tracing::{debug, info};
 
@@ -25,6 +24,7 @@ use crate::journal::Record;
 use crate::limits;
 use crate::message::{Delivery, Message, StoredRef};
 use crate::session::{Inflight, Session};
+use crate::stats::Dropped;
 use crate::store::EntryState;
 
 /// What handling a packet asks of the connection next.
@@ -234,10 +234,7 @@ impl Connection {
         match qos {
             QoS::AtMostOnce => {
                 // Refused above (topic, payload format or rights): dropped, and counted.
-                self.broker
-                    .stats
-                    .messages_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.broker.stats.drop_one(Dropped::Refused);
             }
             QoS::AtLeastOnce => {
                 self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at);

@@ -97,8 +97,11 @@ impl Writer {
             let alive_at = last_alive
                 .is_none_or(|t| t.elapsed() >= ALIVE_EVERY)
                 .then(SystemTime::now);
+            let started = Instant::now();
             let result = self.store.commit(&Batch { changes, alive_at });
             last_commit = Instant::now();
+            self.shared.commit_latency.observe(last_commit - started);
+            self.shared.last_ok.store(result.is_ok(), Ordering::Relaxed);
             match result {
                 Ok(()) => {
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);

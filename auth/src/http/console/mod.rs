@@ -1,0 +1,302 @@
+//! The operator console under `/console/` on the OAuth endpoint: who is connected (and kick),
+//! users, OAuth clients, tokens, retained messages, live counters.
+//!
+//! Signing in is Tessera's own OAuth flow: the console is the built-in public client
+//! `tessera-console`; `/console/login` sends the browser to `/oauth/authorize` with PKCE S256
+//! and the scope `tessera:console`, which only a user marked admin obtains (the token service
+//! refuses it to anyone else, `service::CONSOLE_SCOPE`); `/console/callback` exchanges the code
+//! in-process and keeps the access token in an HttpOnly, Secure, SameSite=Strict cookie scoped
+//! to `/console`. Every request checks that token again (live, the scope, the user still an
+//! admin), so revoking it or removing the flag ends the console session at once.
+//!
+//! Every form carries a CSRF token bound to the signed-in token (an HMAC of its key); every
+//! value on a page is HTML-escaped; the Content-Security-Policy admits only this origin's own
+//! style sheet and script, and the pages work without the script (it only refreshes the
+//! counters). This file owns the sign-in and the guard; `views.rs` the pages and actions.
+
+mod views;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use super::AppState;
+use crate::audit;
+use crate::model::ClientKind;
+use crate::secrets;
+use crate::service::{CONSOLE_SCOPE, NewClient, ServiceError, TokenInfo};
+
+/// The console's OAuth client id (a public client, PKCE).
+pub const CLIENT_ID: &str = "tessera-console";
+const SESSION_COOKIE: &str = "tessera_console";
+const LOGIN_COOKIE: &str = "tessera_console_login";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(|| async { redirect("/console/") }))
+        .route("/console/", get(views::home))
+        .route("/console/login", get(login))
+        .route("/console/callback", get(callback))
+        .route("/console/logout", post(logout))
+        .route("/console/sessions/kick", post(views::kick))
+        .route("/console/users", get(views::users))
+        .route("/console/users/add", post(views::user_add))
+        .route("/console/users/delete", post(views::user_delete))
+        .route("/console/clients", get(views::clients))
+        .route("/console/clients/add", post(views::client_add))
+        .route("/console/clients/remove", post(views::client_remove))
+        .route("/console/tokens", get(views::tokens))
+        .route("/console/tokens/revoke", post(views::token_revoke))
+        .route("/console/retained", get(views::retained))
+        .route("/console/retained/delete", post(views::retained_delete))
+        .route("/console/counters", get(views::counters))
+        .route("/console/static/console.css", get(views::style))
+        .route("/console/static/live.js", get(views::script))
+}
+
+/// The console's redirect URI for an issuer.
+pub fn redirect_uri(issuer: &str) -> String {
+    format!("{issuer}/console/callback")
+}
+
+/// Registers (or updates) the console's client with this issuer's redirect URI. Called at
+/// start: the issuer can change between runs.
+pub fn register_client(state: &AppState) -> Result<(), ServiceError> {
+    let uri = redirect_uri(&state.issuer);
+    if let Some(c) = state.service.get_client(CLIENT_ID)? {
+        if c.redirect_uris == [uri.clone()] && c.kind == ClientKind::Public {
+            return Ok(());
+        }
+        state.service.remove_client(CLIENT_ID)?;
+    }
+    state.service.add_client(NewClient {
+        id: CLIENT_ID.to_string(),
+        name: "Tessera operator console".to_string(),
+        kind: ClientKind::Public,
+        secret: None,
+        redirect_uris: vec![uri],
+        service_user: None,
+    })?;
+    Ok(())
+}
+
+/// A signed-in operator: the token's record and the CSRF token for its forms.
+pub struct Operator {
+    pub token: TokenInfo,
+    pub csrf: String,
+}
+
+impl Operator {
+    /// The actor the audit log names.
+    pub fn actor(&self) -> String {
+        format!("console:{}", self.token.user)
+    }
+}
+
+/// The signed-in operator of a request, or the response that sends the browser to sign in
+/// (a page request) or refuses it (403, a form post without a live console token).
+pub async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, Response> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+        return Err(redirect("/console/login"));
+    };
+    let checked = state
+        .blocking(move |s| -> Result<Option<TokenInfo>, ServiceError> {
+            let Some(info) = s.validate(&token)? else {
+                return Ok(None);
+            };
+            let ok = info.scopes.iter().any(|x| x == CONSOLE_SCOPE) && s.is_admin(&info.user)?;
+            Ok(ok.then_some(info))
+        })
+        .await;
+    match checked {
+        Ok(Ok(Some(token))) => {
+            let csrf = csrf_for(state, &token.key);
+            Ok(Operator { token, csrf })
+        }
+        Ok(Ok(None)) => Err(redirect("/console/login")),
+        _ => Err(views::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Console unavailable",
+            "The token store is unavailable.",
+        )),
+    }
+}
+
+/// The CSRF token of a console session: an HMAC of its token's key.
+fn csrf_for(state: &AppState, key: &str) -> String {
+    secrets::hex(&super::pages::hmac_sha256(
+        &state.csrf_key[..],
+        format!("console:{key}").as_bytes(),
+    ))
+}
+
+/// Whether a posted form's CSRF token is this operator's.
+pub fn csrf_ok(op: &Operator, form_token: Option<&str>) -> bool {
+    form_token.is_some_and(|t| secrets::equal(t.as_bytes(), op.csrf.as_bytes()))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/console; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    )) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+pub fn redirect(to: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    views::secure_headers(resp.headers_mut());
+    resp
+}
+
+/// Starts a sign-in: a fresh `state` and PKCE verifier in a short-lived cookie, then the
+/// authorization request.
+async fn login(State(state): State<AppState>) -> Response {
+    let flow = secrets::random_string(16);
+    let verifier = secrets::random_string(32);
+    let url = format!(
+        "/oauth/authorize?response_type=code&client_id={CLIENT_ID}&redirect_uri={}&scope={}\
+         &state={flow}&code_challenge={}&code_challenge_method=S256",
+        urlencode(&redirect_uri(&state.issuer)),
+        urlencode(CONSOLE_SCOPE),
+        secrets::s256(&verifier),
+    );
+    let mut resp = redirect(&url);
+    set_cookie(&mut resp, LOGIN_COOKIE, &format!("{flow}.{verifier}"), 600);
+    resp
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// The authorization server's answer: the code exchanged for the console token, or a refusal.
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Callback>,
+) -> Response {
+    let flow = cookie(&headers, LOGIN_COOKIE);
+    let Some((expected, verifier)) = flow.as_deref().and_then(|f| f.split_once('.')) else {
+        return views::message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The sign-in expired or was not started here. Start again from /console/.",
+        );
+    };
+    let same = q
+        .state
+        .as_deref()
+        .is_some_and(|s| secrets::equal(s.as_bytes(), expected.as_bytes()));
+    if !same {
+        return views::message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The sign-in does not match the one started in this browser.",
+        );
+    }
+    if let Some(e) = q.error {
+        audit::console_sign_in("", false, &e);
+        return views::message(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Only operators (users added with --admin) may use the console.",
+        );
+    }
+    let (Some(code), verifier) = (q.code, verifier.to_string()) else {
+        return views::message(StatusCode::BAD_REQUEST, "Sign-in failed", "No code.");
+    };
+    let uri = redirect_uri(&state.issuer);
+    let issued = state
+        .blocking(move |s| s.exchange_code(&code, CLIENT_ID, Some(&uri), Some(&verifier)))
+        .await;
+    match issued {
+        Ok(Ok(t)) => {
+            audit::console_sign_in(&t.user, true, "");
+            state.service.metrics.issued("authorization_code");
+            audit::token_issued(
+                "authorization_code",
+                &t.user,
+                Some(CLIENT_ID),
+                &t.id,
+                &t.scope,
+                t.expires_in,
+            );
+            let mut resp = redirect("/console/");
+            set_cookie(&mut resp, SESSION_COOKIE, &t.access_token, t.expires_in);
+            set_cookie(&mut resp, LOGIN_COOKIE, "", 0);
+            resp
+        }
+        Ok(Err(e)) => {
+            audit::console_sign_in("", false, &e.to_string());
+            views::message(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Only operators (users added with --admin) may use the console.",
+            )
+        }
+        Err(_) => views::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in failed",
+            "The token store is unavailable.",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: Option<String>,
+}
+
+/// Signs out: the console token is revoked and its cookie cleared.
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<CsrfForm>,
+) -> Response {
+    let op = match operator(&state, &headers).await {
+        Ok(op) => op,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&op, f.csrf.as_deref()) {
+        return views::forbidden();
+    }
+    let key = op.token.key.clone();
+    let _ = state.blocking(move |s| s.revoke(&key)).await;
+    let mut resp = redirect("/console/");
+    set_cookie(&mut resp, SESSION_COOKIE, "", 0);
+    resp
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
