@@ -6,9 +6,11 @@
 //! one redb transaction, committed (fsync) before the call returns, and only then announced on
 //! the watch channel.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
@@ -26,7 +28,12 @@ fn table(b: Bucket) -> TableDefinition<'static, &'static str, &'static [u8]> {
 }
 
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while being reopened. A write that failed (a full disk, an I/O error)
+    /// leaves redb's handle refusing every later transaction, so it sets `broken` and the
+    /// next call reopens the file, which re-reads the last committed state.
+    db: RwLock<Option<Database>>,
+    broken: AtomicBool,
     changes: broadcast::Sender<Change>,
 }
 
@@ -93,6 +100,18 @@ impl RedbStore {
         // It holds argon2 hashes of passwords and client secrets: 0600 in a 0700 directory.
         tessera_broker::files::private_file(path)
             .map_err(|e| KvError::Storage(format!("cannot create {}: {e}", path.display())))?;
+        let db = Self::open_db(path)?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(RedbStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            changes,
+        }))
+    }
+
+    /// Opens the file and brings its schema up to date.
+    fn open_db(path: &Path) -> KvResult<Database> {
         let db = Database::create(path)
             .map_err(|e| KvError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(storage)?;
@@ -127,8 +146,65 @@ impl RedbStore {
             }
         }
         tx.commit().map_err(storage)?;
-        let (changes, _) = broadcast::channel(1024);
-        Ok(Arc::new(RedbStore { db, changes }))
+        Ok(db)
+    }
+
+    /// The open database, reopened first if a failed write left it unusable.
+    fn db(&self) -> KvResult<MappedRwLockReadGuard<'_, Database>> {
+        if self.broken.load(Ordering::Acquire) {
+            let mut guard = self.db.write();
+            if self.broken.load(Ordering::Acquire) {
+                *guard = None; // redb holds a file lock: the old handle goes first.
+                let db = Self::open_db(&self.path)?;
+                *guard = Some(db);
+                self.broken.store(false, Ordering::Release);
+                tracing::info!(path = %self.path.display(), "token store reopened after a failed write");
+            }
+        }
+        RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
+            .map_err(|_| KvError::Storage("the token store could not be reopened".into()))
+    }
+
+    fn purge_once(&self, now: u64) -> KvResult<usize> {
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(storage)?;
+        let mut gone = Vec::new();
+        {
+            for b in Bucket::ALL {
+                let mut t = tx.open_table(table(b)).map_err(storage)?;
+                let expired: Vec<String> = t
+                    .iter()
+                    .map_err(storage)?
+                    .filter_map(|item| item.ok())
+                    .filter_map(|(k, v)| {
+                        let e = decode(v.value())?;
+                        (!live(&e, now)).then(|| k.value().to_string())
+                    })
+                    .collect();
+                for k in expired {
+                    t.remove(k.as_str()).map_err(storage)?;
+                    gone.push((b, k));
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        for (bucket, key) in &gone {
+            let _ = self.changes.send(Change {
+                bucket: *bucket,
+                key: key.clone(),
+                kind: ChangeKind::Expired,
+                revision: 0,
+            });
+        }
+        Ok(gone.len())
+    }
+
+    /// Passes a write's result on, marking the handle for reopening if storage failed.
+    fn wrote<T>(&self, r: KvResult<T>) -> KvResult<T> {
+        if let Err(KvError::Storage(_)) = &r {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
     }
 
     /// Runs one write transaction that may change `key`; `f` gets the current live entry and
@@ -139,8 +215,19 @@ impl RedbStore {
         key: &str,
         f: impl FnOnce(Option<Entry>) -> KvResult<Option<(Vec<u8>, Option<u64>)>>,
     ) -> KvResult<(u64, bool)> {
+        let r = self.write_once(bucket, key, f);
+        self.wrote(r)
+    }
+
+    fn write_once(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        f: impl FnOnce(Option<Entry>) -> KvResult<Option<(Vec<u8>, Option<u64>)>>,
+    ) -> KvResult<(u64, bool)> {
         let now = now_ms();
-        let tx = self.db.begin_write().map_err(storage)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(storage)?;
         let (revision, kind, existed) = {
             let mut meta = tx.open_table(META).map_err(storage)?;
             let mut t = tx.open_table(table(bucket)).map_err(storage)?;
@@ -185,16 +272,21 @@ impl RedbStore {
 
 impl KvStore for RedbStore {
     fn probe(&self) -> KvResult<()> {
-        let tx = self.db.begin_write().map_err(storage)?;
-        {
-            let mut meta = tx.open_table(META).map_err(storage)?;
-            meta.insert("probed_at_ms", now_ms()).map_err(storage)?;
-        }
-        tx.commit().map_err(storage)
+        let r = (|| {
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(storage)?;
+            {
+                let mut meta = tx.open_table(META).map_err(storage)?;
+                meta.insert("probed_at_ms", now_ms()).map_err(storage)?;
+            }
+            tx.commit().map_err(storage)
+        })();
+        self.wrote(r)
     }
 
     fn get(&self, bucket: Bucket, key: &str) -> KvResult<Option<Entry>> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
         let t = tx.open_table(table(bucket)).map_err(storage)?;
         let now = now_ms();
         Ok(t.get(key)
@@ -254,7 +346,8 @@ impl KvStore for RedbStore {
     }
 
     fn scan(&self, bucket: Bucket, prefix: &str) -> KvResult<Vec<(String, Entry)>> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
         let t = tx.open_table(table(bucket)).map_err(storage)?;
         let now = now_ms();
         let mut out = Vec::new();
@@ -272,36 +365,8 @@ impl KvStore for RedbStore {
     }
 
     fn purge_expired(&self, now: u64) -> KvResult<usize> {
-        let tx = self.db.begin_write().map_err(storage)?;
-        let mut gone = Vec::new();
-        {
-            for b in Bucket::ALL {
-                let mut t = tx.open_table(table(b)).map_err(storage)?;
-                let expired: Vec<String> = t
-                    .iter()
-                    .map_err(storage)?
-                    .filter_map(|item| item.ok())
-                    .filter_map(|(k, v)| {
-                        let e = decode(v.value())?;
-                        (!live(&e, now)).then(|| k.value().to_string())
-                    })
-                    .collect();
-                for k in expired {
-                    t.remove(k.as_str()).map_err(storage)?;
-                    gone.push((b, k));
-                }
-            }
-        }
-        tx.commit().map_err(storage)?;
-        for (bucket, key) in &gone {
-            let _ = self.changes.send(Change {
-                bucket: *bucket,
-                key: key.clone(),
-                kind: ChangeKind::Expired,
-                revision: 0,
-            });
-        }
-        Ok(gone.len())
+        let r = self.purge_once(now);
+        self.wrote(r)
     }
 
     fn watch(&self) -> broadcast::Receiver<Change> {
@@ -444,7 +509,7 @@ mod tests {
         }
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.get(Bucket::Users, "u").unwrap().unwrap().value, b"v");
-        let tx = s.db.begin_read().unwrap();
+        let tx = s.db().unwrap().begin_read().unwrap();
         let meta = tx.open_table(META).unwrap();
         assert_eq!(
             meta.get("schema_version").unwrap().unwrap().value(),

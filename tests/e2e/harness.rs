@@ -17,6 +17,8 @@ pub struct TestBroker {
     pub wss: SocketAddr,
     /// The OAuth2 endpoint (HTTPS with the development certificate).
     pub oauth: SocketAddr,
+    /// The operations listener: `/metrics`, `/healthz`, `/readyz` (plain HTTP).
+    pub metrics: SocketAddr,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
@@ -40,18 +42,43 @@ impl TestBroker {
 
     /// Writes the configuration for `dir` (free ports, `extra` appended) and starts the binary.
     fn spawn(dir: &tempfile::TempDir, extra: &str) -> Child {
-        let oauth = if extra.contains("oauth:") {
-            String::new()
-        } else {
-            "oauth:\n  bind: 127.0.0.1:0\n".to_string()
-        };
+        TestBroker::spawn_with(dir, extra, false)
+    }
+
+    /// As `start_secure`, the binary started with SIGXFSZ ignored, so a file size limit set
+    /// on it later (`prlimit --fsize`) fails its writes (EFBIG) instead of killing it: a full
+    /// disk, for one process.
+    pub fn start_with_file_limit_allowed(extra: &str) -> TestBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let child = TestBroker::spawn_with(&dir, extra, true);
+        TestBroker::follow(dir, child)
+    }
+
+    fn spawn_with(dir: &tempfile::TempDir, extra: &str, ignore_xfsz: bool) -> Child {
+        let mut head = String::new();
+        if !extra.contains("oauth:") {
+            head.push_str("oauth:\n  bind: 127.0.0.1:0\n");
+        }
+        if !extra.contains("metrics:") {
+            head.push_str("metrics:\n  bind: 127.0.0.1:0\n");
+        }
+        let oauth = head;
         let config = format!(
             "{oauth}data_dir: {data}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\n  - type: tls\n    bind: 127.0.0.1:0\n  - type: ws\n    bind: 127.0.0.1:0\n  - type: wss\n    bind: 127.0.0.1:0\n{extra}\n",
             data = dir.path().join("data").display()
         );
         let config_path = dir.path().join("tessera.yml");
         std::fs::write(&config_path, config).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_tessera"))
+        let mut command = if ignore_xfsz {
+            // An ignored signal stays ignored across exec; the pid stays the broker's.
+            let mut c = Command::new("sh");
+            c.args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+                .arg(env!("CARGO_BIN_EXE_tessera"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_tessera"))
+        };
+        command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -78,7 +105,12 @@ impl TestBroker {
 
     /// Starts on an existing directory (a restart keeps the data directory).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> TestBroker {
-        let mut child = TestBroker::spawn(&dir, extra);
+        let child = TestBroker::spawn(&dir, extra);
+        TestBroker::follow(dir, child)
+    }
+
+    /// Follows a started broker's log until it runs, and reads its addresses from it.
+    fn follow(dir: tempfile::TempDir, mut child: Child) -> TestBroker {
         let stderr = child.stderr.take().unwrap();
         let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let sink = log.clone();
@@ -98,6 +130,7 @@ impl TestBroker {
             ws: addr0(),
             wss: addr0(),
             oauth: addr0(),
+            metrics: addr0(),
             log,
         };
         assert!(
@@ -108,6 +141,10 @@ impl TestBroker {
         for line in b.lines() {
             if line.contains("oauth endpoint ready") {
                 b.oauth = field(&line, "addr=").parse().unwrap();
+                continue;
+            }
+            if line.contains("metrics endpoint ready") {
+                b.metrics = field(&line, "addr=").parse().unwrap();
                 continue;
             }
             if !line.contains("listener ready") {
@@ -173,6 +210,10 @@ impl TestBroker {
             .write_all(stdin.as_bytes())
             .unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the broker and hands back its directory for a restart.

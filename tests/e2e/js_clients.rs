@@ -9,7 +9,7 @@ use crate::https;
 use crate::oauth::{login, setup, token};
 use crate::oauth_flows::query_param;
 
-fn node(args: &[&str]) -> std::process::Output {
+pub(crate) fn node(args: &[&str]) -> std::process::Output {
     Command::new("node")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(args)

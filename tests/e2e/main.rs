@@ -8,11 +8,13 @@ mod raw;
 
 mod bad_input;
 mod clients;
+mod console;
 mod crash;
 mod durability;
 mod features;
 mod js_clients;
 mod limits;
+mod metrics;
 mod oauth;
 mod oauth_flows;
 mod operations;

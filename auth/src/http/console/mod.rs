@@ -55,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/counters", get(views::counters))
         .route("/console/static/console.css", get(views::style))
         .route("/console/static/live.js", get(views::script))
+        .route("/console/static/icon.svg", get(views::icon))
 }
 
 /// The console's redirect URI for an issuer.

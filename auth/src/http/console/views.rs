@@ -66,6 +66,7 @@ fn page(op: &Operator, title: &str, body: &str) -> Response {
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width\"><title>{t} · Tessera</title>\
              <link rel=\"stylesheet\" href=\"/console/static/console.css\">\
+             <link rel=\"icon\" href=\"/console/static/icon.svg\">\
              <script src=\"/console/static/live.js\" defer></script></head><body>\
              <header><strong>Tessera</strong> <nav>{nav}</nav> <span class=\"who\">{user}</span>\
              <form method=\"post\" action=\"/console/logout\" class=\"inline\">{csrf}\
@@ -83,7 +84,8 @@ pub fn message(status: StatusCode, title: &str, text: &str) -> Response {
         status,
         format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
-             <link rel=\"stylesheet\" href=\"/console/static/console.css\"></head><body><main>\
+             <link rel=\"stylesheet\" href=\"/console/static/console.css\">\
+             <link rel=\"icon\" href=\"/console/static/icon.svg\"></head><body><main>\
              <h1>{t}</h1><p class=\"error\">{m}</p><p><a href=\"/console/login\">Sign in</a></p>\
              </main></body></html>",
             t = esc(title),
@@ -750,6 +752,10 @@ pub async fn retained_delete(
 
 pub async fn style() -> Response {
     static_file("text/css; charset=utf-8", include_str!("console.css"))
+}
+
+pub async fn icon() -> Response {
+    static_file("image/svg+xml", include_str!("icon.svg"))
 }
 
 pub async fn script() -> Response {

@@ -57,6 +57,8 @@ fn writer() -> Writer {
         next_message_id: AtomicU64::new(1),
         commits: AtomicU64::new(0),
         failures: AtomicU64::new(0),
+        last_ok: std::sync::atomic::AtomicBool::new(true),
+        commit_latency: Default::default(),
     });
     Writer::new(
         shared,

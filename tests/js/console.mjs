@@ -1,0 +1,57 @@
+// An operator in a browser: headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core) opens the console, signs in through Tessera's own login page, and acts.
+// Usage:
+//   node console.mjs revoke BASE USER PASSWORD CLIENT_ID [SCREENSHOT]
+//     signs in, checks CLIENT_ID is listed as connected, presses its "Revoke token" button,
+//     and prints the page's text; also checks a form posted without the CSRF token is refused
+//   node console.mjs refused BASE USER PASSWORD
+//     signs in as a user who is not an operator and prints the page it ends on
+import { chromium } from 'playwright-core';
+
+const [mode, base, user, password, clientId, shot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+const fail = async (why) => { console.error(String(why)); await browser.close(); process.exit(1); };
+const timer = setTimeout(() => fail('timed out'), 40000);
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  // Not signed in: the console sends the browser to the authorization page.
+  await page.goto(`${base}/console/`);
+  if (!page.url().includes('/oauth/authorize')) await fail(`not sent to sign in: ${page.url()}`);
+  await page.fill('#username', user);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForLoadState('load'), page.click('button[value=allow]')]);
+  await page.waitForSelector('h1');
+  if (mode === 'refused') {
+    console.log(await page.textContent('body'));
+  } else if (mode === 'revoke') {
+    const row = page.locator('tr', { hasText: clientId });
+    if (await row.count() !== 1) await fail(`${clientId} not listed: ${await page.textContent('body')}`);
+    // The live counters script runs under the CSP and refreshes from /console/counters.
+    const live = await page.waitForResponse((r) => r.url().endsWith('/console/counters'), { timeout: 10000 });
+    const counts = await live.json();
+    if (live.status() !== 200 || counts.connections < 1) await fail(`counters: ${live.status()} ${JSON.stringify(counts)}`);
+    const forged = await context.request.post(`${base}/console/sessions/kick`, { form: { client_id: clientId } });
+    if (forged.status() !== 403) await fail(`a form without CSRF token got ${forged.status()}`);
+    if (shot) await page.screenshot({ path: shot, fullPage: true });
+    await Promise.all([page.waitForLoadState('load'), row.locator('button', { hasText: 'Revoke token' }).click()]);
+    await page.waitForSelector('[role=status], [role=alert]');
+    if (errors.length) await fail(`console errors: ${errors.join('; ')}`);
+    console.log(await page.textContent('body'));
+  } else {
+    await fail(`unknown mode ${mode}`);
+  }
+  await browser.close();
+  clearTimeout(timer);
+  process.exit(0);
+} catch (e) {
+  await fail(e);
+}
