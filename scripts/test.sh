@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Tessera on a fresh machine. It installs the peers the tests drive:
-# Debian's mosquitto-clients and chromium (what is already there is skipped fast), and MQTT.js
+# Debian's mosquitto-clients, chromium and python3-prometheus-client (the Prometheus text
+# parser the metrics test uses; what is already there is skipped fast), and MQTT.js
 # and playwright-core from the committed package-lock.json (npm ci). Then it checks formatting
 # and lints, and runs the unit and end-to-end tests.
 set -euo pipefail
@@ -22,6 +23,7 @@ if [ ! -d node_modules/mqtt ] || [ ! -d node_modules/playwright-core ] \
 fi
 
 cargo fmt --all -- --check
+python3 benches/charts.py --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
