@@ -33,6 +33,8 @@ CHARTS = [
      "Clean-session figures, issue 8 build against issue 9 build"),
     ("## Hardening (issue 10): before and after", "hardening.svg", ["before", "issue 10"],
      "Hardening (issue 10), before and after"),
+    ("## Operations (issue 11): before and after", "operations.svg", ["before", "issue 11"],
+     "Operations (issue 11): metrics counters, before and after"),
 ]
 COLORS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#718096"]
 LOWER = re.compile(r"\((us|µs|s|KiB|bytes)\b|p99|p50|latency|memory|instructions|RSS", re.I)

@@ -41,8 +41,11 @@ pub fn transport_index(transport: &str) -> usize {
         .unwrap_or(TRANSPORTS.len() - 1)
 }
 
-/// One counter per QoS level.
+/// One counter per QoS level, on a cache line of its own: publishers' threads bump the
+/// received counters while subscribers' threads bump the sent ones, and sharing a line would
+/// make each bump wait for the other side's.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct ByQos(pub [AtomicU64; 3]);
 
 impl ByQos {
@@ -56,6 +59,41 @@ impl ByQos {
 
     pub fn get(&self) -> [u64; 3] {
         [0, 1, 2].map(|i| self.0[i].load(Ordering::Relaxed))
+    }
+}
+
+/// PUBLISH packets one connection wrote in one `fill`, added to the shared counters once
+/// when it is dropped (a busy subscriber takes dozens per fill).
+pub struct SentTally<'a> {
+    stats: &'a Stats,
+    messages: [u64; 3],
+    bytes: [u64; 3],
+}
+
+impl<'a> SentTally<'a> {
+    pub fn new(stats: &'a Stats) -> SentTally<'a> {
+        SentTally {
+            stats,
+            messages: [0; 3],
+            bytes: [0; 3],
+        }
+    }
+
+    pub fn add(&mut self, qos: QoS, payload: usize) {
+        self.messages[qos as usize] += 1;
+        self.bytes[qos as usize] += payload as u64;
+    }
+}
+
+impl Drop for SentTally<'_> {
+    fn drop(&mut self) {
+        for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let i = q as usize;
+            if self.messages[i] > 0 {
+                self.stats.messages_sent.add(q, self.messages[i]);
+                self.stats.payload_sent.add(q, self.bytes[i]);
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode, Versi
 use crate::journal::Record;
 use crate::message::Delivery;
 use crate::session::{Inflight, Session};
-use crate::stats::Dropped;
+use crate::stats::{Dropped, SentTally};
 use crate::store::EntryState;
 
 impl Connection {
@@ -36,6 +36,7 @@ impl Connection {
         let now = std::time::Instant::now();
         let broker = self.broker.clone();
         let journal = broker.journal();
+        let mut sent = SentTally::new(&broker.stats);
         // A subscription granted with a rule refusing part of what it matches (`acl.rs` of
         // the token service): each message is judged by its topic before it leaves.
         let judged = c.grant.acl.judges_deliveries();
@@ -50,7 +51,7 @@ impl Connection {
                 match st.inflight.get(&pid) {
                     Some(Inflight::Published(d)) => {
                         let d = d.clone();
-                        self.write_publish(c, &d, Some(pid), true, now);
+                        self.write_publish(c, &d, Some(pid), true, now, &mut sent);
                     }
                     Some(Inflight::Released(_)) => {
                         self.wire.packet(&Packet::PubRel(codec::PubResp {
@@ -73,7 +74,7 @@ impl Connection {
                     continue;
                 };
                 let d = d.clone();
-                if !self.write_publish(c, &d, Some(pid), false, now) {
+                if !self.write_publish(c, &d, Some(pid), false, now, &mut sent) {
                     st.inflight.remove(&pid);
                     self.discard(&session, &d, Dropped::TooLarge);
                 }
@@ -117,7 +118,7 @@ impl Connection {
                     continue;
                 }
             }
-            if self.write_publish(c, &d, pid, false, now) {
+            if self.write_publish(c, &d, pid, false, now, &mut sent) {
                 if let Some(pid) = pid {
                     st.inflight.insert(pid, Inflight::Published(d));
                 }
@@ -152,6 +153,7 @@ impl Connection {
         packet_id: Option<u16>,
         dup: bool,
         now: std::time::Instant,
+        sent: &mut SentTally<'_>,
     ) -> bool {
         let m = &d.message;
         let v5 = self.wire.version.is_v5();
@@ -191,9 +193,7 @@ impl Connection {
             return false;
         }
         self.wire.out.publish(&head, self.wire.version, &m.payload);
-        let stats = &self.broker.stats;
-        stats.messages_sent.add(d.qos, 1);
-        stats.payload_sent.add(d.qos, m.payload.len() as u64);
+        sent.add(d.qos, m.payload.len());
         true
     }
 

@@ -12,9 +12,34 @@
 //! Every form carries a CSRF token bound to the signed-in token (an HMAC of its key); every
 //! value on a page is HTML-escaped; the Content-Security-Policy admits only this origin's own
 //! style sheet and script, and the pages work without the script (it only refreshes the
-//! counters). This file owns the sign-in and the guard; `views.rs` the pages and actions.
+//! counters). This file owns the sign-in, the guard and how an action runs; `html.rs` the
+//! page frame, `live.rs` the broker's pages (connections, counters, retained), `accounts.rs`
+//! the token service's (users, clients, tokens).
 
-mod views;
+/// The signed-in operator of a console request, or an early return sending the browser to sign in.
+macro_rules! signed_in {
+    ($state:expr, $headers:expr) => {
+        match operator(&$state, &$headers).await {
+            Ok(op) => op,
+            Err(r) => return r,
+        }
+    };
+}
+
+/// As `signed_in!`, for a form post: its CSRF token must be the operator's (403 otherwise).
+macro_rules! checked {
+    ($state:expr, $headers:expr, $csrf:expr) => {{
+        let op = signed_in!($state, $headers);
+        if !csrf_ok(&op, $csrf) {
+            return super::html::forbidden();
+        }
+        op
+    }};
+}
+
+mod accounts;
+mod html;
+mod live;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -22,8 +47,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::AppState;
+use crate::admin::{self, AdminRequest, AdminResponse};
 use crate::audit;
 use crate::model::ClientKind;
 use crate::secrets;
@@ -37,25 +64,25 @@ const LOGIN_COOKIE: &str = "tessera_console_login";
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/console", get(|| async { redirect("/console/") }))
-        .route("/console/", get(views::home))
+        .route("/console/", get(live::home))
         .route("/console/login", get(login))
         .route("/console/callback", get(callback))
         .route("/console/logout", post(logout))
-        .route("/console/sessions/kick", post(views::kick))
-        .route("/console/users", get(views::users))
-        .route("/console/users/add", post(views::user_add))
-        .route("/console/users/delete", post(views::user_delete))
-        .route("/console/clients", get(views::clients))
-        .route("/console/clients/add", post(views::client_add))
-        .route("/console/clients/remove", post(views::client_remove))
-        .route("/console/tokens", get(views::tokens))
-        .route("/console/tokens/revoke", post(views::token_revoke))
-        .route("/console/retained", get(views::retained))
-        .route("/console/retained/delete", post(views::retained_delete))
-        .route("/console/counters", get(views::counters))
-        .route("/console/static/console.css", get(views::style))
-        .route("/console/static/live.js", get(views::script))
-        .route("/console/static/icon.svg", get(views::icon))
+        .route("/console/sessions/kick", post(live::kick))
+        .route("/console/users", get(accounts::users))
+        .route("/console/users/add", post(accounts::user_add))
+        .route("/console/users/delete", post(accounts::user_delete))
+        .route("/console/clients", get(accounts::clients))
+        .route("/console/clients/add", post(accounts::client_add))
+        .route("/console/clients/remove", post(accounts::client_remove))
+        .route("/console/tokens", get(accounts::tokens))
+        .route("/console/tokens/revoke", post(accounts::token_revoke))
+        .route("/console/retained", get(live::retained))
+        .route("/console/retained/delete", post(live::retained_delete))
+        .route("/console/counters", get(live::counters))
+        .route("/console/static/console.css", get(html::style))
+        .route("/console/static/live.js", get(html::script))
+        .route("/console/static/icon.svg", get(html::icon))
 }
 
 /// The console's redirect URI for an issuer.
@@ -118,7 +145,7 @@ pub async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator,
             Ok(Operator { token, csrf })
         }
         Ok(Ok(None)) => Err(redirect("/console/login")),
-        _ => Err(views::message(
+        _ => Err(html::message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Console unavailable",
             "The token store is unavailable.",
@@ -163,7 +190,7 @@ pub fn redirect(to: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(to) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    views::secure_headers(resp.headers_mut());
+    html::secure_headers(resp.headers_mut());
     resp
 }
 
@@ -199,7 +226,7 @@ async fn callback(
 ) -> Response {
     let flow = cookie(&headers, LOGIN_COOKIE);
     let Some((expected, verifier)) = flow.as_deref().and_then(|f| f.split_once('.')) else {
-        return views::message(
+        return html::message(
             StatusCode::BAD_REQUEST,
             "Sign-in failed",
             "The sign-in expired or was not started here. Start again from /console/.",
@@ -210,7 +237,7 @@ async fn callback(
         .as_deref()
         .is_some_and(|s| secrets::equal(s.as_bytes(), expected.as_bytes()));
     if !same {
-        return views::message(
+        return html::message(
             StatusCode::BAD_REQUEST,
             "Sign-in failed",
             "The sign-in does not match the one started in this browser.",
@@ -218,14 +245,14 @@ async fn callback(
     }
     if let Some(e) = q.error {
         audit::console_sign_in("", false, &e);
-        return views::message(
+        return html::message(
             StatusCode::FORBIDDEN,
             "Not allowed",
             "Only operators (users added with --admin) may use the console.",
         );
     }
     let (Some(code), verifier) = (q.code, verifier.to_string()) else {
-        return views::message(StatusCode::BAD_REQUEST, "Sign-in failed", "No code.");
+        return html::message(StatusCode::BAD_REQUEST, "Sign-in failed", "No code.");
     };
     let uri = redirect_uri(&state.issuer);
     let issued = state
@@ -250,13 +277,13 @@ async fn callback(
         }
         Ok(Err(e)) => {
             audit::console_sign_in("", false, &e.to_string());
-            views::message(
+            html::message(
                 StatusCode::FORBIDDEN,
                 "Not allowed",
                 "Only operators (users added with --admin) may use the console.",
             )
         }
-        Err(_) => views::message(
+        Err(_) => html::message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in failed",
             "The token store is unavailable.",
@@ -280,13 +307,53 @@ async fn logout(
         Err(r) => return r,
     };
     if !csrf_ok(&op, f.csrf.as_deref()) {
-        return views::forbidden();
+        return html::forbidden();
     }
     let key = op.token.key.clone();
     let _ = state.blocking(move |s| s.revoke(&key)).await;
     let mut resp = redirect("/console/");
     set_cookie(&mut resp, SESSION_COOKIE, "", 0);
     resp
+}
+
+/// Runs an operator request as this console user.
+async fn run(state: &AppState, op: &Operator, req: AdminRequest) -> AdminResponse {
+    let service = state.service.clone();
+    let broker = state.broker.clone();
+    let actor = op.actor();
+    tokio::task::spawn_blocking(move || {
+        let op = admin::Operator {
+            service: &service,
+            broker: broker.as_ref(),
+            actor: &actor,
+        };
+        admin::execute(&op, req)
+    })
+    .await
+    .unwrap_or_else(|_| AdminResponse::Error {
+        message: "internal error".into(),
+        exit_code: 1,
+    })
+}
+
+fn data(r: AdminResponse) -> Result<Value, String> {
+    match r {
+        AdminResponse::Ok { data, .. } => Ok(data),
+        AdminResponse::Error { message, .. } => Err(message),
+    }
+}
+
+/// After an action: back to `to`, with its outcome in the query (`ok=` or `error=`).
+fn back(to: &str, r: AdminResponse) -> Response {
+    let sep = if to.contains('?') { '&' } else { '?' };
+    match r {
+        AdminResponse::Ok { message, .. } => {
+            redirect(&format!("{to}{sep}ok={}", urlencode(&message)))
+        }
+        AdminResponse::Error { message, .. } => {
+            redirect(&format!("{to}{sep}error={}", urlencode(&message)))
+        }
+    }
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters kept).
