@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tessera_broker::codec::ReasonCode;
+use tessera_broker::codec::{Packet, QoS, ReasonCode};
 
+use crate::harness::TestBroker;
 use crate::https;
 use crate::js_clients::node;
 use crate::oauth::{CLIENT, SECRET, cli_token, login, password_grant, setup, x_oauth2};
@@ -75,6 +76,8 @@ async fn console_signs_in_an_operator_who_revokes_a_device_token() {
     assert!(out.status.success(), "{out:?}");
     let tok = cli_token(&b, "bob", "3600", "mqtt");
     let mut device = login(&b, "sensor-1", &tok).await;
+    let other = cli_token(&b, "alice", "3600", "mqtt");
+    let _markup = login(&b, "<img src=x onerror=alert(1)>", &other).await;
 
     let base = format!("https://localhost:{}", b.oauth.port());
     let shot = std::env::var("CONSOLE_SCREENSHOT")
@@ -111,6 +114,52 @@ async fn console_signs_in_an_operator_who_revokes_a_device_token() {
         "actor=\"console:root\" action=\"token_revoke\"",
         Duration::from_secs(5)
     ));
+}
+
+#[tokio::test]
+async fn console_deletes_a_retained_message_for_good() {
+    let b = setup("");
+    let out = b.command(&["user", "add", "root", "--admin"], "r00t-pass\n");
+    assert!(out.status.success(), "{out:?}");
+    let tok = cli_token(&b, "bob", "3600", "mqtt");
+    let mut device = login(&b, "sensor-1", &tok).await;
+    let mut config = crate::raw::publish("dev/config", b"{\"rate\":5}", QoS::AtLeastOnce, 1);
+    config.retain = true;
+    device.send(&Packet::Publish(config)).await;
+    assert!(matches!(device.recv().await, Some(Packet::PubAck(_))));
+
+    let base = format!("https://localhost:{}", b.oauth.port());
+    let out = tokio::task::spawn_blocking(move || {
+        node(&[
+            "tests/js/console.mjs",
+            "retained",
+            &base,
+            "root",
+            "r00t-pass",
+            "dev/config",
+        ])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("retained message of dev/config deleted"),
+        "{text}"
+    );
+    // Gone now, and after a restart (the deletion was journaled).
+    let mut sub = login(&b, "checker", &tok).await;
+    sub.subscribe("dev/#", QoS::AtMostOnce).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+    drop((sub, device));
+    let b = TestBroker::start_in(b.stop(), "");
+    let mut sub = login(&b, "checker", &tok).await;
+    sub.subscribe("dev/#", QoS::AtMostOnce).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]

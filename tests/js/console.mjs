@@ -6,6 +6,8 @@
 //     and prints the page's text; also checks a form posted without the CSRF token is refused
 //   node console.mjs refused BASE USER PASSWORD
 //     signs in as a user who is not an operator and prints the page it ends on
+//   node console.mjs retained BASE USER PASSWORD TOPIC
+//     signs in, finds TOPIC among the retained messages, deletes it, prints the page's text
 import { chromium } from 'playwright-core';
 
 const [mode, base, user, password, clientId, shot] = process.argv.slice(2);
@@ -35,6 +37,11 @@ try {
   } else if (mode === 'revoke') {
     const row = page.locator('tr', { hasText: clientId });
     if (await row.count() !== 1) await fail(`${clientId} not listed: ${await page.textContent('body')}`);
+    // A client id with markup is shown as text, never run as markup.
+    const markup = '<img src=x onerror=alert(1)>';
+    if (!(await page.textContent('main')).includes(markup)) await fail('the markup client id is not shown as text');
+    const injected = await page.evaluate(() => document.querySelectorAll('main img, main script').length);
+    if (injected !== 0) await fail(`${injected} injected element(s)`);
     // The live counters script runs under the CSP and refreshes from /console/counters.
     const live = await page.waitForResponse((r) => r.url().endsWith('/console/counters'), { timeout: 10000 });
     const counts = await live.json();
@@ -45,6 +52,13 @@ try {
     await Promise.all([page.waitForLoadState('load'), row.locator('button', { hasText: 'Revoke token' }).click()]);
     await page.waitForSelector('[role=status], [role=alert]');
     if (errors.length) await fail(`console errors: ${errors.join('; ')}`);
+    console.log(await page.textContent('body'));
+  } else if (mode === 'retained') {
+    await page.goto(`${base}/console/retained?prefix=${encodeURIComponent(clientId.split('/')[0] + '/')}`);
+    const row = page.locator('tr', { hasText: clientId });
+    if (await row.count() !== 1) await fail(`${clientId} not listed: ${await page.textContent('body')}`);
+    await Promise.all([page.waitForLoadState('load'), row.locator('button', { hasText: 'Delete' }).click()]);
+    await page.waitForSelector('[role=status], [role=alert]');
     console.log(await page.textContent('body'));
   } else {
     await fail(`unknown mode ${mode}`);
