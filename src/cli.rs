@@ -8,7 +8,6 @@ use clap::Subcommand;
 use serde_json::Value;
 use tessera_auth::admin::{self, AdminRequest, AdminResponse};
 use tessera_auth::model::ClientKind;
-use tessera_auth::redb_store::RedbStore;
 use tessera_auth::service::TokenService;
 use tessera_config::Config;
 
@@ -242,6 +241,7 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
         Command::Serve
         | Command::CheckConfig { .. }
         | Command::CheckData
+        | Command::Cluster(_)
         | Command::DefaultConfig => {
             unreachable!("handled in main")
         }
@@ -265,8 +265,8 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
     let answer = match runtime.block_on(admin::call(&socket, &request)) {
         Ok(a) => a,
         Err(_) => {
-            // No server is running: work on the file directly.
-            let store = match RedbStore::open(&config.data_dir.join("tessera.redb")) {
+            // No server is running: work on the store directly (the file, or NATS).
+            let store = match crate::cluster::token_store(config) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e} (is a tessera server running with another data_dir?)");

@@ -4,6 +4,7 @@
 
 mod check;
 mod cli;
+mod cluster;
 mod logging;
 mod metrics;
 mod serve;
@@ -54,6 +55,9 @@ enum Command {
     /// List and disconnect live MQTT connections (needs the running server).
     #[command(subcommand)]
     Session(cli::SessionCmd),
+    /// The nodes of the cluster (`cluster:` in the configuration) and their health.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// ejabberdctl: register a confidential client with its secret.
     #[command(name = "oauth_add_client_password")]
     OauthAddClientPassword {
@@ -86,6 +90,12 @@ enum Command {
     OauthRevokeToken { token: String },
 }
 
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Every node that ever joined, up (a heartbeat within 10 s) or down; exit 1 if one is down.
+    Status,
+}
+
 fn load_config(path: &Option<PathBuf>) -> Result<Config, ExitCode> {
     match path {
         Some(p) => Config::load(p).map_err(|e| {
@@ -115,6 +125,10 @@ fn main() -> ExitCode {
         }
         Command::Serve => match load_config(&cli.config) {
             Ok(config) => serve::run(config),
+            Err(code) => code,
+        },
+        Command::Cluster(ClusterCmd::Status) => match load_config(&cli.config) {
+            Ok(config) => cluster::status(&config, cli.json),
             Err(code) => code,
         },
         Command::CheckData => match load_config(&cli.config) {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tessera_auth::backoff::Backoff;
 use tessera_auth::mechanism::{OAuthAuthenticator, OAuthMechanism};
-use tessera_auth::redb_store::RedbStore;
 use tessera_auth::revocation;
 use tessera_auth::service::TokenService;
 use tessera_auth::{admin, http};
@@ -40,12 +39,20 @@ async fn serve(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let store_path = config.data_dir.join("tessera.redb");
-    let store = match RedbStore::open(&store_path) {
+    let opened = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || crate::cluster::token_store(&config)).await
+    };
+    let store = match opened.unwrap_or_else(|e| Err(e.to_string())) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
+    };
+    let where_ = match &config.cluster {
+        Some(c) => format!("NATS JetStream ({} as node {})", c.nats.join(", "), c.node),
+        None => store_path.display().to_string(),
     };
     let service = Arc::new(TokenService::new(store, config.oauth.clone()));
     let backoff = Arc::new(Backoff::new(config.oauth.max_failures));
@@ -120,13 +127,17 @@ async fn serve(config: Config) -> ExitCode {
             }
         })
     };
-    info!(version = tessera_broker::VERSION, store = %store_path.display(), durability = ?config.storage.durability, "tessera running");
+    let heartbeat = crate::cluster::spawn_heartbeat(&config, &service, server.handle());
+    info!(version = tessera_broker::VERSION, store = %where_, durability = ?config.storage.durability, "tessera running");
     wait_for_signal().await;
     admin_task.abort();
     for h in [http, ops].into_iter().flatten() {
         h.abort();
     }
     purge.abort();
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
     watcher.abort();
     server.shutdown().await;
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));

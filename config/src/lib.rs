@@ -9,6 +9,7 @@
 //! larger section has its own file: `listener.rs`, `mqtt.rs`, `storage.rs`, `login.rs` (auth,
 //! oauth, topic rules).
 
+mod cluster;
 mod listener;
 mod login;
 mod mqtt;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use cluster::ClusterConfig;
 pub use listener::{Listener, Transport};
 pub use login::{
     AccessRule, AccessRules, AuthConfig, ClientIdCheck, Effect, NamedRule, OAuthConfig, TopicRule,
@@ -46,6 +48,9 @@ pub struct Config {
     pub sys: SysConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Several nodes as one broker over NATS JetStream; `None`: this node alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
@@ -205,6 +210,9 @@ impl Config {
             message,
         };
         let nowhere = serde_saphyr::Location::UNKNOWN;
+        if let Some(problem) = self.cluster.as_ref().and_then(ClusterConfig::problem) {
+            return Err(err(nowhere, problem));
+        }
         if self.listeners.is_empty() {
             return Err(err(
                 nowhere,
@@ -326,6 +334,43 @@ mod tests {
         let text = "listeners:\n  - type: tls\n    bind: 127.0.0.1:0\n    certificate: a.pem\n";
         let e = Config::parse(text, "t.yml").unwrap_err();
         assert!(e.message.contains("private_key"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_section_is_checked() {
+        let ok = Config::parse(
+            "cluster:\n  node: a\n  nats: [nats://127.0.0.1:4222]\n",
+            "t.yml",
+        )
+        .unwrap();
+        let c = ok.cluster.unwrap();
+        assert_eq!((c.replicas, c.prefix.as_str()), (3, "tessera"));
+        for (yaml, field) in [
+            ("cluster:\n  node: a\n  nats: []\n", "cluster.nats"),
+            ("cluster:\n  node: 'a b'\n  nats: [x]\n", "cluster.node"),
+            (
+                "cluster:\n  node: a\n  nats: [x]\n  replicas: 7\n",
+                "cluster.replicas",
+            ),
+            (
+                "cluster:\n  node: a\n  nats: [x]\n  user: u\n",
+                "cluster.user",
+            ),
+            (
+                "cluster:\n  node: a\n  nats: [x]\n  token: t\n  credentials_file: f\n",
+                "cluster",
+            ),
+        ] {
+            let e = Config::parse(yaml, "t.yml").unwrap_err();
+            assert!(e.to_string().contains(field), "{yaml}: {e}");
+        }
+        let e = Config::parse("cluster:\n  node: a\n", "t.yml").unwrap_err();
+        assert!(e.to_string().contains("nats"), "{e}");
     }
 }
 

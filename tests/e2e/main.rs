@@ -8,6 +8,7 @@ mod raw;
 
 mod bad_input;
 mod clients;
+mod cluster;
 mod console;
 mod crash;
 mod durability;

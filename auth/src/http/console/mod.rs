@@ -90,25 +90,42 @@ pub fn redirect_uri(issuer: &str) -> String {
     format!("{issuer}/console/callback")
 }
 
-/// Registers (or updates) the console's client with this issuer's redirect URI. Called at
-/// start: the issuer can change between runs.
+/// Registers the console's client, or adds this issuer's redirect URI to it. Called at start:
+/// the issuer can change between runs, and in a cluster every node has its own (nodes starting
+/// at once may race: the loser reads again).
 pub fn register_client(state: &AppState) -> Result<(), ServiceError> {
     let uri = redirect_uri(&state.issuer);
-    if let Some(c) = state.service.get_client(CLIENT_ID)? {
-        if c.redirect_uris == [uri.clone()] && c.kind == ClientKind::Public {
-            return Ok(());
+    let mut last = None;
+    for _ in 0..5 {
+        let mut uris = vec![uri.clone()];
+        if let Some(c) = state.service.get_client(CLIENT_ID)? {
+            if c.redirect_uris.contains(&uri) && c.kind == ClientKind::Public {
+                return Ok(());
+            }
+            if c.kind == ClientKind::Public {
+                uris.extend(c.redirect_uris.into_iter().filter(|u| *u != uri));
+            }
+            match state.service.remove_client(CLIENT_ID) {
+                Ok(_) | Err(ServiceError::UnknownClient(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
-        state.service.remove_client(CLIENT_ID)?;
+        match state.service.add_client(NewClient {
+            id: CLIENT_ID.to_string(),
+            name: "Tessera operator console".to_string(),
+            kind: ClientKind::Public,
+            secret: None,
+            redirect_uris: uris,
+            service_user: None,
+        }) {
+            Ok(_) => return Ok(()),
+            Err(e @ ServiceError::ClientExists(_)) => last = Some(e),
+            Err(e) => return Err(e),
+        }
     }
-    state.service.add_client(NewClient {
-        id: CLIENT_ID.to_string(),
-        name: "Tessera operator console".to_string(),
-        kind: ClientKind::Public,
-        secret: None,
-        redirect_uris: vec![uri],
-        service_user: None,
-    })?;
-    Ok(())
+    Err(last.unwrap_or(ServiceError::Usage(
+        "the console client could not be registered",
+    )))
 }
 
 /// A signed-in operator: the token's record and the CSRF token for its forms.

