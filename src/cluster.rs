@@ -19,18 +19,32 @@ const BEAT: Duration = Duration::from_secs(2);
 /// The token store this configuration names: NATS JetStream KV in a cluster, else
 /// `data_dir/tessera.redb`.
 pub fn token_store(config: &Config) -> Result<Arc<dyn KvStore>, String> {
+    Ok(open(config)?.0)
+}
+
+/// The token store, and the NATS connection in a cluster.
+pub fn open(config: &Config) -> Result<(Arc<dyn KvStore>, Option<Arc<Nats>>), String> {
     match &config.cluster {
         Some(c) => {
             let nats = Arc::new(Nats::connect(c).map_err(|e| e.to_string())?);
-            let kv = NatsKv::open(nats).map_err(|e| e.to_string())?;
+            let kv = NatsKv::open(nats.clone()).map_err(|e| e.to_string())?;
             info!(node = %c.node, nats = %c.nats.join(","), replicas = c.replicas, "cluster store ready");
-            Ok(kv)
+            Ok((kv, Some(nats)))
         }
         None => {
             let store = RedbStore::open(&config.data_dir.join("tessera.redb"))
                 .map_err(|e| e.to_string())?;
-            Ok(store)
+            Ok((store, None))
         }
+    }
+}
+
+/// In a cluster, connects the broker to the other nodes (messages over core NATS).
+pub fn join(nats: Option<Arc<Nats>>, broker: BrokerHandle) {
+    if let Some(nats) = nats {
+        let peers = tessera_cluster::connect_peers(nats, broker.clone());
+        broker.set_peers(peers);
+        info!("routing to and from the other nodes");
     }
 }
 

@@ -41,9 +41,9 @@ async fn serve(config: Config) -> ExitCode {
     let store_path = config.data_dir.join("tessera.redb");
     let opened = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || crate::cluster::token_store(&config)).await
+        tokio::task::spawn_blocking(move || crate::cluster::open(&config)).await
     };
-    let store = match opened.unwrap_or_else(|e| Err(e.to_string())) {
+    let (store, nats) = match opened.unwrap_or_else(|e| Err(e.to_string())) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -78,6 +78,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    crate::cluster::join(nats, server.handle());
     let watcher = revocation::spawn(service.clone(), server.handle());
     let http = if config.oauth.enabled {
         match start_http(&config, service.clone(), backoff.clone(), server.handle()).await {

@@ -47,6 +47,8 @@ pub struct Broker {
     pub(crate) subscriptions: RwLock<SubscriptionTree>,
     pub(crate) retained: RwLock<RetainedTree>,
     pub(crate) connections: Registry,
+    /// The other nodes of a cluster, once connected (`peers.rs`).
+    pub(crate) peers: std::sync::OnceLock<Arc<dyn crate::peers::Peers>>,
     next_id: AtomicU64,
 }
 
@@ -124,6 +126,7 @@ impl Broker {
             subscriptions: RwLock::new(SubscriptionTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             connections: Registry::default(),
+            peers: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
         })
     }

@@ -21,6 +21,7 @@ mod limits;
 mod listener;
 mod message;
 mod operator;
+mod peers;
 mod persistence;
 mod registry;
 mod retained;
@@ -36,6 +37,7 @@ mod websocket;
 
 pub use broker::BrokerHandle;
 pub use operator::{Metrics, RetainedInfo, StoreMetrics};
+pub use peers::{PeerPacketError, Peers};
 pub use registry::ConnectionInfo;
 pub use server::Server;
 pub use stats::HistogramValues;

@@ -131,7 +131,9 @@ impl Broker {
             let mut tree = self.subscriptions.write();
             for f in &subs {
                 let (group, filter) = split_shared(f);
-                tree.remove(filter, group, session.id);
+                if tree.remove(filter, group, session.id) {
+                    self.interest(filter, false);
+                }
             }
             session.set_subscription_count(0);
         }

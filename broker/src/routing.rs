@@ -106,6 +106,18 @@ impl Qos0Run {
     }
 }
 
+/// Where a message comes from, which decides what else happens to it besides routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A client of this node, or a will: counted, its retained value stored, and forwarded
+    /// to the other nodes of a cluster.
+    Client,
+    /// The broker's own `$SYS` updates: not counted, retained in memory only, not forwarded.
+    Sys,
+    /// Another node of the cluster: its retained value stored, never forwarded again.
+    Peer,
+}
+
 impl Broker {
     /// Stores or clears the retained message and routes `message` to every matching session.
     pub fn publish(&self, message: Arc<Message>) -> Routed {
@@ -113,7 +125,7 @@ impl Broker {
         self.stats
             .payload_received
             .add(message.qos, message.payload.len() as u64);
-        self.publish_with(message, true)
+        self.publish_from(message, Origin::Client)
     }
 
     /// Removes the retained message of `topic` without publishing anything (an operator's
@@ -141,10 +153,11 @@ impl Broker {
     /// The broker's own `$SYS` updates: not counted as received, and their retained values are
     /// not stored (each is rewritten at the next interval).
     pub(crate) fn publish_sys(&self, message: Arc<Message>) -> Routed {
-        self.publish_with(message, false)
+        self.publish_from(message, Origin::Sys)
     }
 
-    fn publish_with(&self, message: Arc<Message>, store_retained: bool) -> Routed {
+    pub(crate) fn publish_from(&self, message: Arc<Message>, origin: Origin) -> Routed {
+        let store_retained = origin != Origin::Sys;
         let mut retained_at = None;
         if message.retain && self.config.retain_available {
             let mut retained = self.retained.write();
@@ -174,6 +187,9 @@ impl Broker {
         }
         let mut routed = self.route(std::slice::from_ref(&message));
         routed.durable_at = routed.durable_at.max(retained_at);
+        if origin == Origin::Client {
+            self.forward(std::slice::from_ref(&message));
+        }
         routed
     }
 
@@ -191,7 +207,9 @@ impl Broker {
         self.stats
             .payload_received
             .add(QoS::AtMostOnce, bytes as u64);
-        self.route(run)
+        let routed = self.route(run);
+        self.forward(run);
+        routed
     }
 
     /// Routes `messages`, which share one topic and one publisher, in order.

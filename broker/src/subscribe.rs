@@ -65,7 +65,7 @@ impl Broker {
         );
         session.set_subscription_count(st.subscriptions.len());
         drop(st);
-        tree.insert(
+        let replaced = tree.insert(
             inner,
             group,
             Subscriber {
@@ -73,7 +73,11 @@ impl Broker {
                 options,
                 subscription_id,
             },
-        )
+        );
+        if !replaced {
+            self.interest(inner, true);
+        }
+        replaced
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -95,7 +99,9 @@ impl Broker {
             }
             existed
         };
-        tree.remove(inner, group, session.id);
+        if tree.remove(inner, group, session.id) {
+            self.interest(inner, false);
+        }
         existed
     }
 

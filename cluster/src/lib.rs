@@ -8,11 +8,15 @@
 //!   which reaches every node in about a millisecond even while JetStream is electing a leader
 //!   (its writes can stall for seconds then); each node cuts the sessions using it and treats
 //!   the key as gone until the durable delete lands;
+//! - `routing.rs`: messages between nodes on core NATS subjects (`subjects.rs` maps topics and
+//!   filters), interest-based: a node receives only what its subscriptions match, and every
+//!   retained value;
 //! - `nodes.rs`: each node's heartbeat in a bucket of its own, read by `tessera cluster status`.
 //!
 //! Names (with the default prefix `tessera`): buckets `tessera_users`, `tessera_clients`,
 //! `tessera_access_tokens`, `tessera_refresh_tokens`, `tessera_auth_codes`,
-//! `tessera_device_codes`, `tessera_nodes`; subject `tessera.revoked`.
+//! `tessera_device_codes`, `tessera_nodes`; subjects `tessera.revoked`, `tessera.m.<topic>`,
+//! `tessera.r.<topic>`.
 //!
 //! The token service's calls are synchronous (it runs on blocking threads, or briefly on a
 //! runtime worker): the NATS client runs on a runtime of its own and each call waits for its
@@ -23,6 +27,8 @@
 mod keys;
 mod kv;
 mod nodes;
+mod routing;
+mod subjects;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,6 +38,7 @@ use tessera_config::ClusterConfig;
 
 pub use kv::NatsKv;
 pub use nodes::{NodeStatus, UP_WITHIN, beat, node_statuses, set_connections};
+pub use routing::{NatsPeers, start as connect_peers};
 
 /// How long one NATS or JetStream request may take before the caller is told it failed.
 pub const DEADLINE: Duration = Duration::from_secs(5);

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_broker::codec::ReasonCode;
+use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
 
 use crate::harness::TestBroker;
 use crate::oauth::{CLIENT, SECRET, login, password_grant};
@@ -225,4 +225,141 @@ async fn revocation_reaches_every_node_while_jetstream_has_no_quorum() {
     // The durable delete could not complete without a quorum: the operator is told.
     let out = revoke.join().unwrap();
     assert!(!out.status.success(), "{out:?}");
+}
+
+/// Publishes `probe` on `from` until `sub` receives it: the subscription has reached the
+/// other node's NATS server (a window of about a NATS round trip after SUBACK; docs/cluster.md).
+async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        from.publish(topic, b"probe", QoS::AtMostOnce, 0).await;
+        if let Ok(Some(Packet::Publish(_))) = sub.recv_within(Duration::from_millis(50)).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} never reached the other node"
+        );
+    }
+    // Drain the probes still in flight.
+    while let Ok(Some(_)) = sub.recv_within(Duration::from_millis(100)).await {}
+}
+
+/// The payloads of the next `n` PUBLISH packets (acknowledging QoS 1 and 2), probes skipped.
+async fn receive(sub: &mut Raw, n: usize) -> Vec<(String, QoS)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match sub.recv_within(Duration::from_secs(5)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                if let Some(pid) = p.packet_id {
+                    let ack = PubResp {
+                        packet_id: pid,
+                        ..Default::default()
+                    };
+                    sub.send(&if p.qos == QoS::ExactlyOnce {
+                        Packet::PubRec(ack)
+                    } else {
+                        Packet::PubAck(ack)
+                    })
+                    .await;
+                }
+                if &p.payload[..] != b"probe" {
+                    got.push((String::from_utf8_lossy(&p.payload).to_string(), p.qos));
+                }
+            }
+            Ok(Some(Packet::PubRel(r))) => {
+                sub.send(&Packet::PubComp(r)).await;
+            }
+            other => panic!("after {got:?}: {other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn messages_cross_nodes_to_the_subscriptions_that_match_once_each() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut on_b = login(&nodes[1], "sub-b", &token).await;
+    on_b.subscribe("plant/+/temp", QoS::ExactlyOnce).await;
+    let mut on_c = login(&nodes[2], "sub-c", &token).await;
+    // Two overlapping subscriptions: one copy of each message still (MQTT-3.3.4-2).
+    on_c.subscribe("plant/#", QoS::AtLeastOnce).await;
+    on_c.subscribe("plant/+/temp", QoS::AtLeastOnce).await;
+    let mut publisher = login(&nodes[0], "pub-a", &token).await;
+    until_routed(&mut publisher, &mut on_b, "plant/probe/temp").await;
+    until_routed(&mut publisher, &mut on_c, "plant/probe/temp").await;
+
+    publisher
+        .publish("plant/1/temp", b"q0", QoS::AtMostOnce, 0)
+        .await;
+    publisher
+        .publish("plant/2/temp", b"q1", QoS::AtLeastOnce, 1)
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    publisher
+        .publish("plant/3/temp", b"q2", QoS::ExactlyOnce, 2)
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubRec(_))));
+    publisher
+        .send(&Packet::PubRel(PubResp {
+            packet_id: 2,
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubComp(_))));
+    // Not matched by b's filter: only c gets it.
+    publisher
+        .publish("plant/1/humidity", b"h", QoS::AtMostOnce, 0)
+        .await;
+
+    let b = receive(&mut on_b, 3).await;
+    assert_eq!(
+        b,
+        [
+            ("q0".to_string(), QoS::AtMostOnce),
+            ("q1".to_string(), QoS::AtLeastOnce),
+            ("q2".to_string(), QoS::ExactlyOnce)
+        ]
+    );
+    // The exchange of the QoS 2 delivery completes.
+    match on_b.recv().await {
+        Some(Packet::PubRel(r)) => on_b.send(&Packet::PubComp(r)).await,
+        other => panic!("{other:?}"),
+    }
+    let c = receive(&mut on_c, 4).await;
+    let payloads: Vec<&str> = c.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(payloads, ["q0", "q1", "q2", "h"]);
+    on_b.expect_silence(Duration::from_millis(300)).await;
+    on_c.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut publisher = login(&nodes[0], "pub-a", &token).await;
+    let mut retained = crate::raw::publish("cfg/rate", b"5", QoS::AtLeastOnce, 1);
+    retained.retain = true;
+    publisher.send(&Packet::Publish(retained)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        // A subscriber that comes later, on another node, finds it there.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = login(n, &format!("late-{i}"), &token).await;
+            s.subscribe("cfg/#", QoS::AtLeastOnce).await;
+            if let Ok(Some(Packet::Publish(p))) = s.recv_within(Duration::from_millis(200)).await {
+                assert!(p.retain && &p.payload[..] == b"5", "{p:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "not retained on node {i}");
+        }
+    }
 }

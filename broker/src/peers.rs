@@ -1,0 +1,106 @@
+//! The cluster seam: how this broker exchanges messages with the other nodes of one broker.
+//! The broker knows no cluster protocol; a [`Peers`] implementation (`tessera-cluster`, on
+//! NATS) carries what it is given.
+//!
+//! - Every message a client of this node publishes (and every will) is handed to
+//!   [`Peers::forward`] after local routing, as the bytes of an MQTT 5 PUBLISH (the codec is
+//!   the wire format between nodes too; its remaining Message Expiry travels in it). `$SYS`
+//!   topics stay on their node.
+//! - The subscription tree reports every filter entry it gains or loses
+//!   ([`Peers::interest`], called under the tree's write lock: it must not block), so the
+//!   other side can ask for exactly the messages this node's subscriptions match.
+//! - A message from another node comes back through [`BrokerHandle::publish_from_peer`]: it
+//!   is routed to this node's sessions and, if retained, stored, but never forwarded again.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::{Broker, BrokerHandle};
+use crate::codec::{self, Packet, Publish, QoS, Version};
+use crate::message::Message;
+use crate::routing::Origin;
+use crate::subscribe::split_shared;
+
+pub trait Peers: Send + Sync + 'static {
+    /// A message published on this node: `packet` is an MQTT 5 PUBLISH.
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes);
+    /// The subscription tree gained (`added`) or lost one entry for `filter` (a shared
+    /// subscription's inner filter).
+    fn interest(&self, filter: &str, added: bool);
+}
+
+impl Broker {
+    /// Hands messages published on this node to the other nodes.
+    pub(crate) fn forward(&self, messages: &[Arc<Message>]) {
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        for m in messages
+            .iter()
+            .filter(|m| !m.topic.as_str().starts_with('$'))
+        {
+            let mut properties = m.properties().clone();
+            properties.message_expiry_interval = m.remaining_expiry(now);
+            let packet = Packet::Publish(Publish {
+                dup: false,
+                qos: m.qos,
+                retain: m.retain,
+                topic: m.topic.clone(),
+                packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
+                properties,
+                payload: m.payload.clone(),
+            });
+            let mut buf = BytesMut::with_capacity(m.payload.len() + m.topic.len() + 16);
+            codec::encode(&packet, Version::V5, &mut buf);
+            peers.forward(m.topic.as_str(), m.retain, buf.freeze());
+        }
+    }
+
+    /// Tells the peers about a tree entry gained or lost.
+    pub(crate) fn interest(&self, filter: &str, added: bool) {
+        if let Some(peers) = self.peers.get() {
+            peers.interest(filter, added);
+        }
+    }
+}
+
+/// Why a PUBLISH from another node was not routed.
+#[derive(Debug)]
+pub struct PeerPacketError(pub String);
+
+impl BrokerHandle {
+    /// Connects this broker to its peers. Every filter already in the tree (subscriptions
+    /// restored from the store) is reported first, under the tree's lock, so no entry is
+    /// missed or counted twice. Returns false if peers were already set.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) -> bool {
+        let b = &self.0;
+        let _tree = b.subscriptions.write();
+        if b.peers.set(peers.clone()).is_err() {
+            return false;
+        }
+        let sessions: Vec<_> = b.sessions.lock().values().cloned().collect();
+        for s in sessions {
+            let st = s.state.lock();
+            for filter in st.subscriptions.keys() {
+                peers.interest(split_shared(filter).1, true);
+            }
+        }
+        true
+    }
+
+    /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).
+    pub fn publish_from_peer(&self, packet: Bytes) -> Result<(), PeerPacketError> {
+        let mut buf = BytesMut::from(&packet[..]);
+        let publish = match codec::decode(&mut buf, Version::V5, usize::MAX) {
+            Ok(Some(Packet::Publish(p))) => p,
+            Ok(_) => return Err(PeerPacketError("not a PUBLISH".into())),
+            Err(e) => return Err(PeerPacketError(format!("{e:?}"))),
+        };
+        let topic = publish.topic.clone();
+        let message = Arc::new(Message::from_publish(publish, topic, 0));
+        self.0.publish_from(message, Origin::Peer);
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! Messages between nodes over core NATS: the broker's `Peers` seam on NATS subjects
+//! (`subjects.rs`).
+//!
+//! - Out: each message this node's clients publish goes to `<prefix>.m.<topic>` (retained
+//!   ones to `<prefix>.r.<topic>`), framed as this process's origin id and a sequence number
+//!   (8 + 8 bytes) before the MQTT 5 PUBLISH the broker encoded. A bounded queue feeds one
+//!   publishing task; when NATS cannot keep up the message is dropped for the other nodes
+//!   (counted, logged) rather than stalling the publisher.
+//! - Interest: the node subscribes to the subjects of exactly the filters its sessions hold
+//!   (a count per filter: the first entry subscribes, the last one gone unsubscribes), and to
+//!   `<prefix>.r.>` always, so every node keeps every retained value.
+//! - In: one task takes every subscription's messages in arrival order, drops this process's
+//!   own and any copy it already routed (overlapping filters each get one from NATS), and
+//!   routes the rest with `publish_from_peer`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tessera_broker::{BrokerHandle, Peers};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::Nats;
+use crate::subjects::{filter_subjects, topic_subject};
+
+/// Messages waiting for the publishing task.
+const OUT_QUEUE: usize = 65_536;
+/// Sequence numbers remembered per origin for dropping duplicate copies.
+const REMEMBERED: usize = 65_536;
+
+pub struct NatsPeers {
+    out: mpsc::Sender<(String, Bytes)>,
+    interest: mpsc::UnboundedSender<(String, bool)>,
+    messages: String,
+    retained: String,
+    origin: u64,
+    seq: AtomicU64,
+    /// Messages the other nodes did not get because the queue to NATS was full.
+    pub dropped: AtomicU64,
+}
+
+impl Peers for NatsPeers {
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes) {
+        let base = if retain {
+            &self.retained
+        } else {
+            &self.messages
+        };
+        let subject = topic_subject(base, topic);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut frame = BytesMut::with_capacity(16 + packet.len());
+        frame.extend_from_slice(&self.origin.to_be_bytes());
+        frame.extend_from_slice(&seq.to_be_bytes());
+        frame.extend_from_slice(&packet);
+        if self.out.try_send((subject, frame.freeze())).is_err()
+            && self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0
+        {
+            warn!("the queue to NATS is full: messages for other nodes are being dropped");
+        }
+    }
+
+    fn interest(&self, filter: &str, added: bool) {
+        let _ = self.interest.send((filter.to_string(), added));
+    }
+}
+
+/// Connects `broker` to the other nodes; returns the seam to give it (`set_peers`).
+pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
+    let (out, mut out_rx) = mpsc::channel::<(String, Bytes)>(OUT_QUEUE);
+    let (interest, mut interest_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let (inbound, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
+    let mut origin = [0u8; 8];
+    let _ = getrandom::fill(&mut origin);
+    let origin = u64::from_be_bytes(origin);
+    let peers = Arc::new(NatsPeers {
+        out,
+        interest,
+        messages: nats.subject("m"),
+        retained: nats.subject("r"),
+        origin,
+        seq: AtomicU64::new(1),
+        dropped: AtomicU64::new(0),
+    });
+
+    let client = nats.client.clone();
+    nats.spawn(async move {
+        while let Some((subject, frame)) = out_rx.recv().await {
+            if let Err(e) = client.publish(subject, frame).await {
+                debug!(error = %e, "publishing to NATS");
+            }
+        }
+    });
+
+    let (client, messages) = (nats.client.clone(), peers.messages.clone());
+    let retained = format!("{}.>", peers.retained);
+    let feed = inbound.clone();
+    nats.spawn(async move {
+        let mut subscribed: HashMap<String, (usize, Vec<JoinHandle<()>>)> = HashMap::new();
+        subscribed.insert(
+            String::new(),
+            (1, vec![follow(&client, retained, feed.clone()).await]),
+        );
+        while let Some((filter, added)) = interest_rx.recv().await {
+            let entry = subscribed.entry(filter.clone()).or_insert((0, Vec::new()));
+            if added {
+                entry.0 += 1;
+                if entry.0 == 1 {
+                    for subject in filter_subjects(&messages, &filter) {
+                        entry.1.push(follow(&client, subject, feed.clone()).await);
+                    }
+                }
+            } else {
+                entry.0 = entry.0.saturating_sub(1);
+                if entry.0 == 0
+                    && let Some((_, tasks)) = subscribed.remove(&filter)
+                {
+                    for t in tasks {
+                        t.abort();
+                    }
+                }
+            }
+        }
+    });
+
+    nats.spawn(async move {
+        let mut seen: HashMap<u64, (HashSet<u64>, VecDeque<u64>)> = HashMap::new();
+        while let Some(frame) = inbound_rx.recv().await {
+            if frame.len() < 16 {
+                continue;
+            }
+            let from = u64::from_be_bytes(frame[..8].try_into().unwrap_or_default());
+            let seq = u64::from_be_bytes(frame[8..16].try_into().unwrap_or_default());
+            if from == origin {
+                continue;
+            }
+            let (set, order) = seen.entry(from).or_default();
+            if !set.insert(seq) {
+                continue;
+            }
+            order.push_back(seq);
+            if order.len() > REMEMBERED
+                && let Some(old) = order.pop_front()
+            {
+                set.remove(&old);
+            }
+            if let Err(e) = broker.publish_from_peer(frame.slice(16..)) {
+                warn!(error = ?e, "a message from another node could not be read");
+            }
+        }
+    });
+    peers
+}
+
+/// Subscribes to `subject` and feeds its messages to the inbound task until aborted (dropping
+/// the subscriber unsubscribes).
+async fn follow(
+    client: &async_nats::Client,
+    subject: String,
+    feed: mpsc::UnboundedSender<Bytes>,
+) -> JoinHandle<()> {
+    let sub = client.subscribe(subject.clone()).await;
+    // The subscription reaches the server before the next publish from this connection.
+    let _ = client.flush().await;
+    tokio::spawn(async move {
+        let mut sub = match sub {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(subject, error = %e, "cannot subscribe on NATS");
+                return;
+            }
+        };
+        while let Some(m) = sub.next().await {
+            if feed.send(m.payload).is_err() {
+                break;
+            }
+        }
+    })
+}
