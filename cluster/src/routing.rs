@@ -57,7 +57,10 @@ impl Peers for NatsPeers {
         frame.extend_from_slice(&seq.to_be_bytes());
         frame.extend_from_slice(&packet);
         if self.out.try_send((subject, frame.freeze())).is_err()
-            && self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0
+            && self
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
         {
             warn!("the queue to NATS is full: messages for other nodes are being dropped");
         }
