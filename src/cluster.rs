@@ -23,7 +23,9 @@ pub fn token_store(config: &Config) -> Result<Arc<dyn KvStore>, String> {
 }
 
 /// The token store, and the NATS connection in a cluster.
-pub fn open(config: &Config) -> Result<(Arc<dyn KvStore>, Option<Arc<Nats>>), String> {
+pub type Opened = (Arc<dyn KvStore>, Option<Arc<Nats>>);
+
+pub fn open(config: &Config) -> Result<Opened, String> {
     match &config.cluster {
         Some(c) => {
             let nats = Arc::new(Nats::connect(c).map_err(|e| e.to_string())?);
