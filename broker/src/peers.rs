@@ -13,6 +13,7 @@
 //!   is routed to this node's sessions and, if retained, stored, but never forwarded again.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
@@ -28,6 +29,9 @@ pub trait Peers: Send + Sync + 'static {
     /// The subscription tree gained (`added`) or lost one entry for `filter` (a shared
     /// subscription's inner filter).
     fn interest(&self, filter: &str, added: bool);
+    /// A client completed CONNECT here at `since`: a connection with its client id on another
+    /// node must end (Session taken over; [`BrokerHandle::taken_over_by_peer`] there).
+    fn connected(&self, client_id: &str, since: SystemTime);
 }
 
 impl Broker {
@@ -55,6 +59,13 @@ impl Broker {
             let mut buf = BytesMut::with_capacity(m.payload.len() + m.topic.len() + 16);
             codec::encode(&packet, Version::V5, &mut buf);
             peers.forward(m.topic.as_str(), m.retain, buf.freeze());
+        }
+    }
+
+    /// Tells the peers a client connected here.
+    pub(crate) fn connected_here(&self, client_id: &str, since: SystemTime) {
+        if let Some(peers) = self.peers.get() {
+            peers.connected(client_id, since);
         }
     }
 
@@ -88,6 +99,17 @@ impl BrokerHandle {
             }
         }
         true
+    }
+
+    /// A client connected on another node at `since`: this node's connections with that
+    /// client id that are older end with 0x8E (the newest connection wins, as on one node).
+    /// Its session here stays as its expiry says. Returns how many connections were told.
+    pub fn taken_over_by_peer(&self, client_id: &str, since: SystemTime) -> usize {
+        self.disconnect_where(
+            |c| &*c.client_id == client_id && c.since < since,
+            crate::codec::ReasonCode::SESSION_TAKEN_OVER,
+            "another connection took over this session (on another node)",
+        )
     }
 
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).

@@ -9,6 +9,9 @@
 //! - Interest: the node subscribes to the subjects of exactly the filters its sessions hold
 //!   (a count per filter: the first entry subscribes, the last one gone unsubscribes), and to
 //!   `<prefix>.r.>` always, so every node keeps every retained value.
+//! - Takeover: a CONNECT on any node is announced on `<prefix>.takeover` (origin, time in
+//!   nanoseconds, client id); every other node ends its older connections with that client id
+//!   (0x8E), so one connection per client id holds across nodes as it does on one.
 //! - In: one task takes every subscription's messages in arrival order, drops this process's
 //!   own and any copy it already routed (overlapping filters each get one from NATS), and
 //!   routes the rest with `publish_from_peer`.
@@ -16,6 +19,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -37,6 +41,8 @@ pub struct NatsPeers {
     interest: mpsc::UnboundedSender<(String, bool)>,
     messages: String,
     retained: String,
+    /// `<prefix>.takeover`: a client id connected on some node, and when.
+    takeover: String,
     origin: u64,
     seq: AtomicU64,
     /// Messages the other nodes did not get because the queue to NATS was full.
@@ -69,6 +75,18 @@ impl Peers for NatsPeers {
     fn interest(&self, filter: &str, added: bool) {
         let _ = self.interest.send((filter.to_string(), added));
     }
+
+    fn connected(&self, client_id: &str, since: SystemTime) {
+        // Nanoseconds: an older connection on another node must compare as older.
+        let ns = since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut frame = BytesMut::with_capacity(16 + client_id.len());
+        frame.extend_from_slice(&self.origin.to_be_bytes());
+        frame.extend_from_slice(&ns.to_be_bytes());
+        frame.extend_from_slice(client_id.as_bytes());
+        let _ = self.out.try_send((self.takeover.clone(), frame.freeze()));
+    }
 }
 
 /// Connects `broker` to the other nodes; returns the seam to give it (`set_peers`).
@@ -84,6 +102,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
         interest,
         messages: nats.subject("m"),
         retained: nats.subject("r"),
+        takeover: nats.subject("takeover"),
         origin,
         seq: AtomicU64::new(1),
         dropped: AtomicU64::new(0),
@@ -94,6 +113,28 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
         while let Some((subject, frame)) = out_rx.recv().await {
             if let Err(e) = client.publish(subject, frame).await {
                 debug!(error = %e, "publishing to NATS");
+            }
+        }
+    });
+
+    let (client, subject, handle) = (nats.client.clone(), peers.takeover.clone(), broker.clone());
+    nats.spawn(async move {
+        let mut sub = match client.subscribe(subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot follow takeovers on NATS");
+                return;
+            }
+        };
+        while let Some(m) = sub.next().await {
+            let f = &m.payload;
+            if f.len() < 16 || f[..8] == origin.to_be_bytes() {
+                continue;
+            }
+            let ns = u64::from_be_bytes(f[8..16].try_into().unwrap_or_default());
+            let since = UNIX_EPOCH + Duration::from_nanos(ns);
+            if let Ok(id) = std::str::from_utf8(&f[16..]) {
+                handle.taken_over_by_peer(id, since);
             }
         }
     });

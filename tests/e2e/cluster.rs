@@ -363,3 +363,40 @@ async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_same_client_id_on_another_node_takes_over_with_0x8e() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut first = login(&nodes[0], "thermostat", &token).await;
+    let mut second = login(&nodes[1], "thermostat", &token).await;
+    first
+        .expect_disconnect(ReasonCode::SESSION_TAKEN_OVER)
+        .await;
+    // The newest connection stays, wherever the next one comes from.
+    let _third = login(&nodes[2], "thermostat", &token).await;
+    second
+        .expect_disconnect(ReasonCode::SESSION_TAKEN_OVER)
+        .await;
+    for (n, want) in nodes.iter().zip([0, 0, 1]) {
+        connections_become(n, want).await;
+    }
+}
+
+/// Waits until `node` lists `want` live connections (a kicked one unregisters just after its
+/// DISCONNECT is written).
+async fn connections_become(node: &TestBroker, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = node.command(&["--json", "session", "list"], "");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v.as_array().map(Vec::len) == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "want {want} connections: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

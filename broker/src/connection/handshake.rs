@@ -272,6 +272,8 @@ impl Handshake<'_> {
         mut connack: Packet,
     ) -> (Client, Option<u64>) {
         let endpoint = self.endpoint;
+        let since = SystemTime::now();
+        self.broker.connected_here(&id.client_id, since);
         self.broker.register_connection(ConnectionInfo {
             conn_id: endpoint.id,
             client_id: id.client_id.clone(),
@@ -280,7 +282,7 @@ impl Handshake<'_> {
             peer: endpoint.peer,
             transport: endpoint.transport,
             version: c.version,
-            since: SystemTime::now(),
+            since,
             control: endpoint.control.clone(),
         });
         let link = ConnLink {
