@@ -19,6 +19,9 @@ struct Cli {
     /// Broker address (must be a loopback address).
     #[arg(long, default_value = "127.0.0.1:1883")]
     addr: SocketAddr,
+    /// Subscribers connect here instead (another node of a cluster; loopback only).
+    #[arg(long)]
+    sub_addr: Option<SocketAddr>,
     /// Log in with a user name and password (user:password).
     #[arg(long)]
     password: Option<String>,
@@ -145,8 +148,13 @@ fn main() -> ExitCode {
         eprintln!("error: X-OAUTH2 needs --mqtt 5");
         return ExitCode::from(2);
     }
+    if cli.sub_addr.is_some_and(|a| !a.ip().is_loopback()) {
+        eprintln!("error: loadgen only targets loopback addresses");
+        return ExitCode::from(2);
+    }
     let target = Target {
         addr: cli.addr,
+        sub_addr: cli.sub_addr.unwrap_or(cli.addr),
         login,
         version,
         run: cli

@@ -27,8 +27,10 @@ async fn broker() -> (Server, Target, tempfile::TempDir) {
     )
     .await
     .unwrap();
+    let addr = server.addr(Transport::Tcp).unwrap();
     let target = Target {
-        addr: server.addr(Transport::Tcp).unwrap(),
+        addr,
+        sub_addr: addr,
         login: Login::Anonymous,
         version: tessera_broker::codec::Version::V3_1_1,
         run: "smoke".into(),

@@ -87,28 +87,42 @@ impl NatsKv {
             .map(|b| (Some(b), nats.name(b.name())))
             .collect();
         names.push((None, nats.name("nodes")));
-        let js = nats.jetstream.clone();
-        let stores = nats
-            .wait(async move {
-                let mut out = Vec::new();
-                for (b, name) in names {
-                    let store = match js.get_key_value(name.clone()).await {
-                        Ok(s) => s,
+        let mut stores = Vec::new();
+        for (b, name) in names {
+            // Nodes starting together race to create a bucket: the loser finds it next time.
+            let mut last = String::new();
+            let mut store = None;
+            for _ in 0..5 {
+                let js = nats.jetstream.clone();
+                let n = name.clone();
+                let got = nats.wait(async move {
+                    match js.get_key_value(n.clone()).await {
+                        Ok(s) => Ok(s),
                         Err(_) => js
                             .create_key_value(kv::Config {
-                                bucket: name.clone(),
+                                bucket: n.clone(),
                                 history: 1,
                                 num_replicas: replicas,
                                 ..Default::default()
                             })
                             .await
-                            .map_err(|e| format!("cannot create KV bucket {name}: {e}"))?,
-                    };
-                    out.push((b, store));
+                            .map_err(|e| e.to_string()),
+                    }
+                });
+                match got {
+                    Ok(Ok(s)) => {
+                        store = Some(s);
+                        break;
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(e) => last = e.0,
                 }
-                Ok::<_, String>(out)
-            })?
-            .map_err(ClusterError)?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let store = store
+                .ok_or_else(|| ClusterError(format!("cannot open KV bucket {name}: {last}")))?;
+            stores.push((b, store));
+        }
         let mut buckets = HashMap::new();
         let mut nodes = None;
         for (b, s) in stores {
@@ -172,15 +186,23 @@ impl NatsKv {
         for (b, store) in &self.buckets {
             let (b, store, tx) = (*b, store.clone(), self.changes.clone());
             self.nats.spawn(async move {
+                let mut failing = false;
                 loop {
                     let mut watch = match store.watch_all().await {
                         Ok(w) => w,
                         Err(e) => {
-                            warn!(bucket = b.name(), error = %e, "cannot watch a bucket; retrying");
+                            // Once per outage, not once a second.
+                            if !failing {
+                                warn!(bucket = b.name(), error = %e, "cannot watch a bucket; retrying every second");
+                            }
+                            failing = true;
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
                         }
                     };
+                    if std::mem::take(&mut failing) {
+                        info!(bucket = b.name(), "watching the bucket again");
+                    }
                     while let Some(item) = watch.next().await {
                         let Ok(e) = item else { break };
                         let Some(key) = unescape(&e.key) else {

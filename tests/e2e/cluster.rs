@@ -198,33 +198,41 @@ async fn revocation_reaches_every_node_while_jetstream_has_no_quorum() {
         .collect();
     let out = nodes[0].command(&["user", "add", "bob"], "builder\n");
     assert!(out.status.success(), "{out:?}");
-    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
-    assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
-    let mut on_b = login(&nodes[1], "sensor-b", &token).await;
-    let mut on_c = login(&nodes[2], "sensor-c", &token).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let token = v["access_token"].as_str().unwrap().to_string();
+        let on_b = login(&nodes[1], &format!("sensor-b{i}"), &token).await;
+        let on_c = login(&nodes[2], &format!("sensor-c{i}"), &token).await;
+        devices.push((token, on_b, on_c));
+    }
     nats.kill(1);
     nats.kill(2);
-    let started = Instant::now();
-    let revoke = {
+    // One after another, each while the durable deletes before it are still failing.
+    let mut revokers = Vec::new();
+    for (token, mut on_b, mut on_c) in devices {
+        let started = Instant::now();
         let config = nodes[0].dir.path().join("tessera.yml");
-        std::thread::spawn(move || {
+        revokers.push(std::thread::spawn(move || {
             Command::new(env!("CARGO_BIN_EXE_tessera"))
                 .arg("--config")
                 .arg(config)
                 .args(["token", "revoke", &token])
                 .output()
                 .unwrap()
-        })
-    };
-    on_b.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
-    on_c.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
-    // The durable delete could not complete without a quorum: the operator is told.
-    let out = revoke.join().unwrap();
-    assert!(!out.status.success(), "{out:?}");
+        }));
+        on_b.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+        on_c.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    }
+    // The durable deletes could not complete without a quorum: the operator is told.
+    for r in revokers {
+        let out = r.join().unwrap();
+        assert!(!out.status.success(), "{out:?}");
+    }
 }
 
 /// Publishes `probe` on `from` until `sub` receives it: the subscription has reached the

