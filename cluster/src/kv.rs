@@ -90,9 +90,10 @@ impl NatsKv {
         let mut stores = Vec::new();
         for (b, name) in names {
             // Nodes starting together race to create a bucket: the loser finds it next time.
+            // A JetStream cluster just formed refuses placement until its peers are current.
             let mut last = String::new();
             let mut store = None;
-            for _ in 0..5 {
+            for _ in 0..50 {
                 let js = nats.jetstream.clone();
                 let n = name.clone();
                 let got = nats.wait(async move {
@@ -121,6 +122,21 @@ impl NatsKv {
             }
             let store = store
                 .ok_or_else(|| ClusterError(format!("cannot open KV bucket {name}: {last}")))?;
+            // A bucket just created answers once its stream has elected a leader.
+            let mut ready = false;
+            for _ in 0..50 {
+                let s = store.clone();
+                if let Ok(Ok(_)) = nats.wait(async move { s.entry("readiness").await }) {
+                    ready = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if !ready {
+                return Err(ClusterError(format!(
+                    "KV bucket {name} has no stream leader (is JetStream's quorum up?)"
+                )));
+            }
             stores.push((b, store));
         }
         let mut buckets = HashMap::new();
