@@ -290,6 +290,27 @@ impl Collector for BrokerCollector {
             None,
             up.metric_type(),
         )?)?;
+        if let Some(c) = self.0.cluster_counts() {
+            gauges(
+                &mut e,
+                "tessera_cluster_nodes",
+                "Cluster nodes with a recent heartbeat (up), and all that ever joined (known)",
+                "state",
+                [("up", c.nodes_up), ("known", c.nodes_known)],
+            )?;
+            gauge(
+                &mut e,
+                "tessera_cluster_clients",
+                "MQTT connections on the cluster's nodes that are up",
+                c.clients,
+            )?;
+            counter(
+                &mut e,
+                "tessera_cluster_forward_dropped",
+                "Messages the other nodes did not get because the way to NATS was full",
+                c.forward_dropped,
+            )?;
+        }
         if let Some(s) = m.store {
             counter(
                 &mut e,

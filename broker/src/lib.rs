@@ -37,7 +37,7 @@ mod websocket;
 
 pub use broker::BrokerHandle;
 pub use operator::{Metrics, RetainedInfo, StoreMetrics};
-pub use peers::{PeerPacketError, Peers};
+pub use peers::{ClusterCounts, PeerPacketError, Peers};
 pub use registry::ConnectionInfo;
 pub use server::Server;
 pub use stats::HistogramValues;

@@ -32,6 +32,20 @@ pub trait Peers: Send + Sync + 'static {
     /// A client completed CONNECT here at `since`: a connection with its client id on another
     /// node must end (Session taken over; [`BrokerHandle::taken_over_by_peer`] there).
     fn connected(&self, client_id: &str, since: SystemTime);
+    /// The cluster as last seen (for `$SYS/cluster/...` and `/metrics`); must not block.
+    fn counts(&self) -> ClusterCounts;
+}
+
+/// The whole cluster at a glance, from the nodes' heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    /// Nodes with a recent heartbeat, and every node that ever beat.
+    pub nodes_up: u64,
+    pub nodes_known: u64,
+    /// MQTT connections on the nodes that are up.
+    pub clients: u64,
+    /// Messages the other nodes did not get because the way to them was full.
+    pub forward_dropped: u64,
 }
 
 impl Broker {
@@ -81,7 +95,19 @@ impl Broker {
 #[derive(Debug)]
 pub struct PeerPacketError(pub String);
 
+impl Broker {
+    /// The cluster's counts, when this broker is one of its nodes.
+    pub(crate) fn cluster_counts(&self) -> Option<ClusterCounts> {
+        self.peers.get().map(|p| p.counts())
+    }
+}
+
 impl BrokerHandle {
+    /// The cluster's counts, when this broker is one of its nodes.
+    pub fn cluster_counts(&self) -> Option<ClusterCounts> {
+        self.0.cluster_counts()
+    }
+
     /// Connects this broker to its peers. Every filter already in the tree (subscriptions
     /// restored from the store) is reported first, under the tree's lock, so no entry is
     /// missed or counted twice. Returns false if peers were already set.

@@ -86,6 +86,11 @@ fn publish_all(b: &Broker) {
         "$SYS/broker/retained messages/bytes",
         b.retained_bytes().to_string(),
     );
+    if let Some(c) = b.cluster_counts() {
+        publish(b, "$SYS/cluster/nodes/up", c.nodes_up.to_string());
+        publish(b, "$SYS/cluster/nodes/known", c.nodes_known.to_string());
+        publish(b, "$SYS/cluster/clients/connected", c.clients.to_string());
+    }
     if let Some(j) = b.journal() {
         let (commits, failures) = j.counts();
         publish(b, "$SYS/broker/store/commits", commits.to_string());

@@ -56,24 +56,27 @@ pub fn beat(kv: &NatsKv) -> Result<(), ClusterError> {
 
 /// Every node that ever beat, by name, marked up or not.
 pub fn node_statuses(nats: &Nats) -> Result<Vec<NodeStatus>, ClusterError> {
-    let name = nats.name("nodes");
-    let js = nats.jetstream.clone();
-    let mut nodes: Vec<NodeStatus> = nats
-        .wait(async move {
-            let store: Store = js.get_key_value(name).await.map_err(|e| e.to_string())?;
-            let mut keys = store.keys().await.map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            while let Some(k) = keys.next().await {
-                let k = k.map_err(|e| e.to_string())?;
-                if let Ok(Some(v)) = store.get(k).await
-                    && let Ok(s) = serde_json::from_slice::<NodeStatus>(&v)
-                {
-                    out.push(s);
-                }
-            }
-            Ok::<_, String>(out)
-        })?
-        .map_err(|e| ClusterError(format!("cannot read the nodes bucket: {e}")))?;
+    let (js, name) = (nats.jetstream.clone(), nats.name("nodes"));
+    nats.wait(read_nodes(js, name))?
+        .map_err(|e| ClusterError(format!("cannot read the nodes bucket: {e}")))
+}
+
+/// `node_statuses`, on the NATS runtime.
+pub(crate) async fn read_nodes(
+    js: async_nats::jetstream::Context,
+    name: String,
+) -> Result<Vec<NodeStatus>, String> {
+    let store: Store = js.get_key_value(name).await.map_err(|e| e.to_string())?;
+    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let mut nodes = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| e.to_string())?;
+        if let Ok(Some(v)) = store.get(k).await
+            && let Ok(s) = serde_json::from_slice::<NodeStatus>(&v)
+        {
+            nodes.push(s);
+        }
+    }
     let now = now_ms();
     for n in &mut nodes {
         n.up = now.saturating_sub(n.seen_at_ms) < UP_WITHIN.as_millis() as u64;

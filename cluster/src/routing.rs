@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tessera_broker::{BrokerHandle, Peers};
+use tessera_broker::{BrokerHandle, ClusterCounts, Peers};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -47,7 +47,14 @@ pub struct NatsPeers {
     seq: AtomicU64,
     /// Messages the other nodes did not get because the queue to NATS was full.
     pub dropped: AtomicU64,
+    /// From the heartbeats, refreshed every `COUNTS_EVERY`.
+    nodes_up: AtomicU64,
+    nodes_known: AtomicU64,
+    clients: AtomicU64,
 }
+
+/// How often the cluster's counts are read from the heartbeats.
+const COUNTS_EVERY: Duration = Duration::from_secs(2);
 
 impl Peers for NatsPeers {
     fn forward(&self, topic: &str, retain: bool, packet: Bytes) {
@@ -87,6 +94,15 @@ impl Peers for NatsPeers {
         frame.extend_from_slice(client_id.as_bytes());
         let _ = self.out.try_send((self.takeover.clone(), frame.freeze()));
     }
+
+    fn counts(&self) -> ClusterCounts {
+        ClusterCounts {
+            nodes_up: self.nodes_up.load(Ordering::Relaxed),
+            nodes_known: self.nodes_known.load(Ordering::Relaxed),
+            clients: self.clients.load(Ordering::Relaxed),
+            forward_dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Connects `broker` to the other nodes; returns the seam to give it (`set_peers`).
@@ -106,6 +122,29 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
         origin,
         seq: AtomicU64::new(1),
         dropped: AtomicU64::new(0),
+        nodes_up: AtomicU64::new(0),
+        nodes_known: AtomicU64::new(0),
+        clients: AtomicU64::new(0),
+    });
+
+    let (js, bucket, counts) = (nats.jetstream.clone(), nats.name("nodes"), peers.clone());
+    nats.spawn(async move {
+        let mut tick = tokio::time::interval(COUNTS_EVERY);
+        loop {
+            tick.tick().await;
+            if let Ok(nodes) = crate::nodes::read_nodes(js.clone(), bucket.clone()).await {
+                let up = nodes.iter().filter(|n| n.up);
+                counts
+                    .nodes_up
+                    .store(up.clone().count() as u64, Ordering::Relaxed);
+                counts
+                    .clients
+                    .store(up.map(|n| n.connections).sum(), Ordering::Relaxed);
+                counts
+                    .nodes_known
+                    .store(nodes.len() as u64, Ordering::Relaxed);
+            }
+        }
     });
 
     let client = nats.client.clone();

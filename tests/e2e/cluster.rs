@@ -125,10 +125,20 @@ impl Drop for NatsCluster {
 /// Three nodes, `a`, `b`, `c`, each connected first to its own NATS server; users alice and
 /// bob and the seed article's client added through node a.
 fn three_nodes(nats: &NatsCluster) -> Vec<TestBroker> {
+    three_nodes_with(nats, "")
+}
+
+/// `three_nodes`, with `extra` in every node's configuration.
+fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroker> {
     let nodes: Vec<TestBroker> = ["a", "b", "c"]
         .iter()
         .enumerate()
-        .map(|(i, n)| TestBroker::start_secure(&nats.node_config(n, &[i, (i + 1) % 3])))
+        .map(|(i, n)| {
+            TestBroker::start_secure(&format!(
+                "{}{extra}",
+                nats.node_config(n, &[i, (i + 1) % 3])
+            ))
+        })
         .collect();
     for (u, p) in [("alice", "wonderland"), ("bob", "builder")] {
         let out = nodes[0].command(&["user", "add", u], &format!("{p}\n"));
@@ -414,4 +424,43 @@ async fn connections_become(node: &TestBroker, want: usize) {
         assert!(Instant::now() < deadline, "want {want} connections: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn sys_and_metrics_count_the_whole_cluster() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes_with(&nats, "sys:\n  interval: 1\n");
+    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let _on_a = login(&nodes[0], "one", &token).await;
+    let _on_b = login(&nodes[1], "two", &token).await;
+    let mut watcher = login(&nodes[2], "watcher", &token).await;
+    watcher.subscribe("$SYS/cluster/#", QoS::AtMostOnce).await;
+    // Heartbeats every 2 s, counts read every 2 s, $SYS every second.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = std::collections::HashMap::new();
+    while seen
+        .get("$SYS/cluster/clients/connected")
+        .map(String::as_str)
+        != Some("3")
+        || seen.get("$SYS/cluster/nodes/up").map(String::as_str) != Some("3")
+    {
+        assert!(Instant::now() < deadline, "{seen:?}");
+        if let Ok(Some(Packet::Publish(p))) = watcher.recv_within(Duration::from_secs(2)).await {
+            seen.insert(
+                p.topic.as_str().to_string(),
+                String::from_utf8_lossy(&p.payload).to_string(),
+            );
+        }
+    }
+    let m = crate::metrics::scrape(&nodes[1]).await;
+    assert_eq!(
+        crate::metrics::value(&m, "tessera_cluster_nodes", &[("state", "known")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        crate::metrics::value(&m, "tessera_cluster_forward_dropped_total", &[]),
+        Some(0.0)
+    );
 }
