@@ -41,13 +41,16 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     }
 }
 
-/// In a cluster, connects the broker to the other nodes (messages over core NATS).
-pub fn join(nats: Option<Arc<Nats>>, broker: BrokerHandle) {
+/// In a cluster, connects the broker to the other nodes (QoS 0 over core NATS, QoS 1/2
+/// through the JetStream stream). Blocking: call it off the runtime.
+pub fn join(nats: Option<Arc<Nats>>, broker: BrokerHandle) -> Result<(), String> {
     if let Some(nats) = nats {
-        let peers = tessera_cluster::connect_peers(nats, broker.clone());
+        let peers =
+            tessera_cluster::connect_peers(nats, broker.clone()).map_err(|e| e.to_string())?;
         broker.set_peers(peers);
         info!("routing to and from the other nodes");
     }
+    Ok(())
 }
 
 /// In a cluster, this node's heartbeat every `BEAT` (with its connection count).

@@ -78,7 +78,12 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::cluster::join(nats, server.handle());
+    let handle = server.handle();
+    let joined = tokio::task::spawn_blocking(move || crate::cluster::join(nats, handle)).await;
+    if let Err(e) = joined.unwrap_or_else(|e| Err(e.to_string())) {
+        error!("{e}");
+        return ExitCode::FAILURE;
+    }
     let watcher = revocation::spawn(service.clone(), server.handle());
     let http = if config.oauth.enabled {
         match start_http(&config, service.clone(), backoff.clone(), server.handle()).await {

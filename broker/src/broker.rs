@@ -49,6 +49,8 @@ pub struct Broker {
     pub(crate) connections: Registry,
     /// The other nodes of a cluster, once connected (`peers.rs`).
     pub(crate) peers: std::sync::OnceLock<Arc<dyn crate::peers::Peers>>,
+    /// Messages waiting for the peers before their publishers' acknowledgements.
+    pub(crate) peer_acks: crate::peers::PeerAcks,
     next_id: AtomicU64,
 }
 
@@ -127,6 +129,7 @@ impl Broker {
             retained: RwLock::new(RetainedTree::default()),
             connections: Registry::default(),
             peers: std::sync::OnceLock::new(),
+            peer_acks: Default::default(),
             next_id: AtomicU64::new(1),
         })
     }

@@ -12,20 +12,26 @@
 //! - A message from another node comes back through [`BrokerHandle::publish_from_peer`]: it
 //!   is routed to this node's sessions and, if retained, stored, but never forwarded again.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 
 use crate::broker::{Broker, BrokerHandle};
 use crate::codec::{self, Packet, Publish, QoS, Version};
 use crate::message::Message;
 use crate::routing::Origin;
+use crate::session::Session;
 use crate::subscribe::split_shared;
 
 pub trait Peers: Send + Sync + 'static {
-    /// A message published on this node: `packet` is an MQTT 5 PUBLISH.
-    fn forward(&self, topic: &str, retain: bool, packet: Bytes);
+    /// A message published on this node: `packet` is an MQTT 5 PUBLISH. With `ack`, the
+    /// publisher's PUBACK / PUBREC waits until the implementation settles that ticket with
+    /// [`BrokerHandle::peer_acked`] (exactly once): stored for the other nodes, or not.
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ack: Option<u64>);
     /// The subscription tree gained (`added`) or lost one entry for `filter` (a shared
     /// subscription's inner filter).
     fn interest(&self, filter: &str, added: bool);
@@ -48,13 +54,87 @@ pub struct ClusterCounts {
     pub forward_dropped: u64,
 }
 
-impl Broker {
-    /// Hands messages published on this node to the other nodes.
-    pub(crate) fn forward(&self, messages: &[Arc<Message>]) {
-        let Some(peers) = self.peers.get() else {
+/// Tickets of messages the peers must settle before their publishers are acknowledged, in
+/// the shape of the journal's: `done` is the highest ticket below which every one is settled.
+#[derive(Default)]
+pub(crate) struct PeerAcks {
+    next: AtomicU64,
+    state: Mutex<PeerAckState>,
+}
+
+#[derive(Default)]
+struct PeerAckState {
+    outstanding: BTreeSet<u64>,
+    /// Settled as not stored (the latest `FAILED_KEPT`).
+    failed: BTreeSet<u64>,
+    waiters: Vec<(u64, Arc<Session>)>,
+}
+
+const FAILED_KEPT: usize = 4096;
+
+impl PeerAcks {
+    fn issue(&self) -> u64 {
+        let mut s = self.state.lock();
+        let t = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        s.outstanding.insert(t);
+        t
+    }
+
+    fn done_in(&self, s: &PeerAckState) -> u64 {
+        match s.outstanding.first() {
+            Some(first) => first - 1,
+            None => self.next.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn done(&self) -> u64 {
+        self.done_in(&self.state.lock())
+    }
+
+    /// Whether ticket `t` (done) was stored by the peers.
+    pub(crate) fn stored(&self, t: u64) -> bool {
+        !self.state.lock().failed.contains(&t)
+    }
+
+    /// Wakes `session` once ticket `t` is done.
+    pub(crate) fn wake_after(&self, t: u64, session: &Arc<Session>) {
+        let mut s = self.state.lock();
+        if self.done_in(&s) >= t {
+            drop(s);
+            session.notify.notify_one();
             return;
-        };
+        }
+        s.waiters.push((t, session.clone()));
+    }
+
+    fn settle(&self, t: u64, stored: bool) {
+        let mut s = self.state.lock();
+        if !s.outstanding.remove(&t) {
+            return;
+        }
+        if !stored {
+            s.failed.insert(t);
+            while s.failed.len() > FAILED_KEPT {
+                s.failed.pop_first();
+            }
+        }
+        let done = self.done_in(&s);
+        let (ready, waiting): (Vec<_>, Vec<_>) = s.waiters.drain(..).partition(|(w, _)| *w <= done);
+        s.waiters = waiting;
+        drop(s);
+        for (_, session) in ready {
+            session.notify.notify_one();
+        }
+    }
+}
+
+impl Broker {
+    /// Hands messages published on this node to the other nodes; returns the ticket the
+    /// publisher's acknowledgement waits for (QoS 1 and 2 messages that are not retained).
+    pub(crate) fn forward(&self, messages: &[Arc<Message>]) -> Option<u64> {
+        let peers = self.peers.get()?;
         let now = std::time::Instant::now();
+        let mut last = None;
         for m in messages
             .iter()
             .filter(|m| !m.topic.as_str().starts_with('$'))
@@ -72,8 +152,11 @@ impl Broker {
             });
             let mut buf = BytesMut::with_capacity(m.payload.len() + m.topic.len() + 16);
             codec::encode(&packet, Version::V5, &mut buf);
-            peers.forward(m.topic.as_str(), m.retain, buf.freeze());
+            let ack = (m.qos != QoS::AtMostOnce && !m.retain).then(|| self.peer_acks.issue());
+            last = last.max(ack);
+            peers.forward(m.topic.as_str(), m.retain, buf.freeze(), ack);
         }
+        last
     }
 
     /// Tells the peers a client connected here.
@@ -136,6 +219,12 @@ impl BrokerHandle {
             crate::codec::ReasonCode::SESSION_TAKEN_OVER,
             "another connection took over this session (on another node)",
         )
+    }
+
+    /// Settles ticket `t` of [`Peers::forward`]: the message was stored for the other nodes
+    /// (`stored`), or could not be (its publisher gets 0x80).
+    pub fn peer_acked(&self, t: u64, stored: bool) {
+        self.0.peer_acks.settle(t, stored);
     }
 
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).

@@ -31,6 +31,9 @@ pub struct Routed {
     /// every persistent session it was queued to); `None` when nothing of it is journaled.
     /// The publisher's PUBACK / PUBREC waits for it.
     pub durable_at: Option<u64>,
+    /// In a cluster, the peers' ticket after which the message is stored for the other nodes
+    /// (`peers.rs`); the PUBACK / PUBREC waits for it too.
+    pub peer_at: Option<u64>,
     /// A retained message refused by `mqtt.max_retained_messages` / `max_retained_bytes`: not
     /// stored and not routed (QoS 1/2 publisher: 0x97).
     pub retained_refused: bool,
@@ -188,7 +191,7 @@ impl Broker {
         let mut routed = self.route(std::slice::from_ref(&message));
         routed.durable_at = routed.durable_at.max(retained_at);
         if origin == Origin::Client {
-            self.forward(std::slice::from_ref(&message));
+            routed.peer_at = self.forward(std::slice::from_ref(&message));
         }
         routed
     }

@@ -27,6 +27,7 @@
 mod keys;
 mod kv;
 mod nodes;
+mod qos;
 mod routing;
 mod subjects;
 

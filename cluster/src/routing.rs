@@ -24,11 +24,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tessera_broker::{BrokerHandle, ClusterCounts, Peers};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::Nats;
+use crate::qos::consumer_filters;
 use crate::subjects::{filter_subjects, topic_subject};
 
 /// Messages waiting for the publishing task.
@@ -36,8 +37,19 @@ const OUT_QUEUE: usize = 65_536;
 /// Sequence numbers remembered per origin for dropping duplicate copies.
 const REMEMBERED: usize = 65_536;
 
+/// What the publishing task sends.
+enum Out {
+    /// On core NATS, at most once.
+    Core(String, Bytes),
+    /// Into the QoS 1/2 stream; the ticket is settled with JetStream's answer.
+    Durable(String, Bytes, u64),
+}
+
 pub struct NatsPeers {
-    out: mpsc::Sender<(String, Bytes)>,
+    out: mpsc::Sender<Out>,
+    broker: BrokerHandle,
+    /// `<prefix>.q`: QoS 1/2 messages, into the stream.
+    durable: String,
     interest: mpsc::UnboundedSender<(String, bool)>,
     messages: String,
     retained: String,
@@ -57,11 +69,11 @@ pub struct NatsPeers {
 const COUNTS_EVERY: Duration = Duration::from_secs(2);
 
 impl Peers for NatsPeers {
-    fn forward(&self, topic: &str, retain: bool, packet: Bytes) {
-        let base = if retain {
-            &self.retained
-        } else {
-            &self.messages
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ack: Option<u64>) {
+        let base = match (retain, ack) {
+            (true, _) => &self.retained,
+            (false, Some(_)) => &self.durable,
+            (false, None) => &self.messages,
         };
         let subject = topic_subject(base, topic);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -69,13 +81,22 @@ impl Peers for NatsPeers {
         frame.extend_from_slice(&self.origin.to_be_bytes());
         frame.extend_from_slice(&seq.to_be_bytes());
         frame.extend_from_slice(&packet);
-        if self.out.try_send((subject, frame.freeze())).is_err()
-            && self
+        let out = match ack {
+            Some(t) => Out::Durable(subject, frame.freeze(), t),
+            None => Out::Core(subject, frame.freeze()),
+        };
+        if let Err(e) = self.out.try_send(out) {
+            if let Out::Durable(_, _, t) = e.into_inner() {
+                // Its publisher is told (0x80), not left believing it was stored.
+                self.broker.peer_acked(t, false);
+            }
+            if self
                 .dropped
                 .fetch_add(1, Ordering::Relaxed)
                 .is_multiple_of(10_000)
-        {
-            warn!("the queue to NATS is full: messages for other nodes are being dropped");
+            {
+                warn!("the queue to NATS is full: messages for other nodes are being refused");
+            }
         }
     }
 
@@ -92,7 +113,9 @@ impl Peers for NatsPeers {
         frame.extend_from_slice(&self.origin.to_be_bytes());
         frame.extend_from_slice(&ns.to_be_bytes());
         frame.extend_from_slice(client_id.as_bytes());
-        let _ = self.out.try_send((self.takeover.clone(), frame.freeze()));
+        let _ = self
+            .out
+            .try_send(Out::Core(self.takeover.clone(), frame.freeze()));
     }
 
     fn counts(&self) -> ClusterCounts {
@@ -105,9 +128,12 @@ impl Peers for NatsPeers {
     }
 }
 
-/// Connects `broker` to the other nodes; returns the seam to give it (`set_peers`).
-pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
-    let (out, mut out_rx) = mpsc::channel::<(String, Bytes)>(OUT_QUEUE);
+/// Connects `broker` to the other nodes; returns the seam to give it (`set_peers`). Blocking
+/// (it creates the QoS 1/2 stream): call it off the runtime.
+pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, crate::ClusterError> {
+    crate::qos::open_stream(&nats)?;
+    let (out, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    let (filters_tx, filters_rx) = watch::channel(Vec::new());
     let (interest, mut interest_rx) = mpsc::unbounded_channel::<(String, bool)>();
     let (inbound, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut origin = [0u8; 8];
@@ -115,6 +141,8 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
     let origin = u64::from_be_bytes(origin);
     let peers = Arc::new(NatsPeers {
         out,
+        broker: broker.clone(),
+        durable: nats.subject("q"),
         interest,
         messages: nats.subject("m"),
         retained: nats.subject("r"),
@@ -147,11 +175,35 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
         }
     });
 
-    let client = nats.client.clone();
+    let _ = filters_tx.send(consumer_filters(&peers.durable, Vec::new()));
+    crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx);
+
+    let (client, js, settle) = (nats.client.clone(), nats.jetstream.clone(), broker.clone());
     nats.spawn(async move {
-        while let Some((subject, frame)) = out_rx.recv().await {
-            if let Err(e) = client.publish(subject, frame).await {
-                debug!(error = %e, "publishing to NATS");
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                Out::Core(subject, frame) => {
+                    if let Err(e) = client.publish(subject, frame).await {
+                        debug!(error = %e, "publishing to NATS");
+                    }
+                }
+                // Sent in order; the acknowledgements are awaited beside.
+                Out::Durable(subject, frame, t) => match js.publish(subject, frame).await {
+                    Ok(ack) => {
+                        let settle = settle.clone();
+                        tokio::spawn(async move {
+                            let stored = matches!(
+                                tokio::time::timeout(crate::qos::ACK_WITHIN, ack).await,
+                                Ok(Ok(_))
+                            );
+                            settle.peer_acked(t, stored);
+                        });
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "publishing to JetStream");
+                        settle.peer_acked(t, false);
+                    }
+                },
             }
         }
     });
@@ -178,7 +230,11 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
         }
     });
 
-    let (client, messages) = (nats.client.clone(), peers.messages.clone());
+    let (client, messages, durable) = (
+        nats.client.clone(),
+        peers.messages.clone(),
+        peers.durable.clone(),
+    );
     let retained = format!("{}.>", peers.retained);
     let feed = inbound.clone();
     nats.spawn(async move {
@@ -205,6 +261,22 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
                         t.abort();
                     }
                 }
+            }
+            // The QoS 1/2 consumer follows the same filters (once the burst of changes ends).
+            if interest_rx.is_empty() {
+                let subjects = subscribed
+                    .keys()
+                    .filter(|f| !f.is_empty())
+                    .flat_map(|f| filter_subjects(&durable, f))
+                    .collect();
+                let next = consumer_filters(&durable, subjects);
+                filters_tx.send_if_modified(|current| {
+                    let changed = *current != next;
+                    if changed {
+                        *current = next;
+                    }
+                    changed
+                });
             }
         }
     });
@@ -235,7 +307,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Arc<NatsPeers> {
             }
         }
     });
-    peers
+    Ok(peers)
 }
 
 /// Subscribes to `subject` and feeds its messages to the inbound task until aborted (dropping

@@ -464,3 +464,101 @@ async fn sys_and_metrics_count_the_whole_cluster() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
+    let mut nats = NatsCluster::start();
+    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
+    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
+    assert!(
+        a.command(&["user", "add", "bob"], "builder\n")
+            .status
+            .success()
+    );
+    let out = a.command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut sub = {
+        let mut c = crate::oauth::x_oauth2("keeper", None, Some(&token));
+        c.properties.session_expiry_interval = Some(3600);
+        Raw::connect(b.tcp, c).await.0
+    };
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let mut publisher = login(&a, "pub", &token).await;
+    // The subscription has reached node a's consumer once a QoS 1 probe arrives.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut pid = 0u16;
+    'probe: loop {
+        pid += 1;
+        publisher
+            .publish("load/probe", b"probe", QoS::AtLeastOnce, pid)
+            .await;
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+        while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(100)).await {
+            if let Packet::Publish(p) = p {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: p.packet_id.unwrap(),
+                    ..Default::default()
+                }))
+                .await;
+                break 'probe;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription never reached node a"
+        );
+    }
+
+    let mut acked = std::collections::BTreeSet::new();
+    let mut refused = 0;
+    for i in 0..1500u32 {
+        if i == 500 {
+            nats.kill(0); // node a's server: it reconnects to server 1
+        }
+        pid = pid % 60_000 + 1;
+        publisher
+            .publish("load/m", i.to_string().as_bytes(), QoS::AtLeastOnce, pid)
+            .await;
+        match publisher.recv().await {
+            Some(Packet::PubAck(ack)) if ack.reason_code == ReasonCode::SUCCESS => {
+                acked.insert(i.to_string());
+            }
+            Some(Packet::PubAck(ack)) => {
+                // Told the truth while node a reconnects to another NATS server; a client
+                // backs off and goes on.
+                assert_eq!(ack.reason_code, ReasonCode::UNSPECIFIED_ERROR, "{ack:?}");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    eprintln!("{} acknowledged, {refused} refused", acked.len());
+    assert!(
+        acked.len() > 1000,
+        "{} acknowledged, {refused} refused",
+        acked.len()
+    );
+    // Every acknowledged message reaches the subscriber on the other node.
+    let mut missing = acked.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages never arrived ({refused} refused)",
+            missing.len(),
+            acked.len()
+        );
+        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
+            if let Some(id) = p.packet_id {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+        }
+    }
+}

@@ -61,65 +61,96 @@ impl Ack {
     }
 }
 
-/// Acknowledgements waiting for their journal tickets, in arrival order.
+/// What an acknowledgement waits for: a journal batch and, in a cluster, the peers' ticket
+/// (0: nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Wait {
+    pub journal: u64,
+    pub peers: u64,
+}
+
+/// Why what an acknowledgement promises did not happen.
+enum Unstored {
+    Store(StoreError),
+    /// The other nodes of the cluster could not be given the message durably.
+    Cluster,
+}
+
+/// Acknowledgements waiting for their tickets, in arrival order.
 #[derive(Default)]
 pub(crate) struct DeferredAcks {
-    queue: VecDeque<(u64, Ack)>,
-    /// The highest ticket the session's wake-up is registered for.
-    registered: u64,
+    queue: VecDeque<(Wait, Ack)>,
+    /// The highest tickets the session's wake-ups are registered for.
+    registered: Wait,
 }
 
 impl Connection {
-    /// Sends `ack` once the journal batch `durable_at` is done, and after every acknowledgement
-    /// queued before it.
-    pub(crate) fn acknowledge(&mut self, c: &Client, ack: Ack, durable_at: Option<u64>) {
-        let broker = self.broker.clone();
-        let journal = broker.journal();
-        let ready = durable_at.is_none_or(|t| journal.is_some_and(|j| j.done() >= t));
-        if self.acks.is_none() && ready {
-            let outcome = match (journal, durable_at) {
-                (Some(j), Some(t)) => j.outcome(t),
-                _ => Ok(()),
-            };
-            let packet = self.outcome(c, ack, outcome);
+    /// Sends `ack` once the journal batch `durable_at` is done and the peers have settled
+    /// `peer_at`, and after every acknowledgement queued before it.
+    pub(crate) fn acknowledge(
+        &mut self,
+        c: &Client,
+        ack: Ack,
+        durable_at: Option<u64>,
+        peer_at: Option<u64>,
+    ) {
+        let wait = Wait {
+            journal: durable_at.unwrap_or(0),
+            peers: peer_at.unwrap_or(0),
+        };
+        if self.acks.is_none() && self.is_done(wait) {
+            let packet = self.outcome(c, ack, self.settled(wait));
             self.send(c, packet);
             return;
         }
-        let ticket = durable_at.unwrap_or(0);
+        let broker = self.broker.clone();
         let acks = self.acks.get_or_insert_default();
-        if ticket > acks.registered
-            && let Some(j) = journal
+        if wait.journal > acks.registered.journal
+            && let Some(j) = broker.journal()
         {
-            acks.registered = ticket;
-            j.wake_after(ticket, &c.session);
+            acks.registered.journal = wait.journal;
+            j.wake_after(wait.journal, &c.session);
         }
-        acks.queue.push_back((ticket, ack));
+        if wait.peers > acks.registered.peers {
+            acks.registered.peers = wait.peers;
+            broker.peer_acks.wake_after(wait.peers, &c.session);
+        }
+        acks.queue.push_back((wait, ack));
     }
 
-    /// Sends the acknowledgements whose batches are done, in order.
+    fn is_done(&self, w: Wait) -> bool {
+        let journal_done =
+            w.journal == 0 || self.broker.journal().is_some_and(|j| j.done() >= w.journal);
+        journal_done && (w.peers == 0 || self.broker.peer_acks.done() >= w.peers)
+    }
+
+    /// How the tickets of a done wait ended.
+    fn settled(&self, w: Wait) -> Result<(), Unstored> {
+        if w.journal != 0
+            && let Some(j) = self.broker.journal()
+        {
+            j.outcome(w.journal).map_err(Unstored::Store)?;
+        }
+        if w.peers != 0 && !self.broker.peer_acks.stored(w.peers) {
+            return Err(Unstored::Cluster);
+        }
+        Ok(())
+    }
+
+    /// Sends the acknowledgements whose tickets are done, in order.
     pub(crate) fn release_acks(&mut self, c: &Client) {
-        let broker = self.broker.clone();
-        let Some(journal) = broker.journal() else {
-            return;
-        };
-        let done = journal.done();
-        while let Some(acks) = self.acks.as_mut() {
-            let Some((ticket, _)) = acks.queue.front() else {
+        while let Some(acks) = self.acks.as_ref() {
+            let Some(&(wait, _)) = acks.queue.front() else {
                 self.acks = None;
                 break;
             };
-            if *ticket > done {
+            if !self.is_done(wait) {
                 break;
             }
-            let Some((ticket, ack)) = acks.queue.pop_front() else {
+            let Some((wait, ack)) = self.acks.as_mut().and_then(|a| a.queue.pop_front()) else {
                 break;
             };
-            let outcome = if ticket == 0 {
-                Ok(())
-            } else {
-                journal.outcome(ticket)
-            };
-            let packet = self.outcome(c, ack, outcome);
+            let packet = self.outcome(c, ack, self.settled(wait));
             self.send(c, packet);
         }
     }
@@ -127,7 +158,7 @@ impl Connection {
     /// The packet as the batch's outcome makes it: a failed commit turns PUBACK and PUBREC
     /// into 0x97 (disk full) or 0x80 with a Reason String. PUBREL and PUBCOMP have no failure
     /// code; a PUBCOMP's release is journaled again instead.
-    fn outcome(&self, c: &Client, mut ack: Ack, outcome: Result<(), StoreError>) -> Packet {
+    fn outcome(&self, c: &Client, mut ack: Ack, outcome: Result<(), Unstored>) -> Packet {
         let Err(e) = outcome else {
             return ack.packet(None);
         };
@@ -136,13 +167,17 @@ impl Connection {
             .store_refusals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (code, why) = match &e {
-            StoreError::Full(_) => (
+            Unstored::Store(StoreError::Full(_)) => (
                 ReasonCode::QUOTA_EXCEEDED,
                 "the broker's storage is full; the message was not stored",
             ),
-            StoreError::Failed(_) => (
+            Unstored::Store(StoreError::Failed(_)) => (
                 ReasonCode::UNSPECIFIED_ERROR,
                 "the broker could not store the message",
+            ),
+            Unstored::Cluster => (
+                ReasonCode::UNSPECIFIED_ERROR,
+                "the message could not be stored for the other nodes of the cluster",
             ),
         };
         match ack.kind {

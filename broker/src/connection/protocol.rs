@@ -80,7 +80,12 @@ impl Connection {
                     }
                 };
                 if let Some((code, durable_at)) = reply {
-                    self.acknowledge(c, Ack::new(AckKind::PubRel, r.packet_id, code), durable_at);
+                    self.acknowledge(
+                        c,
+                        Ack::new(AckKind::PubRel, r.packet_id, code),
+                        durable_at,
+                        None,
+                    );
                 }
             }
             Packet::PubRel(r) => {
@@ -103,7 +108,12 @@ impl Connection {
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.acknowledge(c, Ack::new(AckKind::PubComp, r.packet_id, code), durable_at);
+                self.acknowledge(
+                    c,
+                    Ack::new(AckKind::PubComp, r.packet_id, code),
+                    durable_at,
+                    None,
+                );
             }
             Packet::PubComp(r) => {
                 let mut st = c.session.state.lock();
@@ -182,7 +192,12 @@ impl Connection {
             if st.incoming_qos2.contains(&pid) {
                 // A resend of a message already received: acknowledge, do not deliver twice.
                 drop(st);
-                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, ReasonCode::SUCCESS), None);
+                self.acknowledge(
+                    c,
+                    Ack::new(AckKind::PubRec, pid, ReasonCode::SUCCESS),
+                    None,
+                    None,
+                );
                 return Ok(());
             }
             if st.incoming_qos2.len() >= cfg.receive_maximum as usize {
@@ -191,6 +206,7 @@ impl Connection {
         }
         let qos = p.qos;
         let mut durable_at = None;
+        let mut peer_at = None;
         // A QoS 2 message of a persistent session and its packet identifier commit in one
         // batch: with either alone on disk, a crash would lose the message (the resend would
         // be taken for a duplicate) or deliver it twice.
@@ -223,9 +239,10 @@ impl Connection {
                 return Ok(());
             }
             durable_at = routed.durable_at;
+            peer_at = routed.peer_at;
             if routed.rejected || routed.retained_refused {
                 ReasonCode::QUOTA_EXCEEDED
-            } else if routed.matched == 0 {
+            } else if routed.matched == 0 && routed.peer_at.is_none() {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
             } else {
                 ReasonCode::SUCCESS
@@ -237,7 +254,7 @@ impl Connection {
                 self.broker.stats.drop_one(Dropped::Refused);
             }
             QoS::AtLeastOnce => {
-                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at);
+                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at, peer_at);
             }
             QoS::ExactlyOnce => {
                 if !code.is_error() {
@@ -252,7 +269,7 @@ impl Connection {
                         durable_at = durable_at.max(Some(t));
                     }
                 }
-                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable_at);
+                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable_at, peer_at);
             }
         }
         Ok(())

@@ -1,0 +1,185 @@
+//! QoS 1 and 2 between nodes through JetStream: the stream `<prefix>_qos` (subjects
+//! `<prefix>.q.>`, `cluster.replicas` replicas, kept an hour) holds every QoS 1/2 message a
+//! client publishes on any node, and the publisher's PUBACK / PUBREC waits for the stream's
+//! replicated acknowledgement (the broker's `peer_acked`): a message acknowledged to its
+//! publisher survives the death of its node and of a NATS server. When JetStream does not
+//! acknowledge (no quorum, NATS lost, a full queue) the publisher gets 0x80 with a Reason
+//! String: never a silent loss.
+//!
+//! Each node reads the stream through a durable consumer of its own (`<prefix>_qos_<node>`)
+//! filtered by the subjects of its subscriptions, routes what it reads, waits until that is
+//! durable in its own store (`BrokerHandle::sync`), and only then acknowledges it. A node that
+//! was down reads on from where it stopped. Filters that overlap (which JetStream refuses in
+//! one consumer) make the node read every QoS 1/2 message and let its own routing filter them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tessera_broker::BrokerHandle;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{ClusterError, Nats};
+
+/// How long the stream keeps a message (a node down longer misses it).
+pub const KEPT_FOR: Duration = Duration::from_secs(3600);
+/// How long a publisher waits for JetStream's acknowledgement before it is told 0x80.
+pub const ACK_WITHIN: Duration = Duration::from_secs(10);
+
+/// Creates the stream on first start (or finds it).
+pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
+    let js = nats.jetstream.clone();
+    let config = stream::Config {
+        name: nats.name("qos"),
+        subjects: vec![format!("{}.>", nats.subject("q"))],
+        num_replicas: nats.config.replicas,
+        max_age: KEPT_FOR,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (js, config) = (js.clone(), config.clone());
+        match nats.wait(async move { js.get_or_create_stream(config).await.map(|_| ()) }) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(e) => last = e.0,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(ClusterError(format!(
+        "cannot create the stream {}: {last}",
+        config.name
+    )))
+}
+
+/// Whether two NATS subjects (with `*` and `>`) can match one subject.
+pub(crate) fn collide(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = (a.split('.'), b.split('.'));
+    loop {
+        match (x.next(), y.next()) {
+            (Some(">"), _) | (_, Some(">")) => return true,
+            (None, None) => return true,
+            (Some(p), Some(q)) if p == "*" || q == "*" || p == q => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The consumer's filter subjects for these subscription subjects: themselves if none
+/// overlap, else everything; a subject nothing is published to when there are none.
+pub(crate) fn consumer_filters(base: &str, mut subjects: Vec<String>) -> Vec<String> {
+    subjects.sort();
+    subjects.dedup();
+    if subjects.is_empty() {
+        return vec![format!("{base}.=none")];
+    }
+    for (i, a) in subjects.iter().enumerate() {
+        if subjects[i + 1..].iter().any(|b| collide(a, b)) {
+            return vec![format!("{base}.>")];
+        }
+    }
+    subjects
+}
+
+/// Reads this node's consumer until the process ends, following filter changes.
+pub(crate) fn spawn_consumer(
+    nats: &Nats,
+    broker: BrokerHandle,
+    origin: u64,
+    mut filters: watch::Receiver<Vec<String>>,
+) {
+    let js = nats.jetstream.clone();
+    let stream_name = nats.name("qos");
+    let durable = format!("{}_{}", nats.name("qos"), nats.config.node);
+    nats.spawn(async move {
+        loop {
+            let subjects = filters.borrow_and_update().clone();
+            let config = pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subjects: subjects,
+                deliver_policy: DeliverPolicy::New,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            };
+            let messages = async {
+                let stream = js
+                    .get_stream(&stream_name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let consumer = match stream.update_consumer(config.clone()).await {
+                    Ok(c) => c,
+                    Err(_) => stream
+                        .create_consumer(config)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                consumer.messages().await.map_err(|e| e.to_string())
+            }
+            .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the QoS 1/2 stream; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    changed = filters.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break; // update the consumer's filters
+                    }
+                    next = messages.next() => {
+                        let Some(Ok(m)) = next else { break };
+                        deliver(&broker, origin, m.payload.clone()).await;
+                        if let Err(e) = m.ack().await {
+                            warn!(error = %e, "acknowledging a QoS 1/2 message to JetStream");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    info!("reading QoS 1/2 messages of the other nodes from JetStream");
+}
+
+/// Routes one message from the stream and waits until it is durable here.
+async fn deliver(broker: &BrokerHandle, origin: u64, frame: Bytes) {
+    if frame.len() < 16 || frame[..8] == origin.to_be_bytes() {
+        return;
+    }
+    if let Err(e) = broker.publish_from_peer(frame.slice(16..)) {
+        warn!(error = ?e, "a message from another node could not be read");
+        return;
+    }
+    if let Err(e) = broker.sync().await {
+        warn!(error = %e, "a message from another node is not durable here yet");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_filters_fall_back_to_everything() {
+        assert!(collide("t.q.a.>", "t.q.a.b"));
+        assert!(collide("t.q.*.b", "t.q.a.*"));
+        assert!(!collide("t.q.a.b", "t.q.a.c"));
+        assert!(!collide("t.q.a", "t.q.a.b"));
+        let f = |v: &[&str]| consumer_filters("t.q", v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(f(&[]), ["t.q.=none"]);
+        assert_eq!(f(&["t.q.a", "t.q.b.*"]), ["t.q.a", "t.q.b.*"]);
+        assert_eq!(f(&["t.q.a", "t.q.a"]), ["t.q.a"]);
+        assert_eq!(f(&["t.q.a.>", "t.q.a.b"]), ["t.q.>"]);
+    }
+}
