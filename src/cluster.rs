@@ -47,7 +47,8 @@ pub fn join(nats: Option<Arc<Nats>>, broker: BrokerHandle) -> Result<(), String>
     if let Some(nats) = nats {
         let peers =
             tessera_cluster::connect_peers(nats, broker.clone()).map_err(|e| e.to_string())?;
-        broker.set_peers(peers);
+        broker.set_peers(peers.clone());
+        peers.restored();
         info!("routing to and from the other nodes");
     }
     Ok(())

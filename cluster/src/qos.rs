@@ -96,6 +96,10 @@ pub(crate) fn spawn_consumer(
     let stream_name = nats.name("qos");
     let durable = format!("{}_{}", nats.name("qos"), nats.config.node);
     nats.spawn(async move {
+        // The first filters come once the restored subscriptions are known.
+        if filters.changed().await.is_err() {
+            return;
+        }
         loop {
             let subjects = filters.borrow_and_update().clone();
             let config = pull::Config {

@@ -50,7 +50,8 @@ pub struct NatsPeers {
     broker: BrokerHandle,
     /// `<prefix>.q`: QoS 1/2 messages, into the stream.
     durable: String,
-    interest: mpsc::UnboundedSender<(String, bool)>,
+    /// Filter entries gained and lost; `None` once the restored subscriptions are all in.
+    interest: mpsc::UnboundedSender<Option<(String, bool)>>,
     messages: String,
     retained: String,
     /// `<prefix>.takeover`: a client id connected on some node, and when.
@@ -101,7 +102,7 @@ impl Peers for NatsPeers {
     }
 
     fn interest(&self, filter: &str, added: bool) {
-        let _ = self.interest.send((filter.to_string(), added));
+        let _ = self.interest.send(Some((filter.to_string(), added)));
     }
 
     fn connected(&self, client_id: &str, since: SystemTime) {
@@ -134,7 +135,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
     crate::qos::open_stream(&nats)?;
     let (out, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let (filters_tx, filters_rx) = watch::channel(Vec::new());
-    let (interest, mut interest_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let (interest, mut interest_rx) = mpsc::unbounded_channel::<Option<(String, bool)>>();
     let (inbound, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut origin = [0u8; 8];
     let _ = getrandom::fill(&mut origin);
@@ -175,7 +176,6 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         }
     });
 
-    let _ = filters_tx.send(consumer_filters(&peers.durable, Vec::new()));
     crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx);
 
     let (client, js, settle) = (nats.client.clone(), nats.jetstream.clone(), broker.clone());
@@ -243,7 +243,16 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
             String::new(),
             (1, vec![follow(&client, retained, feed.clone()).await]),
         );
-        while let Some((filter, added)) = interest_rx.recv().await {
+        // The consumer's filters are set only once every restored subscription is in: set
+        // earlier, a restarted node would skip the messages that waited for it.
+        let mut restored = false;
+        while let Some(change) = interest_rx.recv().await {
+            let Some((filter, added)) = change else {
+                restored = true;
+                let subjects = consumer_subjects(&subscribed, &durable);
+                let _ = filters_tx.send(consumer_filters(&durable, subjects));
+                continue;
+            };
             let entry = subscribed.entry(filter.clone()).or_insert((0, Vec::new()));
             if added {
                 entry.0 += 1;
@@ -263,12 +272,8 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
                 }
             }
             // The QoS 1/2 consumer follows the same filters (once the burst of changes ends).
-            if interest_rx.is_empty() {
-                let subjects = subscribed
-                    .keys()
-                    .filter(|f| !f.is_empty())
-                    .flat_map(|f| filter_subjects(&durable, f))
-                    .collect();
+            if restored && interest_rx.is_empty() {
+                let subjects = consumer_subjects(&subscribed, &durable);
                 let next = consumer_filters(&durable, subjects);
                 filters_tx.send_if_modified(|current| {
                     let changed = *current != next;
@@ -308,6 +313,23 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         }
     });
     Ok(peers)
+}
+
+/// The QoS 1/2 stream subjects of the filters held.
+fn consumer_subjects<T>(subscribed: &HashMap<String, T>, base: &str) -> Vec<String> {
+    subscribed
+        .keys()
+        .filter(|f| !f.is_empty())
+        .flat_map(|f| filter_subjects(base, f))
+        .collect()
+}
+
+impl NatsPeers {
+    /// Every subscription restored from the store has been reported (`set_peers`): the QoS
+    /// 1/2 consumer may start reading.
+    pub fn restored(&self) {
+        let _ = self.interest.send(None);
+    }
 }
 
 /// Subscribes to `subject` and feeds its messages to the inbound task until aborted (dropping

@@ -562,3 +562,91 @@ async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
         }
     }
 }
+
+#[tokio::test]
+async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
+    let nats = NatsCluster::start();
+    let b_config = nats.node_config("b", &[1, 2]);
+    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
+    let b = TestBroker::start_secure(&b_config);
+    assert!(
+        a.command(&["user", "add", "bob"], "builder\n")
+            .status
+            .success()
+    );
+    let out = a.command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let keeper = |clean: bool| {
+        let mut c = crate::oauth::x_oauth2("keeper", None, Some(&token));
+        c.clean_start = clean;
+        c.properties.session_expiry_interval = Some(3600);
+        c
+    };
+    let mut sub = Raw::connect(b.tcp, keeper(true)).await.0;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let mut publisher = login(&a, "pub", &token).await;
+    let mut pid = 0u16;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    'probe: loop {
+        pid += 1;
+        publisher
+            .publish("load/probe", b"probe", QoS::AtLeastOnce, pid)
+            .await;
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+        while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(100)).await {
+            if let Packet::Publish(p) = p {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: p.packet_id.unwrap(),
+                    ..Default::default()
+                }))
+                .await;
+                break 'probe;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription never reached node a"
+        );
+    }
+    drop(sub);
+    // Node b dies (kill -9) with its subscriber's session; publishing goes on meanwhile.
+    let dir = b.kill();
+    let mut acked = std::collections::BTreeSet::new();
+    for i in 0..600u32 {
+        pid = pid % 60_000 + 1;
+        publisher
+            .publish("load/m", i.to_string().as_bytes(), QoS::AtLeastOnce, pid)
+            .await;
+        match publisher.recv().await {
+            Some(Packet::PubAck(ack)) if ack.reason_code == ReasonCode::SUCCESS => {
+                acked.insert(i.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Back on its data directory, node b reads on from the stream; the session resumes.
+    let b = TestBroker::start_in(dir, &b_config);
+    let (mut sub, ack) = Raw::connect(b.tcp, keeper(false)).await;
+    assert!(ack.session_present, "{ack:?}");
+    let mut missing = acked.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages never arrived",
+            missing.len(),
+            acked.len()
+        );
+        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
+            if let Some(id) = p.packet_id {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+        }
+    }
+}
