@@ -7,8 +7,9 @@
 //! String: never a silent loss.
 //!
 //! Each node reads the stream through a durable consumer of its own (`<prefix>_qos_<node>`)
-//! filtered by the subjects of its subscriptions, routes what it reads, waits until that is
-//! durable in its own store (`BrokerHandle::sync`), and only then acknowledges it. A node that
+//! filtered by the subjects of its subscriptions, routes what it reads (what has arrived,
+//! together), waits until that is durable in its own store (`BrokerHandle::sync`), and only
+//! then acknowledges it. A node that
 //! was down reads on from where it stopped. Filters that overlap (which JetStream refuses in
 //! one consumer) make the node read every QoS 1/2 message and let its own routing filter them.
 
@@ -26,6 +27,8 @@ use crate::{ClusterError, Nats};
 
 /// How long the stream keeps a message (a node down longer misses it).
 pub const KEPT_FOR: Duration = Duration::from_secs(3600);
+/// Messages routed together before one sync and their acknowledgements.
+const BATCH: usize = 256;
 /// How long a publisher waits for JetStream's acknowledgement before it is told 0x80.
 pub const ACK_WITHIN: Duration = Duration::from_secs(10);
 
@@ -126,8 +129,10 @@ pub(crate) fn spawn_consumer(
                 consumer.messages().await.map_err(|e| e.to_string())
             }
             .await;
+            // What has arrived is taken together: routed, made durable with one sync, then
+            // acknowledged (a batch per wake-up, at most `BATCH`).
             let mut messages = match messages {
-                Ok(m) => m,
+                Ok(m) => m.ready_chunks(BATCH),
                 Err(e) => {
                     warn!(error = %e, "cannot read the QoS 1/2 stream; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -143,10 +148,23 @@ pub(crate) fn spawn_consumer(
                         break; // update the consumer's filters
                     }
                     next = messages.next() => {
-                        let Some(Ok(m)) = next else { break };
-                        deliver(&broker, origin, m.payload.clone()).await;
-                        if let Err(e) = m.ack().await {
-                            warn!(error = %e, "acknowledging a QoS 1/2 message to JetStream");
+                        let Some(batch) = next else { break };
+                        let batch: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
+                        if batch.is_empty() {
+                            break;
+                        }
+                        for m in &batch {
+                            route(&broker, origin, m.payload.clone());
+                        }
+                        if let Err(e) = broker.sync().await {
+                            // Not acknowledged: JetStream delivers them again.
+                            warn!(error = %e, "messages from other nodes are not durable here");
+                            continue;
+                        }
+                        for m in batch {
+                            if let Err(e) = m.ack().await {
+                                warn!(error = %e, "acknowledging a QoS 1/2 message to JetStream");
+                            }
                         }
                     }
                 }
@@ -156,17 +174,13 @@ pub(crate) fn spawn_consumer(
     info!("reading QoS 1/2 messages of the other nodes from JetStream");
 }
 
-/// Routes one message from the stream and waits until it is durable here.
-async fn deliver(broker: &BrokerHandle, origin: u64, frame: Bytes) {
+/// Routes one message from the stream (not this node's own).
+fn route(broker: &BrokerHandle, origin: u64, frame: Bytes) {
     if frame.len() < 16 || frame[..8] == origin.to_be_bytes() {
         return;
     }
     if let Err(e) = broker.publish_from_peer(frame.slice(16..)) {
         warn!(error = ?e, "a message from another node could not be read");
-        return;
-    }
-    if let Err(e) = broker.sync().await {
-        warn!(error = %e, "a message from another node is not durable here yet");
     }
 }
 
