@@ -130,7 +130,7 @@ impl PeerAcks {
 
 impl Broker {
     /// Hands messages published on this node to the other nodes; returns the ticket the
-    /// publisher's acknowledgement waits for (QoS 1 and 2 messages that are not retained).
+    /// publisher's acknowledgement waits for (QoS 1 and 2 messages).
     pub(crate) fn forward(&self, messages: &[Arc<Message>]) -> Option<u64> {
         let peers = self.peers.get()?;
         let now = std::time::Instant::now();
@@ -152,7 +152,7 @@ impl Broker {
             });
             let mut buf = BytesMut::with_capacity(m.payload.len() + m.topic.len() + 16);
             codec::encode(&packet, Version::V5, &mut buf);
-            let ack = (m.qos != QoS::AtMostOnce && !m.retain).then(|| self.peer_acks.issue());
+            let ack = (m.qos != QoS::AtMostOnce).then(|| self.peer_acks.issue());
             last = last.max(ack);
             peers.forward(m.topic.as_str(), m.retain, buf.freeze(), ack);
         }
@@ -227,17 +227,32 @@ impl BrokerHandle {
         self.0.peer_acks.settle(t, stored);
     }
 
+    /// Keeps a retained message another node published, without routing it (the cluster's
+    /// state a node takes when it starts): as its retained value, or, empty, none.
+    pub fn retain_from_peer(&self, packet: Bytes) -> Result<(), PeerPacketError> {
+        let message = decode_peer(packet)?;
+        if message.retain {
+            self.0.keep_retained(Arc::new(message));
+        }
+        Ok(())
+    }
+
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).
     pub fn publish_from_peer(&self, packet: Bytes) -> Result<(), PeerPacketError> {
-        let mut buf = BytesMut::from(&packet[..]);
-        let publish = match codec::decode(&mut buf, Version::V5, usize::MAX) {
-            Ok(Some(Packet::Publish(p))) => p,
-            Ok(_) => return Err(PeerPacketError("not a PUBLISH".into())),
-            Err(e) => return Err(PeerPacketError(format!("{e:?}"))),
-        };
-        let topic = publish.topic.clone();
-        let message = Arc::new(Message::from_publish(publish, topic, 0));
+        let message = Arc::new(decode_peer(packet)?);
         self.0.publish_from(message, Origin::Peer);
         Ok(())
     }
+}
+
+/// The message in a PUBLISH another node encoded.
+fn decode_peer(packet: Bytes) -> Result<Message, PeerPacketError> {
+    let mut buf = BytesMut::from(&packet[..]);
+    let publish = match codec::decode(&mut buf, Version::V5, usize::MAX) {
+        Ok(Some(Packet::Publish(p))) => p,
+        Ok(_) => return Err(PeerPacketError("not a PUBLISH".into())),
+        Err(e) => return Err(PeerPacketError(format!("{e:?}"))),
+    };
+    let topic = publish.topic.clone();
+    Ok(Message::from_publish(publish, topic, 0))
 }

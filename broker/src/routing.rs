@@ -153,6 +153,27 @@ impl Broker {
         true
     }
 
+    /// Stores `message` as its topic's retained value (or, empty, removes it) without routing
+    /// it, journaled like any retained message.
+    pub(crate) fn keep_retained(&self, message: Arc<Message>) {
+        if message.payload.is_empty() {
+            self.clear_retained(message.topic.clone());
+            return;
+        }
+        let kept = self.retained.write().insert_within(
+            message.clone(),
+            self.config.max_retained_messages,
+            self.config.max_retained_bytes,
+        );
+        if !kept {
+            self.stats.drop_one(Dropped::RetainedLimit);
+            return;
+        }
+        if let Some(j) = self.journal() {
+            j.append(Record::Retained(message));
+        }
+    }
+
     /// The broker's own `$SYS` updates: not counted as received, and their retained values are
     /// not stored (each is rewritten at the next interval).
     pub(crate) fn publish_sys(&self, message: Arc<Message>) -> Routed {

@@ -9,8 +9,9 @@
 //!   (its writes can stall for seconds then); each node cuts the sessions using it and treats
 //!   the key as gone until the durable delete lands;
 //! - `routing.rs`: messages between nodes on core NATS subjects (`subjects.rs` maps topics and
-//!   filters), interest-based: a node receives only what its subscriptions match, and every
-//!   retained value;
+//!   filters), interest-based: a node receives only what its subscriptions match; QoS 1/2
+//!   through the stream `<prefix>_qos` (`qos.rs`); retained values through the stream
+//!   `<prefix>_retained`, which every node follows (`retained.rs`);
 //! - `nodes.rs`: each node's heartbeat in a bucket of its own, read by `tessera cluster status`.
 //!
 //! Names (with the default prefix `tessera`): buckets `tessera_users`, `tessera_clients`,
@@ -28,6 +29,7 @@ mod keys;
 mod kv;
 mod nodes;
 mod qos;
+mod retained;
 mod routing;
 mod subjects;
 

@@ -34,7 +34,6 @@ pub const ACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// Creates the stream on first start (or finds it).
 pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
-    let js = nats.jetstream.clone();
     let config = stream::Config {
         name: nats.name("qos"),
         subjects: vec![format!("{}.>", nats.subject("q"))],
@@ -43,6 +42,13 @@ pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
         storage: stream::StorageType::File,
         ..Default::default()
     };
+    create(nats, config)
+}
+
+/// Creates a stream or finds it, retrying while a new JetStream cluster's peers become
+/// current.
+pub(crate) fn create(nats: &Nats, config: stream::Config) -> Result<(), ClusterError> {
+    let js = nats.jetstream.clone();
     let mut last = String::new();
     for _ in 0..50 {
         let (js, config) = (js.clone(), config.clone());

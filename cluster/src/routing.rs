@@ -7,8 +7,9 @@
 //!   publishing task; when NATS cannot keep up the message is dropped for the other nodes
 //!   (counted, logged) rather than stalling the publisher.
 //! - Interest: the node subscribes to the subjects of exactly the filters its sessions hold
-//!   (a count per filter: the first entry subscribes, the last one gone unsubscribes), and to
-//!   `<prefix>.r.>` always, so every node keeps every retained value.
+//!   (a count per filter: the first entry subscribes, the last one gone unsubscribes).
+//!   Retained messages go to `<prefix>.r.<topic>`, kept by the retained stream
+//!   (`retained.rs`), which every node follows; QoS 1/2 ones to `<prefix>.q.<topic>` (`qos.rs`).
 //! - Takeover: a CONNECT on any node is announced on `<prefix>.takeover` (origin, time in
 //!   nanoseconds, client id); every other node ends its older connections with that client id
 //!   (0x8E), so one connection per client id holds across nodes as it does on one.
@@ -133,6 +134,7 @@ impl Peers for NatsPeers {
 /// (it creates the QoS 1/2 stream): call it off the runtime.
 pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, crate::ClusterError> {
     crate::qos::open_stream(&nats)?;
+    crate::retained::open_stream(&nats)?;
     let (out, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let (filters_tx, filters_rx) = watch::channel(Vec::new());
     let (interest, mut interest_rx) = mpsc::unbounded_channel::<Option<(String, bool)>>();
@@ -177,6 +179,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
     });
 
     crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx);
+    crate::retained::spawn_follower(&nats, broker.clone(), origin);
 
     let (client, js, settle) = (nats.client.clone(), nats.jetstream.clone(), broker.clone());
     nats.spawn(async move {
@@ -235,14 +238,9 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         peers.messages.clone(),
         peers.durable.clone(),
     );
-    let retained = format!("{}.>", peers.retained);
     let feed = inbound.clone();
     nats.spawn(async move {
         let mut subscribed: HashMap<String, (usize, Vec<JoinHandle<()>>)> = HashMap::new();
-        subscribed.insert(
-            String::new(),
-            (1, vec![follow(&client, retained, feed.clone()).await]),
-        );
         // The consumer's filters are set only once every restored subscription is in: set
         // earlier, a restarted node would skip the messages that waited for it.
         let mut restored = false;

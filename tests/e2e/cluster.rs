@@ -387,6 +387,18 @@ async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
             assert!(Instant::now() < deadline, "not retained on node {i}");
         }
     }
+    // A node that joins later takes the cluster's retained values from the stream.
+    let d = TestBroker::start_secure(&nats.node_config("d", &[2]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = login(&d, "late-d", &token).await;
+        s.subscribe("cfg/#", QoS::AtLeastOnce).await;
+        if let Ok(Some(Packet::Publish(p))) = s.recv_within(Duration::from_millis(200)).await {
+            assert!(p.retain && &p.payload[..] == b"5", "{p:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not retained on the late node");
+    }
 }
 
 #[tokio::test]
