@@ -662,3 +662,101 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
         }
     }
 }
+
+#[tokio::test]
+async fn acknowledged_qos1_messages_survive_a_kill_of_the_publishers_node() {
+    let nats = NatsCluster::start();
+    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
+    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
+    assert!(
+        a.command(&["user", "add", "bob"], "builder\n")
+            .status
+            .success()
+    );
+    let out = a.command(&["--json", "token", "issue", "bob"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut sub = login(&b, "keeper", &token).await;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let mut publisher = login(&a, "pub", &token).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut pid = 0u16;
+    'probe: loop {
+        pid += 1;
+        publisher
+            .publish("load/probe", b"probe", QoS::AtLeastOnce, pid)
+            .await;
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+        while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(100)).await {
+            if let Packet::Publish(p) = p {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: p.packet_id.unwrap(),
+                    ..Default::default()
+                }))
+                .await;
+                break 'probe;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription never reached node a"
+        );
+    }
+    // A window of 32 unacknowledged messages, and node a killed (kill -9) in the middle.
+    let mut acked = std::collections::BTreeSet::new();
+    let mut sent = std::collections::HashMap::new();
+    let killer = {
+        let pid = a.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        })
+    };
+    let mut i = 0u32;
+    'traffic: loop {
+        while sent.len() < 32 {
+            pid = pid % 60_000 + 1;
+            publisher
+                .publish("load/m", i.to_string().as_bytes(), QoS::AtLeastOnce, pid)
+                .await;
+            sent.insert(pid, i.to_string());
+            i += 1;
+        }
+        match publisher.recv_within(Duration::from_secs(5)).await {
+            Ok(Some(Packet::PubAck(ack))) => {
+                if let Some(m) = sent.remove(&ack.packet_id)
+                    && ack.reason_code == ReasonCode::SUCCESS
+                {
+                    acked.insert(m);
+                }
+            }
+            _ => break 'traffic, // node a is gone
+        }
+    }
+    killer.join().unwrap();
+    assert!(
+        acked.len() > 50,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
+    let mut missing = acked.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages never arrived",
+            missing.len(),
+            acked.len()
+        );
+        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
+            if let Some(id) = p.packet_id {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+        }
+    }
+}
