@@ -298,6 +298,31 @@ async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
     }
 }
 
+/// Waits until `sub` has received every payload of `acked` (acknowledging each; duplicates
+/// allowed: QoS 1).
+async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet<String>) {
+    let total = acked.len();
+    let mut missing = acked;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} acknowledged messages never arrived",
+            missing.len()
+        );
+        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
+            if let Some(id) = p.packet_id {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+        }
+    }
+}
+
 /// The payloads of the next `n` PUBLISH packets (acknowledging QoS 1 and 2), probes skipped.
 async fn receive(sub: &mut Raw, n: usize) -> Vec<(String, QoS)> {
     let mut got = Vec::new();
@@ -535,30 +560,8 @@ async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
     };
     sub.subscribe("load/#", QoS::AtLeastOnce).await;
     let mut publisher = login(&a, "pub", &token).await;
-    // The subscription has reached node a's consumer once a QoS 1 probe arrives.
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut pid = 0u16;
-    'probe: loop {
-        pid += 1;
-        publisher
-            .publish("load/probe", b"probe", QoS::AtLeastOnce, pid)
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-        while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(100)).await {
-            if let Packet::Publish(p) = p {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: p.packet_id.unwrap(),
-                    ..Default::default()
-                }))
-                .await;
-                break 'probe;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the subscription never reached node a"
-        );
-    }
+    until_routed(&mut publisher, &mut sub, "load/probe").await;
 
     let mut acked = std::collections::BTreeSet::new();
     let mut refused = 0;
@@ -591,26 +594,7 @@ async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
         acked.len()
     );
     // Every acknowledged message reaches the subscriber on the other node.
-    let mut missing = acked.clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !missing.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged messages never arrived ({refused} refused)",
-            missing.len(),
-            acked.len()
-        );
-        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
-            if let Some(id) = p.packet_id {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: id,
-                    ..Default::default()
-                }))
-                .await;
-            }
-            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
-        }
-    }
+    receive_all(&mut sub, acked).await;
 }
 
 #[tokio::test]
@@ -637,28 +621,7 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
     sub.subscribe("load/#", QoS::AtLeastOnce).await;
     let mut publisher = login(&a, "pub", &token).await;
     let mut pid = 0u16;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    'probe: loop {
-        pid += 1;
-        publisher
-            .publish("load/probe", b"probe", QoS::AtLeastOnce, pid)
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-        while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(100)).await {
-            if let Packet::Publish(p) = p {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: p.packet_id.unwrap(),
-                    ..Default::default()
-                }))
-                .await;
-                break 'probe;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the subscription never reached node a"
-        );
-    }
+    until_routed(&mut publisher, &mut sub, "load/probe").await;
     drop(sub);
     // Node b dies (kill -9) with its subscriber's session; publishing goes on meanwhile.
     let dir = b.kill();
@@ -679,26 +642,7 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
     let b = TestBroker::start_in(dir, &b_config);
     let (mut sub, ack) = Raw::connect(b.tcp, keeper(false)).await;
     assert!(ack.session_present, "{ack:?}");
-    let mut missing = acked.clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !missing.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged messages never arrived",
-            missing.len(),
-            acked.len()
-        );
-        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
-            if let Some(id) = p.packet_id {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: id,
-                    ..Default::default()
-                }))
-                .await;
-            }
-            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
-        }
-    }
+    receive_all(&mut sub, acked).await;
 }
 
 #[tokio::test]
@@ -717,29 +661,8 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_publishers_node() {
     let mut sub = login(&b, "keeper", &token).await;
     sub.subscribe("load/#", QoS::AtLeastOnce).await;
     let mut publisher = login(&a, "pub", &token).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut pid = 0u16;
-    'probe: loop {
-        pid += 1;
-        publisher
-            .publish("load/probe", b"probe", QoS::AtLeastOnce, pid)
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-        while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(100)).await {
-            if let Packet::Publish(p) = p {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: p.packet_id.unwrap(),
-                    ..Default::default()
-                }))
-                .await;
-                break 'probe;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the subscription never reached node a"
-        );
-    }
+    until_routed(&mut publisher, &mut sub, "load/probe").await;
     // A window of 32 unacknowledged messages, and node a killed (kill -9) in the middle.
     let mut acked = std::collections::BTreeSet::new();
     let mut sent = std::collections::HashMap::new();
@@ -777,24 +700,5 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_publishers_node() {
         "only {} acknowledged before the kill",
         acked.len()
     );
-    let mut missing = acked.clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !missing.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged messages never arrived",
-            missing.len(),
-            acked.len()
-        );
-        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
-            if let Some(id) = p.packet_id {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: id,
-                    ..Default::default()
-                }))
-                .await;
-            }
-            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
-        }
-    }
+    receive_all(&mut sub, acked).await;
 }
