@@ -168,6 +168,31 @@ struct Shared {
     commit_latency: Histogram,
 }
 
+impl Shared {
+    /// Nothing pending, nothing done; message ids from `next_message_id` on.
+    pub(crate) fn new(next_message_id: u64) -> Shared {
+        let (done_tx, _) = watch::channel(0);
+        Shared {
+            pending: Mutex::new(Pending {
+                batch: 1,
+                records: Vec::new(),
+                waiters: Vec::new(),
+                pins: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            done: AtomicU64::new(0),
+            done_tx,
+            failed: Mutex::new(BTreeMap::new()),
+            next_message_id: AtomicU64::new(next_message_id.max(1)),
+            commits: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+            commit_latency: Histogram::default(),
+        }
+    }
+}
+
 /// The handle the broker holds.
 pub(crate) struct Journal {
     shared: Arc<Shared>,
@@ -205,25 +230,7 @@ impl Journal {
         refs: MessageRefs,
         next_message_id: u64,
     ) -> std::io::Result<Journal> {
-        let (done_tx, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                batch: 1,
-                records: Vec::new(),
-                waiters: Vec::new(),
-                pins: 0,
-                stop: false,
-            }),
-            wake: Condvar::new(),
-            done: AtomicU64::new(0),
-            done_tx,
-            failed: Mutex::new(BTreeMap::new()),
-            next_message_id: AtomicU64::new(next_message_id.max(1)),
-            commits: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            last_ok: AtomicBool::new(true),
-            commit_latency: Histogram::default(),
-        });
+        let shared = Arc::new(Shared::new(next_message_id));
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()

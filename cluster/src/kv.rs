@@ -197,6 +197,26 @@ impl NatsKv {
         Ok(got.as_ref().and_then(decode))
     }
 
+    /// Every entry of `bucket` whose escaped key starts with `prefix`, read in one request.
+    fn entries(&self, bucket: Bucket, prefix: String) -> KvResult<Vec<(String, kv::Entry)>> {
+        let store = self.store(bucket)?;
+        self.nats
+            .wait(async move {
+                let mut keys = store.keys().await.map_err(failed)?;
+                let mut found = Vec::new();
+                while let Some(k) = keys.next().await {
+                    let k = k.map_err(failed)?;
+                    if k.starts_with(&prefix)
+                        && let Some(e) = store.entry(k.clone()).await.map_err(failed)?
+                    {
+                        found.push((k, e));
+                    }
+                }
+                Ok(found)
+            })
+            .map_err(lost)?
+    }
+
     /// Follows every bucket's changes and the fast revocation subject, into `changes`.
     fn follow(self: &Arc<Self>) -> Result<(), ClusterError> {
         for (b, store) in &self.buckets {
@@ -399,26 +419,9 @@ impl KvStore for NatsKv {
     }
 
     fn scan(&self, bucket: Bucket, prefix: &str) -> KvResult<Vec<(String, Entry)>> {
-        let store = self.store(bucket)?;
-        let p = escape(prefix);
         let now = now_ms();
         let mut out: Vec<(String, Entry)> = self
-            .nats
-            .wait(async move {
-                let mut keys = store.keys().await.map_err(failed)?;
-                let mut found = Vec::new();
-                while let Some(k) = keys.next().await {
-                    let k = k.map_err(failed)?;
-                    if !k.starts_with(&p) {
-                        continue;
-                    }
-                    if let Some(e) = store.entry(k.clone()).await.map_err(failed)? {
-                        found.push((k, e));
-                    }
-                }
-                Ok::<_, KvError>(found)
-            })
-            .map_err(lost)??
+            .entries(bucket, escape(prefix))?
             .into_iter()
             .filter_map(|(k, e)| Some((unescape(&k)?, decode(&e)?)))
             .filter(|(k, e)| live(e, now) && !self.tombstoned(bucket, k))
@@ -430,33 +433,30 @@ impl KvStore for NatsKv {
     fn purge_expired(&self, now: u64) -> KvResult<usize> {
         let mut n = 0;
         for b in Bucket::ALL {
-            let store = self.store(b)?;
             let expired: Vec<(String, u64)> = self
-                .nats
-                .wait(async move {
-                    let mut keys = store.keys().await.map_err(failed)?;
-                    let mut found = Vec::new();
-                    while let Some(k) = keys.next().await {
-                        let k = k.map_err(failed)?;
-                        if let Some(e) = store.entry(k.clone()).await.map_err(failed)?
-                            && let Some(d) = decode(&e)
-                            && !live(&d, now)
-                        {
-                            found.push((k, d.revision));
-                        }
-                    }
-                    Ok::<_, KvError>(found)
+                .entries(b, String::new())?
+                .into_iter()
+                .filter_map(|(k, e)| {
+                    decode(&e)
+                        .filter(|d| !live(d, now))
+                        .map(|d| (k, d.revision))
                 })
-                .map_err(lost)??;
-            for (k, rev) in expired {
-                let store = self.store(b)?;
-                let purged = self
+                .collect();
+            // A few hundred per request, each request within the deadline.
+            for chunk in expired.chunks(256) {
+                let (store, chunk) = (self.store(b)?, chunk.to_vec());
+                n += self
                     .nats
-                    .wait(async move { store.purge_expect_revision(k, Some(rev)).await })
+                    .wait(async move {
+                        let mut purged = 0;
+                        for (k, rev) in chunk {
+                            if store.purge_expect_revision(k, Some(rev)).await.is_ok() {
+                                purged += 1;
+                            }
+                        }
+                        purged
+                    })
                     .map_err(lost)?;
-                if purged.is_ok() {
-                    n += 1;
-                }
             }
         }
         if n > 0 {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
 
 use crate::harness::TestBroker;
-use crate::oauth::{CLIENT, SECRET, login, password_grant};
+use crate::oauth::{CLIENT, SECRET, cli_token, login, password_grant};
 use crate::raw::Raw;
 
 fn free_port() -> u16 {
@@ -184,9 +184,7 @@ async fn a_token_issued_on_one_node_logs_in_on_every_node() {
 async fn revoking_on_one_node_ends_the_sessions_on_the_others_within_a_second() {
     let nats = NatsCluster::start();
     let nodes = three_nodes(&nats);
-    let out = nodes[0].command(&["--json", "token", "issue", "bob", "--scope", "mqtt"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let mut on_b = login(&nodes[1], "sensor-b", &token).await;
     let mut on_c = login(&nodes[2], "sensor-c", &token).await;
     let started = Instant::now();
@@ -217,10 +215,7 @@ async fn revocation_reaches_every_node_while_jetstream_has_no_quorum() {
     assert!(out.status.success(), "{out:?}");
     let mut devices = Vec::new();
     for i in 0..3 {
-        let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
-        assert!(out.status.success(), "{out:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let token = v["access_token"].as_str().unwrap().to_string();
+        let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
         let on_b = login(&nodes[1], &format!("sensor-b{i}"), &token).await;
         let on_c = login(&nodes[2], &format!("sensor-c{i}"), &token).await;
         devices.push((token, on_b, on_c));
@@ -358,9 +353,7 @@ async fn receive(sub: &mut Raw, n: usize) -> Vec<(String, QoS)> {
 async fn messages_cross_nodes_to_the_subscriptions_that_match_once_each() {
     let nats = NatsCluster::start();
     let nodes = three_nodes(&nats);
-    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let mut on_b = login(&nodes[1], "sub-b", &token).await;
     on_b.subscribe("plant/+/temp", QoS::ExactlyOnce).await;
     let mut on_c = login(&nodes[2], "sub-c", &token).await;
@@ -429,9 +422,7 @@ async fn messages_cross_nodes_to_the_subscriptions_that_match_once_each() {
 async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
     let nats = NatsCluster::start();
     let nodes = three_nodes(&nats);
-    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let mut publisher = login(&nodes[0], "pub-a", &token).await;
     let mut retained = crate::raw::publish("cfg/rate", b"5", QoS::AtLeastOnce, 1);
     retained.retain = true;
@@ -468,9 +459,7 @@ async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
 async fn the_same_client_id_on_another_node_takes_over_with_0x8e() {
     let nats = NatsCluster::start();
     let nodes = three_nodes(&nats);
-    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let mut first = login(&nodes[0], "thermostat", &token).await;
     let mut second = login(&nodes[1], "thermostat", &token).await;
     first
@@ -505,9 +494,7 @@ async fn connections_become(node: &TestBroker, want: usize) {
 async fn sys_and_metrics_count_the_whole_cluster() {
     let nats = NatsCluster::start();
     let nodes = three_nodes_with(&nats, "sys:\n  interval: 1\n");
-    let out = nodes[0].command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let _on_a = login(&nodes[0], "one", &token).await;
     let _on_b = login(&nodes[1], "two", &token).await;
     let mut watcher = login(&nodes[2], "watcher", &token).await;
@@ -550,9 +537,7 @@ async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
             .status
             .success()
     );
-    let out = a.command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&a, "bob", "3600", "mqtt");
     let mut sub = {
         let mut c = crate::oauth::x_oauth2("keeper", None, Some(&token));
         c.properties.session_expiry_interval = Some(3600);
@@ -608,9 +593,7 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
             .status
             .success()
     );
-    let out = a.command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&a, "bob", "3600", "mqtt");
     let keeper = |clean: bool| {
         let mut c = crate::oauth::x_oauth2("keeper", None, Some(&token));
         c.clean_start = clean;
@@ -655,9 +638,7 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_publishers_node() {
             .status
             .success()
     );
-    let out = a.command(&["--json", "token", "issue", "bob"], "");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = v["access_token"].as_str().unwrap().to_string();
+    let token = cli_token(&a, "bob", "3600", "mqtt");
     let mut sub = login(&b, "keeper", &token).await;
     sub.subscribe("load/#", QoS::AtLeastOnce).await;
     let mut publisher = login(&a, "pub", &token).await;

@@ -12,6 +12,24 @@ use crate::js_clients::node;
 use crate::oauth::{CLIENT, SECRET, cli_token, login, password_grant, setup, x_oauth2};
 use crate::raw::Raw;
 
+/// Runs tests/js/console.mjs (headless Chromium) with `args`; its output, once it succeeded.
+async fn console_js(args: &[&str]) -> String {
+    let mut all = vec!["tests/js/console.mjs".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        node(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn json_out(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
@@ -82,25 +100,7 @@ async fn console_signs_in_an_operator_who_revokes_a_device_token() {
     let base = format!("https://localhost:{}", b.oauth.port());
     let shot = std::env::var("CONSOLE_SCREENSHOT")
         .unwrap_or_else(|_| b.dir.path().join("console.png").display().to_string());
-    let out = tokio::task::spawn_blocking(move || {
-        node(&[
-            "tests/js/console.mjs",
-            "revoke",
-            &base,
-            "root",
-            "r00t-pass",
-            "sensor-1",
-            &shot,
-        ])
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = console_js(&["revoke", &base, "root", "r00t-pass", "sensor-1", &shot]).await;
     assert!(text.contains("1 token(s) revoked"), "{text}");
     // The device's session ends at once, and its token no longer logs in.
     device.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
@@ -129,24 +129,7 @@ async fn console_deletes_a_retained_message_for_good() {
     assert!(matches!(device.recv().await, Some(Packet::PubAck(_))));
 
     let base = format!("https://localhost:{}", b.oauth.port());
-    let out = tokio::task::spawn_blocking(move || {
-        node(&[
-            "tests/js/console.mjs",
-            "retained",
-            &base,
-            "root",
-            "r00t-pass",
-            "dev/config",
-        ])
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = console_js(&["retained", &base, "root", "r00t-pass", "dev/config"]).await;
     assert!(
         text.contains("retained message of dev/config deleted"),
         "{text}"
@@ -166,17 +149,7 @@ async fn console_deletes_a_retained_message_for_good() {
 async fn console_refuses_a_user_who_is_not_an_operator() {
     let b = setup("");
     let base = format!("https://localhost:{}", b.oauth.port());
-    let out = tokio::task::spawn_blocking(move || {
-        node(&["tests/js/console.mjs", "refused", &base, "bob", "builder"])
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = console_js(&["refused", &base, "bob", "builder"]).await;
     assert!(text.contains("Only operators"), "{text}");
     assert!(!text.contains("Connected clients"), "{text}");
     // Nor can the scope be had another way: the password grant refuses it to bob.

@@ -5,22 +5,11 @@
 //     prints the URL the browser was sent to (with the code or token)
 //   node browser_login.mjs device URL USER PASSWORD [SCREENSHOT]
 //     prints the text of the result page
-import { chromium } from 'playwright-core';
+import { session } from './chromium.mjs';
 
 const [mode, url, ...rest] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
-const fail = async (why) => { console.error(String(why)); await browser.close(); process.exit(1); };
-const timer = setTimeout(() => fail('timed out'), 30000);
+const { page, fail, done } = await session(30000);
 try {
-  // The broker's development certificate is self-signed.
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  const page = await context.newPage();
   if (mode === 'authorize') {
     const [prefix, user, password, shot] = rest;
     await page.goto(url);
@@ -41,9 +30,7 @@ try {
   } else {
     await fail(`unknown mode ${mode}`);
   }
-  await browser.close();
-  clearTimeout(timer);
-  process.exit(0);
+  await done();
 } catch (e) {
   await fail(e);
 }

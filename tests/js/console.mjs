@@ -8,21 +8,11 @@
 //     signs in as a user who is not an operator and prints the page it ends on
 //   node console.mjs retained BASE USER PASSWORD TOPIC
 //     signs in, finds TOPIC among the retained messages, deletes it, prints the page's text
-import { chromium } from 'playwright-core';
+import { session } from './chromium.mjs';
 
 const [mode, base, user, password, clientId, shot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
-const fail = async (why) => { console.error(String(why)); await browser.close(); process.exit(1); };
-const timer = setTimeout(() => fail('timed out'), 40000);
+const { context, page, fail, done } = await session(40000);
 try {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  const page = await context.newPage();
   const errors = [];
   page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
   // Not signed in: the console sends the browser to the authorization page.
@@ -63,9 +53,7 @@ try {
   } else {
     await fail(`unknown mode ${mode}`);
   }
-  await browser.close();
-  clearTimeout(timer);
-  process.exit(0);
+  await done();
 } catch (e) {
   await fail(e);
 }

@@ -161,35 +161,8 @@ pub fn cell(v: &Value) -> String {
 
 /// Seconds since the epoch as UTC text.
 pub fn when(v: &Value) -> String {
-    let Some(secs) = v.as_u64() else {
-        return "-".into();
-    };
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    esc(&httpdate(t))
-}
-
-fn httpdate(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    v.as_u64()
+        .map_or_else(|| "-".into(), |secs| esc(&crate::clock::utc(secs)))
 }
 
 #[derive(Deserialize, Default)]

@@ -41,25 +41,7 @@ fn remove(client: &Arc<str>, seq: u64, m: u64) -> Record {
 }
 
 fn writer() -> Writer {
-    let (done_tx, _) = watch::channel(0);
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(Pending {
-            batch: 1,
-            records: Vec::new(),
-            waiters: Vec::new(),
-            pins: 0,
-            stop: false,
-        }),
-        wake: Condvar::new(),
-        done: AtomicU64::new(0),
-        done_tx,
-        failed: Mutex::new(BTreeMap::new()),
-        next_message_id: AtomicU64::new(1),
-        commits: AtomicU64::new(0),
-        failures: AtomicU64::new(0),
-        last_ok: std::sync::atomic::AtomicBool::new(true),
-        commit_latency: Default::default(),
-    });
+    let shared = Arc::new(Shared::new(1));
     Writer::new(
         shared,
         Arc::new(MemoryStore::default()),
