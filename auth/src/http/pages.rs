@@ -46,20 +46,24 @@ pub fn new_csrf(state: &AppState) -> (String, String) {
     (cookie, token)
 }
 
-/// Whether the form's token belongs to the cookie the browser sent.
-pub fn csrf_ok(state: &AppState, headers: &HeaderMap, form_token: Option<&str>) -> bool {
-    let Some(token) = form_token else {
-        return false;
-    };
-    let cookie = headers
+/// The value of the cookie `name` the browser sent.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == CSRF_COOKIE)
-        .map(|(_, v)| v.to_string());
-    let Some(cookie) = cookie else {
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Whether the form's token belongs to the cookie the browser sent.
+pub fn csrf_ok(state: &AppState, headers: &HeaderMap, form_token: Option<&str>) -> bool {
+    let Some(token) = form_token else {
+        return false;
+    };
+    let Some(cookie) = cookie(headers, CSRF_COOKIE) else {
         return false;
     };
     let expected = secrets::hex(&hmac_sha256(&state.csrf_key[..], cookie.as_bytes()));

@@ -144,7 +144,7 @@ impl Operator {
 /// The signed-in operator of a request, or the response that sends the browser to sign in
 /// (a page request) or refuses it (403, a form post without a live console token).
 pub async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, Response> {
-    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+    let Some(token) = super::pages::cookie(headers, SESSION_COOKIE) else {
         return Err(redirect("/console/login"));
     };
     let checked = state
@@ -181,17 +181,6 @@ fn csrf_for(state: &AppState, key: &str) -> String {
 /// Whether a posted form's CSRF token is this operator's.
 pub fn csrf_ok(op: &Operator, form_token: Option<&str>) -> bool {
     form_token.is_some_and(|t| secrets::equal(t.as_bytes(), op.csrf.as_bytes()))
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
 }
 
 fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: u64) {
@@ -241,7 +230,7 @@ async fn callback(
     headers: HeaderMap,
     Query(q): Query<Callback>,
 ) -> Response {
-    let flow = cookie(&headers, LOGIN_COOKIE);
+    let flow = super::pages::cookie(&headers, LOGIN_COOKIE);
     let Some((expected, verifier)) = flow.as_deref().and_then(|f| f.split_once('.')) else {
         return html::message(
             StatusCode::BAD_REQUEST,
@@ -373,15 +362,7 @@ fn back(to: &str, r: AdminResponse) -> Response {
     }
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+/// A query value, percent-encoded (the form encoding the authorization endpoint reads).
 pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
