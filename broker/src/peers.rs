@@ -14,7 +14,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -58,12 +57,13 @@ pub struct ClusterCounts {
 /// the shape of the journal's: `done` is the highest ticket below which every one is settled.
 #[derive(Default)]
 pub(crate) struct PeerAcks {
-    next: AtomicU64,
     state: Mutex<PeerAckState>,
 }
 
 #[derive(Default)]
 struct PeerAckState {
+    /// The last ticket issued.
+    last: u64,
     outstanding: BTreeSet<u64>,
     /// Settled as not stored (the latest `FAILED_KEPT`).
     failed: BTreeSet<u64>,
@@ -72,23 +72,26 @@ struct PeerAckState {
 
 const FAILED_KEPT: usize = 4096;
 
+impl PeerAckState {
+    /// Every ticket up to this one is settled.
+    fn done(&self) -> u64 {
+        self.outstanding
+            .first()
+            .map_or(self.last, |first| first - 1)
+    }
+}
+
 impl PeerAcks {
     fn issue(&self) -> u64 {
         let mut s = self.state.lock();
-        let t = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        s.last += 1;
+        let t = s.last;
         s.outstanding.insert(t);
         t
     }
 
-    fn done_in(&self, s: &PeerAckState) -> u64 {
-        match s.outstanding.first() {
-            Some(first) => first - 1,
-            None => self.next.load(Ordering::Relaxed),
-        }
-    }
-
     pub(crate) fn done(&self) -> u64 {
-        self.done_in(&self.state.lock())
+        self.state.lock().done()
     }
 
     /// Whether ticket `t` (done) was stored by the peers.
@@ -99,7 +102,7 @@ impl PeerAcks {
     /// Wakes `session` once ticket `t` is done.
     pub(crate) fn wake_after(&self, t: u64, session: &Arc<Session>) {
         let mut s = self.state.lock();
-        if self.done_in(&s) >= t {
+        if s.done() >= t {
             drop(s);
             session.notify.notify_one();
             return;
@@ -118,7 +121,7 @@ impl PeerAcks {
                 s.failed.pop_first();
             }
         }
-        let done = self.done_in(&s);
+        let done = s.done();
         let (ready, waiting): (Vec<_>, Vec<_>) = s.waiters.drain(..).partition(|(w, _)| *w <= done);
         s.waiters = waiting;
         drop(s);
