@@ -136,11 +136,17 @@ impl BrokerHandle {
 
     /// Up to `limit` retained messages whose topic starts with `prefix`, in topic order.
     pub fn retained(&self, prefix: &str, limit: usize) -> Vec<RetainedInfo> {
-        let mut all: Vec<RetainedInfo> = self
-            .0
-            .retained
-            .read()
-            .all(Instant::now())
+        let now = Instant::now();
+        let tree = self.0.retained.read();
+        // The levels the prefix names in full narrow the walk to their subtree.
+        let candidates = match prefix.rfind('/') {
+            Some(i) if !prefix[..i].contains(['+', '#']) => {
+                tree.matching(&format!("{}#", &prefix[..=i]), now)
+            }
+            _ => tree.all(now),
+        };
+        drop(tree);
+        let mut all: Vec<RetainedInfo> = candidates
             .into_iter()
             .filter(|m| m.topic.as_str().starts_with(prefix))
             .map(|m| RetainedInfo {
