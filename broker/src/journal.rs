@@ -253,6 +253,11 @@ impl Journal {
         ticket
     }
 
+    /// The ticket of the records appended so far (of the batch being filled).
+    pub(crate) fn ticket(&self) -> u64 {
+        self.shared.pending.lock().batch
+    }
+
     /// Keeps the batch being filled open until the pin is dropped (see [`Pin`]).
     pub(crate) fn pin(&self) -> Pin<'_> {
         self.shared.pending.lock().pins += 1;

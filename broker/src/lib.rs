@@ -15,6 +15,7 @@ pub mod store;
 
 mod broker;
 mod connection;
+mod handoff;
 mod journal;
 mod lifecycle;
 mod limits;
@@ -36,6 +37,7 @@ mod tls;
 mod websocket;
 
 pub use broker::BrokerHandle;
+pub use handoff::{MovedSession, SessionSnapshot};
 pub use operator::{Metrics, RetainedInfo, StoreMetrics};
 pub use peers::{ClusterCounts, PeerPacketError, Peers};
 pub use registry::ConnectionInfo;

@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::broker::Broker;
 use crate::codec::Will;
+use crate::handoff::MovedSession;
 use crate::journal::Record;
 use crate::message::Message;
 use crate::session::{Attachment, ConnLink, Session, SessionState};
@@ -34,7 +35,8 @@ pub(crate) struct Opened {
 impl Broker {
     /// Attaches a connection to the session of `client_id`, creating or replacing it as Clean
     /// Start asks (§3.1.2.4). `will` is the connection's will, recorded with the session so a
-    /// crash does not lose it.
+    /// crash does not lose it. `moved`: the session another node held (`handoff.rs`), which
+    /// replaces any this node still has.
     pub(crate) fn open_session(
         self: &Arc<Self>,
         client_id: &str,
@@ -42,9 +44,14 @@ impl Broker {
         expiry_interval: u32,
         link: ConnLink,
         will: Option<&Will>,
+        moved: Option<MovedSession>,
     ) -> Opened {
-        let (session, present, taken_from) =
-            self.attach(client_id, clean_start, expiry_interval, link);
+        let (session, present, taken_from) = self.attach(
+            client_id,
+            clean_start || moved.is_some(),
+            expiry_interval,
+            link,
+        );
         let mut durable_at = None;
         if let Some(j) = self.journal() {
             let mut st = session.state.lock();
@@ -57,6 +64,14 @@ impl Broker {
                 durable_at = Some(j.append(Record::Session(Box::new(head(&session, &st, will)))));
             }
         }
+        let present = present || moved.is_some();
+        if let Some(moved) = moved {
+            // Journaled after the head, so CONNACK (waiting for the head's ticket) leaves
+            // once they are durable too.
+            self.adopt(&session, moved);
+            durable_at = durable_at.and(self.journal().map(|j| j.ticket()));
+        }
+        self.session_changed(client_id);
         Opened {
             session,
             present,
@@ -146,6 +161,7 @@ impl Broker {
                 sessions.remove(&session.client_id);
             }
         }
+        self.session_changed(&session.client_id);
         if let Some(w) = will {
             self.publish(w);
         }
@@ -201,6 +217,7 @@ impl Broker {
             }
             (publish_now, end_now)
         };
+        self.session_changed(&session.client_id);
         if let Some(w) = publish_now {
             self.publish(w);
         }

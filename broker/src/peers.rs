@@ -13,6 +13,8 @@
 //!   is routed to this node's sessions and, if retained, stored, but never forwarded again.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::broker::{Broker, BrokerHandle};
 use crate::codec::{self, Packet, Publish, QoS, Version};
+use crate::handoff::MovedSession;
 use crate::message::Message;
 use crate::routing::Origin;
 use crate::session::Session;
@@ -35,10 +38,33 @@ pub trait Peers: Send + Sync + 'static {
     /// subscription's inner filter).
     fn interest(&self, filter: &str, added: bool);
     /// A client completed CONNECT here at `since`: a connection with its client id on another
-    /// node must end (Session taken over; [`BrokerHandle::taken_over_by_peer`] there).
-    fn connected(&self, client_id: &str, since: SystemTime);
+    /// node must end (Session taken over; [`BrokerHandle::taken_over_by_peer`] there), and
+    /// with `clean_start` its session there too.
+    fn connected(&self, client_id: &str, since: SystemTime, clean_start: bool);
     /// The cluster as last seen (for `$SYS/cluster/...` and `/metrics`); must not block.
     fn counts(&self) -> ClusterCounts;
+    /// A client is about to open its session here (its CONNECT is authenticated): the
+    /// session it has on another node, moved here, unless `clean_start` (which ends it
+    /// there). See `handoff.rs`.
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) -> Pin<Box<dyn Future<Output = Option<MovedSession>> + Send + 'static>> {
+        let _ = (client_id, clean_start, expiry_interval);
+        Box::pin(std::future::ready(None))
+    }
+    /// The session [`Peers::claim`] moved is open here: what was queued for it elsewhere may
+    /// be delivered now ([`BrokerHandle::deliver_to`]).
+    fn resumed(&self, client_id: &str) {
+        let _ = client_id;
+    }
+    /// A session's subscriptions or presence changed, or it ended (read it with
+    /// [`BrokerHandle::session_snapshot`]). Called under the broker's locks: must not block.
+    fn session_changed(&self, client_id: &str) {
+        let _ = client_id;
+    }
 }
 
 /// The whole cluster at a glance, from the nodes' heartbeats.
@@ -162,10 +188,28 @@ impl Broker {
         last
     }
 
-    /// Tells the peers a client connected here.
-    pub(crate) fn connected_here(&self, client_id: &str, since: SystemTime) {
+    /// Asks the peers for the session `client_id` may have on another node.
+    pub(crate) async fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) -> Option<MovedSession> {
+        let peers = self.peers.get()?;
+        peers.claim(client_id, clean_start, expiry_interval).await
+    }
+
+    /// Tells the peers a moved session is open here.
+    pub(crate) fn resumed(&self, client_id: &str) {
         if let Some(peers) = self.peers.get() {
-            peers.connected(client_id, since);
+            peers.resumed(client_id);
+        }
+    }
+
+    /// Tells the peers a client connected here.
+    pub(crate) fn connected_here(&self, client_id: &str, since: SystemTime, clean_start: bool) {
+        if let Some(peers) = self.peers.get() {
+            peers.connected(client_id, since, clean_start);
         }
     }
 
@@ -249,7 +293,7 @@ impl BrokerHandle {
 }
 
 /// The message in a PUBLISH another node encoded.
-fn decode_peer(packet: Bytes) -> Result<Message, PeerPacketError> {
+pub(crate) fn decode_peer(packet: Bytes) -> Result<Message, PeerPacketError> {
     let mut buf = BytesMut::from(&packet[..]);
     let publish = match codec::decode(&mut buf, Version::V5, usize::MAX) {
         Ok(Some(Packet::Publish(p))) => p,

@@ -77,6 +77,10 @@ impl Broker {
         if !replaced {
             self.interest(inner, true);
         }
+        drop(tree);
+        if journal {
+            self.session_changed(&session.client_id);
+        }
         replaced
     }
 
@@ -101,6 +105,10 @@ impl Broker {
         };
         if tree.remove(inner, group, session.id) {
             self.interest(inner, false);
+        }
+        drop(tree);
+        if existed {
+            self.session_changed(&session.client_id);
         }
         existed
     }

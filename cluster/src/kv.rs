@@ -77,11 +77,60 @@ fn bucket_of(name: &str) -> Option<Bucket> {
     Bucket::ALL.into_iter().find(|b| b.name() == name)
 }
 
+/// Opens the bucket `name` (creating it with `cluster.replicas` replicas on first start), once
+/// its stream answers. Blocking.
+pub(crate) fn open_bucket(nats: &Nats, name: &str) -> Result<Store, ClusterError> {
+    let replicas = nats.config.replicas;
+    // Nodes starting together race to create a bucket: the loser finds it next time.
+    // A JetStream cluster just formed refuses placement until its peers are current.
+    let mut last = String::new();
+    let mut store = None;
+    for _ in 0..50 {
+        let js = nats.jetstream.clone();
+        let n = name.to_string();
+        let got = nats.wait(async move {
+            match js.get_key_value(n.clone()).await {
+                Ok(s) => Ok(s),
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: n.clone(),
+                        history: 1,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
+        });
+        match got {
+            Ok(Ok(s)) => {
+                store = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = e,
+            Err(e) => last = e.0,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let store =
+        store.ok_or_else(|| ClusterError(format!("cannot open KV bucket {name}: {last}")))?;
+    // A bucket just created answers once its stream has elected a leader.
+    for _ in 0..50 {
+        let s = store.clone();
+        if let Ok(Ok(_)) = nats.wait(async move { s.entry("readiness").await }) {
+            return Ok(store);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(ClusterError(format!(
+        "KV bucket {name} has no stream leader (is JetStream's quorum up?)"
+    )))
+}
+
 impl NatsKv {
     /// Opens (creating on first start) every bucket with `cluster.replicas` replicas, and
     /// starts following their changes and the revocation subject.
     pub fn open(nats: Arc<Nats>) -> Result<Arc<NatsKv>, ClusterError> {
-        let replicas = nats.config.replicas;
         let mut names: Vec<(Option<Bucket>, String)> = Bucket::ALL
             .into_iter()
             .map(|b| (Some(b), nats.name(b.name())))
@@ -89,55 +138,7 @@ impl NatsKv {
         names.push((None, nats.name("nodes")));
         let mut stores = Vec::new();
         for (b, name) in names {
-            // Nodes starting together race to create a bucket: the loser finds it next time.
-            // A JetStream cluster just formed refuses placement until its peers are current.
-            let mut last = String::new();
-            let mut store = None;
-            for _ in 0..50 {
-                let js = nats.jetstream.clone();
-                let n = name.clone();
-                let got = nats.wait(async move {
-                    match js.get_key_value(n.clone()).await {
-                        Ok(s) => Ok(s),
-                        Err(_) => js
-                            .create_key_value(kv::Config {
-                                bucket: n.clone(),
-                                history: 1,
-                                num_replicas: replicas,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(|e| e.to_string()),
-                    }
-                });
-                match got {
-                    Ok(Ok(s)) => {
-                        store = Some(s);
-                        break;
-                    }
-                    Ok(Err(e)) => last = e,
-                    Err(e) => last = e.0,
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let store = store
-                .ok_or_else(|| ClusterError(format!("cannot open KV bucket {name}: {last}")))?;
-            // A bucket just created answers once its stream has elected a leader.
-            let mut ready = false;
-            for _ in 0..50 {
-                let s = store.clone();
-                if let Ok(Ok(_)) = nats.wait(async move { s.entry("readiness").await }) {
-                    ready = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            if !ready {
-                return Err(ClusterError(format!(
-                    "KV bucket {name} has no stream leader (is JetStream's quorum up?)"
-                )));
-            }
-            stores.push((b, store));
+            stores.push((b, open_bucket(&nats, &name)?));
         }
         let mut buckets = HashMap::new();
         let mut nodes = None;

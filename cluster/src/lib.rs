@@ -31,6 +31,7 @@ mod nodes;
 mod qos;
 mod retained;
 mod routing;
+mod sessions;
 mod subjects;
 
 use std::future::Future;

@@ -13,6 +13,8 @@
 //! was down reads on from where it stopped. Filters that overlap (which JetStream refuses in
 //! one consumer) make the node read every QoS 1/2 message and let its own routing filter them.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
@@ -23,6 +25,7 @@ use tessera_broker::BrokerHandle;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::sessions::Position;
 use crate::{ClusterError, Nats};
 
 /// How long the stream keeps a message (a node down longer misses it).
@@ -99,7 +102,8 @@ pub(crate) fn spawn_consumer(
     nats: &Nats,
     broker: BrokerHandle,
     origin: u64,
-    mut filters: watch::Receiver<Vec<String>>,
+    mut filters: watch::Receiver<(u64, Vec<String>)>,
+    position: Arc<Position>,
 ) {
     let js = nats.jetstream.clone();
     let stream_name = nats.name("qos");
@@ -110,7 +114,7 @@ pub(crate) fn spawn_consumer(
             return;
         }
         loop {
-            let subjects = filters.borrow_and_update().clone();
+            let (generation, subjects) = filters.borrow_and_update().clone();
             let config = pull::Config {
                 durable_name: Some(durable.clone()),
                 filter_subjects: subjects,
@@ -132,9 +136,15 @@ pub(crate) fn spawn_consumer(
                         .await
                         .map_err(|e| e.to_string())?,
                 };
+                if consumer.cached_info().num_pending == 0 {
+                    position.caught_up.store(true, Ordering::Relaxed);
+                }
                 consumer.messages().await.map_err(|e| e.to_string())
             }
             .await;
+            if messages.is_ok() {
+                position.applied.send_replace(generation);
+            }
             // What has arrived is taken together: routed, made durable with one sync, then
             // acknowledged (a batch per wake-up, at most `BATCH`).
             let mut messages = match messages {
@@ -166,6 +176,13 @@ pub(crate) fn spawn_consumer(
                             // Not acknowledged: JetStream delivers them again.
                             warn!(error = %e, "messages from other nodes are not durable here");
                             continue;
+                        }
+                        if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
+                            position.read_ms.store(
+                                (info.published.unix_timestamp_nanos() / 1_000_000) as u64,
+                                Ordering::Relaxed,
+                            );
+                            position.caught_up.store(info.pending == 0, Ordering::Relaxed);
                         }
                         for m in batch {
                             if let Err(e) = m.ack().await {

@@ -18,25 +18,38 @@
 //!   routes the rest with `publish_from_peer`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tessera_broker::{BrokerHandle, ClusterCounts, Peers};
-use tokio::sync::{mpsc, watch};
+use tessera_broker::{BrokerHandle, ClusterCounts, MovedSession, Peers};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::Nats;
 use crate::qos::consumer_filters;
+use crate::sessions::{Position, Sessions};
 use crate::subjects::{filter_subjects, topic_subject};
 
 /// Messages waiting for the publishing task.
 const OUT_QUEUE: usize = 65_536;
 /// Sequence numbers remembered per origin for dropping duplicate copies.
 const REMEMBERED: usize = 65_536;
+
+/// What the interest task is told.
+enum Interest {
+    /// A filter entry gained (`true`) or lost.
+    Changed(String, bool),
+    /// Every subscription restored from the store has been reported.
+    Restored,
+    /// Answer with the generation of consumer filters that includes every change so far.
+    Sync(oneshot::Sender<u64>),
+}
 
 /// What the publishing task sends.
 enum Out {
@@ -51,8 +64,9 @@ pub struct NatsPeers {
     broker: BrokerHandle,
     /// `<prefix>.q`: QoS 1/2 messages, into the stream.
     durable: String,
-    /// Filter entries gained and lost; `None` once the restored subscriptions are all in.
-    interest: mpsc::UnboundedSender<Option<(String, bool)>>,
+    interest: mpsc::UnboundedSender<Interest>,
+    /// Persistent sessions' records and moves (`sessions.rs`).
+    sessions: Arc<Sessions>,
     messages: String,
     retained: String,
     /// `<prefix>.takeover`: a client id connected on some node, and when.
@@ -103,17 +117,20 @@ impl Peers for NatsPeers {
     }
 
     fn interest(&self, filter: &str, added: bool) {
-        let _ = self.interest.send(Some((filter.to_string(), added)));
+        let _ = self
+            .interest
+            .send(Interest::Changed(filter.to_string(), added));
     }
 
-    fn connected(&self, client_id: &str, since: SystemTime) {
+    fn connected(&self, client_id: &str, since: SystemTime, clean_start: bool) {
         // Nanoseconds: an older connection on another node must compare as older.
         let ns = since
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let mut frame = BytesMut::with_capacity(16 + client_id.len());
+        let mut frame = BytesMut::with_capacity(17 + client_id.len());
         frame.extend_from_slice(&self.origin.to_be_bytes());
         frame.extend_from_slice(&ns.to_be_bytes());
+        frame.extend_from_slice(&[clean_start as u8]);
         frame.extend_from_slice(client_id.as_bytes());
         let _ = self
             .out
@@ -128,6 +145,27 @@ impl Peers for NatsPeers {
             forward_dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
+
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) -> Pin<Box<dyn Future<Output = Option<MovedSession>> + Send + 'static>> {
+        Box::pin(
+            self.sessions
+                .clone()
+                .claim(client_id.to_string(), clean_start, expiry_interval),
+        )
+    }
+
+    fn resumed(&self, client_id: &str) {
+        self.sessions.resumed(client_id);
+    }
+
+    fn session_changed(&self, client_id: &str) {
+        self.sessions.changed(client_id);
+    }
 }
 
 /// Connects `broker` to the other nodes; returns the seam to give it (`set_peers`). Blocking
@@ -136,8 +174,11 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
     crate::qos::open_stream(&nats)?;
     crate::retained::open_stream(&nats)?;
     let (out, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
-    let (filters_tx, filters_rx) = watch::channel(Vec::new());
-    let (interest, mut interest_rx) = mpsc::unbounded_channel::<Option<(String, bool)>>();
+    let (filters_tx, filters_rx) = watch::channel((0u64, Vec::new()));
+    let (interest, mut interest_rx) = mpsc::unbounded_channel::<Interest>();
+    let (sync_tx, mut sync_rx) = mpsc::unbounded_channel::<oneshot::Sender<u64>>();
+    let position = Arc::new(Position::default());
+    let sessions = Sessions::start(nats.clone(), broker.clone(), position.clone(), sync_tx)?;
     let (inbound, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut origin = [0u8; 8];
     let _ = getrandom::fill(&mut origin);
@@ -146,7 +187,8 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         out,
         broker: broker.clone(),
         durable: nats.subject("q"),
-        interest,
+        interest: interest.clone(),
+        sessions,
         messages: nats.subject("m"),
         retained: nats.subject("r"),
         takeover: nats.subject("takeover"),
@@ -178,7 +220,15 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         }
     });
 
-    crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx);
+    crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx, position);
+    // Replays ask through the interest task, behind the changes sent before them.
+    nats.spawn(async move {
+        while let Some(reply) = sync_rx.recv().await {
+            if interest.send(Interest::Sync(reply)).is_err() {
+                return;
+            }
+        }
+    });
     crate::retained::spawn_follower(&nats, broker.clone(), origin);
 
     let (client, js, settle) = (nats.client.clone(), nats.jetstream.clone(), broker.clone());
@@ -222,13 +272,21 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         };
         while let Some(m) = sub.next().await {
             let f = &m.payload;
-            if f.len() < 16 || f[..8] == origin.to_be_bytes() {
+            if f.len() < 17 || f[..8] == origin.to_be_bytes() {
                 continue;
             }
             let ns = u64::from_be_bytes(f[8..16].try_into().unwrap_or_default());
             let since = UNIX_EPOCH + Duration::from_nanos(ns);
-            if let Ok(id) = std::str::from_utf8(&f[16..]) {
-                handle.taken_over_by_peer(id, since);
+            let clean = f[16] == 1;
+            if let Ok(id) = std::str::from_utf8(&f[17..]) {
+                let told = handle.taken_over_by_peer(id, since);
+                // A Clean Start there ends the session here (a newer connection here wins).
+                let offline = handle
+                    .session_snapshot(id)
+                    .is_some_and(|s| s.offline_since.is_some());
+                if clean && (told > 0 || offline) {
+                    handle.release_session(id, true);
+                }
             }
         }
     });
@@ -244,12 +302,29 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         // The consumer's filters are set only once every restored subscription is in: set
         // earlier, a restarted node would skip the messages that waited for it.
         let mut restored = false;
+        let mut generation = 0u64;
         while let Some(change) = interest_rx.recv().await {
-            let Some((filter, added)) = change else {
-                restored = true;
-                let subjects = consumer_subjects(&subscribed, &durable);
-                let _ = filters_tx.send(consumer_filters(&durable, subjects));
-                continue;
+            let (filter, added) = match change {
+                Interest::Changed(filter, added) => (filter, added),
+                Interest::Restored => {
+                    restored = true;
+                    generation += 1;
+                    let subjects = consumer_subjects(&subscribed, &durable);
+                    let _ = filters_tx.send((generation, consumer_filters(&durable, subjects)));
+                    continue;
+                }
+                Interest::Sync(reply) => {
+                    if restored {
+                        let next =
+                            consumer_filters(&durable, consumer_subjects(&subscribed, &durable));
+                        if filters_tx.borrow().1 != next {
+                            generation += 1;
+                            let _ = filters_tx.send((generation, next));
+                        }
+                    }
+                    let _ = reply.send(generation);
+                    continue;
+                }
             };
             let entry = subscribed.entry(filter.clone()).or_insert((0, Vec::new()));
             if added {
@@ -274,9 +349,10 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
                 let subjects = consumer_subjects(&subscribed, &durable);
                 let next = consumer_filters(&durable, subjects);
                 filters_tx.send_if_modified(|current| {
-                    let changed = *current != next;
+                    let changed = current.1 != next;
                     if changed {
-                        *current = next;
+                        generation += 1;
+                        *current = (generation, next);
                     }
                     changed
                 });
@@ -326,7 +402,7 @@ impl NatsPeers {
     /// Every subscription restored from the store has been reported (`set_peers`): the QoS
     /// 1/2 consumer may start reading.
     pub fn restored(&self) {
-        let _ = self.interest.send(None);
+        let _ = self.interest.send(Interest::Restored);
     }
 }
 

@@ -153,12 +153,12 @@ impl Drop for NatsCluster {
 
 /// Three nodes, `a`, `b`, `c`, each connected first to its own NATS server; users alice and
 /// bob and the seed article's client added through node a.
-fn three_nodes(nats: &NatsCluster) -> Vec<TestBroker> {
+pub(crate) fn three_nodes(nats: &NatsCluster) -> Vec<TestBroker> {
     three_nodes_with(nats, "")
 }
 
 /// `three_nodes`, with `extra` in every node's configuration.
-fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroker> {
+pub(crate) fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroker> {
     let nodes: Vec<TestBroker> = ["a", "b", "c"]
         .iter()
         .enumerate()
@@ -280,7 +280,7 @@ async fn revocation_reaches_every_node_while_jetstream_has_no_quorum() {
 /// other node's NATS server (a window of about a NATS round trip after SUBACK; docs/cluster.md).
 /// Both ways: QoS 0 (core NATS) and QoS 1 (the stream's consumer, whose filters follow the
 /// subscriptions too).
-async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
+pub(crate) async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         let deadline = Instant::now() + Duration::from_secs(10);
         'probe: loop {
@@ -324,7 +324,7 @@ async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
 
 /// Waits until `sub` has received every payload of `acked` (acknowledging each; duplicates
 /// allowed: QoS 1).
-async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet<String>) {
+pub(crate) async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet<String>) {
     let total = acked.len();
     let mut missing = acked;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -348,7 +348,7 @@ async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet<String>) {
 }
 
 /// The payloads of the next `n` PUBLISH packets (acknowledging QoS 1 and 2), probes skipped.
-async fn receive(sub: &mut Raw, n: usize) -> Vec<(String, QoS)> {
+pub(crate) async fn receive(sub: &mut Raw, n: usize) -> Vec<(String, QoS)> {
     let mut got = Vec::new();
     while got.len() < n {
         match sub.recv_within(Duration::from_secs(5)).await {
@@ -506,7 +506,7 @@ async fn the_same_client_id_on_another_node_takes_over_with_0x8e() {
 
 /// Waits until `node` lists `want` live connections (a kicked one unregisters just after its
 /// DISCONNECT is written).
-async fn connections_become(node: &TestBroker, want: usize) {
+pub(crate) async fn connections_become(node: &TestBroker, want: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = node.command(&["--json", "session", "list"], "");

@@ -242,6 +242,15 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its brokers logged (the last part of it).
+        if std::thread::panicking() {
+            let log = self.log.0.lock().map(|l| l.join("\n")).unwrap_or_default();
+            let tail: String = log
+                .chars()
+                .skip(log.chars().count().saturating_sub(6000))
+                .collect();
+            eprintln!("---- log of the broker on {} ----\n{tail}", self.tcp);
+        }
     }
 }
 

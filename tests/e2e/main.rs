@@ -9,6 +9,7 @@ mod raw;
 mod bad_input;
 mod clients;
 mod cluster;
+mod cluster_sessions;
 mod console;
 mod crash;
 mod durability;

@@ -192,13 +192,16 @@ impl Handshake<'_> {
                 "CONNACK exceeds the client's maximum packet size",
             ));
         }
-        let (client, durable_at) = self.attach(c, id, method, grant, terms, connack);
+        let (client, durable_at, resumed) = self.attach(c, id, method, grant, terms, connack).await;
         // CONNACK (already encoded, not yet written) leaves once the session's record and the
         // will are durable: a persistent session acknowledged must survive a crash.
         if let (Some(t), Some(j)) = (durable_at, self.broker.journal())
             && let Err(e) = j.wait(t).await
         {
             warn!(client_id = %client.client_id(), error = %e, "session record not stored; served from memory");
+        }
+        if resumed {
+            self.broker.resumed(client.client_id());
         }
         Ok(client)
     }
@@ -260,9 +263,10 @@ impl Handshake<'_> {
         }
     }
 
-    /// Step 5: registers the connection, opens (or takes over) its session and queues CONNACK.
-    /// Returns the journal ticket CONNACK must wait for, if any.
-    fn attach(
+    /// Step 5: registers the connection, opens (or takes over) its session, moving it here
+    /// from another node of a cluster, and queues CONNACK. Returns the journal ticket CONNACK
+    /// must wait for, if any, and whether the session was moved here.
+    async fn attach(
         &mut self,
         c: Connect,
         id: Identified,
@@ -270,10 +274,17 @@ impl Handshake<'_> {
         grant: Grant,
         terms: Terms,
         mut connack: Packet,
-    ) -> (Client, Option<u64>) {
+    ) -> (Client, Option<u64>, bool) {
+        // In a cluster, the session may be on another node: it moves here (`handoff.rs`).
+        let moved = self
+            .broker
+            .claim(&id.client_id, c.clean_start, terms.expiry)
+            .await;
+        let resumed = moved.is_some();
         let endpoint = self.endpoint;
         let since = SystemTime::now();
-        self.broker.connected_here(&id.client_id, since);
+        self.broker
+            .connected_here(&id.client_id, since, c.clean_start);
         self.broker.register_connection(ConnectionInfo {
             conn_id: endpoint.id,
             client_id: id.client_id.clone(),
@@ -295,6 +306,7 @@ impl Handshake<'_> {
             terms.expiry,
             link,
             c.will.as_ref(),
+            moved,
         );
         let (session, session_present) = (opened.session, opened.present);
         if let Some(old) = opened.taken_from
@@ -338,7 +350,7 @@ impl Handshake<'_> {
             expiry_zero_at_connect: terms.requested_expiry == 0,
             resend: session_present,
         };
-        (client, opened.durable_at)
+        (client, opened.durable_at, resumed)
     }
 }
 

@@ -1,0 +1,578 @@
+//! Persistent sessions across nodes. Each one has a record in the KV bucket
+//! `<prefix>_sessions` (key: the escaped client id): the node that owns it, its expiry, its
+//! subscriptions, whether it is offline and since when, and a floor time. One owner at a time:
+//! every write is a compare-and-set on the record's revision, and a node whose write loses
+//! reads who won and drops its copy.
+//!
+//! A client that connects on another node (Clean Start 0) moves its session there:
+//! - the new node asks the owner on `<prefix>.handoff.<node>`; the owner ends the connection
+//!   (0x8E), drops the session and answers with its last state. An owner that does not answer
+//!   within `HANDOFF_WITHIN` (dead, or cut off) is passed over: its last record is used;
+//! - the new node writes itself as owner (compare-and-set on the revision it read), opens the
+//!   session with its subscriptions and Session Present, and
+//! - replays from the QoS 1/2 stream every message its subscriptions match published since
+//!   the record's floor: what was queued or in flight there. The floor is the last time the
+//!   session was seen with nothing queued or in flight, while this node's consumer had read
+//!   everything (less `MARGIN` for clocks), so nothing the session had not acknowledged is
+//!   older. A replayed message may be one the client had already acknowledged (at least
+//!   once, DUP set; QoS 2 too across a move).
+//!
+//! Records are written when a session opens, subscribes, unsubscribes, goes offline or ends
+//! (`Peers::session_changed`, coalesced) and every `SWEEP_EVERY` (the floor moves on). The
+//! sweep at start drops every restored session whose record names another owner: a node back
+//! from a crash does not resurrect sessions that moved on while it was down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv::{Operation, Store};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tessera_auth::clock::now_ms;
+use tessera_broker::codec::{QoS, RetainHandling, SubscriptionOptions};
+use tessera_broker::store::StoredSubscription;
+use tessera_broker::{BrokerHandle, MovedSession, SessionSnapshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::keys::escape;
+use crate::qos::consumer_filters;
+use crate::subjects::filter_subjects;
+use crate::{ClusterError, Nats};
+
+/// How long a node waits for the owner to hand a session over.
+const HANDOFF_WITHIN: Duration = Duration::from_secs(1);
+/// How long a claim may take (JetStream without quorum): past it, the session opens as new.
+const CLAIM_WITHIN: Duration = Duration::from_secs(3);
+/// How often every record's floor is brought up to date.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Clock differences between nodes and NATS servers the floor allows for (milliseconds).
+const MARGIN: u64 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    owner: String,
+    expiry: u32,
+    subs: Vec<Sub>,
+    /// Milliseconds since the epoch: the stream may hold messages after this the session has
+    /// not had.
+    floor_ms: u64,
+    /// When its connection went; `None` while one is attached.
+    offline_since_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Sub {
+    filter: String,
+    qos: u8,
+    no_local: bool,
+    retain_as_published: bool,
+    retain_handling: u8,
+    id: Option<u32>,
+}
+
+impl Record {
+    /// Whether the session outlived its expiry (its owner died before ending it).
+    fn expired(&self, now: u64) -> bool {
+        match (self.offline_since_ms, self.expiry) {
+            (_, u32::MAX) | (None, _) => false,
+            (Some(since), e) => since + e as u64 * 1000 <= now,
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<StoredSubscription> {
+        self.subs
+            .iter()
+            .map(|s| StoredSubscription {
+                filter: s.filter.clone(),
+                options: SubscriptionOptions {
+                    qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
+                    no_local: s.no_local,
+                    retain_as_published: s.retain_as_published,
+                    retain_handling: RetainHandling::from_u8(s.retain_handling).unwrap_or_default(),
+                },
+                subscription_id: s.id,
+            })
+            .collect()
+    }
+}
+
+fn subs_of(snapshot: &SessionSnapshot) -> Vec<Sub> {
+    snapshot
+        .subscriptions
+        .iter()
+        .map(|s| Sub {
+            filter: s.filter.clone(),
+            qos: s.options.qos.as_u8(),
+            no_local: s.options.no_local,
+            retain_as_published: s.options.retain_as_published,
+            retain_handling: s.options.retain_handling.as_u8(),
+            id: s.subscription_id,
+        })
+        .collect()
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the QoS 1/2 consumer of this node has done, for the floor and for replays.
+#[derive(Default)]
+pub(crate) struct Position {
+    /// Its last batch left nothing pending.
+    pub caught_up: AtomicBool,
+    /// Publication time (ms) of the last message it routed.
+    pub read_ms: AtomicU64,
+    /// The generation of filters the consumer reads with (see `routing.rs`).
+    pub applied: watch::Sender<u64>,
+}
+
+impl Position {
+    /// Every QoS 1/2 message published before this time (ms) has been routed here.
+    fn routed_up_to(&self, now: u64) -> u64 {
+        if self.caught_up.load(Ordering::Relaxed) {
+            now
+        } else {
+            self.read_ms.load(Ordering::Relaxed).min(now)
+        }
+    }
+}
+
+/// A record this node owns: the revision it last wrote.
+struct Owned {
+    revision: u64,
+    record: Record,
+    /// Messages from the previous owner are still being replayed: the floor stays.
+    replaying: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HandoffRequest {
+    client_id: String,
+    clean: bool,
+}
+
+pub(crate) struct Sessions {
+    store: Store,
+    node: String,
+    broker: BrokerHandle,
+    nats: Arc<Nats>,
+    owned: Mutex<HashMap<String, Owned>>,
+    /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
+    replays: Mutex<HashMap<String, Record>>,
+    changed: mpsc::UnboundedSender<String>,
+    position: Arc<Position>,
+    /// Asks the interest task for the filter generation that includes every change so far.
+    sync_interest: mpsc::UnboundedSender<oneshot::Sender<u64>>,
+}
+
+impl Sessions {
+    /// Opens the bucket and starts the handoff responder and the record writer. Blocking.
+    pub(crate) fn start(
+        nats: Arc<Nats>,
+        broker: BrokerHandle,
+        position: Arc<Position>,
+        sync_interest: mpsc::UnboundedSender<oneshot::Sender<u64>>,
+    ) -> Result<Arc<Sessions>, ClusterError> {
+        let store = crate::kv::open_bucket(&nats, &nats.name("sessions"))?;
+        let (changed, changed_rx) = mpsc::unbounded_channel();
+        let sessions = Arc::new(Sessions {
+            store,
+            node: nats.config.node.clone(),
+            broker,
+            nats: nats.clone(),
+            owned: Mutex::default(),
+            replays: Mutex::default(),
+            changed,
+            position,
+            sync_interest,
+        });
+        nats.spawn(sessions.clone().respond_to_handoffs());
+        nats.spawn(sessions.clone().write_records(changed_rx));
+        Ok(sessions)
+    }
+
+    pub(crate) fn changed(&self, client_id: &str) {
+        let _ = self.changed.send(client_id.to_string());
+    }
+
+    /// `Peers::claim`, on the NATS runtime; `None` past `CLAIM_WITHIN`.
+    pub(crate) async fn claim(
+        self: Arc<Self>,
+        client_id: String,
+        clean_start: bool,
+        expiry: u32,
+    ) -> Option<MovedSession> {
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        let id = client_id.clone();
+        self.nats.spawn(async move {
+            let got = tokio::time::timeout(CLAIM_WITHIN, this.claim_here(&id, clean_start, expiry));
+            let _ = tx.send(got.await);
+        });
+        match rx.await {
+            Ok(Ok(Ok(moved))) => moved,
+            Ok(Ok(Err(e))) => {
+                warn!(client_id, error = %e, "cannot claim the session in the cluster; opened here alone");
+                None
+            }
+            _ => {
+                warn!(
+                    client_id,
+                    "claiming the session in the cluster took too long; opened here alone"
+                );
+                None
+            }
+        }
+    }
+
+    async fn claim_here(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry: u32,
+    ) -> Result<Option<MovedSession>, String> {
+        if clean_start && expiry == 0 {
+            // Nothing to keep; a session elsewhere is ended by the takeover announcement.
+            return Ok(None);
+        }
+        let key = escape(client_id);
+        for _ in 0..3 {
+            let now = now_ms();
+            let entry = self.store.entry(&key).await.map_err(|e| e.to_string())?;
+            let current = entry.as_ref().and_then(|e| {
+                let r: Record = serde_json::from_slice(&e.value).ok()?;
+                (e.operation == Operation::Put && !r.expired(now)).then_some((e.revision, r))
+            });
+            let fresh = Record {
+                owner: self.node.clone(),
+                expiry,
+                subs: Vec::new(),
+                floor_ms: now.saturating_sub(MARGIN),
+                offline_since_ms: None,
+            };
+            let (record, moved) = match current {
+                Some((_, r)) if r.owner == self.node => {
+                    // Ours already (the session is here, or was never written elsewhere).
+                    let mut r = r;
+                    r.expiry = expiry;
+                    r.offline_since_ms = None;
+                    (r, None)
+                }
+                Some((_, r)) if clean_start => {
+                    self.handoff(&r.owner, client_id, true).await;
+                    (fresh, None)
+                }
+                Some((_, r)) => {
+                    let last = self.handoff(&r.owner, client_id, false).await.unwrap_or(r);
+                    let moved = Record {
+                        owner: self.node.clone(),
+                        expiry,
+                        subs: last.subs,
+                        floor_ms: last.floor_ms,
+                        offline_since_ms: None,
+                    };
+                    (moved.clone(), Some(moved))
+                }
+                None => (fresh, None),
+            };
+            let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+            let written = match entry.as_ref() {
+                Some(e) => self.store.update(&key, value, e.revision).await.ok(),
+                None => self.store.create(&key, value).await.ok(),
+            };
+            let Some(revision) = written else {
+                continue; // another node wrote in between: read again
+            };
+            self.owned.lock().insert(
+                client_id.to_string(),
+                Owned {
+                    revision,
+                    record: record.clone(),
+                    replaying: moved.is_some(),
+                },
+            );
+            return Ok(moved.map(|m| {
+                let session = MovedSession {
+                    expiry_interval: expiry,
+                    subscriptions: m.subscriptions(),
+                };
+                self.replays.lock().insert(client_id.to_string(), m);
+                session
+            }));
+        }
+        Err("the session's record kept changing".into())
+    }
+
+    /// Asks `owner` to let the session go; its last record, if it answered with one.
+    async fn handoff(&self, owner: &str, client_id: &str, clean: bool) -> Option<Record> {
+        let request = HandoffRequest {
+            client_id: client_id.to_string(),
+            clean,
+        };
+        let subject = format!("{}.{}", self.nats.subject("handoff"), escape(owner));
+        let body = Bytes::from(serde_json::to_vec(&request).ok()?);
+        let asked = self.nats.client.request(subject, body);
+        match tokio::time::timeout(HANDOFF_WITHIN, asked).await {
+            Ok(Ok(reply)) => serde_json::from_slice::<Option<Record>>(&reply.payload).ok()?,
+            Ok(Err(e)) => {
+                debug!(owner, error = %e, "the session's owner did not answer (down?)");
+                None
+            }
+            Err(_) => {
+                info!(
+                    owner,
+                    client_id,
+                    "the session's owner did not answer in time; its last record is used"
+                );
+                None
+            }
+        }
+    }
+
+    async fn respond_to_handoffs(self: Arc<Self>) {
+        let subject = format!("{}.{}", self.nats.subject("handoff"), escape(&self.node));
+        let mut sub = match self.nats.client.subscribe(subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot answer session handoffs on NATS");
+                return;
+            }
+        };
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply else { continue };
+            let Ok(req) = serde_json::from_slice::<HandoffRequest>(&m.payload) else {
+                continue;
+            };
+            // Forgotten first: the session's end below must not delete the record.
+            let owned = self.owned.lock().remove(&req.client_id);
+            let last = self
+                .broker
+                .release_session(&req.client_id, req.clean)
+                .map(|s| self.record_of(&s, owned.as_ref()));
+            let body = Bytes::from(serde_json::to_vec(&last).unwrap_or_default());
+            if let Err(e) = self.nats.client.publish(reply, body).await {
+                debug!(error = %e, "answering a session handoff");
+            }
+        }
+    }
+
+    /// The record for a session as it is here now.
+    fn record_of(&self, s: &SessionSnapshot, owned: Option<&Owned>) -> Record {
+        let now = now_ms();
+        let keep = owned.filter(|o| o.replaying || !s.drained);
+        let floor_ms = match keep {
+            Some(o) => o.record.floor_ms,
+            None if s.drained => self.position.routed_up_to(now).saturating_sub(MARGIN),
+            // Not seen drained yet, and no floor of its own: as far back as the stream goes.
+            None => 0,
+        };
+        Record {
+            owner: self.node.clone(),
+            expiry: s.expiry_interval,
+            subs: subs_of(s),
+            floor_ms,
+            offline_since_ms: s.offline_since.map(ms),
+        }
+    }
+
+    /// Writes the records of sessions that changed, and every record each sweep.
+    async fn write_records(self: Arc<Self>, mut changed: mpsc::UnboundedReceiver<String>) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            let mut due: HashSet<String> = HashSet::new();
+            tokio::select! {
+                id = changed.recv() => {
+                    let Some(id) = id else { return };
+                    due.insert(id);
+                    while let Ok(id) = changed.try_recv() {
+                        due.insert(id);
+                    }
+                }
+                _ = sweep.tick() => {
+                    due.extend(self.broker.persistent_sessions().iter().map(|s| s.to_string()));
+                    due.extend(self.owned.lock().keys().cloned());
+                }
+            }
+            for id in due {
+                if let Err(e) = self.write(&id).await {
+                    debug!(client_id = id, error = %e, "writing a session record");
+                }
+            }
+        }
+    }
+
+    async fn write(&self, client_id: &str) -> Result<(), String> {
+        let key = escape(client_id);
+        let snapshot = self.broker.session_snapshot(client_id);
+        let owned = self.owned.lock().remove(client_id);
+        match (snapshot, owned) {
+            (None, None) => Ok(()),
+            (None, Some(o)) => {
+                // Ended here: the record goes, unless another node took it meanwhile.
+                let _ = self
+                    .store
+                    .delete_expect_revision(&key, Some(o.revision))
+                    .await;
+                Ok(())
+            }
+            (Some(s), owned) => {
+                let revision = match &owned {
+                    Some(o) => o.revision,
+                    None => match self.store.entry(&key).await.map_err(|e| e.to_string())? {
+                        Some(e) if e.operation == Operation::Put => {
+                            let r: Option<Record> = serde_json::from_slice(&e.value).ok();
+                            if r.is_some_and(|r| r.owner != self.node && !r.expired(now_ms())) {
+                                // Restored here, owned elsewhere now: it moved on.
+                                info!(
+                                    client_id,
+                                    "the session moved to another node while this one was away; dropped here"
+                                );
+                                self.broker.release_session(client_id, false);
+                                return Ok(());
+                            }
+                            e.revision
+                        }
+                        Some(e) => e.revision,
+                        None => 0,
+                    },
+                };
+                let replaying = owned.as_ref().is_some_and(|o| o.replaying);
+                let record = self.record_of(&s, owned.as_ref());
+                if let Some(o) = owned.filter(|o| o.record == record) {
+                    self.owned.lock().insert(client_id.to_string(), o);
+                    return Ok(());
+                }
+                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                match self.store.update(&key, value, revision).await {
+                    Ok(revision) => {
+                        self.owned.lock().insert(
+                            client_id.to_string(),
+                            Owned {
+                                revision,
+                                record,
+                                replaying,
+                            },
+                        );
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Someone else wrote: if they own it now, the session is theirs.
+                        let entry = self.store.entry(&key).await.map_err(|e| e.to_string())?;
+                        let owner = entry
+                            .and_then(|e| serde_json::from_slice::<Record>(&e.value).ok())
+                            .map(|r| r.owner);
+                        if owner.is_some_and(|o| o != self.node) {
+                            info!(
+                                client_id,
+                                "the session was taken over on another node; dropped here"
+                            );
+                            self.broker.release_session(client_id, false);
+                        }
+                        Err(e.to_string())
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Peers::resumed`: replays what the moved session had not had.
+    pub(crate) fn resumed(self: &Arc<Self>, client_id: &str) {
+        let Some(record) = self.replays.lock().remove(client_id) else {
+            return;
+        };
+        let this = self.clone();
+        let client_id = client_id.to_string();
+        self.nats.spawn(async move {
+            let started = std::time::Instant::now();
+            match this.replay(&client_id, &record).await {
+                Ok(n) => info!(
+                    client_id,
+                    messages = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "session moved here; its messages replayed"
+                ),
+                Err(e) => warn!(client_id, error = %e, "replaying a moved session's messages"),
+            }
+            if let Some(o) = this.owned.lock().get_mut(&client_id) {
+                o.replaying = false;
+            }
+            this.changed(&client_id);
+        });
+    }
+
+    async fn replay(&self, client_id: &str, record: &Record) -> Result<usize, String> {
+        // The consumer must read with the moved subscriptions first: a message it skipped
+        // before that is in the replay, one after it reaches the session live.
+        let (tx, rx) = oneshot::channel();
+        if self.sync_interest.send(tx).is_ok()
+            && let Ok(generation) = rx.await
+        {
+            let mut applied = self.position.applied.subscribe();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                applied.wait_for(|g| *g >= generation),
+            )
+            .await;
+        }
+        let base = self.nats.subject("q");
+        let subjects: Vec<String> = record
+            .subs
+            .iter()
+            .filter(|s| !s.filter.starts_with("$share/"))
+            .flat_map(|s| filter_subjects(&base, &s.filter))
+            .collect();
+        if subjects.is_empty() {
+            return Ok(0);
+        }
+        let start =
+            time::OffsetDateTime::from_unix_timestamp_nanos(record.floor_ms as i128 * 1_000_000)
+                .map_err(|e| e.to_string())?;
+        let stream = self
+            .nats
+            .jetstream
+            .get_stream(self.nats.name("qos"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumer = stream
+            .create_consumer(pull::Config {
+                filter_subjects: consumer_filters(&base, subjects),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut pending = consumer
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .num_pending;
+        let name = consumer.cached_info().name.clone();
+        let mut delivered = 0;
+        if pending > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            while pending > 0 {
+                let Some(m) = messages.next().await else {
+                    break;
+                };
+                let m = m.map_err(|e| e.to_string())?;
+                pending = m.info().map(|i| i.pending).unwrap_or(0);
+                if m.payload.len() > 16
+                    && let Ok(true) = self.broker.deliver_to(client_id, m.payload.slice(16..))
+                {
+                    delivered += 1;
+                }
+            }
+        }
+        let _ = stream.delete_consumer(&name).await;
+        Ok(delivered)
+    }
+}

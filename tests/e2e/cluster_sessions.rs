@@ -1,0 +1,121 @@
+//! Persistent sessions across the nodes of a cluster (cluster/src/sessions.rs): a session
+//! resumes on another node with what was queued for it, an online one is taken over with
+//! its subscriptions, and the sessions of a node killed with -9 resume elsewhere with none of
+//! their acknowledged messages lost.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use tessera_broker::codec::{Connect, Packet, QoS, ReasonCode};
+
+use crate::cluster::{NatsCluster, receive_all, three_nodes, until_routed};
+use crate::harness::TestBroker;
+use crate::oauth::{cli_token, login, x_oauth2};
+use crate::raw::Raw;
+
+/// The CONNECT of the persistent client `keeper` (an hour of Session Expiry).
+fn keeper(token: &str, clean: bool) -> Connect {
+    let mut c = x_oauth2("keeper", None, Some(token));
+    c.clean_start = clean;
+    c.properties.session_expiry_interval = Some(3600);
+    c
+}
+
+/// Publishes `n` QoS 1 messages (payloads `<topic> <i>`); returns the acknowledged ones.
+async fn publish_acked(publisher: &mut Raw, topic: &str, n: u16) -> BTreeSet<String> {
+    let mut acked = BTreeSet::new();
+    for i in 0..n {
+        let payload = format!("{topic} {i}");
+        publisher
+            .publish(topic, payload.as_bytes(), QoS::AtLeastOnce, i + 1)
+            .await;
+        match publisher.recv().await {
+            Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::SUCCESS => {
+                acked.insert(payload);
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    acked
+}
+
+/// `keeper` subscribed to `load/#` on `node`, with the way from `publisher` to it proven.
+async fn subscribed_keeper(node: &TestBroker, publisher: &mut Raw, token: &str) -> Raw {
+    let mut sub = Raw::connect(node.tcp, keeper(token, true)).await.0;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    until_routed(publisher, &mut sub, "load/probe").await;
+    sub
+}
+
+#[tokio::test]
+async fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut publisher = login(&nodes[2], "pub", &token).await;
+    let sub = subscribed_keeper(&nodes[0], &mut publisher, &token).await;
+    drop(sub);
+    // Queued on node a while keeper is away.
+    let acked = publish_acked(&mut publisher, "load/m", 200).await;
+    let started = Instant::now();
+    let (mut sub, ack) = Raw::connect(nodes[1].tcp, keeper(&token, false)).await;
+    assert!(ack.session_present, "{ack:?}");
+    receive_all(&mut sub, acked).await;
+    println!(
+        "resume on another node with 200 queued: {} ms",
+        started.elapsed().as_millis()
+    );
+    // Its subscription moved with it: a new message reaches it on node b without a
+    // SUBSCRIBE, and node a holds no session for it any more.
+    let more = publish_acked(&mut publisher, "load/more", 1).await;
+    receive_all(&mut sub, more).await;
+    let out = nodes[0].command(&["--json", "session", "list"], "");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!listed.to_string().contains("keeper"), "{listed}");
+}
+
+#[tokio::test]
+async fn an_online_session_taken_over_on_another_node_keeps_its_subscriptions() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut publisher = login(&nodes[2], "pub", &token).await;
+    let mut first = subscribed_keeper(&nodes[0], &mut publisher, &token).await;
+    let (mut second, ack) = Raw::connect(nodes[1].tcp, keeper(&token, false)).await;
+    assert!(ack.session_present, "{ack:?}");
+    first
+        .expect_disconnect(ReasonCode::SESSION_TAKEN_OVER)
+        .await;
+    let acked = publish_acked(&mut publisher, "load/m", 50).await;
+    receive_all(&mut second, acked).await;
+    // Clean Start on a third node ends the session: nothing is present there.
+    drop(second);
+    let (_third, ack) = Raw::connect(nodes[2].tcp, keeper(&token, true)).await;
+    assert!(!ack.session_present, "{ack:?}");
+}
+
+#[tokio::test]
+async fn the_sessions_of_a_killed_node_resume_elsewhere_with_every_acknowledged_message() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut publisher = login(&nodes[2], "pub", &token).await;
+    let sub = subscribed_keeper(&nodes[0], &mut publisher, &token).await;
+    drop(sub);
+    let mut acked = publish_acked(&mut publisher, "load/m", 300).await;
+    // Node a dies (kill -9) holding keeper's queue; more arrive while it is dead.
+    let mut nodes = nodes.into_iter();
+    let a = nodes.next().unwrap();
+    let (b, _c) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let dir = a.kill();
+    acked.extend(publish_acked(&mut publisher, "load/late", 100).await);
+    let started = Instant::now();
+    let (mut sub, ack) = Raw::connect(b.tcp, keeper(&token, false)).await;
+    assert!(ack.session_present, "{ack:?}");
+    receive_all(&mut sub, acked).await;
+    println!(
+        "resume after the owner's kill -9: {} ms",
+        started.elapsed().as_millis()
+    );
+    drop(dir);
+}
