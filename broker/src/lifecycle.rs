@@ -147,7 +147,7 @@ impl Broker {
             for f in &subs {
                 let (group, filter) = split_shared(f);
                 if tree.remove(filter, group, session.id) {
-                    self.interest(filter, false);
+                    self.interest(filter, group, false);
                 }
             }
             session.set_subscription_count(0);

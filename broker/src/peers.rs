@@ -24,9 +24,9 @@ use parking_lot::Mutex;
 use crate::broker::{Broker, BrokerHandle};
 use crate::codec::{self, Packet, Publish, QoS, Version};
 use crate::handoff::MovedSession;
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::routing::Origin;
-use crate::session::Session;
+use crate::session::{Enqueued, Session};
 use crate::subscribe::split_shared;
 
 pub trait Peers: Send + Sync + 'static {
@@ -34,9 +34,10 @@ pub trait Peers: Send + Sync + 'static {
     /// publisher's PUBACK / PUBREC waits until the implementation settles that ticket with
     /// [`BrokerHandle::peer_acked`] (exactly once): stored for the other nodes, or not.
     fn forward(&self, topic: &str, retain: bool, packet: Bytes, ack: Option<u64>);
-    /// The subscription tree gained (`added`) or lost one entry for `filter` (a shared
-    /// subscription's inner filter).
-    fn interest(&self, filter: &str, added: bool);
+    /// The subscription tree gained (`added`) or lost one entry for `filter`; `group`: of a
+    /// shared subscription `$share/<group>/<filter>`, whose messages the cluster gives to one
+    /// member overall ([`BrokerHandle::publish_to_group`] on the node it picks).
+    fn interest(&self, filter: &str, group: Option<&str>, added: bool);
     /// A client completed CONNECT here at `since`: a connection with its client id on another
     /// node must end (Session taken over; [`BrokerHandle::taken_over_by_peer`] there), and
     /// with `clean_start` its session there too.
@@ -214,9 +215,9 @@ impl Broker {
     }
 
     /// Tells the peers about a tree entry gained or lost.
-    pub(crate) fn interest(&self, filter: &str, added: bool) {
+    pub(crate) fn interest(&self, filter: &str, group: Option<&str>, added: bool) {
         if let Some(peers) = self.peers.get() {
-            peers.interest(filter, added);
+            peers.interest(filter, group, added);
         }
     }
 }
@@ -251,7 +252,8 @@ impl BrokerHandle {
         for s in sessions {
             let st = s.state.lock();
             for filter in st.subscriptions.keys() {
-                peers.interest(split_shared(filter).1, true);
+                let (group, inner) = split_shared(filter);
+                peers.interest(inner, group, true);
             }
         }
         true
@@ -282,6 +284,35 @@ impl BrokerHandle {
             self.0.keep_retained(Arc::new(message));
         }
         Ok(())
+    }
+
+    /// Delivers a message (the bytes [`Peers::forward`] was given on some node) to one member
+    /// of the shared group `group` of `filter` here: the cluster picked this node for the
+    /// group. Returns whether a member took it (none left here: another node must).
+    pub fn publish_to_group(
+        &self,
+        group: &str,
+        filter: &str,
+        packet: Bytes,
+    ) -> Result<bool, PeerPacketError> {
+        let message = Arc::new(decode_peer(packet)?);
+        let b = &self.0;
+        let tree = b.subscriptions.read();
+        let Some(member) = tree.group_member(filter, group) else {
+            return Ok(false);
+        };
+        let d = Delivery {
+            qos: message.qos.min(member.options.qos),
+            retain: member.options.retain_as_published && message.retain,
+            subscription_ids: member.subscription_id.into_iter().collect(),
+            stored: None,
+            message,
+        };
+        let mut st = member.session.state.lock();
+        let (enqueued, _) = member
+            .session
+            .enqueue(&mut st, d, &b.limits, b.journal(), false);
+        Ok(!matches!(enqueued, Enqueued::Skipped | Enqueued::Rejected))
     }
 
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).

@@ -250,7 +250,11 @@ impl Broker {
         }
         let tree = self.subscriptions.read();
         let mut targets: Vec<Target<'_>> = Vec::new();
-        tree.for_each_match(message.topic.as_bytes(), &mut |m| {
+        // In a cluster a shared group spans the nodes: its member is picked between them
+        // (`BrokerHandle::publish_to_group`), so routing here leaves groups out (`$` topics
+        // stay on their node, and with them their groups).
+        let groups = self.peers.get().is_none() || message.topic.as_str().starts_with('$');
+        tree.for_each_match_of(message.topic.as_bytes(), groups, &mut |m| {
             let s = m.subscriber;
             if s.options.no_local && !m.shared && s.session.id == message.publisher {
                 return;

@@ -75,7 +75,7 @@ impl Broker {
             },
         );
         if !replaced {
-            self.interest(inner, true);
+            self.interest(inner, group, true);
         }
         drop(tree);
         if journal {
@@ -104,7 +104,7 @@ impl Broker {
             existed
         };
         if tree.remove(inner, group, session.id) {
-            self.interest(inner, false);
+            self.interest(inner, group, false);
         }
         drop(tree);
         if existed {

@@ -185,9 +185,41 @@ impl SubscriptionTree {
     /// Calls `f` for every direct subscriber matching `topic`, and for one member of every
     /// shared group matching it (chosen round-robin, preferring connected members).
     pub fn for_each_match<'t>(&'t self, topic: &[u8], f: &mut dyn FnMut(Matched<'t>)) {
+        self.for_each_match_of(topic, true, f)
+    }
+
+    /// `for_each_match`, shared groups left out unless `groups` (in a cluster a group spans
+    /// the nodes, which pick its member between them: `peers.rs`).
+    pub fn for_each_match_of<'t>(
+        &'t self,
+        topic: &[u8],
+        groups: bool,
+        f: &mut dyn FnMut(Matched<'t>),
+    ) {
         // `$` topics are not matched by a wildcard in the first level (MQTT-4.7.2-1).
         let dollar = topic.first() == Some(&b'$');
-        Self::walk(&self.root, Some(topic), true, dollar, f);
+        Self::walk(&self.root, Some(topic), true, dollar, groups, f);
+    }
+
+    /// One member of the group `group` of the filter `filter` (round robin, preferring
+    /// connected members).
+    pub fn group_member(&self, filter: &str, group: &str) -> Option<&Subscriber> {
+        let mut node = &self.root;
+        let mut rest = Some(filter.as_bytes());
+        let set = loop {
+            let Some(r) = rest else { break &node.exact };
+            let (level, next) = split_level(r);
+            if level == b"#" {
+                break &node.hash;
+            }
+            node = if level == b"+" {
+                node.plus.as_deref()?
+            } else {
+                node.children.get(level)?
+            };
+            rest = next;
+        };
+        set.shared.get(group).and_then(SharedGroup::pick)
     }
 
     fn walk<'t>(
@@ -195,49 +227,61 @@ impl SubscriptionTree {
         rest: Option<&[u8]>,
         at_root: bool,
         dollar: bool,
+        groups: bool,
         f: &mut dyn FnMut(Matched<'t>),
     ) {
         let wild_ok = !(at_root && dollar);
         if wild_ok {
             // `#` matches the parent level too: "a/#" matches "a".
-            Self::emit(&node.hash, f);
+            Self::emit(&node.hash, groups, f);
         }
         let Some(rest) = rest else {
-            Self::emit(&node.exact, f);
+            Self::emit(&node.exact, groups, f);
             return;
         };
         let (level, next) = split_level(rest);
         if let Some(child) = node.children.get(level) {
-            Self::walk(child, next, false, dollar, f);
+            Self::walk(child, next, false, dollar, groups, f);
         }
         if wild_ok && let Some(plus) = node.plus.as_deref() {
-            Self::walk(plus, next, false, dollar, f);
+            Self::walk(plus, next, false, dollar, groups, f);
         }
     }
 
-    fn emit<'t>(set: &'t SubscriberSet, f: &mut dyn FnMut(Matched<'t>)) {
+    fn emit<'t>(set: &'t SubscriberSet, groups: bool, f: &mut dyn FnMut(Matched<'t>)) {
         for s in set.direct.values() {
             f(Matched {
                 subscriber: s,
                 shared: false,
             });
         }
-        for grp in set.shared.values() {
-            let n = grp.members.len();
-            if n == 0 {
-                continue;
-            }
-            // Round robin over members, skipping offline ones when any is online.
-            let start = grp.next.fetch_add(1, Ordering::Relaxed) % n;
-            let pick = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| grp.members[i].session.is_online())
-                .unwrap_or(start);
-            f(Matched {
-                subscriber: &grp.members[pick],
-                shared: true,
-            });
+        if !groups {
+            return;
         }
+        for grp in set.shared.values() {
+            if let Some(subscriber) = grp.pick() {
+                f(Matched {
+                    subscriber,
+                    shared: true,
+                });
+            }
+        }
+    }
+}
+
+impl SharedGroup {
+    /// The next member, round robin, skipping offline ones when any is online.
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let pick = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.members[i].session.is_online())
+            .unwrap_or(start);
+        Some(&self.members[pick])
     }
 }
 

@@ -32,6 +32,7 @@ mod qos;
 mod retained;
 mod routing;
 mod sessions;
+mod shared;
 mod subjects;
 
 use std::future::Future;

@@ -41,10 +41,14 @@ const OUT_QUEUE: usize = 65_536;
 /// Sequence numbers remembered per origin for dropping duplicate copies.
 const REMEMBERED: usize = 65_536;
 
+/// A filter (or a group's filter) followed on NATS: its entries here, and the tasks taking
+/// its messages.
+type Followed = (usize, Vec<JoinHandle<()>>);
+
 /// What the interest task is told.
 enum Interest {
-    /// A filter entry gained (`true`) or lost.
-    Changed(String, bool),
+    /// A filter entry gained (`true`) or lost, with its shared subscription's group.
+    Changed(String, Option<String>, bool),
     /// Every subscription restored from the store has been reported.
     Restored,
     /// Answer with the generation of consumer filters that includes every change so far.
@@ -116,10 +120,12 @@ impl Peers for NatsPeers {
         }
     }
 
-    fn interest(&self, filter: &str, added: bool) {
-        let _ = self
-            .interest
-            .send(Interest::Changed(filter.to_string(), added));
+    fn interest(&self, filter: &str, group: Option<&str>, added: bool) {
+        let _ = self.interest.send(Interest::Changed(
+            filter.to_string(),
+            group.map(str::to_string),
+            added,
+        ));
     }
 
     fn connected(&self, client_id: &str, since: SystemTime, clean_start: bool) {
@@ -297,15 +303,38 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         peers.durable.clone(),
     );
     let feed = inbound.clone();
+    let (cluster, group_broker) = (nats.clone(), broker.clone());
     nats.spawn(async move {
-        let mut subscribed: HashMap<String, (usize, Vec<JoinHandle<()>>)> = HashMap::new();
+        let mut subscribed: HashMap<String, Followed> = HashMap::new();
+        // Shared subscriptions' groups, apart: their messages come another way (`shared.rs`).
+        let mut groups: HashMap<(String, String), Followed> = HashMap::new();
         // The consumer's filters are set only once every restored subscription is in: set
         // earlier, a restarted node would skip the messages that waited for it.
         let mut restored = false;
         let mut generation = 0u64;
         while let Some(change) = interest_rx.recv().await {
             let (filter, added) = match change {
-                Interest::Changed(filter, added) => (filter, added),
+                Interest::Changed(filter, Some(group), added) => {
+                    let key = (group, filter);
+                    let entry = groups.entry(key.clone()).or_insert((0, Vec::new()));
+                    if added {
+                        entry.0 += 1;
+                        if entry.0 == 1 {
+                            entry.1 =
+                                crate::shared::follow(&cluster, &group_broker, &key.0, &key.1)
+                                    .await;
+                        }
+                    } else {
+                        entry.0 = entry.0.saturating_sub(1);
+                        if entry.0 == 0
+                            && let Some((_, tasks)) = groups.remove(&key)
+                        {
+                            tasks.iter().for_each(JoinHandle::abort);
+                        }
+                    }
+                    continue;
+                }
+                Interest::Changed(filter, None, added) => (filter, added),
                 Interest::Restored => {
                     restored = true;
                     generation += 1;

@@ -10,6 +10,7 @@ mod bad_input;
 mod clients;
 mod cluster;
 mod cluster_sessions;
+mod cluster_shared;
 mod console;
 mod crash;
 mod durability;
