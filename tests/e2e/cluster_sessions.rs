@@ -4,12 +4,15 @@
 //! their acknowledged messages lost.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tessera_broker::codec::{Connect, Packet, QoS, ReasonCode};
+use bytes::Bytes;
+
+use tessera_broker::codec::{Connect, Packet, PubResp, QoS, ReasonCode, Will};
 
 use crate::cluster::{NatsCluster, receive_all, three_nodes, until_routed};
 use crate::harness::TestBroker;
+use crate::metrics::scrape;
 use crate::oauth::{cli_token, login, x_oauth2};
 use crate::raw::Raw;
 
@@ -117,5 +120,66 @@ async fn the_sessions_of_a_killed_node_resume_elsewhere_with_every_acknowledged_
         "resume after the owner's kill -9: {} ms",
         started.elapsed().as_millis()
     );
-    drop(dir);
+    // Node a comes back with keeper's session in its store: the session lives on b now,
+    // so a drops its copy (no second owner, nothing routed to a stale queue).
+    let a = TestBroker::start_in(dir, &nats.node_config("a", &[0, 1]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let offline = scrape(&a)
+            .await
+            .into_iter()
+            .find(|s| s.name == "tessera_sessions" && s.labels["state"] == "offline")
+            .map(|s| s.value);
+        if offline == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node a kept the moved session: {offline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_will_fires_once_from_the_node_that_held_the_connection() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut watcher = login(&nodes[2], "watcher", &token).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut on_a = login(&nodes[0], "pub", &token).await;
+    until_routed(&mut on_a, &mut watcher, "wills/probe").await;
+    let mut with_will = keeper(&token, true);
+    with_will.will = Some(Will {
+        topic: "wills/keeper".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let mut first = Raw::connect(nodes[0].tcp, with_will).await.0;
+    // Taken over from node b: the connection on a closes, and a publishes its will, once.
+    let (_second, ack) = Raw::connect(nodes[1].tcp, keeper(&token, false)).await;
+    assert!(ack.session_present, "{ack:?}");
+    first
+        .expect_disconnect(ReasonCode::SESSION_TAKEN_OVER)
+        .await;
+    let mut wills = 0;
+    while let Ok(Some(p)) = watcher.recv_within(Duration::from_secs(2)).await {
+        if let Packet::Publish(p) = p {
+            if let Some(id) = p.packet_id {
+                watcher
+                    .send(&Packet::PubAck(PubResp {
+                        packet_id: id,
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+            if &p.payload[..] == b"gone" {
+                wills += 1;
+            }
+        }
+    }
+    assert_eq!(wills, 1);
 }
