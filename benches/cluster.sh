@@ -6,6 +6,11 @@
 #     node 1: throughput, end-to-end p50/p99;
 #   - revocation across nodes: `tessera token revoke` on node 0 until a subscriber holding
 #     that token on node 2 is disconnected (0x87), N times: p50 and max;
+#   - resuming a persistent session on another node: a client subscribes (QoS 1) on one node
+#     and leaves, 100 QoS 1 messages are queued for it there, it connects on the next node
+#     and takes them: time from its start to the 100th message, N times;
+#   - QoS 1 pairs across nodes at 1,000 msg/s per pair while a NATS server is killed (a
+#     JetStream leader election when it led the streams): throughput, refused PUBACKs, p99;
 #   - the same with two of the three NATS servers killed (no JetStream quorum: the durable
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
@@ -114,13 +119,47 @@ REVOKERS=()
 echo
 echo "| figure | p50 | max |"
 echo "|---|---|---|"
+# Session resume on another node (anonymous client "keeper", an hour of Session Expiry).
+keeper() { mosquitto_sub -p "${MP[$1]}" -V mqttv5 -i keeper -c -x 3600 -q 1 -t 'resume/#' "${@:2}"; }
+RT=()
+for k in $(seq "$N"); do
+  from=$((k % 3)); to=$(((k + 1) % 3))
+  keeper "$from" -E
+  seq 100 | mosquitto_pub -p "${MP[$from]}" -V mqttv5 -q 1 -t resume/m -l
+  t0=$(date +%s%N)
+  keeper "$to" -C 100 -W 10 >/dev/null
+  t1=$(date +%s%N)
+  RT+=($(( (t1 - t0) / 1000 )))
+done
+printf '%s\n' "${RT[@]}" | python3 -c "
+import statistics, sys
+v = sorted(int(x) for x in sys.stdin.read().split())
+print(f'| resume a session on another node with 100 queued QoS 1 messages, until the last (us, {len(v)} runs; includes starting mosquitto_sub) | {statistics.median(v):.0f} | {max(v)} |')"
 TIMES=()
 for k in $(seq "$N"); do connect "$k"; revoke "$k"; done
 summary "JetStream healthy"
 # Sessions first (a login reads the token from JetStream), then the quorum goes.
 Q=5
 for k in $(seq 101 $((100 + Q))); do connect "$k"; done
-kill "${NATS_PIDS[1]}" "${NATS_PIDS[2]}"
+# QoS 1 across nodes while NATS server 2 is killed 2 s into a 6 s run (the nodes' own server,
+# 0, stays; when server 2 led a stream, JetStream elects another leader).
+(sleep 2; kill "${NATS_PIDS[2]}") &
+killer=$!
+during=$(LG --sub-addr "127.0.0.1:${MP[1]}" pairs --secs 6 --rate 1000)
+wait "$killer"
+echo
+python3 - "$during" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+print("| QoS 1 pairs across nodes, 8 x 1,000 msg/s, NATS server killed 2 s into 6 s | value |")
+print("|---|---|")
+for k, label in [("msgs_per_sec", "delivered msgs/s"), ("sent", "acknowledged (PUBACK 0x00)"), ("refused", "refused (PUBACK 0x80)"), ("received", "delivered"), ("exact", "every acknowledged one delivered"), ("p99_us", "end-to-end p99 (us)"), ("ack_p99_us", "PUBACK p99 (us)")]:
+    print(f"| {label} | {d[k]} |")
+PY
+echo
+echo "| figure | p50 | max |"
+echo "|---|---|---|"
+kill "${NATS_PIDS[1]}"
 sleep 1
 TIMES=()
 for k in $(seq 101 $((100 + Q))); do revoke "$k"; done

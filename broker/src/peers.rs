@@ -38,6 +38,10 @@ pub trait Peers: Send + Sync + 'static {
     /// shared subscription `$share/<group>/<filter>`, whose messages the cluster gives to one
     /// member overall ([`BrokerHandle::publish_to_group`] on the node it picks).
     fn interest(&self, filter: &str, group: Option<&str>, added: bool);
+    /// Settle ticket `ticket` ([`BrokerHandle::peer_acked`]) once every interest reported
+    /// before it reaches the other nodes: a SUBACK waits for it, so a message published
+    /// anywhere after the SUBACK reaches the subscription.
+    fn interest_ticket(&self, ticket: u64);
     /// A client completed CONNECT here at `since`: a connection with its client id on another
     /// node must end (Session taken over; [`BrokerHandle::taken_over_by_peer`] there), and
     /// with `clean_start` its session there too.
@@ -212,6 +216,15 @@ impl Broker {
         if let Some(peers) = self.peers.get() {
             peers.connected(client_id, since, clean_start);
         }
+    }
+
+    /// A ticket the peers settle once the interest reported so far reached them (`None`
+    /// without peers).
+    pub(crate) fn interest_ticket(&self) -> Option<u64> {
+        let peers = self.peers.get()?;
+        let t = self.peer_acks.issue();
+        peers.interest_ticket(t);
+        Some(t)
     }
 
     /// Tells the peers about a tree entry gained or lost.

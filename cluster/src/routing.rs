@@ -53,6 +53,9 @@ enum Interest {
     Restored,
     /// Answer with the generation of consumer filters that includes every change so far.
     Sync(oneshot::Sender<u64>),
+    /// Settle this ticket of the broker's once the consumer reads with every change so far
+    /// (core NATS subscriptions are made, and flushed, as each change is taken).
+    Settle(u64),
 }
 
 /// What the publishing task sends.
@@ -84,6 +87,9 @@ pub struct NatsPeers {
     nodes_known: AtomicU64,
     clients: AtomicU64,
 }
+
+/// How long a SUBACK waits for the other nodes to route the subscription's messages here.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
 /// How often the cluster's counts are read from the heartbeats.
 const COUNTS_EVERY: Duration = Duration::from_secs(2);
@@ -165,6 +171,12 @@ impl Peers for NatsPeers {
         )
     }
 
+    fn interest_ticket(&self, ticket: u64) {
+        if self.interest.send(Interest::Settle(ticket)).is_err() {
+            self.broker.peer_acked(ticket, true);
+        }
+    }
+
     fn resumed(&self, client_id: &str) {
         self.sessions.resumed(client_id);
     }
@@ -226,7 +238,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         }
     });
 
-    crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx, position);
+    crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters_rx, position.clone());
     // Replays ask through the interest task, behind the changes sent before them.
     nats.spawn(async move {
         while let Some(reply) = sync_rx.recv().await {
@@ -303,7 +315,8 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         peers.durable.clone(),
     );
     let feed = inbound.clone();
-    let (cluster, group_broker) = (nats.clone(), broker.clone());
+    let (cluster, group_broker, applied) =
+        (nats.clone(), broker.clone(), position.applied.subscribe());
     nats.spawn(async move {
         let mut subscribed: HashMap<String, Followed> = HashMap::new();
         // Shared subscriptions' groups, apart: their messages come another way (`shared.rs`).
@@ -344,14 +357,25 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
                 }
                 Interest::Sync(reply) => {
                     if restored {
-                        let next =
-                            consumer_filters(&durable, consumer_subjects(&subscribed, &durable));
-                        if filters_tx.borrow().1 != next {
-                            generation += 1;
-                            let _ = filters_tx.send((generation, next));
-                        }
+                        update_filters(&filters_tx, &mut generation, &subscribed, &durable);
                     }
                     let _ = reply.send(generation);
+                    continue;
+                }
+                Interest::Settle(ticket) => {
+                    if restored {
+                        update_filters(&filters_tx, &mut generation, &subscribed, &durable);
+                    }
+                    let (mut applied, broker, want) =
+                        (applied.clone(), group_broker.clone(), generation);
+                    tokio::spawn(async move {
+                        // Bounded: without JetStream the SUBACK still goes (the subscription
+                        // works here; QoS 1/2 from other nodes follow once it is back).
+                        let _ =
+                            tokio::time::timeout(SETTLE_WITHIN, applied.wait_for(|g| *g >= want))
+                                .await;
+                        broker.peer_acked(ticket, true);
+                    });
                     continue;
                 }
             };
@@ -375,16 +399,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
             }
             // The QoS 1/2 consumer follows the same filters (once the burst of changes ends).
             if restored && interest_rx.is_empty() {
-                let subjects = consumer_subjects(&subscribed, &durable);
-                let next = consumer_filters(&durable, subjects);
-                filters_tx.send_if_modified(|current| {
-                    let changed = current.1 != next;
-                    if changed {
-                        generation += 1;
-                        *current = (generation, next);
-                    }
-                    changed
-                });
+                update_filters(&filters_tx, &mut generation, &subscribed, &durable);
             }
         }
     });
@@ -416,6 +431,21 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
         }
     });
     Ok(peers)
+}
+
+/// Gives the consumer the filters of the subscriptions held now, as a new generation, unless
+/// it has them.
+fn update_filters(
+    filters: &watch::Sender<(u64, Vec<String>)>,
+    generation: &mut u64,
+    subscribed: &HashMap<String, Followed>,
+    base: &str,
+) {
+    let next = consumer_filters(base, consumer_subjects(subscribed, base));
+    if filters.borrow().1 != next {
+        *generation += 1;
+        let _ = filters.send((*generation, next));
+    }
 }
 
 /// The QoS 1/2 stream subjects of the filters held.

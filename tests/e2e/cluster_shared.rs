@@ -44,7 +44,7 @@ async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
 
     // The group's way through NATS exists once a probe of each QoS reaches a member.
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         'probe: loop {
             publisher.publish("jobs/probe", b"probe", qos, 9_999).await;
             if qos == QoS::AtLeastOnce {

@@ -12,8 +12,9 @@ use std::collections::VecDeque;
 
 use super::Connection;
 use super::client::Client;
-use crate::codec::{Packet, Properties, PubResp, ReasonCode};
+use crate::codec::{Packet, Properties, PubResp, ReasonCode, SubAck};
 use crate::journal::Record;
+use crate::message::Delivery;
 use crate::store::StoreError;
 
 /// Which acknowledgement, named as the packets are.
@@ -24,6 +25,9 @@ pub(crate) enum AckKind {
     PubRec,
     PubRel,
     PubComp,
+    /// In a cluster, SUBACK waits until the other nodes send this node the subscriptions'
+    /// messages (its reason codes wait in `DeferredAcks::subacks`).
+    SubAck,
 }
 
 /// An acknowledgement to send: the packet, as small as it can be kept.
@@ -57,6 +61,7 @@ impl Ack {
             AckKind::PubRec => Packet::PubRec(r),
             AckKind::PubRel => Packet::PubRel(r),
             AckKind::PubComp => Packet::PubComp(r),
+            AckKind::SubAck => unreachable!("built by `Connection::suback`"),
         }
     }
 }
@@ -80,11 +85,61 @@ enum Unstored {
 #[derive(Default)]
 pub(crate) struct DeferredAcks {
     queue: VecDeque<(Wait, Ack)>,
+    /// The reason codes of the SUBACKs in `queue`, in order, and the retained messages that
+    /// follow each.
+    subacks: VecDeque<(Vec<ReasonCode>, Vec<Delivery>)>,
     /// The highest tickets the session's wake-ups are registered for.
     registered: Wait,
 }
 
 impl Connection {
+    /// Sends the SUBACK of `packet_id` once the peers have settled `peer_at` (the other
+    /// nodes route the new subscriptions' messages here), after every acknowledgement queued
+    /// before it; the `retained` messages follow it.
+    pub(crate) fn acknowledge_subscribe(
+        &mut self,
+        c: &Client,
+        packet_id: u16,
+        codes: Vec<ReasonCode>,
+        retained: Vec<Delivery>,
+        peer_at: Option<u64>,
+    ) {
+        let ack = Ack::new(AckKind::SubAck, packet_id, ReasonCode::SUCCESS);
+        if peer_at.is_none() && self.acks.is_none() {
+            self.suback(c, ack, codes, retained);
+            return;
+        }
+        let acks = self.acks.get_or_insert_default();
+        acks.subacks.push_back((codes, retained));
+        self.acknowledge(c, ack, None, peer_at);
+    }
+
+    /// Sends a SUBACK and queues the retained messages behind it, through the session queue
+    /// so flow control and packet identifiers apply (they are not bounded by the live-message
+    /// queue). Its subscriptions stand whatever the peers answered (they are this node's).
+    fn suback(
+        &mut self,
+        c: &Client,
+        ack: Ack,
+        reason_codes: Vec<ReasonCode>,
+        retained: Vec<Delivery>,
+    ) {
+        self.send(
+            c,
+            Packet::SubAck(SubAck {
+                packet_id: ack.packet_id,
+                properties: Properties::default(),
+                reason_codes,
+            }),
+        );
+        if !retained.is_empty() {
+            let mut st = c.session.state.lock();
+            for d in retained {
+                st.pending.push_back(d);
+            }
+        }
+    }
+
     /// Sends `ack` once the journal batch `durable_at` is done and the peers have settled
     /// `peer_at`, and after every acknowledgement queued before it.
     pub(crate) fn acknowledge(
@@ -98,7 +153,7 @@ impl Connection {
             journal: durable_at.unwrap_or(0),
             peers: peer_at.unwrap_or(0),
         };
-        if self.acks.is_none() && self.is_done(wait) {
+        if self.acks.is_none() && self.is_done(wait) && ack.kind != AckKind::SubAck {
             let packet = self.outcome(c, ack, self.settled(wait));
             self.send(c, packet);
             return;
@@ -150,6 +205,15 @@ impl Connection {
             let Some((wait, ack)) = self.acks.as_mut().and_then(|a| a.queue.pop_front()) else {
                 break;
             };
+            if ack.kind == AckKind::SubAck {
+                let (codes, retained) = self
+                    .acks
+                    .as_mut()
+                    .and_then(|a| a.subacks.pop_front())
+                    .unwrap_or_default();
+                self.suback(c, ack, codes, retained);
+                continue;
+            }
             let packet = self.outcome(c, ack, self.settled(wait));
             self.send(c, packet);
         }

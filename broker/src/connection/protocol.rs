@@ -17,8 +17,8 @@ use crate::auth::ReauthRequest;
 use crate::broker::Broker;
 use crate::codec::topic::{has_wildcard, parse_shared, valid_topic_filter};
 use crate::codec::{
-    Auth, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Auth, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 use crate::journal::Record;
 use crate::limits;
@@ -348,22 +348,12 @@ impl Connection {
             }
             codes.push(code);
         }
-        self.send(
-            c,
-            Packet::SubAck(SubAck {
-                packet_id: s.packet_id,
-                properties: Properties::default(),
-                reason_codes: codes,
-            }),
-        );
-        if !retained.is_empty() {
-            // Retained messages follow the SUBACK through the session queue, so flow control
-            // and packet identifiers apply; they are not bounded by the live-message queue.
-            let mut st = c.session.state.lock();
-            for d in retained {
-                st.pending.push_back(d);
-            }
-        }
+        let peer_at = if codes.iter().any(|c| !c.is_error()) {
+            self.broker.interest_ticket()
+        } else {
+            None
+        };
+        self.acknowledge_subscribe(c, s.packet_id, codes, retained, peer_at);
         Ok(())
     }
 
