@@ -119,15 +119,16 @@ REVOKERS=()
 echo
 echo "| figure | p50 | max |"
 echo "|---|---|---|"
-# Session resume on another node (anonymous client "keeper", an hour of Session Expiry).
-keeper() { mosquitto_sub -p "${MP[$1]}" -V mqttv5 -i keeper -c -x 3600 -q 1 -t 'resume/#' "${@:2}"; }
+# Session resume on another node: anonymous client keeper-k (an hour of Session Expiry) on
+# its own topic, so no round's messages are in another's session.
+keeper() { mosquitto_sub -p "${MP[$1]}" -V mqttv5 -i "keeper-$2" -c -x 3600 -q 1 -t "resume/$2" "${@:3}"; }
 RT=()
 for k in $(seq "$N"); do
   from=$((k % 3)); to=$(((k + 1) % 3))
-  keeper "$from" -E
-  seq 100 | mosquitto_pub -p "${MP[$from]}" -V mqttv5 -q 1 -t resume/m -l
+  keeper "$from" "$k" -E >/dev/null
+  seq 100 | mosquitto_pub -p "${MP[$from]}" -V mqttv5 -q 1 -t "resume/$k" -l
   t0=$(date +%s%N)
-  keeper "$to" -C 100 -W 10 >/dev/null
+  keeper "$to" "$k" -C 100 -W 10 >/dev/null
   t1=$(date +%s%N)
   RT+=($(( (t1 - t0) / 1000 )))
 done

@@ -14,16 +14,18 @@
 //!   it alone, as its subscriptions here would have matched it.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::broker::{Broker, BrokerHandle};
+use crate::codec::QoS;
 use crate::codec::ReasonCode;
 use crate::codec::topic::matches;
 use crate::message::Delivery;
 use crate::peers::{PeerPacketError, decode_peer};
-use crate::session::{Attachment, Enqueued};
+use crate::session::{Attachment, Enqueued, Inflight, SessionState};
 use crate::store::StoredSubscription;
 use crate::subscribe::split_shared;
 
@@ -32,8 +34,10 @@ use crate::subscribe::split_shared;
 pub struct SessionSnapshot {
     pub expiry_interval: u32,
     pub subscriptions: Vec<StoredSubscription>,
-    /// Nothing is queued for the client or waiting for its acknowledgement.
-    pub drained: bool,
+    /// When the oldest QoS 1/2 message queued for the client or waiting for its
+    /// acknowledgement was published (ms since the epoch; 0 if not known), `None` if there
+    /// is none.
+    pub oldest_unacked_ms: Option<u64>,
     /// When its connection went, `None` while one is attached.
     pub offline_since: Option<SystemTime>,
 }
@@ -65,7 +69,7 @@ impl Broker {
         Some(SessionSnapshot {
             expiry_interval: st.expiry_interval,
             subscriptions,
-            drained: st.pending.is_empty() && st.inflight.is_empty(),
+            oldest_unacked_ms: oldest_unacked_ms(&st),
             offline_since: match st.attachment {
                 Attachment::Offline { since, .. } => Some(since),
                 _ => None,
@@ -129,8 +133,14 @@ impl BrokerHandle {
     /// bytes [`Peers::forward`](crate::Peers::forward) was given) for that session alone, as
     /// its subscriptions here match it (shared ones excepted: their group got it). Returns
     /// whether it was queued.
-    pub fn deliver_to(&self, client_id: &str, packet: Bytes) -> Result<bool, PeerPacketError> {
+    pub fn deliver_to(
+        &self,
+        client_id: &str,
+        packet: Bytes,
+        published_ms: u64,
+    ) -> Result<bool, PeerPacketError> {
         let message = Arc::new(decode_peer(packet)?);
+        message.published_ms.store(published_ms, Ordering::Relaxed);
         let b = &self.0;
         let Some(session) = b.sessions.lock().get(client_id).cloned() else {
             return Ok(false);
@@ -163,6 +173,28 @@ impl BrokerHandle {
             Enqueued::Queued | Enqueued::QueuedBehind | Enqueued::QueuedDroppedOldest
         ))
     }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// See [`SessionSnapshot::oldest_unacked_ms`]. QoS 0 ones are not counted: they are not
+/// replayed.
+fn oldest_unacked_ms(st: &SessionState) -> Option<u64> {
+    let queued = st.pending.iter().filter(|d| d.qos != QoS::AtMostOnce);
+    let inflight = st.inflight.values().filter_map(|i| match i {
+        Inflight::Published(d) => Some(d),
+        // Delivered; only its PUBCOMP is awaited.
+        Inflight::Released(_) => None,
+    });
+    queued
+        .chain(inflight)
+        .map(|d| d.message.published_ms.load(Ordering::Relaxed))
+        .min()
 }
 
 impl Broker {

@@ -1,6 +1,7 @@
 //! Application messages as the broker holds them: one shared [`Message`] per PUBLISH received,
 //! and one small [`Delivery`] per subscriber that references it.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,10 @@ pub struct Message {
     /// The id the message's body is stored under, once it is queued to a persistent session
     /// (the same for every session; see `crate::journal`).
     pub stored_id: OnceLock<u64>,
+    /// In a cluster, when it was published (milliseconds since the epoch; the stream's time
+    /// for a message from another node): a session moving to another node replays the stream
+    /// from its oldest unacknowledged message's time (`handoff.rs`). 0: not known.
+    pub published_ms: AtomicU64,
 }
 
 impl Message {
@@ -52,6 +57,7 @@ impl Message {
             publisher,
             encoded_properties: OnceLock::new(),
             stored_id: OnceLock::new(),
+            published_ms: Default::default(),
         }
     }
 
@@ -73,6 +79,7 @@ impl Message {
             publisher: 0,
             encoded_properties: OnceLock::new(),
             stored_id: OnceLock::new(),
+            published_ms: Default::default(),
         }
     }
 

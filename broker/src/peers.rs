@@ -329,8 +329,16 @@ impl BrokerHandle {
     }
 
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).
-    pub fn publish_from_peer(&self, packet: Bytes) -> Result<(), PeerPacketError> {
+    /// `published_ms`: when it was published (the stream's time), 0 if not known.
+    pub fn publish_from_peer(
+        &self,
+        packet: Bytes,
+        published_ms: u64,
+    ) -> Result<(), PeerPacketError> {
         let message = Arc::new(decode_peer(packet)?);
+        message
+            .published_ms
+            .store(published_ms, std::sync::atomic::Ordering::Relaxed);
         self.0.publish_from(message, Origin::Peer);
         Ok(())
     }

@@ -148,6 +148,7 @@ impl Broker {
                 publisher: 0,
                 encoded_properties: Default::default(),
                 stored_id: Default::default(),
+                published_ms: Default::default(),
             })));
         }
         true
@@ -181,6 +182,12 @@ impl Broker {
     }
 
     pub(crate) fn publish_from(&self, message: Arc<Message>, origin: Origin) -> Routed {
+        if origin == Origin::Client && self.peers.get().is_some() {
+            message.published_ms.store(
+                crate::handoff::now_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let store_retained = origin != Origin::Sys;
         let mut retained_at = None;
         if message.retain && self.config.retain_available {

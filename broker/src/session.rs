@@ -424,6 +424,7 @@ mod tests {
                 publisher: 0,
                 encoded_properties: Default::default(),
                 stored_id: Default::default(),
+                published_ms: Default::default(),
             }),
             qos,
             retain: false,

@@ -114,6 +114,7 @@ fn publish(b: &Broker, topic: &'static str, value: String) {
         publisher: 0,
         encoded_properties: Default::default(),
         stored_id: Default::default(),
+        published_ms: Default::default(),
     };
     // $SYS updates are not counted as received messages.
     b.publish_sys(Arc::new(message));

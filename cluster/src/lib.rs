@@ -45,6 +45,11 @@ pub use kv::NatsKv;
 pub use nodes::{NodeStatus, UP_WITHIN, beat, node_statuses, set_connections};
 pub use routing::{NatsPeers, start as connect_peers};
 
+/// A stream message's time, in milliseconds since the epoch.
+pub(crate) fn stream_ms(t: time::OffsetDateTime) -> u64 {
+    (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+}
+
 /// How long one NATS or JetStream request may take before the caller is told it failed.
 pub const DEADLINE: Duration = Duration::from_secs(5);
 

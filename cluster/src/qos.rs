@@ -170,7 +170,9 @@ pub(crate) fn spawn_consumer(
                             break;
                         }
                         for m in &batch {
-                            route(&broker, origin, m.payload.clone());
+                            let published_ms =
+                                m.info().map_or(0, |i| crate::stream_ms(i.published));
+                            route(&broker, origin, m.payload.clone(), published_ms);
                         }
                         if let Err(e) = broker.sync().await {
                             // Not acknowledged: JetStream delivers them again.
@@ -178,10 +180,9 @@ pub(crate) fn spawn_consumer(
                             continue;
                         }
                         if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
-                            position.read_ms.store(
-                                (info.published.unix_timestamp_nanos() / 1_000_000) as u64,
-                                Ordering::Relaxed,
-                            );
+                            position
+                                .read_ms
+                                .store(crate::stream_ms(info.published), Ordering::Relaxed);
                             position.caught_up.store(info.pending == 0, Ordering::Relaxed);
                         }
                         for m in batch {
@@ -198,11 +199,11 @@ pub(crate) fn spawn_consumer(
 }
 
 /// Routes one message from the stream (not this node's own).
-fn route(broker: &BrokerHandle, origin: u64, frame: Bytes) {
+fn route(broker: &BrokerHandle, origin: u64, frame: Bytes, published_ms: u64) {
     if frame.len() < 16 || frame[..8] == origin.to_be_bytes() {
         return;
     }
-    if let Err(e) = broker.publish_from_peer(frame.slice(16..)) {
+    if let Err(e) = broker.publish_from_peer(frame.slice(16..), published_ms) {
         warn!(error = ?e, "a message from another node could not be read");
     }
 }

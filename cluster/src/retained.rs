@@ -58,7 +58,9 @@ pub(crate) fn spawn_follower(nats: &Nats, broker: BrokerHandle, origin: u64) {
                 let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
                 while let Some(m) = messages.next().await {
                     let m = m.map_err(|e| e.to_string())?;
-                    let seq = m.info().map(|i| i.stream_sequence).unwrap_or(u64::MAX);
+                    let (seq, published_ms) = m.info().map_or((u64::MAX, 0), |i| {
+                        (i.stream_sequence, crate::stream_ms(i.published))
+                    });
                     let frame = &m.payload;
                     if frame.len() < 16 {
                         continue;
@@ -71,7 +73,7 @@ pub(crate) fn spawn_follower(nats: &Nats, broker: BrokerHandle, origin: u64) {
                     let done = if replay {
                         broker.retain_from_peer(packet)
                     } else {
-                        broker.publish_from_peer(packet)
+                        broker.publish_from_peer(packet, published_ms)
                     };
                     if let Err(e) = done {
                         warn!(error = ?e, "a retained message from another node could not be read");

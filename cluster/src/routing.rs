@@ -425,7 +425,8 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
             {
                 set.remove(&old);
             }
-            if let Err(e) = broker.publish_from_peer(frame.slice(16..)) {
+            // QoS 0 (core NATS): no stream time, and never replayed.
+            if let Err(e) = broker.publish_from_peer(frame.slice(16..), 0) {
                 warn!(error = ?e, "a message from another node could not be read");
             }
         }

@@ -11,11 +11,12 @@
 //! - the new node writes itself as owner (compare-and-set on the revision it read), opens the
 //!   session with its subscriptions and Session Present, and
 //! - replays from the QoS 1/2 stream every message its subscriptions match published since
-//!   the record's floor: what was queued or in flight there. The floor is the last time the
-//!   session was seen with nothing queued or in flight, while this node's consumer had read
-//!   everything (less `MARGIN` for clocks), so nothing the session had not acknowledged is
-//!   older. A replayed message may be one the client had already acknowledged (at least
-//!   once, DUP set; QoS 2 too across a move).
+//!   the record's floor: what was queued or in flight there. The floor is the publication
+//!   time of the oldest QoS 1/2 message the session had not acknowledged when the record was
+//!   written (or, with none, the time up to which this node's consumer had routed
+//!   everything), less `MARGIN` for clocks: nothing the session had not acknowledged is
+//!   older. A replayed message may be one the client acknowledged after the record was
+//!   written (at least once; QoS 2 too across a move).
 //!
 //! Records are written when a session opens, subscribes, unsubscribes, goes offline or ends
 //! (`Peers::session_changed`, coalesced) and every `SWEEP_EVERY` (the floor moves on). The
@@ -52,7 +53,7 @@ const CLAIM_WITHIN: Duration = Duration::from_secs(3);
 /// How often every record's floor is brought up to date.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Clock differences between nodes and NATS servers the floor allows for (milliseconds).
-const MARGIN: u64 = 1_000;
+const MARGIN: u64 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
@@ -355,7 +356,10 @@ impl Sessions {
             let last = self
                 .broker
                 .release_session(&req.client_id, req.clean)
-                .map(|s| self.record_of(&s, owned.as_ref()));
+                .map(|s| {
+                    let inherited = owned.filter(|o| o.replaying).map(|o| o.record.floor_ms);
+                    self.record_of(&s, inherited)
+                });
             let body = Bytes::from(serde_json::to_vec(&last).unwrap_or_default());
             if let Err(e) = self.nats.client.publish(reply, body).await {
                 debug!(error = %e, "answering a session handoff");
@@ -364,14 +368,16 @@ impl Sessions {
     }
 
     /// The record for a session as it is here now.
-    fn record_of(&self, s: &SessionSnapshot, owned: Option<&Owned>) -> Record {
+    /// `inherited`: the previous owner's floor, which stands until its messages are all
+    /// queued here (the replay).
+    fn record_of(&self, s: &SessionSnapshot, inherited: Option<u64>) -> Record {
         let now = now_ms();
-        let keep = owned.filter(|o| o.replaying || !s.drained);
-        let floor_ms = match keep {
-            Some(o) => o.record.floor_ms,
-            None if s.drained => self.position.routed_up_to(now).saturating_sub(MARGIN),
-            // Not seen drained yet, and no floor of its own: as far back as the stream goes.
-            None => 0,
+        let floor_ms = match (inherited, s.oldest_unacked_ms) {
+            (Some(floor), _) => floor,
+            (None, Some(oldest)) => oldest
+                .min(self.position.routed_up_to(now))
+                .saturating_sub(MARGIN),
+            (None, None) => self.position.routed_up_to(now).saturating_sub(MARGIN),
         };
         Record {
             owner: self.node.clone(),
@@ -411,73 +417,77 @@ impl Sessions {
     async fn write(&self, client_id: &str) -> Result<(), String> {
         let key = escape(client_id);
         let snapshot = self.broker.session_snapshot(client_id);
-        let owned = self.owned.lock().remove(client_id);
-        match (snapshot, owned) {
-            (None, None) => Ok(()),
-            (None, Some(o)) => {
+        // Read, not taken out: a replay ending meanwhile clears `replaying` in the map.
+        let owned = self
+            .owned
+            .lock()
+            .get(client_id)
+            .map(|o| (o.revision, o.record.clone(), o.replaying));
+        let Some(s) = snapshot else {
+            if let Some((revision, _, _)) = owned {
                 // Ended here: the record goes, unless another node took it meanwhile.
+                self.owned.lock().remove(client_id);
                 let _ = self
                     .store
-                    .delete_expect_revision(&key, Some(o.revision))
+                    .delete_expect_revision(&key, Some(revision))
                     .await;
+            }
+            return Ok(());
+        };
+        let (revision, inherited) = match &owned {
+            Some((revision, record, replaying)) => {
+                (*revision, replaying.then_some(record.floor_ms))
+            }
+            None => match self.store.entry(&key).await.map_err(|e| e.to_string())? {
+                Some(e) if e.operation == Operation::Put => {
+                    let r: Option<Record> = serde_json::from_slice(&e.value).ok();
+                    if r.is_some_and(|r| r.owner != self.node && !r.expired(now_ms())) {
+                        // Restored here, owned elsewhere now: it moved on.
+                        info!(
+                            client_id,
+                            "the session moved to another node while this one was away; dropped here"
+                        );
+                        self.broker.release_session(client_id, false);
+                        return Ok(());
+                    }
+                    (e.revision, None)
+                }
+                Some(e) => (e.revision, None),
+                None => (0, None),
+            },
+        };
+        let record = self.record_of(&s, inherited);
+        if owned.is_some_and(|(_, r, _)| r == record) {
+            return Ok(());
+        }
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        match self.store.update(&key, value, revision).await {
+            Ok(revision) => {
+                let mut owned = self.owned.lock();
+                let o = owned.entry(client_id.to_string()).or_insert(Owned {
+                    revision,
+                    record: record.clone(),
+                    replaying: false,
+                });
+                o.revision = revision;
+                o.record = record;
                 Ok(())
             }
-            (Some(s), owned) => {
-                let revision = match &owned {
-                    Some(o) => o.revision,
-                    None => match self.store.entry(&key).await.map_err(|e| e.to_string())? {
-                        Some(e) if e.operation == Operation::Put => {
-                            let r: Option<Record> = serde_json::from_slice(&e.value).ok();
-                            if r.is_some_and(|r| r.owner != self.node && !r.expired(now_ms())) {
-                                // Restored here, owned elsewhere now: it moved on.
-                                info!(
-                                    client_id,
-                                    "the session moved to another node while this one was away; dropped here"
-                                );
-                                self.broker.release_session(client_id, false);
-                                return Ok(());
-                            }
-                            e.revision
-                        }
-                        Some(e) => e.revision,
-                        None => 0,
-                    },
-                };
-                let replaying = owned.as_ref().is_some_and(|o| o.replaying);
-                let record = self.record_of(&s, owned.as_ref());
-                if let Some(o) = owned.filter(|o| o.record == record) {
-                    self.owned.lock().insert(client_id.to_string(), o);
-                    return Ok(());
+            Err(e) => {
+                // Someone else wrote: if they own it now, the session is theirs.
+                let entry = self.store.entry(&key).await.map_err(|e| e.to_string())?;
+                let owner = entry
+                    .and_then(|e| serde_json::from_slice::<Record>(&e.value).ok())
+                    .map(|r| r.owner);
+                if owner.is_some_and(|o| o != self.node) {
+                    info!(
+                        client_id,
+                        "the session was taken over on another node; dropped here"
+                    );
+                    self.owned.lock().remove(client_id);
+                    self.broker.release_session(client_id, false);
                 }
-                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-                match self.store.update(&key, value, revision).await {
-                    Ok(revision) => {
-                        self.owned.lock().insert(
-                            client_id.to_string(),
-                            Owned {
-                                revision,
-                                record,
-                                replaying,
-                            },
-                        );
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // Someone else wrote: if they own it now, the session is theirs.
-                        let entry = self.store.entry(&key).await.map_err(|e| e.to_string())?;
-                        let owner = entry
-                            .and_then(|e| serde_json::from_slice::<Record>(&e.value).ok())
-                            .map(|r| r.owner);
-                        if owner.is_some_and(|o| o != self.node) {
-                            info!(
-                                client_id,
-                                "the session was taken over on another node; dropped here"
-                            );
-                            self.broker.release_session(client_id, false);
-                        }
-                        Err(e.to_string())
-                    }
-                }
+                Err(e.to_string())
             }
         }
     }
@@ -565,8 +575,11 @@ impl Sessions {
                 };
                 let m = m.map_err(|e| e.to_string())?;
                 pending = m.info().map(|i| i.pending).unwrap_or(0);
+                let published_ms = m.info().map_or(0, |i| crate::stream_ms(i.published));
                 if m.payload.len() > 16
-                    && let Ok(true) = self.broker.deliver_to(client_id, m.payload.slice(16..))
+                    && let Ok(true) =
+                        self.broker
+                            .deliver_to(client_id, m.payload.slice(16..), published_ms)
                 {
                     delivered += 1;
                 }

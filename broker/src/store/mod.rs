@@ -63,6 +63,7 @@ impl StoredMessage {
             publisher: 0,
             encoded_properties: Default::default(),
             stored_id: Default::default(),
+            published_ms: Default::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ fn message(id: u64) -> Arc<Message> {
         publisher: 1,
         encoded_properties: Default::default(),
         stored_id: Default::default(),
+        published_ms: Default::default(),
     };
     let _ = m.stored_id.set(id);
     Arc::new(m)
