@@ -119,7 +119,8 @@ pub(crate) fn spawn_consumer(
                 durable_name: Some(durable.clone()),
                 filter_subjects: subjects,
                 deliver_policy: DeliverPolicy::New,
-                ack_policy: AckPolicy::Explicit,
+                // One acknowledgement per batch: it covers every message before it.
+                ack_policy: AckPolicy::All,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 10_000,
                 ..Default::default()
@@ -139,7 +140,12 @@ pub(crate) fn spawn_consumer(
                 if consumer.cached_info().num_pending == 0 {
                     position.caught_up.store(true, Ordering::Relaxed);
                 }
-                consumer.messages().await.map_err(|e| e.to_string())
+                consumer
+                    .stream()
+                    .max_messages_per_batch(BATCH * 4)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())
             }
             .await;
             if messages.is_ok() {
@@ -185,10 +191,10 @@ pub(crate) fn spawn_consumer(
                                 .store(crate::stream_ms(info.published), Ordering::Relaxed);
                             position.caught_up.store(info.pending == 0, Ordering::Relaxed);
                         }
-                        for m in batch {
-                            if let Err(e) = m.ack().await {
-                                warn!(error = %e, "acknowledging a QoS 1/2 message to JetStream");
-                            }
+                        if let Some(m) = batch.last()
+                            && let Err(e) = m.ack().await
+                        {
+                            warn!(error = %e, "acknowledging QoS 1/2 messages to JetStream");
                         }
                     }
                 }
