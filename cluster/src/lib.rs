@@ -11,13 +11,17 @@
 //! - `routing.rs`: messages between nodes on core NATS subjects (`subjects.rs` maps topics and
 //!   filters), interest-based: a node receives only what its subscriptions match; QoS 1/2
 //!   through the stream `<prefix>_qos` (`qos.rs`); retained values through the stream
-//!   `<prefix>_retained`, which every node follows (`retained.rs`);
+//!   `<prefix>_retained`, which every node follows (`retained.rs`); shared subscriptions
+//!   across nodes (`shared.rs`);
+//! - `sessions.rs`: persistent sessions' records (one owner, compare-and-set), handing a
+//!   session to the node its client connects on, and replaying its queued messages there;
 //! - `nodes.rs`: each node's heartbeat in a bucket of its own, read by `tessera cluster status`.
 //!
 //! Names (with the default prefix `tessera`): buckets `tessera_users`, `tessera_clients`,
 //! `tessera_access_tokens`, `tessera_refresh_tokens`, `tessera_auth_codes`,
-//! `tessera_device_codes`, `tessera_nodes`; subjects `tessera.revoked`, `tessera.m.<topic>`,
-//! `tessera.r.<topic>`.
+//! `tessera_device_codes`, `tessera_nodes`, `tessera_sessions`; streams `tessera_qos`,
+//! `tessera_retained`; subjects `tessera.revoked`, `tessera.m.<topic>`, `tessera.q.<topic>`,
+//! `tessera.r.<topic>`, `tessera.takeover`, `tessera.handoff.<node>` (docs/cluster.md).
 //!
 //! The token service's calls are synchronous (it runs on blocking threads, or briefly on a
 //! runtime worker): the NATS client runs on a runtime of its own and each call waits for its

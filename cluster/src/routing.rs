@@ -11,8 +11,10 @@
 //!   Retained messages go to `<prefix>.r.<topic>`, kept by the retained stream
 //!   (`retained.rs`), which every node follows; QoS 1/2 ones to `<prefix>.q.<topic>` (`qos.rs`).
 //! - Takeover: a CONNECT on any node is announced on `<prefix>.takeover` (origin, time in
-//!   nanoseconds, client id); every other node ends its older connections with that client id
-//!   (0x8E), so one connection per client id holds across nodes as it does on one.
+//!   nanoseconds, Clean Start, client id); every other node ends its older connections with
+//!   that client id (0x8E), so one connection per client id holds across nodes as it does on
+//!   one, and with Clean Start its session there too. Persistent sessions move between nodes
+//!   through `sessions.rs`; shared subscriptions take their messages through `shared.rs`.
 //! - In: one task takes every subscription's messages in arrival order, drops this process's
 //!   own and any copy it already routed (overlapping filters each get one from NATS), and
 //!   routes the rest with `publish_from_peer`.
