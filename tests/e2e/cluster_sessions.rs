@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use tessera_broker::codec::{Connect, Packet, PubResp, QoS, ReasonCode, Will};
 
-use crate::cluster::{NatsCluster, receive_all, three_nodes, until_routed};
+use crate::cluster_harness::{NatsCluster, receive_all, three_nodes, until_routed};
 use crate::harness::TestBroker;
 use crate::metrics::scrape;
 use crate::oauth::{cli_token, login, x_oauth2};

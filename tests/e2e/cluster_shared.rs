@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
 
-use crate::cluster::{NatsCluster, three_nodes};
+use crate::cluster_harness::{NatsCluster, three_nodes};
 use crate::oauth::{cli_token, login};
 use crate::raw::Raw;
 

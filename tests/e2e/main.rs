@@ -9,6 +9,7 @@ mod raw;
 mod bad_input;
 mod clients;
 mod cluster;
+mod cluster_harness;
 mod cluster_sessions;
 mod cluster_shared;
 mod console;

