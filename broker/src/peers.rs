@@ -48,6 +48,11 @@ pub trait Peers: Send + Sync + 'static {
     fn connected(&self, client_id: &str, since: SystemTime, clean_start: bool);
     /// The cluster as last seen (for `$SYS/cluster/...` and `/metrics`); must not block.
     fn counts(&self) -> ClusterCounts;
+    /// Whether the cluster picks the members of shared groups now; while it cannot (NATS
+    /// lost), this node routes to its own members, as when alone. Called per message.
+    fn routes_groups(&self) -> bool {
+        true
+    }
     /// A client is about to open its session here (its CONNECT is authenticated): the
     /// session it has on another node, moved here, unless `clean_start` (which ends it
     /// there). See `handoff.rs`.

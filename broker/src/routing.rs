@@ -259,8 +259,9 @@ impl Broker {
         let mut targets: Vec<Target<'_>> = Vec::new();
         // In a cluster a shared group spans the nodes: its member is picked between them
         // (`BrokerHandle::publish_to_group`), so routing here leaves groups out (`$` topics
-        // stay on their node, and with them their groups).
-        let groups = self.peers.get().is_none() || message.topic.as_str().starts_with('$');
+        // stay on their node, and with them their groups; without NATS, groups are local).
+        let groups = message.topic.as_str().starts_with('$')
+            || self.peers.get().is_none_or(|p| !p.routes_groups());
         tree.for_each_match_of(message.topic.as_bytes(), groups, &mut |m| {
             let s = m.subscriber;
             if s.options.no_local && !m.shared && s.session.id == message.publisher {

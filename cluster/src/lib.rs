@@ -99,7 +99,16 @@ impl Nats {
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("tessera {}", config.node))
             .connection_timeout(DEADLINE)
-            .request_timeout(Some(DEADLINE));
+            .request_timeout(Some(DEADLINE))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!(
+                        "NATS connection lost: serving this node's clients alone until it is back"
+                    ),
+                    async_nats::Event::Connected => tracing::info!("NATS connection up"),
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            });
         if let (Some(u), Some(p)) = (&config.user, &config.password) {
             options = options.user_and_password(u.clone(), p.clone());
         }

@@ -70,6 +70,7 @@ enum Out {
 
 pub struct NatsPeers {
     out: mpsc::Sender<Out>,
+    client: async_nats::Client,
     broker: BrokerHandle,
     /// `<prefix>.q`: QoS 1/2 messages, into the stream.
     durable: String,
@@ -160,6 +161,10 @@ impl Peers for NatsPeers {
         }
     }
 
+    fn routes_groups(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn claim(
         &self,
         client_id: &str,
@@ -205,6 +210,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
     let origin = u64::from_be_bytes(origin);
     let peers = Arc::new(NatsPeers {
         out,
+        client: nats.client.clone(),
         broker: broker.clone(),
         durable: nats.subject("q"),
         interest: interest.clone(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
 
 use crate::cluster_harness::{NatsCluster, three_nodes};
+use crate::harness::TestBroker;
 use crate::oauth::{cli_token, login};
 use crate::raw::Raw;
 
@@ -114,4 +115,34 @@ async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
     plain.sort();
     plain.dedup();
     assert_eq!(plain.len(), 200, "{plain:?}");
+}
+
+#[tokio::test]
+async fn a_node_that_lost_nats_gives_its_groups_its_own_clients_messages() {
+    let mut nats = NatsCluster::start();
+    let a = TestBroker::start_secure(&nats.node_config("a", &[0]));
+    assert!(
+        a.command(&["user", "add", "bob"], "builder\n")
+            .status
+            .success()
+    );
+    let token = cli_token(&a, "bob", "3600", "mqtt");
+    let mut member = login(&a, "worker", &token).await;
+    member
+        .subscribe("$share/workers/jobs/#", QoS::AtMostOnce)
+        .await;
+    let mut publisher = login(&a, "pub", &token).await;
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    assert!(
+        a.wait_log("NATS connection lost", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    publisher
+        .publish("jobs/local", b"alone", QoS::AtMostOnce, 0)
+        .await;
+    let got = take(&mut member, Duration::from_secs(2)).await;
+    assert_eq!(got, [("alone".to_string(), QoS::AtMostOnce)]);
 }
