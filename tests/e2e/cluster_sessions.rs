@@ -1,7 +1,7 @@
 //! Persistent sessions across the nodes of a cluster (cluster/src/sessions.rs): a session
 //! resumes on another node with what was queued for it, an online one is taken over with
-//! its subscriptions, and the sessions of a node killed with -9 resume elsewhere with none of
-//! their acknowledged messages lost.
+//! its subscriptions, and the sessions of a node killed with -9 (at chosen and at random
+//! moments) resume elsewhere with none of their acknowledged messages lost.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -182,4 +182,89 @@ async fn a_will_fires_once_from_the_node_that_held_the_connection() {
         }
     }
     assert_eq!(wills, 1);
+}
+
+/// A pseudo-random delay in `[lo, hi)` ms (printed, so a failing run can be replayed).
+fn random_ms(lo: u64, hi: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    lo + nanos % (hi - lo)
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kills_of_the_sessions_node_at_random_moments() {
+    let nats = NatsCluster::start();
+    let mut nodes: Vec<Option<TestBroker>> = three_nodes(&nats).into_iter().map(Some).collect();
+    let configs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| nats.node_config(n, &[i, (i + 1) % 3]))
+        .collect();
+    let c = nodes[2].as_ref().unwrap();
+    let token = cli_token(c, "bob", "3600", "mqtt");
+    // The publisher stays on node c; keeper moves between a and b, whose nodes die under it.
+    let mut publisher = login(c, "pub", &token).await;
+    let first = nodes[0].as_ref().unwrap();
+    let mut sub = subscribed_keeper(first, &mut publisher, &token).await;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = format!("crash {i}");
+                let pid = (i % 60_000 + 1) as u16;
+                publisher
+                    .publish("load/crash", payload.as_bytes(), QoS::AtLeastOnce, pid)
+                    .await;
+                if let Some(Packet::PubAck(a)) = publisher.recv().await
+                    && a.reason_code == ReasonCode::SUCCESS
+                {
+                    acked.lock().unwrap().insert(payload);
+                }
+                i += 1;
+            }
+        })
+    };
+    let mut received = BTreeSet::new();
+    let mut at = 0;
+    for round in 0..5 {
+        // keeper takes messages for a while; then its node is killed at a random moment.
+        let run = random_ms(100, 700);
+        println!("round {round}: node {at} killed after {run} ms");
+        let until = Instant::now() + Duration::from_millis(run);
+        while Instant::now() < until {
+            if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_millis(20)).await {
+                if let Some(id) = p.packet_id {
+                    sub.send(&Packet::PubAck(PubResp {
+                        packet_id: id,
+                        ..Default::default()
+                    }))
+                    .await;
+                }
+                received.insert(String::from_utf8_lossy(&p.payload).to_string());
+            }
+        }
+        let dir = nodes[at].take().unwrap().kill();
+        // It resumes on the other node while this one is down, which then comes back.
+        at = 1 - at;
+        let (s, ack) = Raw::connect(nodes[at].as_ref().unwrap().tcp, keeper(&token, false)).await;
+        assert!(ack.session_present, "round {round}: {ack:?}");
+        sub = s;
+        nodes[1 - at] = Some(TestBroker::start_in(dir, &configs[1 - at]));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publishing.await.unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() > 100, "only {} acknowledged", acked.len());
+    let missing: BTreeSet<String> = acked.difference(&received).cloned().collect();
+    println!(
+        "{} acknowledged, {} still to come",
+        acked.len(),
+        missing.len()
+    );
+    receive_all(&mut sub, missing).await;
 }
