@@ -9,8 +9,9 @@
 #   - resuming a persistent session on another node: a client subscribes (QoS 1) on one node
 #     and leaves, 100 QoS 1 messages are queued for it there, it connects on the next node
 #     and takes them: time from its start to the 100th message, N times;
-#   - QoS 1 pairs across nodes at 1,000 msg/s per pair while a NATS server is killed (a
-#     JetStream leader election when it led the streams): throughput, refused PUBACKs, p99;
+#   - QoS 1 pairs across nodes at 1,000 msg/s per pair while the QoS stream's leader steps
+#     down (a JetStream leader election), and while a NATS server is killed: throughput,
+#     refused PUBACKs, p99;
 #   - the same with two of the three NATS servers killed (no JetStream quorum: the durable
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
@@ -142,20 +143,36 @@ summary "JetStream healthy"
 # Sessions first (a login reads the token from JetStream), then the quorum goes.
 Q=5
 for k in $(seq 101 $((100 + Q))); do connect "$k"; done
-# QoS 1 across nodes while NATS server 2 is killed 2 s into a 6 s run (the nodes' own server,
-# 0, stays; when server 2 led a stream, JetStream elects another leader).
-(sleep 2; kill "${NATS_PIDS[2]}") &
-killer=$!
-during=$(LG --sub-addr "127.0.0.1:${MP[1]}" pairs --secs 6 --rate 1000)
-wait "$killer"
+# QoS 1 across nodes, 6 s at 1,000 msg/s per pair, with 2 s in: the QoS stream's leader
+# stepping down (JetStream elects another: $JS.API.STREAM.LEADER.STEPDOWN), then NATS server
+# 2 killed (the nodes' own server, 0, stays).
+stepdown() {
+  python3 - "${NP[0]}" "$1" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.recv(65536)  # INFO
+s.sendall(f"CONNECT {{}}\r\nPUB $JS.API.STREAM.LEADER.STEPDOWN.{sys.argv[2]} 0\r\n\r\nPING\r\n".encode())
+buf = b""
+while b"PONG" not in buf:
+    buf += s.recv(65536)
+PY
+}
+during() {
+  (sleep 2; "$@") &
+  local act=$!
+  LG --mqtt 5 --sub-addr "127.0.0.1:${MP[1]}" pairs --secs 6 --rate 1000
+  wait "$act"
+}
+elect=$(during stepdown tessera_qos)
+killed=$(during kill "${NATS_PIDS[2]}")
 echo
-python3 - "$during" <<'PY'
+python3 - "$elect" "$killed" <<'PY'
 import json, sys
-d = json.loads(sys.argv[1])
-print("| QoS 1 pairs across nodes, 8 x 1,000 msg/s, NATS server killed 2 s into 6 s | value |")
-print("|---|---|")
-for k, label in [("msgs_per_sec", "delivered msgs/s"), ("sent", "acknowledged (PUBACK 0x00)"), ("refused", "refused (PUBACK 0x80)"), ("received", "delivered"), ("exact", "every acknowledged one delivered"), ("p99_us", "end-to-end p99 (us)"), ("ack_p99_us", "PUBACK p99 (us)")]:
-    print(f"| {label} | {d[k]} |")
+e, k = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print("| QoS 1 pairs across nodes, 8 x 1,000 msg/s for 6 s, 2 s in: | stream leader steps down | NATS server killed |")
+print("|---|---|---|")
+for key, label in [("msgs_per_sec", "delivered msgs/s"), ("sent", "acknowledged (PUBACK 0x00)"), ("refused", "refused (PUBACK 0x80)"), ("received", "delivered"), ("exact", "every acknowledged one delivered"), ("p99_us", "end-to-end p99 (us)"), ("p999_us", "end-to-end p99.9 (us)"), ("ack_p99_us", "PUBACK p99 (us)")]:
+    print(f"| {label} | {e[key]} | {k[key]} |")
 PY
 echo
 echo "| figure | p50 | max |"

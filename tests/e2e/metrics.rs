@@ -276,6 +276,17 @@ async fn healthz_answers_and_readyz_follows_the_stores() {
         Some(Packet::PubAck(a)) => assert!(a.reason_code.is_error(), "{a:?}"),
         other => panic!("{other:?} ({status})"),
     }
+    // A 3.1.1 PUBACK has no reason code: the publisher's connection ends instead of being
+    // told "stored", and it sends the message again on its next connection.
+    let mut old = Raw::connect(b.tcp, {
+        let mut c = crate::raw::connect_v5("p311");
+        c.version = tessera_broker::codec::Version::V3_1_1;
+        c
+    })
+    .await
+    .0;
+    old.publish("k", b"y", QoS::AtLeastOnce, 2).await;
+    assert_eq!(old.recv().await, None, "closed, not acknowledged");
     set_file_limit(b.pid(), "unlimited");
     wait_readyz(&b, 200).await;
 }

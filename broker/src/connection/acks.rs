@@ -10,8 +10,8 @@
 
 use std::collections::VecDeque;
 
-use super::Connection;
 use super::client::Client;
+use super::{Connection, Ending};
 use crate::codec::{Packet, Properties, PubResp, ReasonCode, SubAck};
 use crate::journal::Record;
 use crate::message::Delivery;
@@ -111,7 +111,12 @@ impl Connection {
         }
         let acks = self.acks.get_or_insert_default();
         acks.subacks.push_back((codes, retained));
-        self.acknowledge(c, ack, None, peer_at);
+        // A SUBACK is queued whatever is before it: nothing to refuse here.
+        let wait = Wait {
+            journal: 0,
+            peers: peer_at.unwrap_or(0),
+        };
+        self.defer(c, wait, ack);
     }
 
     /// Sends a SUBACK and queues the retained messages behind it, through the session queue
@@ -141,23 +146,31 @@ impl Connection {
     }
 
     /// Sends `ack` once the journal batch `durable_at` is done and the peers have settled
-    /// `peer_at`, and after every acknowledgement queued before it.
+    /// `peer_at`, and after every acknowledgement queued before it. `Err` when what it
+    /// promises failed for a client before 5.0, which has no reason code to say so: the
+    /// connection ends instead (its client sends the message again).
     pub(crate) fn acknowledge(
         &mut self,
         c: &Client,
         ack: Ack,
         durable_at: Option<u64>,
         peer_at: Option<u64>,
-    ) {
+    ) -> Result<(), Ending> {
         let wait = Wait {
             journal: durable_at.unwrap_or(0),
             peers: peer_at.unwrap_or(0),
         };
-        if self.acks.is_none() && self.is_done(wait) && ack.kind != AckKind::SubAck {
-            let packet = self.outcome(c, ack, self.settled(wait));
+        if self.acks.is_none() && self.is_done(wait) {
+            let packet = self.outcome(c, ack, self.settled(wait))?;
             self.send(c, packet);
-            return;
+            return Ok(());
         }
+        self.defer(c, wait, ack);
+        Ok(())
+    }
+
+    /// Queues `ack` behind the others, waking the session when its tickets are done.
+    fn defer(&mut self, c: &Client, wait: Wait, ack: Ack) {
         let broker = self.broker.clone();
         let acks = self.acks.get_or_insert_default();
         if wait.journal > acks.registered.journal
@@ -193,7 +206,7 @@ impl Connection {
     }
 
     /// Sends the acknowledgements whose tickets are done, in order.
-    pub(crate) fn release_acks(&mut self, c: &Client) {
+    pub(crate) fn release_acks(&mut self, c: &Client) -> Result<(), Ending> {
         while let Some(acks) = self.acks.as_ref() {
             let Some(&(wait, _)) = acks.queue.front() else {
                 self.acks = None;
@@ -214,17 +227,23 @@ impl Connection {
                 self.suback(c, ack, codes, retained);
                 continue;
             }
-            let packet = self.outcome(c, ack, self.settled(wait));
+            let packet = self.outcome(c, ack, self.settled(wait))?;
             self.send(c, packet);
         }
+        Ok(())
     }
 
     /// The packet as the batch's outcome makes it: a failed commit turns PUBACK and PUBREC
     /// into 0x97 (disk full) or 0x80 with a Reason String. PUBREL and PUBCOMP have no failure
     /// code; a PUBCOMP's release is journaled again instead.
-    fn outcome(&self, c: &Client, mut ack: Ack, outcome: Result<(), Unstored>) -> Packet {
+    fn outcome(
+        &self,
+        c: &Client,
+        mut ack: Ack,
+        outcome: Result<(), Unstored>,
+    ) -> Result<Packet, Ending> {
         let Err(e) = outcome else {
-            return ack.packet(None);
+            return Ok(ack.packet(None));
         };
         self.broker
             .stats
@@ -256,8 +275,13 @@ impl Connection {
                         ));
                     }
                 }
+                if !self.wire.version.is_v5() {
+                    // A 3.1.1 PUBACK cannot refuse: it would say stored. The client sends
+                    // the message again on its next connection.
+                    return Err(Ending::server(code, why));
+                }
                 ack.code = code;
-                return ack.packet(Some(why));
+                return Ok(ack.packet(Some(why)));
             }
             AckKind::PubComp => {
                 if let Some(j) = self.broker.journal() {
@@ -269,6 +293,6 @@ impl Connection {
             }
             _ => {}
         }
-        ack.packet(None)
+        Ok(ack.packet(None))
     }
 }

@@ -181,7 +181,9 @@ impl Connection {
             return end;
         }
         loop {
-            self.release_acks(c);
+            if let Err(end) = self.release_acks(c) {
+                return end;
+            }
             if let Err(end) = self.fill(c) {
                 return end;
             }

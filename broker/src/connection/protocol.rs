@@ -85,7 +85,7 @@ impl Connection {
                         Ack::new(AckKind::PubRel, r.packet_id, code),
                         durable_at,
                         None,
-                    );
+                    )?;
                 }
             }
             Packet::PubRel(r) => {
@@ -113,7 +113,7 @@ impl Connection {
                     Ack::new(AckKind::PubComp, r.packet_id, code),
                     durable_at,
                     None,
-                );
+                )?;
             }
             Packet::PubComp(r) => {
                 let mut st = c.session.state.lock();
@@ -197,7 +197,7 @@ impl Connection {
                     Ack::new(AckKind::PubRec, pid, ReasonCode::SUCCESS),
                     None,
                     None,
-                );
+                )?;
                 return Ok(());
             }
             if st.incoming_qos2.len() >= cfg.receive_maximum as usize {
@@ -254,7 +254,7 @@ impl Connection {
                 self.broker.stats.drop_one(Dropped::Refused);
             }
             QoS::AtLeastOnce => {
-                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at, peer_at);
+                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at, peer_at)?;
             }
             QoS::ExactlyOnce => {
                 if !code.is_error() {
@@ -269,7 +269,7 @@ impl Connection {
                         durable_at = durable_at.max(Some(t));
                     }
                 }
-                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable_at, peer_at);
+                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable_at, peer_at)?;
             }
         }
         Ok(())
