@@ -180,6 +180,22 @@ pub(crate) fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroke
     nodes
 }
 
+/// The next packet within `t` (`Err` on timeout, `Ok(None)` when closed); a PUBLISH with a
+/// packet identifier is acknowledged (PUBACK) first.
+pub(crate) async fn recv_acking(sub: &mut Raw, t: Duration) -> Result<Option<Packet>, ()> {
+    let got = sub.recv_within(t).await;
+    if let Ok(Some(Packet::Publish(p))) = &got
+        && let Some(id) = p.packet_id
+    {
+        sub.send(&Packet::PubAck(PubResp {
+            packet_id: id,
+            ..Default::default()
+        }))
+        .await;
+    }
+    got
+}
+
 /// Publishes `probe` on `from` until `sub` receives it: the subscription has reached the
 /// other node's NATS server (a window of about a NATS round trip after SUBACK; docs/cluster.md).
 /// Both ways: QoS 0 (core NATS) and QoS 1 (the stream's consumer, whose filters follow the
@@ -192,18 +208,11 @@ pub(crate) async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
             if qos == QoS::AtLeastOnce {
                 assert!(matches!(from.recv().await, Some(Packet::PubAck(_))));
             }
-            while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(50)).await {
-                if let Packet::Publish(p) = p {
-                    if let Some(id) = p.packet_id {
-                        sub.send(&Packet::PubAck(PubResp {
-                            packet_id: id,
-                            ..Default::default()
-                        }))
-                        .await;
-                    }
-                    if p.qos == qos {
-                        break 'probe;
-                    }
+            while let Ok(Some(p)) = recv_acking(sub, Duration::from_millis(50)).await {
+                if let Packet::Publish(p) = p
+                    && p.qos == qos
+                {
+                    break 'probe;
                 }
             }
             assert!(
@@ -213,17 +222,7 @@ pub(crate) async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
         }
     }
     // Drain the probes still in flight, acknowledging them.
-    while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(200)).await {
-        if let Packet::Publish(p) = p
-            && let Some(id) = p.packet_id
-        {
-            sub.send(&Packet::PubAck(PubResp {
-                packet_id: id,
-                ..Default::default()
-            }))
-            .await;
-        }
-    }
+    while let Ok(Some(_)) = recv_acking(sub, Duration::from_millis(200)).await {}
 }
 
 /// Waits until `sub` has received every payload of `acked` (acknowledging each; duplicates
@@ -238,14 +237,7 @@ pub(crate) async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet
             "{} of {total} acknowledged messages never arrived",
             missing.len()
         );
-        if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_secs(1)).await {
-            if let Some(id) = p.packet_id {
-                sub.send(&Packet::PubAck(PubResp {
-                    packet_id: id,
-                    ..Default::default()
-                }))
-                .await;
-            }
+        if let Ok(Some(Packet::Publish(p))) = recv_acking(sub, Duration::from_secs(1)).await {
             missing.remove(String::from_utf8_lossy(&p.payload).as_ref());
         }
     }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use tessera_broker::codec::{Connect, Packet, PubResp, QoS, ReasonCode, Will};
+use tessera_broker::codec::{Connect, Packet, QoS, ReasonCode, Will};
 
-use crate::cluster_harness::{NatsCluster, receive_all, three_nodes, until_routed};
+use crate::cluster_harness::{NatsCluster, receive_all, recv_acking, three_nodes, until_routed};
 use crate::harness::TestBroker;
 use crate::metrics::scrape;
 use crate::oauth::{cli_token, login, x_oauth2};
@@ -166,19 +166,11 @@ async fn a_will_fires_once_from_the_node_that_held_the_connection() {
         .expect_disconnect(ReasonCode::SESSION_TAKEN_OVER)
         .await;
     let mut wills = 0;
-    while let Ok(Some(p)) = watcher.recv_within(Duration::from_secs(2)).await {
-        if let Packet::Publish(p) = p {
-            if let Some(id) = p.packet_id {
-                watcher
-                    .send(&Packet::PubAck(PubResp {
-                        packet_id: id,
-                        ..Default::default()
-                    }))
-                    .await;
-            }
-            if &p.payload[..] == b"gone" {
-                wills += 1;
-            }
+    while let Ok(Some(p)) = recv_acking(&mut watcher, Duration::from_secs(2)).await {
+        if let Packet::Publish(p) = p
+            && &p.payload[..] == b"gone"
+        {
+            wills += 1;
         }
     }
     assert_eq!(wills, 1);
@@ -237,14 +229,9 @@ async fn acknowledged_messages_survive_kills_of_the_sessions_node_at_random_mome
         println!("round {round}: node {at} killed after {run} ms");
         let until = Instant::now() + Duration::from_millis(run);
         while Instant::now() < until {
-            if let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_millis(20)).await {
-                if let Some(id) = p.packet_id {
-                    sub.send(&Packet::PubAck(PubResp {
-                        packet_id: id,
-                        ..Default::default()
-                    }))
-                    .await;
-                }
+            if let Ok(Some(Packet::Publish(p))) =
+                recv_acking(&mut sub, Duration::from_millis(20)).await
+            {
                 received.insert(String::from_utf8_lossy(&p.payload).to_string());
             }
         }

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
+use tessera_broker::codec::{Packet, QoS, ReasonCode};
 
-use crate::cluster_harness::{NatsCluster, three_nodes};
+use crate::cluster_harness::{NatsCluster, recv_acking, three_nodes};
 use crate::harness::TestBroker;
 use crate::oauth::{cli_token, login};
 use crate::raw::Raw;
@@ -15,14 +15,7 @@ use crate::raw::Raw;
 /// Takes what arrived at `sub` within `t`, acknowledging QoS 1: (payload, QoS) pairs.
 async fn take(sub: &mut Raw, t: Duration) -> Vec<(String, QoS)> {
     let mut got = Vec::new();
-    while let Ok(Some(Packet::Publish(p))) = sub.recv_within(t).await {
-        if let Some(id) = p.packet_id {
-            sub.send(&Packet::PubAck(PubResp {
-                packet_id: id,
-                ..Default::default()
-            }))
-            .await;
-        }
+    while let Ok(Some(Packet::Publish(p))) = recv_acking(sub, t).await {
         got.push((String::from_utf8_lossy(&p.payload).to_string(), p.qos));
     }
     got
