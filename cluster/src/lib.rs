@@ -40,6 +40,8 @@ mod shared;
 mod subjects;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -65,6 +67,9 @@ pub struct Nats {
     /// Always `Some` until dropped (a runtime dropped inside another one must be shut down
     /// in the background).
     runtime: Option<tokio::runtime::Runtime>,
+    /// The client's connection is up, as its events last said (read per routed message by
+    /// `NatsPeers::routes_groups`: a load, not the client's state lock).
+    pub connected: Arc<AtomicBool>,
 }
 
 impl Drop for Nats {
@@ -96,17 +101,28 @@ impl Nats {
             .enable_all()
             .build()
             .map_err(|e| ClusterError(format!("cannot start the NATS runtime: {e}")))?;
+        let connected = Arc::new(AtomicBool::new(true));
+        let up = connected.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("tessera {}", config.node))
             .connection_timeout(DEADLINE)
             .request_timeout(Some(DEADLINE))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => tracing::warn!(
-                        "NATS connection lost: serving this node's clients alone until it is back"
-                    ),
-                    async_nats::Event::Connected => tracing::info!("NATS connection up"),
-                    other => tracing::info!(event = %other, "NATS"),
+            .event_callback(move |event| {
+                let up = up.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            up.store(false, Ordering::Relaxed);
+                            tracing::warn!(
+                                "NATS connection lost: serving this node's clients alone until it is back"
+                            )
+                        }
+                        async_nats::Event::Connected => {
+                            up.store(true, Ordering::Relaxed);
+                            tracing::info!("NATS connection up")
+                        }
+                        other => tracing::info!(event = %other, "NATS"),
+                    }
                 }
             });
         if let (Some(u), Some(p)) = (&config.user, &config.password) {
@@ -155,6 +171,7 @@ impl Nats {
             client,
             jetstream,
             runtime: Some(runtime),
+            connected,
         })
     }
 

@@ -70,7 +70,8 @@ enum Out {
 
 pub struct NatsPeers {
     out: mpsc::Sender<Out>,
-    client: async_nats::Client,
+    /// `Nats::connected`.
+    connected: Arc<std::sync::atomic::AtomicBool>,
     broker: BrokerHandle,
     /// `<prefix>.q`: QoS 1/2 messages, into the stream.
     durable: String,
@@ -162,7 +163,7 @@ impl Peers for NatsPeers {
     }
 
     fn routes_groups(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        self.connected.load(Ordering::Relaxed)
     }
 
     fn claim(
@@ -210,7 +211,7 @@ pub fn start(nats: Arc<Nats>, broker: BrokerHandle) -> Result<Arc<NatsPeers>, cr
     let origin = u64::from_be_bytes(origin);
     let peers = Arc::new(NatsPeers {
         out,
-        client: nats.client.clone(),
+        connected: nats.connected.clone(),
         broker: broker.clone(),
         durable: nats.subject("q"),
         interest: interest.clone(),
