@@ -25,7 +25,7 @@ use crate::codec::ReasonCode;
 use crate::codec::topic::matches;
 use crate::message::Delivery;
 use crate::peers::{PeerPacketError, decode_peer};
-use crate::session::{Attachment, Enqueued, Inflight, SessionState};
+use crate::session::{Attachment, Enqueued, Inflight, Session, SessionState};
 use crate::store::StoredSubscription;
 use crate::subscribe::split_shared;
 
@@ -167,11 +167,7 @@ impl BrokerHandle {
             stored: None,
             message,
         };
-        let (enqueued, _) = session.enqueue(&mut st, d, &b.limits, b.journal(), false);
-        Ok(matches!(
-            enqueued,
-            Enqueued::Queued | Enqueued::QueuedBehind | Enqueued::QueuedDroppedOldest
-        ))
+        Ok(b.enqueue_one(&session, &mut st, d))
     }
 }
 
@@ -198,6 +194,17 @@ fn oldest_unacked_ms(st: &SessionState) -> Option<u64> {
 }
 
 impl Broker {
+    /// Queues one delivery outside routing (a replayed or group message); whether it was.
+    pub(crate) fn enqueue_one(
+        &self,
+        session: &Session,
+        st: &mut SessionState,
+        d: Delivery,
+    ) -> bool {
+        let (enqueued, _) = session.enqueue(st, d, &self.limits, self.journal(), false);
+        !matches!(enqueued, Enqueued::Skipped | Enqueued::Rejected)
+    }
+
     /// Gives a session moved from another node its subscriptions (journaled: it is this
     /// node's now).
     pub(crate) fn adopt(&self, session: &Arc<crate::session::Session>, moved: MovedSession) {

@@ -26,7 +26,7 @@ use crate::codec::{self, Packet, Publish, QoS, Version};
 use crate::handoff::MovedSession;
 use crate::message::{Delivery, Message};
 use crate::routing::Origin;
-use crate::session::{Enqueued, Session};
+use crate::session::Session;
 use crate::subscribe::split_shared;
 
 pub trait Peers: Send + Sync + 'static {
@@ -327,10 +327,7 @@ impl BrokerHandle {
             message,
         };
         let mut st = member.session.state.lock();
-        let (enqueued, _) = member
-            .session
-            .enqueue(&mut st, d, &b.limits, b.journal(), false);
-        Ok(!matches!(enqueued, Enqueued::Skipped | Enqueued::Rejected))
+        Ok(b.enqueue_one(&member.session, &mut st, d))
     }
 
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given there).
