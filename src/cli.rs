@@ -90,6 +90,8 @@ pub enum TokenCmd {
     },
     /// Revoke a token (the token or its id), or every token of --user.
     Revoke {
+        // A token may begin with `-` (base64url): it is a value, not an option.
+        #[arg(allow_hyphen_values = true)]
         token: Option<String>,
         #[arg(long)]
         user: Option<String>,
@@ -264,6 +266,14 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
     };
     let answer = match runtime.block_on(admin::call(&socket, &request)) {
         Ok(a) => a,
+        // A server took the request and then failed: running it again here could do it twice.
+        Err(e) if !no_server_listens(&e) => {
+            eprintln!(
+                "error: the running server did not answer ({e}); see its log (socket {})",
+                socket.display()
+            );
+            return ExitCode::from(1);
+        }
         Err(_) => {
             // No server is running: work on the store directly (the file, or NATS).
             let store = match crate::cluster::token_store(config) {
@@ -299,6 +309,14 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
             ExitCode::from(exit_code)
         }
     }
+}
+
+/// Whether connecting to the admin socket failed because no server listens there.
+fn no_server_listens(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 fn cell(v: &Value) -> String {

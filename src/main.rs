@@ -87,7 +87,10 @@ enum Command {
     OauthListTokens,
     /// ejabberdctl: revoke a token; sessions using it are disconnected.
     #[command(name = "oauth_revoke_token")]
-    OauthRevokeToken { token: String },
+    OauthRevokeToken {
+        #[arg(allow_hyphen_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,5 +149,35 @@ fn main() -> ExitCode {
             };
             cli::run(&config, request, cli.json)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One token in 64 begins with `-` (base64url); revoking it must not read as an option.
+    #[test]
+    fn a_token_beginning_with_a_hyphen_is_a_value() {
+        let token = "-JxTq3w_kP0";
+        let cli = Cli::try_parse_from(["tessera", "token", "revoke", token]).unwrap();
+        let request = cli::request(cli.command).unwrap_or_else(|_| panic!("no request"));
+        assert!(matches!(
+            request,
+            tessera_auth::admin::AdminRequest::TokenRevoke { token: Some(t), user: None } if t == token
+        ));
+        let cli = Cli::try_parse_from(["tessera", "oauth_revoke_token", token]).unwrap();
+        let request = cli::request(cli.command).unwrap_or_else(|_| panic!("no request"));
+        assert!(matches!(
+            request,
+            tessera_auth::admin::AdminRequest::TokenRevoke { token: Some(t), .. } if t == token
+        ));
+        // Options keep their meaning.
+        let cli = Cli::try_parse_from(["tessera", "token", "revoke", "--user", "bob"]).unwrap();
+        let request = cli::request(cli.command).unwrap_or_else(|_| panic!("no request"));
+        assert!(matches!(
+            request,
+            tessera_auth::admin::AdminRequest::TokenRevoke { token: None, user: Some(u) } if u == "bob"
+        ));
     }
 }

@@ -242,8 +242,9 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A failing test shows what its brokers logged (the last part of it).
-        if std::thread::panicking() {
+        // A failing test shows what its brokers logged (the last part of it); so does any test
+        // run with TESSERA_TEST_LOGS set.
+        if std::thread::panicking() || std::env::var_os("TESSERA_TEST_LOGS").is_some() {
             let log = self.log.0.lock().map(|l| l.join("\n")).unwrap_or_default();
             let tail: String = log
                 .chars()
