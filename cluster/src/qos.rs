@@ -98,6 +98,14 @@ pub(crate) fn consumer_filters(base: &str, mut subjects: Vec<String>) -> Vec<Str
 }
 
 /// Reads this node's consumer until the process ends, following filter changes.
+///
+/// Invariant: an acknowledgement (AckPolicy::All: it covers every message before it) is sent
+/// only for a message that ends an unbroken run of deliveries, all routed and durable here.
+/// A delivery that never arrived (dropped pull, NATS reconnect, leader change: the consumer
+/// sequence jumps, or an error comes), or a batch that could not be made durable, ends the
+/// reading session before anything past it is acknowledged; the next session first resets the
+/// consumer to its acknowledgement floor, so JetStream delivers everything after it again.
+/// Without the reset, the next acknowledgement would cover messages this node never routed.
 pub(crate) fn spawn_consumer(
     nats: &Nats,
     broker: BrokerHandle,
@@ -115,93 +123,164 @@ pub(crate) fn spawn_consumer(
         }
         loop {
             let (generation, subjects) = filters.borrow_and_update().clone();
-            let config = pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subjects: subjects,
-                deliver_policy: DeliverPolicy::New,
-                // One acknowledgement per batch: it covers every message before it.
-                ack_policy: AckPolicy::All,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            };
-            let messages = async {
-                let stream = js
-                    .get_stream(&stream_name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let consumer = match stream.update_consumer(config.clone()).await {
-                    Ok(c) => c,
-                    Err(_) => stream
-                        .create_consumer(config)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                };
-                if consumer.cached_info().num_pending == 0 {
-                    position.caught_up.store(true, Ordering::Relaxed);
-                }
-                consumer
-                    .stream()
-                    .max_messages_per_batch(BATCH * 4)
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            if messages.is_ok() {
-                position.applied.send_replace(generation);
-            }
-            // What has arrived is taken together: routed, made durable with one sync, then
-            // acknowledged (a batch per wake-up, at most `BATCH`).
-            let mut messages = match messages {
-                Ok(m) => m.ready_chunks(BATCH),
+            let opened = open_session(&js, &stream_name, &durable, subjects, &position).await;
+            let (stream, mut messages) = match opened {
+                Ok(opened) => opened,
                 Err(e) => {
                     warn!(error = %e, "cannot read the QoS 1/2 stream; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            loop {
+            position.applied.send_replace(generation);
+            let mut last_delivery = None;
+            let ended = loop {
                 tokio::select! {
                     changed = filters.changed() => {
                         if changed.is_err() {
                             return;
                         }
-                        break; // update the consumer's filters
+                        // In place: the pull requests in flight stay valid, nothing is dropped.
+                        let (generation, subjects) = filters.borrow_and_update().clone();
+                        match stream.update_consumer(consumer_config(&durable, subjects)).await {
+                            Ok(_) => {
+                                position.applied.send_replace(generation);
+                            }
+                            Err(e) => break format!("cannot update the consumer's filters: {e}"),
+                        }
                     }
                     next = messages.next() => {
-                        let Some(batch) = next else { break };
-                        let batch: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
-                        if batch.is_empty() {
-                            break;
-                        }
-                        for m in &batch {
-                            let published_ms =
-                                m.info().map_or(0, |i| crate::stream_ms(i.published));
-                            route(&broker, origin, m.payload.clone(), published_ms);
-                        }
-                        if let Err(e) = broker.sync().await {
-                            // Not acknowledged: JetStream delivers them again.
-                            warn!(error = %e, "messages from other nodes are not durable here");
-                            continue;
-                        }
-                        if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
-                            position
-                                .read_ms
-                                .store(crate::stream_ms(info.published), Ordering::Relaxed);
-                            position.caught_up.store(info.pending == 0, Ordering::Relaxed);
-                        }
-                        if let Some(m) = batch.last()
-                            && let Err(e) = m.ack().await
+                        let Some(batch) = next else { break "the pull subscription ended".into() };
+                        if let Err(why) =
+                            take_batch(&broker, origin, batch, &mut last_delivery, &position).await
                         {
-                            warn!(error = %e, "acknowledging QoS 1/2 messages to JetStream");
+                            break why;
                         }
                     }
                 }
-            }
+            };
+            warn!(why = %ended, "reading QoS 1/2 messages again from the last acknowledged one");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     info!("reading QoS 1/2 messages of the other nodes from JetStream");
+}
+
+type Pulled = futures_util::stream::ReadyChunks<pull::Stream>;
+
+fn consumer_config(durable: &str, subjects: Vec<String>) -> pull::Config {
+    pull::Config {
+        durable_name: Some(durable.to_string()),
+        filter_subjects: subjects,
+        deliver_policy: DeliverPolicy::New,
+        // One acknowledgement per batch: it covers every message before it.
+        ack_policy: AckPolicy::All,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// Brings the consumer to `subjects`, resets its delivery to the acknowledgement floor
+/// (whatever an earlier session or process was sent and did not acknowledge comes again) and
+/// starts pulling.
+async fn open_session(
+    js: &async_nats::jetstream::Context,
+    stream_name: &str,
+    durable: &str,
+    subjects: Vec<String>,
+    position: &Position,
+) -> Result<(stream::Stream, Pulled), String> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = consumer_config(durable, subjects);
+    let consumer = match stream.update_consumer(config.clone()).await {
+        Ok(c) => c,
+        Err(_) => stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    // NATS 2.14 and later; an older server keeps what it had sent as delivered (see
+    // docs/cluster.md).
+    if let Err(e) = stream.reset_consumer(durable, None).await {
+        warn!(error = %e, "cannot reset the QoS 1/2 consumer to its acknowledgement floor");
+    }
+    if consumer.cached_info().num_pending == 0 {
+        position.caught_up.store(true, Ordering::Relaxed);
+    }
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH * 4)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((stream, messages.ready_chunks(BATCH)))
+}
+
+/// Routes what has arrived together, makes it durable with one sync, then acknowledges its
+/// last message. `Err` (why) when the session must end: see `spawn_consumer`'s invariant.
+async fn take_batch(
+    broker: &BrokerHandle,
+    origin: u64,
+    batch: Vec<Result<async_nats::jetstream::Message, pull::MessagesError>>,
+    last_delivery: &mut Option<u64>,
+    position: &Position,
+) -> Result<(), String> {
+    let mut broken = None;
+    let mut taken = Vec::with_capacity(batch.len());
+    for item in batch {
+        let m = match item {
+            Ok(m) => m,
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
+            }
+        };
+        let Ok(info) = m.info() else {
+            broken = Some("a message without its delivery information".into());
+            break;
+        };
+        // Consecutive deliveries have consecutive consumer sequences: a jump is a lost one.
+        if let Some(last) = *last_delivery
+            && info.consumer_sequence != last + 1
+        {
+            broken = Some(format!(
+                "delivery {} came after {last}",
+                info.consumer_sequence
+            ));
+            break;
+        }
+        *last_delivery = Some(info.consumer_sequence);
+        route(
+            broker,
+            origin,
+            m.payload.clone(),
+            crate::stream_ms(info.published),
+        );
+        taken.push(m);
+    }
+    if let Some(last) = taken.last() {
+        broker
+            .sync()
+            .await
+            .map_err(|e| format!("messages from other nodes are not durable here: {e}"))?;
+        if let Ok(info) = last.info() {
+            position
+                .read_ms
+                .store(crate::stream_ms(info.published), Ordering::Relaxed);
+            position
+                .caught_up
+                .store(info.pending == 0, Ordering::Relaxed);
+        }
+        if let Err(e) = last.ack().await {
+            // Not fatal: the next acknowledgement covers this one.
+            warn!(error = %e, "acknowledging QoS 1/2 messages to JetStream");
+        }
+    }
+    broken.map_or(Ok(()), Err)
 }
 
 /// Routes one message from the stream (not this node's own).

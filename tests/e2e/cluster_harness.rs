@@ -1,8 +1,8 @@
 //! The cluster tests' harness: three `nats-server` processes forming one JetStream cluster
 //! (one cluster test at a time), three Tessera nodes on it, and the waits the tests share.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -131,6 +131,36 @@ impl NatsCluster {
         }
     }
 
+    /// Sends an empty request to `subject` through server `i` (NATS's text protocol) and
+    /// returns the reply's payload: JetStream's API, a leader step-down say.
+    pub fn request(&self, i: usize, subject: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.ports[i])).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap(); // INFO
+        write!(
+            s,
+            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test 0\r\n\r\n"
+        )
+        .unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line.starts_with("PING") {
+                s.write_all(b"PONG\r\n").unwrap();
+            } else if line.starts_with("MSG ") {
+                let len: usize = line.split_whitespace().last().unwrap().parse().unwrap();
+                let mut payload = vec![0; len + 2];
+                r.read_exact(&mut payload).unwrap();
+                payload.truncate(len);
+                return String::from_utf8_lossy(&payload).into_owned();
+            } else {
+                assert!(!line.starts_with("-ERR"), "{subject}: {line}");
+            }
+        }
+    }
+
     /// A node's `cluster:` section, connecting to the servers in `order`.
     pub fn node_config(&self, node: &str, order: &[usize]) -> String {
         let urls = order
@@ -228,9 +258,18 @@ pub(crate) async fn until_routed(from: &mut Raw, sub: &mut Raw, topic: &str) {
 /// Waits until `sub` has received every payload of `acked` (acknowledging each; duplicates
 /// allowed: QoS 1).
 pub(crate) async fn receive_all(sub: &mut Raw, acked: std::collections::BTreeSet<String>) {
+    receive_all_within(sub, acked, Duration::from_secs(30)).await
+}
+
+/// `receive_all`, within `t`.
+pub(crate) async fn receive_all_within(
+    sub: &mut Raw,
+    acked: std::collections::BTreeSet<String>,
+    t: Duration,
+) {
     let total = acked.len();
     let mut missing = acked;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + t;
     while !missing.is_empty() {
         assert!(
             Instant::now() < deadline,
