@@ -253,9 +253,16 @@ impl Journal {
         ticket
     }
 
-    /// The ticket of the records appended so far (of the batch being filled).
-    pub(crate) fn ticket(&self) -> u64 {
-        self.shared.pending.lock().batch
+    /// The ticket of the last record appended. Not simply the batch being filled: when that
+    /// is still empty, the last record is in an earlier batch (possibly committing), and a
+    /// wait on the empty one would last until the writer's next heartbeat commit.
+    pub(crate) fn last_ticket(&self) -> u64 {
+        let p = self.shared.pending.lock();
+        if p.records.is_empty() && p.pins == 0 {
+            p.batch.saturating_sub(1)
+        } else {
+            p.batch
+        }
     }
 
     /// Keeps the batch being filled open until the pin is dropped (see [`Pin`]).
@@ -273,16 +280,7 @@ impl Journal {
 
     /// Waits until everything appended so far is committed.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
-        let ticket = {
-            let p = self.shared.pending.lock();
-            if p.records.is_empty() && p.pins == 0 {
-                // The last record appended is in an earlier batch (possibly still committing).
-                p.batch.saturating_sub(1)
-            } else {
-                p.batch
-            }
-        };
-        self.wait(ticket).await
+        self.wait(self.last_ticket()).await
     }
 
     /// Every batch up to this ticket is done.

@@ -69,7 +69,7 @@ impl Broker {
             // Journaled after the head, so CONNACK (waiting for the head's ticket) leaves
             // once they are durable too.
             self.adopt(&session, moved);
-            durable_at = durable_at.and(self.journal().map(|j| j.ticket()));
+            durable_at = durable_at.and(self.journal().map(|j| j.last_ticket()));
         }
         self.session_changed(client_id);
         Opened {

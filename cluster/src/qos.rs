@@ -197,17 +197,20 @@ async fn open_session(
         .map_err(|e| e.to_string())?;
     let config = consumer_config(durable, subjects);
     let consumer = match stream.update_consumer(config.clone()).await {
-        Ok(c) => c,
+        Ok(c) => {
+            // NATS 2.14 and later; an older server keeps what it had sent as delivered (see
+            // docs/cluster.md). A consumer just created has sent nothing (and may have no
+            // leader yet to answer a reset).
+            if let Err(e) = stream.reset_consumer(durable, None).await {
+                warn!(error = %e, "cannot reset the QoS 1/2 consumer to its acknowledgement floor");
+            }
+            c
+        }
         Err(_) => stream
             .create_consumer(config)
             .await
             .map_err(|e| e.to_string())?,
     };
-    // NATS 2.14 and later; an older server keeps what it had sent as delivered (see
-    // docs/cluster.md).
-    if let Err(e) = stream.reset_consumer(durable, None).await {
-        warn!(error = %e, "cannot reset the QoS 1/2 consumer to its acknowledgement floor");
-    }
     if consumer.cached_info().num_pending == 0 {
         position.caught_up.store(true, Ordering::Relaxed);
     }

@@ -120,3 +120,21 @@ async fn a_ticket_is_done_once_its_batch_is_committed() {
     assert_eq!(state.messages.len(), 1);
     journal.close();
 }
+
+/// A CONNACK waits for `last_ticket()` after records that may already be committing: the
+/// ticket must name their batch, not the empty one being filled (which commits only at the
+/// writer's heartbeat, seconds later).
+#[tokio::test]
+async fn the_last_ticket_names_the_batch_of_the_last_record() {
+    let journal =
+        Journal::start(Arc::new(MemoryStore::default()), MessageRefs::default(), 1).unwrap();
+    let ticket = journal.append(enqueue(&"a".into(), 1, &message(1)));
+    journal.wait(ticket).await.unwrap();
+    // Nothing appended since: the last record's batch is done, so is the last ticket.
+    assert_eq!(journal.last_ticket(), ticket);
+    assert!(journal.done() >= journal.last_ticket());
+    // A record in the batch being filled: that batch.
+    let next = journal.append(enqueue(&"a".into(), 2, &message(2)));
+    assert_eq!(journal.last_ticket(), next);
+    journal.close();
+}
