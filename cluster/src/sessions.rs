@@ -501,7 +501,14 @@ impl Sessions {
         let client_id = client_id.to_string();
         self.nats.spawn(async move {
             let started = std::time::Instant::now();
-            match this.replay(&client_id, &record).await {
+            // A failed replay is started again from the floor (at least once): twice more.
+            let mut replayed = this.replay(&client_id, &record).await;
+            for _ in 0..2 {
+                let Err(e) = &replayed else { break };
+                warn!(client_id, error = %e, "replaying a moved session's messages; again");
+                replayed = this.replay(&client_id, &record).await;
+            }
+            match replayed {
                 Ok(n) => info!(
                     client_id,
                     messages = n,
@@ -569,13 +576,20 @@ impl Sessions {
         let mut delivered = 0;
         if pending > 0 {
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut next_delivery = 1;
             while pending > 0 {
                 let Some(m) = messages.next().await else {
                     break;
                 };
                 let m = m.map_err(|e| e.to_string())?;
-                pending = m.info().map(|i| i.pending).unwrap_or(0);
-                let published_ms = m.info().map_or(0, |i| crate::stream_ms(i.published));
+                let info = m.info().map_err(|e| e.to_string())?;
+                // Nothing is redelivered (AckPolicy::None): a jump is a lost delivery.
+                if info.consumer_sequence != next_delivery {
+                    return Err(format!("delivery {next_delivery} of the replay was lost"));
+                }
+                next_delivery += 1;
+                pending = info.pending;
+                let published_ms = crate::stream_ms(info.published);
                 if m.payload.len() > 16
                     && let Ok(true) =
                         self.broker
