@@ -10,12 +10,12 @@
 //!   within `HANDOFF_WITHIN` (dead, or cut off) is passed over: its last record is used;
 //! - the new node writes itself as owner (compare-and-set on the revision it read), opens the
 //!   session with its subscriptions and Session Present, and
-//! - replays from the QoS 1/2 stream every message its subscriptions match published since
-//!   the record's floor: what was queued or in flight there. The floor is the publication
-//!   time of the oldest QoS 1/2 message the session had not acknowledged when the record was
-//!   written (or, with none, the time up to which this node's consumer had routed
-//!   everything), less `MARGIN` for clocks: nothing the session had not acknowledged is
-//!   older. A replayed message may be one the client acknowledged after the record was
+//! - replays (`sessions/replay.rs`) from the QoS 1/2 stream every message its subscriptions
+//!   match published since the record's floor: what was queued or in flight there. The
+//!   floor is the publication time of the oldest QoS 1/2 message the session had not
+//!   acknowledged when the record was written (or, with none, the time up to which this
+//!   node's consumer had routed everything), less `MARGIN` for clocks: nothing the session
+//!   had not acknowledged is older. A replayed message may be one the client acknowledged after the record was
 //!   written (at least once; QoS 2 too across a move).
 //!
 //! Records are written when a session opens, subscribes, unsubscribes, goes offline or ends
@@ -23,12 +23,13 @@
 //! sweep at start drops every restored session whose record names another owner: a node back
 //! from a crash does not resurrect sessions that moved on while it was down.
 
+mod replay;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -42,8 +43,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::keys::escape;
-use crate::qos::consumer_filters;
-use crate::subjects::filter_subjects;
 use crate::{ClusterError, Nats};
 
 /// How long a node waits for the owner to hand a session over.
@@ -490,116 +489,5 @@ impl Sessions {
                 Err(e.to_string())
             }
         }
-    }
-
-    /// `Peers::resumed`: replays what the moved session had not had.
-    pub(crate) fn resumed(self: &Arc<Self>, client_id: &str) {
-        let Some(record) = self.replays.lock().remove(client_id) else {
-            return;
-        };
-        let this = self.clone();
-        let client_id = client_id.to_string();
-        self.nats.spawn(async move {
-            let started = std::time::Instant::now();
-            // A failed replay is started again from the floor (at least once): twice more.
-            let mut replayed = this.replay(&client_id, &record).await;
-            for _ in 0..2 {
-                let Err(e) = &replayed else { break };
-                warn!(client_id, error = %e, "replaying a moved session's messages; again");
-                replayed = this.replay(&client_id, &record).await;
-            }
-            match replayed {
-                Ok(n) => info!(
-                    client_id,
-                    messages = n,
-                    ms = started.elapsed().as_millis() as u64,
-                    "session moved here; its messages replayed"
-                ),
-                Err(e) => warn!(client_id, error = %e, "replaying a moved session's messages"),
-            }
-            if let Some(o) = this.owned.lock().get_mut(&client_id) {
-                o.replaying = false;
-            }
-            this.changed(&client_id);
-        });
-    }
-
-    async fn replay(&self, client_id: &str, record: &Record) -> Result<usize, String> {
-        // The consumer must read with the moved subscriptions first: a message it skipped
-        // before that is in the replay, one after it reaches the session live.
-        let (tx, rx) = oneshot::channel();
-        if self.sync_interest.send(tx).is_ok()
-            && let Ok(generation) = rx.await
-        {
-            let mut applied = self.position.applied.subscribe();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                applied.wait_for(|g| *g >= generation),
-            )
-            .await;
-        }
-        let base = self.nats.subject("q");
-        let subjects: Vec<String> = record
-            .subs
-            .iter()
-            .filter(|s| !s.filter.starts_with("$share/"))
-            .flat_map(|s| filter_subjects(&base, &s.filter))
-            .collect();
-        if subjects.is_empty() {
-            return Ok(0);
-        }
-        let start =
-            time::OffsetDateTime::from_unix_timestamp_nanos(record.floor_ms as i128 * 1_000_000)
-                .map_err(|e| e.to_string())?;
-        let stream = self
-            .nats
-            .jetstream
-            .get_stream(self.nats.name("qos"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut consumer = stream
-            .create_consumer(pull::Config {
-                filter_subjects: consumer_filters(&base, subjects),
-                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut pending = consumer
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .num_pending;
-        let name = consumer.cached_info().name.clone();
-        let mut delivered = 0;
-        if pending > 0 {
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            let mut next_delivery = 1;
-            while pending > 0 {
-                let Some(m) = messages.next().await else {
-                    break;
-                };
-                let m = m.map_err(|e| e.to_string())?;
-                let info = m.info().map_err(|e| e.to_string())?;
-                // Nothing is redelivered (AckPolicy::None): a jump is a lost delivery.
-                if info.consumer_sequence != next_delivery {
-                    return Err(format!("delivery {next_delivery} of the replay was lost"));
-                }
-                next_delivery += 1;
-                pending = info.pending;
-                let published_ms = crate::stream_ms(info.published);
-                if m.payload.len() > 16
-                    && let Ok(true) =
-                        self.broker
-                            .deliver_to(client_id, m.payload.slice(16..), published_ms)
-                {
-                    delivered += 1;
-                }
-            }
-        }
-        let _ = stream.delete_consumer(&name).await;
-        Ok(delivered)
     }
 }

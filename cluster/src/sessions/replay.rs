@@ -1,0 +1,128 @@
+//! A moved session's replay: once the new node has opened the session (`Peers::resumed`),
+//! every QoS 1/2 message its subscriptions match published since the record's floor is read
+//! from the stream through a short-lived consumer and queued to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{Record, Sessions};
+use crate::qos::consumer_filters;
+use crate::subjects::filter_subjects;
+
+impl Sessions {
+    /// `Peers::resumed`: replays what the moved session had not had.
+    pub(crate) fn resumed(self: &Arc<Self>, client_id: &str) {
+        let Some(record) = self.replays.lock().remove(client_id) else {
+            return;
+        };
+        let this = self.clone();
+        let client_id = client_id.to_string();
+        self.nats.spawn(async move {
+            let started = std::time::Instant::now();
+            // A failed replay is started again from the floor (at least once): twice more.
+            let mut replayed = this.replay(&client_id, &record).await;
+            for _ in 0..2 {
+                let Err(e) = &replayed else { break };
+                warn!(client_id, error = %e, "replaying a moved session's messages; again");
+                replayed = this.replay(&client_id, &record).await;
+            }
+            match replayed {
+                Ok(n) => info!(
+                    client_id,
+                    messages = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "session moved here; its messages replayed"
+                ),
+                Err(e) => warn!(client_id, error = %e, "replaying a moved session's messages"),
+            }
+            if let Some(o) = this.owned.lock().get_mut(&client_id) {
+                o.replaying = false;
+            }
+            this.changed(&client_id);
+        });
+    }
+
+    async fn replay(&self, client_id: &str, record: &Record) -> Result<usize, String> {
+        // The consumer must read with the moved subscriptions first: a message it skipped
+        // before that is in the replay, one after it reaches the session live.
+        let (tx, rx) = oneshot::channel();
+        if self.sync_interest.send(tx).is_ok()
+            && let Ok(generation) = rx.await
+        {
+            let mut applied = self.position.applied.subscribe();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                applied.wait_for(|g| *g >= generation),
+            )
+            .await;
+        }
+        let base = self.nats.subject("q");
+        let subjects: Vec<String> = record
+            .subs
+            .iter()
+            .filter(|s| !s.filter.starts_with("$share/"))
+            .flat_map(|s| filter_subjects(&base, &s.filter))
+            .collect();
+        if subjects.is_empty() {
+            return Ok(0);
+        }
+        let start =
+            time::OffsetDateTime::from_unix_timestamp_nanos(record.floor_ms as i128 * 1_000_000)
+                .map_err(|e| e.to_string())?;
+        let stream = self
+            .nats
+            .jetstream
+            .get_stream(self.nats.name("qos"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumer = stream
+            .create_consumer(pull::Config {
+                filter_subjects: consumer_filters(&base, subjects),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut pending = consumer
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .num_pending;
+        let name = consumer.cached_info().name.clone();
+        let mut delivered = 0;
+        if pending > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut next_delivery = 1;
+            while pending > 0 {
+                let Some(m) = messages.next().await else {
+                    break;
+                };
+                let m = m.map_err(|e| e.to_string())?;
+                let info = m.info().map_err(|e| e.to_string())?;
+                // Nothing is redelivered (AckPolicy::None): a jump is a lost delivery.
+                if info.consumer_sequence != next_delivery {
+                    return Err(format!("delivery {next_delivery} of the replay was lost"));
+                }
+                next_delivery += 1;
+                pending = info.pending;
+                let published_ms = crate::stream_ms(info.published);
+                if m.payload.len() > 16
+                    && let Ok(true) =
+                        self.broker
+                            .deliver_to(client_id, m.payload.slice(16..), published_ms)
+                {
+                    delivered += 1;
+                }
+            }
+        }
+        let _ = stream.delete_consumer(&name).await;
+        Ok(delivered)
+    }
+}
