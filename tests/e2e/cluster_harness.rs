@@ -132,13 +132,14 @@ impl NatsCluster {
     }
 
     /// Sends an empty request to `subject` through server `i` (NATS's text protocol) and
-    /// returns the reply's payload: JetStream's API, a leader step-down say.
-    pub fn request(&self, i: usize, subject: &str) -> String {
+    /// returns the reply's payload, `None` without one within 2 s (JetStream's API does not
+    /// answer for a stream that is electing its leader): a leader step-down, say.
+    pub fn request(&self, i: usize, subject: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.ports[i])).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut line = String::new();
-        r.read_line(&mut line).unwrap(); // INFO
+        r.read_line(&mut line).ok()?; // INFO
         write!(
             s,
             "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test 0\r\n\r\n"
@@ -146,19 +147,36 @@ impl NatsCluster {
         .unwrap();
         loop {
             line.clear();
-            r.read_line(&mut line).unwrap();
+            r.read_line(&mut line).ok()?;
             if line.starts_with("PING") {
                 s.write_all(b"PONG\r\n").unwrap();
             } else if line.starts_with("MSG ") {
-                let len: usize = line.split_whitespace().last().unwrap().parse().unwrap();
+                let len: usize = line.split_whitespace().last()?.parse().ok()?;
                 let mut payload = vec![0; len + 2];
-                r.read_exact(&mut payload).unwrap();
+                r.read_exact(&mut payload).ok()?;
                 payload.truncate(len);
-                return String::from_utf8_lossy(&payload).into_owned();
+                return Some(String::from_utf8_lossy(&payload).into_owned());
             } else {
                 assert!(!line.starts_with("-ERR"), "{subject}: {line}");
             }
         }
+    }
+
+    /// Asks JetStream (through server `i`) for a leader step-down until it says it did: an
+    /// election just before may still be going on.
+    pub fn step_down(&self, i: usize, subject: &str) {
+        let mut last = None;
+        for _ in 0..10 {
+            last = self.request(i, subject);
+            if last
+                .as_deref()
+                .is_some_and(|r| r.contains("\"success\":true"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("{subject}: {last:?}");
     }
 
     /// A node's `cluster:` section, connecting to the servers in `order`.
