@@ -10,7 +10,7 @@ use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
 
 use crate::cluster_harness::{
     NatsCluster, connections_become, receive, receive_all, receive_all_within, recv_acking,
-    three_nodes, three_nodes_with, until_routed,
+    three_nodes, three_nodes_with, two_nodes, until_routed,
 };
 use crate::harness::TestBroker;
 use crate::oauth::{cli_token, login, password_grant};
@@ -277,14 +277,7 @@ async fn sys_and_metrics_count_the_whole_cluster() {
 #[tokio::test]
 async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
     let mut nats = NatsCluster::start();
-    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
-    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
-    assert!(
-        a.command(&["user", "add", "bob"], "builder\n")
-            .status
-            .success()
-    );
-    let token = cli_token(&a, "bob", "3600", "mqtt");
+    let (a, b, token) = two_nodes(&nats);
     let mut sub = {
         let mut c = crate::oauth::x_oauth2("keeper", None, Some(&token));
         c.properties.session_expiry_interval = Some(3600);
@@ -332,14 +325,7 @@ async fn acknowledged_qos1_messages_cross_nodes_through_a_nats_server_kill() {
 #[tokio::test]
 async fn acknowledged_qos1_messages_cross_nodes_through_jetstream_leader_elections() {
     let nats = NatsCluster::start();
-    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
-    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
-    assert!(
-        a.command(&["user", "add", "bob"], "builder\n")
-            .status
-            .success()
-    );
-    let token = cli_token(&a, "bob", "3600", "mqtt");
+    let (a, b, token) = two_nodes(&nats);
     let mut sub = login(&b, "sub", &token).await;
     sub.subscribe("load/#", QoS::AtLeastOnce).await;
     let mut publisher = login(&a, "pub", &token).await;
@@ -414,15 +400,8 @@ async fn acknowledged_qos1_messages_cross_nodes_through_jetstream_leader_electio
 #[tokio::test]
 async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
     let nats = NatsCluster::start();
+    let (a, b, token) = two_nodes(&nats);
     let b_config = nats.node_config("b", &[1, 2]);
-    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
-    let b = TestBroker::start_secure(&b_config);
-    assert!(
-        a.command(&["user", "add", "bob"], "builder\n")
-            .status
-            .success()
-    );
-    let token = cli_token(&a, "bob", "3600", "mqtt");
     let keeper = |clean: bool| {
         let mut c = crate::oauth::x_oauth2("keeper", None, Some(&token));
         c.clean_start = clean;
@@ -466,14 +445,7 @@ async fn acknowledged_qos1_messages_survive_a_kill_of_the_subscribers_node() {
 #[tokio::test]
 async fn acknowledged_qos1_messages_survive_a_kill_of_the_publishers_node() {
     let nats = NatsCluster::start();
-    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
-    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
-    assert!(
-        a.command(&["user", "add", "bob"], "builder\n")
-            .status
-            .success()
-    );
-    let token = cli_token(&a, "bob", "3600", "mqtt");
+    let (a, b, token) = two_nodes(&nats);
     let mut sub = login(&b, "keeper", &token).await;
     sub.subscribe("load/#", QoS::AtLeastOnce).await;
     let mut publisher = login(&a, "pub", &token).await;

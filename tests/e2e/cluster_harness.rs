@@ -228,6 +228,17 @@ pub(crate) fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroke
     nodes
 }
 
+/// Nodes `a` (NATS servers 0, then 1) and `b` (1, then 2), user bob added through a, and an
+/// access token of bob's.
+pub(crate) fn two_nodes(nats: &NatsCluster) -> (TestBroker, TestBroker, String) {
+    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
+    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
+    let out = a.command(&["user", "add", "bob"], "builder\n");
+    assert!(out.status.success(), "{out:?}");
+    let token = crate::oauth::cli_token(&a, "bob", "3600", "mqtt");
+    (a, b, token)
+}
+
 /// The next packet within `t` (`Err` on timeout, `Ok(None)` when closed); a PUBLISH with a
 /// packet identifier is acknowledged (PUBACK) first.
 pub(crate) async fn recv_acking(sub: &mut Raw, t: Duration) -> Result<Option<Packet>, ()> {
