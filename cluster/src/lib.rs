@@ -161,10 +161,9 @@ impl Nats {
                     config.nats.join(", ")
                 ))
             })?;
-        let version = client.server_info().version;
-        if !at_least_2_14(&version) {
+        if !client.is_server_compatible(2, 14, 0) {
             tracing::warn!(
-                version,
+                version = client.server_info().version,
                 "NATS server older than 2.14: the QoS 1/2 consumer cannot reset itself, and \
                  deliveries lost on their way to a node that died are acknowledged by its next \
                  acknowledgement (docs/cluster.md)"
@@ -222,27 +221,5 @@ impl Nats {
     /// A core NATS subject under this cluster's prefix.
     pub fn subject(&self, what: &str) -> String {
         format!("{}.{what}", self.config.prefix)
-    }
-}
-
-/// Whether a NATS server version (`2.15.1`, `2.14.0-beta.1`) is 2.14 or later.
-fn at_least_2_14(version: &str) -> bool {
-    let mut parts = version
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 14)
-}
-
-#[cfg(test)]
-mod version_tests {
-    #[test]
-    fn versions_from_2_14_on_can_reset_a_consumer() {
-        assert!(super::at_least_2_14("2.15.1"));
-        assert!(super::at_least_2_14("2.14.0-beta.1"));
-        assert!(super::at_least_2_14("3.0.0"));
-        assert!(!super::at_least_2_14("2.10.22"));
-        assert!(!super::at_least_2_14("2.9.25"));
-        assert!(!super::at_least_2_14(""));
     }
 }
