@@ -233,7 +233,8 @@ async fn take_batch(
     position: &Position,
 ) -> Result<(), String> {
     let mut broken = None;
-    let mut taken = Vec::with_capacity(batch.len());
+    // The last message taken: its acknowledgement covers the ones before it.
+    let mut last = None;
     for item in batch {
         let m = match item {
             Ok(m) => m,
@@ -263,9 +264,9 @@ async fn take_batch(
             m.payload.clone(),
             crate::stream_ms(info.published),
         );
-        taken.push(m);
+        last = Some(m);
     }
-    if let Some(last) = taken.last() {
+    if let Some(last) = last {
         broker
             .sync()
             .await
