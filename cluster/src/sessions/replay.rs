@@ -24,6 +24,7 @@ impl Sessions {
         let client_id = client_id.to_string();
         self.nats.spawn(async move {
             let started = std::time::Instant::now();
+            this.consumer_follows_moved_subscriptions().await;
             // A failed replay is started again from the floor (at least once): twice more.
             let mut replayed = this.replay(&client_id, &record).await;
             for _ in 0..2 {
@@ -47,9 +48,9 @@ impl Sessions {
         });
     }
 
-    async fn replay(&self, client_id: &str, record: &Record) -> Result<usize, String> {
-        // The consumer must read with the moved subscriptions first: a message it skipped
-        // before that is in the replay, one after it reaches the session live.
+    /// Waits (at most 5 s) until this node's consumer reads with the moved subscriptions: a
+    /// message it skipped before that is in the replay, one after it reaches the session live.
+    async fn consumer_follows_moved_subscriptions(&self) {
         let (tx, rx) = oneshot::channel();
         if self.sync_interest.send(tx).is_ok()
             && let Ok(generation) = rx.await
@@ -61,6 +62,10 @@ impl Sessions {
             )
             .await;
         }
+    }
+
+    /// Queues to the session every message its subscriptions match from the record's floor.
+    async fn replay(&self, client_id: &str, record: &Record) -> Result<usize, String> {
         let base = self.nats.subject("q");
         let subjects: Vec<String> = record
             .subs
