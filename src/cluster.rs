@@ -1,20 +1,16 @@
 //! What `serve` and the CLI do differently with `cluster:` set: the token store is the NATS
-//! JetStream one (`tessera-cluster`), a heartbeat goes out every `BEAT`, and
-//! `tessera cluster status` reads every node's.
+//! JetStream one (`tessera-cluster`), the broker joins the other nodes (which starts the
+//! node's heartbeat), and `tessera cluster status` reads every node's.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tessera_auth::kv::KvStore;
 use tessera_auth::redb_store::RedbStore;
-use tessera_auth::service::TokenService;
 use tessera_broker::BrokerHandle;
 use tessera_cluster::{Nats, NatsKv};
 use tessera_config::Config;
-use tracing::{info, warn};
-
-const BEAT: Duration = Duration::from_secs(2);
+use tracing::info;
 
 /// The token store this configuration names: NATS JetStream KV in a cluster, else
 /// `data_dir/tessera.redb`.
@@ -45,44 +41,10 @@ pub fn open(config: &Config) -> Result<Opened, String> {
 /// through the JetStream stream). Blocking: call it off the runtime.
 pub fn join(nats: Option<Arc<Nats>>, broker: BrokerHandle) -> Result<(), String> {
     if let Some(nats) = nats {
-        let peers =
-            tessera_cluster::connect_peers(nats, broker.clone()).map_err(|e| e.to_string())?;
-        broker.set_peers(peers.clone());
-        peers.restored();
+        tessera_cluster::connect_peers(nats, broker.peer_handle()).map_err(|e| e.to_string())?;
         info!("routing to and from the other nodes");
     }
     Ok(())
-}
-
-/// In a cluster, this node's heartbeat every `BEAT` (with its connection count).
-pub fn spawn_heartbeat(
-    config: &Config,
-    service: &Arc<TokenService>,
-    broker: BrokerHandle,
-) -> Option<tokio::task::JoinHandle<()>> {
-    config.cluster.as_ref()?;
-    let service = service.clone();
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(BEAT);
-        let mut failing = false;
-        loop {
-            tick.tick().await;
-            tessera_cluster::set_connections(broker.connected_clients().len() as u64);
-            let s = service.clone();
-            let beat = tokio::task::spawn_blocking(move || s.store.probe()).await;
-            match beat {
-                Ok(Ok(())) if failing => {
-                    info!("heartbeat to NATS written again");
-                    failing = false;
-                }
-                Ok(Err(e)) if !failing => {
-                    warn!(error = %e, "heartbeat to NATS failed");
-                    failing = true;
-                }
-                _ => {}
-            }
-        }
-    }))
 }
 
 /// `tessera cluster status`: every node that ever beat, up or not.

@@ -290,7 +290,7 @@ impl Collector for BrokerCollector {
             None,
             up.metric_type(),
         )?)?;
-        if let Some(c) = self.0.cluster_counts() {
+        if let Some(c) = m.cluster {
             gauges(
                 &mut e,
                 "tessera_cluster_nodes",

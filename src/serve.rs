@@ -133,7 +133,6 @@ async fn serve(config: Config) -> ExitCode {
             }
         })
     };
-    let heartbeat = crate::cluster::spawn_heartbeat(&config, &service, server.handle());
     info!(version = tessera_broker::VERSION, store = %where_, durability = ?config.storage.durability, "tessera running");
     wait_for_signal().await;
     admin_task.abort();
@@ -141,9 +140,6 @@ async fn serve(config: Config) -> ExitCode {
         h.abort();
     }
     purge.abort();
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
     watcher.abort();
     server.shutdown().await;
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));

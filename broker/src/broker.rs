@@ -8,6 +8,7 @@
 //! | `routing.rs` | a published message to every matching session; the retained value | `retained` |
 //! | `subscribe.rs` | subscriptions, in the session and in the tree | `subscriptions` |
 //! | `persistence.rs` | the store: snapshots, restoring at start | nothing shared |
+//! | `cluster/` | the other nodes: what goes out to them, what comes in | `cluster` |
 //!
 //! With durability on, each of them also appends records to the journal (`journal.rs`), under
 //! the session's lock where the record describes the session (the journal's lock is a leaf).
@@ -25,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use tessera_config::{MqttConfig, QueueFullPolicy};
 
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::codec::ReasonCode;
 use crate::journal::Journal;
 use crate::registry::{ConnectionInfo, Registry};
@@ -47,10 +49,8 @@ pub struct Broker {
     pub(crate) subscriptions: RwLock<SubscriptionTree>,
     pub(crate) retained: RwLock<RetainedTree>,
     pub(crate) connections: Registry,
-    /// The other nodes of a cluster, once connected (`peers.rs`).
-    pub(crate) peers: std::sync::OnceLock<Arc<dyn crate::peers::Peers>>,
-    /// Messages waiting for the peers before their publishers' acknowledgements.
-    pub(crate) peer_acks: crate::peers::PeerAcks,
+    /// The other nodes of a cluster, once joined (`cluster/`).
+    pub(crate) cluster: Cluster,
     next_id: AtomicU64,
 }
 
@@ -128,8 +128,7 @@ impl Broker {
             subscriptions: RwLock::new(SubscriptionTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             connections: Registry::default(),
-            peers: std::sync::OnceLock::new(),
-            peer_acks: Default::default(),
+            cluster: Cluster::default(),
             next_id: AtomicU64::new(1),
         })
     }

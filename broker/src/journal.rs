@@ -19,31 +19,29 @@
 //! together or not at all. No broker lock is held while a batch is built or committed; the
 //! append lock is a leaf (taken last, held for a push).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
 use tracing::{error, warn};
 
 use crate::codec::QoS;
 use crate::message::Message;
-use crate::session::Session;
 use crate::stats::{Histogram, HistogramValues};
 use crate::store::{
     Batch, Change, EntryState, SessionHead, Store, StoreError, StoredEntry, StoredMessage,
     StoredSubscription,
 };
+use crate::tickets::Tickets;
 
 /// With nothing to write, a batch is still committed this often, so the store's `last_alive`
 /// says when the broker last ran (sessions online at a crash count as dropped from then).
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Failed batches remembered, for waiters that look late.
-const FAILED_KEPT: usize = 4096;
 /// `last_alive` is written with a batch at most this often.
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -123,11 +121,9 @@ pub(crate) enum Record {
 }
 
 struct Pending {
-    /// The number of the batch being filled.
+    /// The number of the batch being filled: its ticket, issued when it began to fill.
     batch: u64,
     records: Vec<Record>,
-    /// Sessions whose connection waits on a ticket; woken once that batch is done.
-    waiters: Vec<(u64, Arc<Session>)>,
     /// Pins held on the batch being filled: the writer does not take it while any is.
     pins: usize,
     stop: bool,
@@ -154,10 +150,9 @@ impl Drop for Pin<'_> {
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
-    /// Every batch up to this number is done (committed, or failed).
-    done: AtomicU64,
-    done_tx: watch::Sender<u64>,
-    failed: Mutex<BTreeMap<u64, StoreError>>,
+    /// One per batch, settled in order when it is committed or failed. Lock order: `pending`,
+    /// then the tickets' own lock.
+    tickets: Tickets<StoreError>,
     /// Message ids for stored message bodies.
     next_message_id: AtomicU64,
     commits: AtomicU64,
@@ -171,19 +166,16 @@ struct Shared {
 impl Shared {
     /// Nothing pending, nothing done; message ids from `next_message_id` on.
     pub(crate) fn new(next_message_id: u64) -> Shared {
-        let (done_tx, _) = watch::channel(0);
+        let tickets = Tickets::default();
         Shared {
             pending: Mutex::new(Pending {
-                batch: 1,
+                batch: tickets.issue(),
                 records: Vec::new(),
-                waiters: Vec::new(),
                 pins: 0,
                 stop: false,
             }),
             wake: Condvar::new(),
-            done: AtomicU64::new(0),
-            done_tx,
-            failed: Mutex::new(BTreeMap::new()),
+            tickets,
             next_message_id: AtomicU64::new(next_message_id.max(1)),
             commits: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -285,36 +277,26 @@ impl Journal {
 
     /// Every batch up to this ticket is done.
     pub(crate) fn done(&self) -> u64 {
-        self.shared.done.load(Ordering::Acquire)
+        self.shared.tickets.done()
     }
 
     /// How the batch of `ticket` ended (call once [`Journal::done`] reached it).
     pub(crate) fn outcome(&self, ticket: u64) -> Result<(), StoreError> {
-        match self.shared.failed.lock().get(&ticket) {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
+        self.shared.tickets.outcome(ticket)
     }
 
-    /// Wakes `session`'s connection (its `notify`) once the batch of `ticket` is done.
-    pub(crate) fn wake_after(&self, ticket: u64, session: &Arc<Session>) {
-        let mut p = self.shared.pending.lock();
-        if self.done() >= ticket {
-            drop(p);
-            session.notify.notify_one();
-            return;
-        }
-        // The writer sets `done` under this lock, so a ticket found undone here is woken.
-        p.waiters.push((ticket, session.clone()));
+    /// Wakes `waker` (a session's connection) once the batch of `ticket` is done.
+    pub(crate) fn wake_after(&self, ticket: u64, waker: &Waker) {
+        self.shared.tickets.wake_after(ticket, waker);
     }
 
     /// Waits (asynchronously) until the batch of `ticket` is done, and says how it ended.
     pub(crate) async fn wait(&self, ticket: u64) -> Result<(), StoreError> {
-        let mut rx = self.shared.done_tx.subscribe();
-        if rx.wait_for(|done| *done >= ticket).await.is_err() {
-            return Err(StoreError::Failed("the journal stopped".into()));
-        }
-        self.outcome(ticket)
+        self.shared
+            .tickets
+            .wait(ticket)
+            .await
+            .unwrap_or_else(|| Err(StoreError::Failed("the journal stopped".into())))
     }
 
     /// Whether the last batch committed (until a commit fails, and again once one succeeds).

@@ -1,12 +1,15 @@
 //! Tessera's MQTT engine: the wire codec, sessions, routing, retained messages, wills, flow
-//! control and the listeners. It knows authentication only through the [`auth`] seam and
-//! storage only through the [`store`] seam.
+//! control and the listeners. It knows authentication only through the [`auth`] seam, storage
+//! only through the [`store`] seam, and the other nodes of a cluster only through the
+//! [`cluster`] seam.
 //!
-//! The public surface is what the token service, the binary and the benchmarks use: the codec,
-//! the two seams, [`Server`] and [`BrokerHandle`], and the few types re-exported below.
+//! The public surface is what the token service, the binary, the cluster and the benchmarks
+//! use: the codec, the three seams ([`auth`], [`store`], [`cluster`]), [`Server`] and
+//! [`BrokerHandle`], and the few types re-exported below.
 //! Everything else is private; `ARCHITECTURE.md` maps it.
 
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod files;
 #[doc(hidden)]
@@ -14,15 +17,14 @@ pub mod fuzzing;
 pub mod store;
 
 mod broker;
+mod clock;
 mod connection;
-mod handoff;
 mod journal;
 mod lifecycle;
 mod limits;
 mod listener;
 mod message;
 mod operator;
-mod peers;
 mod persistence;
 mod registry;
 mod retained;
@@ -33,13 +35,12 @@ mod stats;
 mod subscribe;
 mod subscriptions;
 mod sys;
+mod tickets;
 mod tls;
 mod websocket;
 
 pub use broker::BrokerHandle;
-pub use handoff::{MovedSession, SessionSnapshot};
 pub use operator::{Metrics, RetainedInfo, StoreMetrics};
-pub use peers::{ClusterCounts, PeerPacketError, Peers};
 pub use registry::ConnectionInfo;
 pub use server::Server;
 pub use stats::HistogramValues;

@@ -13,13 +13,13 @@ use std::time::{Duration, SystemTime};
 use tracing::info;
 
 use crate::broker::Broker;
+use crate::cluster::MovedSession;
 use crate::codec::Will;
-use crate::handoff::MovedSession;
+use crate::codec::topic::split_shared;
 use crate::journal::Record;
 use crate::message::Message;
 use crate::session::{Attachment, ConnLink, Session, SessionState};
 use crate::store::{Presence, SessionHead, StoredMessage, StoredWill};
-use crate::subscribe::split_shared;
 
 /// A connection attached to its session.
 pub(crate) struct Opened {
@@ -35,7 +35,7 @@ pub(crate) struct Opened {
 impl Broker {
     /// Attaches a connection to the session of `client_id`, creating or replacing it as Clean
     /// Start asks (§3.1.2.4). `will` is the connection's will, recorded with the session so a
-    /// crash does not lose it. `moved`: the session another node held (`handoff.rs`), which
+    /// crash does not lose it. `moved`: the session another node held (`cluster/sessions.rs`), which
     /// replaces any this node still has.
     pub(crate) fn open_session(
         self: &Arc<Self>,
@@ -71,7 +71,7 @@ impl Broker {
             self.adopt(&session, moved);
             durable_at = durable_at.and(self.journal().map(|j| j.last_ticket()));
         }
-        self.session_changed(client_id);
+        self.cluster.session_changed(client_id);
         Opened {
             session,
             present,
@@ -147,7 +147,7 @@ impl Broker {
             for f in &subs {
                 let (group, filter) = split_shared(f);
                 if tree.remove(filter, group, session.id) {
-                    self.interest(filter, group, false);
+                    self.cluster.interest(filter, group, false);
                 }
             }
             session.set_subscription_count(0);
@@ -161,7 +161,7 @@ impl Broker {
                 sessions.remove(&session.client_id);
             }
         }
-        self.session_changed(&session.client_id);
+        self.cluster.session_changed(&session.client_id);
         if let Some(w) = will {
             self.publish(w);
         }
@@ -217,7 +217,7 @@ impl Broker {
             }
             (publish_now, end_now)
         };
-        self.session_changed(&session.client_id);
+        self.cluster.session_changed(&session.client_id);
         if let Some(w) = publish_now {
             self.publish(w);
         }

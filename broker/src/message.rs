@@ -30,9 +30,10 @@ pub struct Message {
     /// The id the message's body is stored under, once it is queued to a persistent session
     /// (the same for every session; see `crate::journal`).
     pub stored_id: OnceLock<u64>,
-    /// In a cluster, when it was published (milliseconds since the epoch; the stream's time
-    /// for a message from another node): a session moving to another node replays the stream
-    /// from its oldest unacknowledged message's time (`handoff.rs`). 0: not known.
+    /// When a QoS 1/2 message was published, in milliseconds since the epoch (on the node it
+    /// was published on): the age of what a session has not acknowledged, from which a
+    /// session moving to another node is replayed (`cluster/sessions.rs`). 0: not known (QoS
+    /// 0, restored from the store).
     pub published_ms: AtomicU64,
 }
 
@@ -81,6 +82,13 @@ impl Message {
             stored_id: OnceLock::new(),
             published_ms: Default::default(),
         }
+    }
+
+    /// Records that it is published now (not when made: a will is made at CONNECT and
+    /// published later).
+    pub(crate) fn stamp_published(&self) {
+        self.published_ms
+            .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The forwarded properties as wire bytes (encoded on first use).

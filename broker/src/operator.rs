@@ -41,6 +41,8 @@ pub struct Metrics {
     pub subscriptions: u64,
     /// Store commits with durability `durable` (`None` otherwise).
     pub store: Option<StoreMetrics>,
+    /// The cluster as last seen, when this broker is one of its nodes.
+    pub cluster: Option<crate::cluster::ClusterCounts>,
     pub uptime_seconds: f64,
 }
 
@@ -90,6 +92,7 @@ impl BrokerHandle {
             retained_bytes: b.retained_bytes() as u64,
             subscriptions: b.subscription_count() as u64,
             uptime_seconds: b.started.elapsed().as_secs_f64(),
+            cluster: b.cluster.counts(),
             ..Metrics::default()
         };
         let sessions: Vec<_> = b.sessions.lock().values().cloned().collect();

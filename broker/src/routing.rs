@@ -16,6 +16,7 @@ use crate::journal::Record;
 use crate::message::{Delivery, Message};
 use crate::session::{Enqueued, Session};
 use crate::stats::Dropped;
+use crate::tickets::Wait;
 
 /// Result of routing one message (or a run of them).
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,13 +28,10 @@ pub struct Routed {
     /// Some online subscriber's queue is filling faster than its task runs (see
     /// [`Enqueued::QueuedBehind`]): the publisher should yield before its next message.
     pub subscribers_behind: bool,
-    /// The journal ticket after which the message is durable (as the retained value and in
-    /// every persistent session it was queued to); `None` when nothing of it is journaled.
-    /// The publisher's PUBACK / PUBREC waits for it.
-    pub durable_at: Option<u64>,
-    /// In a cluster, the peers' ticket after which the message is stored for the other nodes
-    /// (`peers.rs`); the PUBACK / PUBREC waits for it too.
-    pub peer_at: Option<u64>,
+    /// The tickets after which the message is durable: the journal's (as the retained value
+    /// and in every persistent session it was queued to) and, in a cluster, the one after
+    /// which it is stored for the other nodes. The publisher's PUBACK / PUBREC waits for them.
+    pub durable: Wait,
     /// A retained message refused by `mqtt.max_retained_messages` / `max_retained_bytes`: not
     /// stored and not routed (QoS 1/2 publisher: 0x97).
     pub retained_refused: bool,
@@ -44,7 +42,7 @@ impl Routed {
         self.matched += other.matched;
         self.rejected |= other.rejected;
         self.subscribers_behind |= other.subscribers_behind;
-        self.durable_at = self.durable_at.max(other.durable_at);
+        self.durable = self.durable.and(other.durable);
         self.retained_refused |= other.retained_refused;
     }
 }
@@ -113,7 +111,7 @@ impl Qos0Run {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// A client of this node, or a will: counted, its retained value stored, and forwarded
-    /// to the other nodes of a cluster.
+    /// to the other nodes of a cluster (`cluster/`).
     Client,
     /// The broker's own `$SYS` updates: not counted, retained in memory only, not forwarded.
     Sys,
@@ -182,11 +180,8 @@ impl Broker {
     }
 
     pub(crate) fn publish_from(&self, message: Arc<Message>, origin: Origin) -> Routed {
-        if origin == Origin::Client && self.peers.get().is_some() {
-            message.published_ms.store(
-                crate::handoff::now_ms(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+        if origin == Origin::Client && message.qos != QoS::AtMostOnce {
+            message.stamp_published();
         }
         let store_retained = origin != Origin::Sys;
         let mut retained_at = None;
@@ -217,9 +212,9 @@ impl Broker {
             }
         }
         let mut routed = self.route(std::slice::from_ref(&message));
-        routed.durable_at = routed.durable_at.max(retained_at);
+        routed.durable.journal = routed.durable.journal.max(retained_at.unwrap_or(0));
         if origin == Origin::Client {
-            routed.peer_at = self.forward(std::slice::from_ref(&message));
+            routed.durable.cluster = self.cluster.forward(std::slice::from_ref(&message));
         }
         routed
     }
@@ -239,7 +234,7 @@ impl Broker {
             .payload_received
             .add(QoS::AtMostOnce, bytes as u64);
         let routed = self.route(run);
-        self.forward(run);
+        self.cluster.forward(run);
         routed
     }
 
@@ -257,11 +252,7 @@ impl Broker {
         }
         let tree = self.subscriptions.read();
         let mut targets: Vec<Target<'_>> = Vec::new();
-        // In a cluster a shared group spans the nodes: its member is picked between them
-        // (`BrokerHandle::publish_to_group`), so routing here leaves groups out (`$` topics
-        // stay on their node, and with them their groups; without NATS, groups are local).
-        let groups = message.topic.as_str().starts_with('$')
-            || self.peers.get().is_none_or(|p| !p.routes_groups());
+        let groups = self.cluster.routes_groups_here(message.topic.as_str());
         tree.for_each_match_of(message.topic.as_bytes(), groups, &mut |m| {
             let s = m.subscriber;
             if s.options.no_local && !m.shared && s.session.id == message.publisher {
@@ -327,7 +318,7 @@ impl Broker {
                 };
                 let (enqueued, ticket) =
                     t.session.enqueue(&mut st, d, &self.limits, journal, shared);
-                routed.durable_at = routed.durable_at.max(ticket);
+                routed.durable.journal = routed.durable.journal.max(ticket.unwrap_or(0));
                 match enqueued {
                     Enqueued::Queued | Enqueued::Skipped => {}
                     Enqueued::QueuedBehind => routed.subscribers_behind = true,

@@ -259,6 +259,12 @@ impl Session {
         self.subscription_count.load(Ordering::Relaxed)
     }
 
+    /// Wakes the attached connection (as a new message does) when a ticket it waits for is
+    /// done (`tickets.rs`).
+    pub(crate) fn waker(self: &Arc<Self>) -> std::task::Waker {
+        std::task::Waker::from(self.clone())
+    }
+
     /// Whether subscribing to `filter` would take the session past `max` subscriptions
     /// (`mqtt.max_subscriptions`); replacing one it has never does.
     pub(crate) fn at_subscription_limit(&self, filter: &str, max: u32) -> bool {
@@ -350,6 +356,16 @@ impl Session {
             return (Enqueued::QueuedBehind, ticket);
         }
         (result, ticket)
+    }
+}
+
+impl std::task::Wake for Session {
+    fn wake(self: Arc<Self>) {
+        self.notify.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.notify.notify_one();
     }
 }
 

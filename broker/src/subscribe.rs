@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::broker::Broker;
 use crate::codec::SubscriptionOptions;
-use crate::codec::topic::parse_shared;
+use crate::codec::topic::split_shared;
 use crate::journal::Record;
 use crate::message::Message;
 use crate::session::{Session, SubRecord};
@@ -75,11 +75,11 @@ impl Broker {
             },
         );
         if !replaced {
-            self.interest(inner, group, true);
+            self.cluster.interest(inner, group, true);
         }
         drop(tree);
         if journal {
-            self.session_changed(&session.client_id);
+            self.cluster.session_changed(&session.client_id);
         }
         replaced
     }
@@ -104,11 +104,11 @@ impl Broker {
             existed
         };
         if tree.remove(inner, group, session.id) {
-            self.interest(inner, group, false);
+            self.cluster.interest(inner, group, false);
         }
         drop(tree);
         if existed {
-            self.session_changed(&session.client_id);
+            self.cluster.session_changed(&session.client_id);
         }
         existed
     }
@@ -116,13 +116,5 @@ impl Broker {
     /// The live retained messages matching `filter`.
     pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         self.retained.read().matching(filter, Instant::now())
-    }
-}
-
-/// `$share/g/a/b` → `(Some("g"), "a/b")`; other filters → `(None, filter)`.
-pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
-    match parse_shared(filter) {
-        Ok(Some(s)) => (Some(s.group), s.filter),
-        _ => (None, filter),
     }
 }

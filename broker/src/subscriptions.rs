@@ -189,7 +189,7 @@ impl SubscriptionTree {
     }
 
     /// `for_each_match`, shared groups left out unless `groups` (in a cluster a group spans
-    /// the nodes, which pick its member between them: `peers.rs`).
+    /// the nodes, which pick its member between them: `cluster/`).
     pub fn for_each_match_of<'t>(
         &'t self,
         topic: &[u8],

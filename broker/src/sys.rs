@@ -86,7 +86,7 @@ fn publish_all(b: &Broker) {
         "$SYS/broker/retained messages/bytes",
         b.retained_bytes().to_string(),
     );
-    if let Some(c) = b.cluster_counts() {
+    if let Some(c) = b.cluster.counts() {
         publish(b, "$SYS/cluster/nodes/up", c.nodes_up.to_string());
         publish(b, "$SYS/cluster/nodes/known", c.nodes_known.to_string());
         publish(b, "$SYS/cluster/clients/connected", c.clients.to_string());

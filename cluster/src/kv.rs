@@ -34,7 +34,7 @@ const TOMBSTONE_FOR: Duration = Duration::from_secs(600);
 pub struct NatsKv {
     nats: Arc<Nats>,
     buckets: HashMap<Bucket, Store>,
-    /// The bucket of this node's heartbeat (readiness probe, `cluster status`).
+    /// The bucket of the nodes' heartbeats (`nodes.rs`), where the readiness probe writes too.
     nodes: Store,
     changes: broadcast::Sender<Change>,
     /// Keys revoked on the fast path, until their durable delete is surely in.
@@ -47,7 +47,7 @@ fn failed(e: impl std::fmt::Display) -> KvError {
 }
 
 fn lost(e: ClusterError) -> KvError {
-    KvError::Storage(e.0)
+    KvError::Storage(e.to_string())
 }
 
 fn encode(expires_at_ms: Option<u64>, value: &[u8]) -> Bytes {
@@ -108,12 +108,15 @@ pub(crate) fn open_bucket(nats: &Nats, name: &str) -> Result<Store, ClusterError
                 break;
             }
             Ok(Err(e)) => last = e,
-            Err(e) => last = e.0,
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let store =
-        store.ok_or_else(|| ClusterError(format!("cannot open KV bucket {name}: {last}")))?;
+    let what = || format!("KV bucket {name}");
+    let store = store.ok_or_else(|| ClusterError::Unavailable {
+        what: what(),
+        reason: last,
+    })?;
     // A bucket just created answers once its stream has elected a leader.
     for _ in 0..50 {
         let s = store.clone();
@@ -122,9 +125,10 @@ pub(crate) fn open_bucket(nats: &Nats, name: &str) -> Result<Store, ClusterError
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(ClusterError(format!(
-        "KV bucket {name} has no stream leader (is JetStream's quorum up?)"
-    )))
+    Err(ClusterError::Unavailable {
+        what: what(),
+        reason: "its stream has no leader (is JetStream's quorum up?)".into(),
+    })
 }
 
 impl NatsKv {
@@ -150,7 +154,10 @@ impl NatsKv {
                 None => nodes = Some(s),
             }
         }
-        let nodes = nodes.ok_or_else(|| ClusterError("no nodes bucket".into()))?;
+        let nodes = nodes.ok_or_else(|| ClusterError::Unavailable {
+            what: "KV bucket nodes".into(),
+            reason: "not opened".into(),
+        })?;
         let (changes, _) = broadcast::channel(4096);
         let kv = Arc::new(NatsKv {
             revoked_subject: nats.subject("revoked"),
@@ -162,11 +169,6 @@ impl NatsKv {
         });
         kv.follow()?;
         Ok(kv)
-    }
-
-    /// The bucket of this node's heartbeat (see `nodes.rs`).
-    pub fn nodes(&self) -> &Store {
-        &self.nodes
     }
 
     pub fn nats(&self) -> &Arc<Nats> {
@@ -266,7 +268,10 @@ impl NatsKv {
         let sub = self
             .nats
             .wait(async move { client.subscribe(subject).await })?
-            .map_err(|e| ClusterError(format!("cannot subscribe to revocations: {e}")))?;
+            .map_err(|e| ClusterError::Unavailable {
+                what: "the revocation subject".into(),
+                reason: e.to_string(),
+            })?;
         let (tx, tombstones) = (self.changes.clone(), self.tombstones.clone());
         self.nats.spawn(async move {
             let mut sub = sub;
@@ -470,8 +475,16 @@ impl KvStore for NatsKv {
         self.changes.subscribe()
     }
 
-    /// This node's heartbeat, written durably (replicated): readiness of the token store.
+    /// Readiness of the token store: a replicated write (it fails while JetStream cannot
+    /// write), of this node's probe key beside the heartbeats (`nodes::probe_key`).
     fn probe(&self) -> KvResult<()> {
-        crate::nodes::beat(self).map_err(lost)
+        let store = self.nodes.clone();
+        let key = crate::nodes::probe_key(&self.nats.config.node);
+        let value = Bytes::from(now_ms().to_string());
+        self.nats
+            .wait(async move { store.put(key, value).await })
+            .map_err(lost)?
+            .map(|_| ())
+            .map_err(failed)
     }
 }

@@ -8,14 +8,23 @@
 //!   which reaches every node in about a millisecond even while JetStream is electing a leader
 //!   (its writes can stall for seconds then); each node cuts the sessions using it and treats
 //!   the key as gone until the durable delete lands;
-//! - `routing.rs`: messages between nodes on core NATS subjects (`subjects.rs` maps topics and
-//!   filters), interest-based: a node receives only what its subscriptions match; QoS 1/2
-//!   through the stream `<prefix>_qos` (`qos.rs`); retained values through the stream
-//!   `<prefix>_retained`, which every node follows (`retained.rs`); shared subscriptions
-//!   across nodes (`shared.rs`);
-//! - `sessions.rs`: persistent sessions' records (one owner, compare-and-set), handing a
-//!   session to the node its client connects on, and replaying its queued messages there;
-//! - `nodes.rs`: each node's heartbeat in a bucket of its own, read by `tessera cluster status`.
+//! - `peers.rs`: the broker's `Peers` seam on NATS ([`NatsPeers`]) and [`connect_peers`],
+//!   which starts each of the tasks below. Messages between nodes go in a [`frame`] each:
+//!   - `outbound.rs`: what this node's clients publish, to core NATS subjects (`subjects.rs`
+//!     maps topics and filters) or into the QoS 1/2 stream, in order;
+//!   - `interest.rs`: the subjects this node follows, exactly its subscriptions' filters, and
+//!     the QoS 1/2 consumer's filters that follow them;
+//!   - `inbound.rs`: what comes in on core NATS, each copy once, into the broker;
+//!   - `takeover.rs`: one connection per client id across nodes;
+//!   - `qos.rs`: QoS 1/2 through the stream `<prefix>_qos` and each node's durable consumer;
+//!   - `retained.rs`: retained values through the stream `<prefix>_retained`, which every
+//!     node follows;
+//!   - `shared.rs`: shared subscriptions across nodes;
+//!   - `sessions.rs`: persistent sessions' records (one owner, compare-and-set), moving a
+//!     session to the node its client connects on, and replaying its queued messages there
+//!     (the broker's half of a move is its `cluster/sessions.rs`);
+//!   - `nodes.rs`: each node's heartbeat in a bucket of its own (with its connection count),
+//!     read back for the cluster's counts and by `tessera cluster status`.
 //!
 //! Names (with the default prefix `tessera`): buckets `tessera_users`, `tessera_clients`,
 //! `tessera_access_tokens`, `tessera_refresh_tokens`, `tessera_auth_codes`,
@@ -29,27 +38,33 @@
 
 #![forbid(unsafe_code)]
 
+mod error;
+mod frame;
+mod inbound;
+mod interest;
 mod keys;
 mod kv;
 mod nodes;
+mod outbound;
+mod peers;
 mod qos;
 mod retained;
-mod routing;
 mod sessions;
 mod shared;
 mod subjects;
+mod takeover;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use tessera_config::ClusterConfig;
+use tokio::sync::watch;
 
+pub use error::ClusterError;
 pub use kv::NatsKv;
-pub use nodes::{NodeStatus, UP_WITHIN, beat, node_statuses, set_connections};
-pub use routing::{NatsPeers, start as connect_peers};
+pub use nodes::{NodeStatus, UP_WITHIN, node_statuses};
+pub use peers::{NatsPeers, connect as connect_peers};
 
 /// A stream message's time, in milliseconds since the epoch.
 pub(crate) fn stream_ms(t: time::OffsetDateTime) -> u64 {
@@ -67,9 +82,8 @@ pub struct Nats {
     /// Always `Some` until dropped (a runtime dropped inside another one must be shut down
     /// in the background).
     runtime: Option<tokio::runtime::Runtime>,
-    /// The client's connection is up, as its events last said (read per routed message by
-    /// `NatsPeers::routes_groups`: a load, not the client's state lock).
-    pub connected: Arc<AtomicBool>,
+    /// The client's connection is up, as its events last said.
+    pub(crate) connected: watch::Receiver<bool>,
 }
 
 impl Drop for Nats {
@@ -80,17 +94,6 @@ impl Drop for Nats {
     }
 }
 
-#[derive(Debug)]
-pub struct ClusterError(pub String);
-
-impl std::fmt::Display for ClusterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ClusterError {}
-
 impl Nats {
     /// Connects to the configured servers (blocking until connected or `DEADLINE` passes).
     /// Call it off any runtime, or from a blocking thread (`spawn_blocking`).
@@ -100,9 +103,9 @@ impl Nats {
             .thread_name("nats")
             .enable_all()
             .build()
-            .map_err(|e| ClusterError(format!("cannot start the NATS runtime: {e}")))?;
-        let connected = Arc::new(AtomicBool::new(true));
-        let up = connected.clone();
+            .map_err(ClusterError::Runtime)?;
+        let (up, connected) = watch::channel(true);
+        let up = std::sync::Arc::new(up);
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("tessera {}", config.node))
             .connection_timeout(DEADLINE)
@@ -112,13 +115,13 @@ impl Nats {
                 async move {
                     match event {
                         async_nats::Event::Disconnected => {
-                            up.store(false, Ordering::Relaxed);
+                            up.send_replace(false);
                             tracing::warn!(
                                 "NATS connection lost: serving this node's clients alone until it is back"
                             )
                         }
                         async_nats::Event::Connected => {
-                            up.store(true, Ordering::Relaxed);
+                            up.send_replace(true);
                             tracing::info!("NATS connection up")
                         }
                         other => tracing::info!(event = %other, "NATS"),
@@ -142,7 +145,7 @@ impl Nats {
             .iter()
             .map(|u| u.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClusterError(format!("cluster.nats: {e}")))?;
+            .map_err(|e| ClusterError::BadAddress(e.to_string()))?;
         let creds = config.credentials_file.clone();
         let client = runtime
             .block_on(async move {
@@ -155,11 +158,9 @@ impl Nats {
                     .map_err(|_| std::io::Error::other("timed out"))?
                     .map_err(std::io::Error::other)
             })
-            .map_err(|e| {
-                ClusterError(format!(
-                    "cannot connect to NATS at {} (cluster.nats): {e}",
-                    config.nats.join(", ")
-                ))
+            .map_err(|e| ClusterError::Unreachable {
+                servers: config.nats.join(", "),
+                reason: e.to_string(),
             })?;
         if !client.is_server_compatible(2, 14, 0) {
             tracing::warn!(
@@ -199,8 +200,8 @@ impl Nats {
         };
         match joined {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(ClusterError("NATS did not answer in time".into())),
-            Err(e) => Err(ClusterError(format!("NATS request failed: {e}"))),
+            Ok(Err(_)) => Err(ClusterError::TimedOut),
+            Err(e) => Err(ClusterError::request(e)),
         }
     }
 

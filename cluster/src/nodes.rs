@@ -1,6 +1,11 @@
-//! Each node's heartbeat: a record in the `<prefix>_nodes` bucket, rewritten every few seconds
-//! by the running node (and by every readiness probe), read by `tessera cluster status`.
+//! Each node's heartbeat: a record in the `<prefix>_nodes` bucket (key: the escaped node name),
+//! rewritten every `BEAT` with the node's connection count, and read back on the same beat for
+//! the cluster's counts (`$SYS/cluster/...`, `/metrics`) and by `tessera cluster status`.
+//! The token store's readiness probe writes its own key in the bucket (`probe_key`), which no
+//! node name can take.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
@@ -8,13 +13,17 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tessera_auth::clock::now_ms;
+use tessera_broker::cluster::PeerHandle;
+use tracing::{info, warn};
 
 use crate::keys::escape;
-use crate::kv::NatsKv;
+use crate::peers::NatsPeers;
 use crate::{ClusterError, Nats};
 
 /// A node counts as up while its last heartbeat is younger than this.
 pub const UP_WITHIN: Duration = Duration::from_secs(10);
+/// How often a node writes its heartbeat and reads the others'.
+const BEAT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -29,36 +38,86 @@ pub struct NodeStatus {
     pub up: bool,
 }
 
-/// Connections this node serves now, for its next heartbeat.
-static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-pub fn set_connections(n: u64) {
-    CONNECTIONS.store(n, std::sync::atomic::Ordering::Relaxed);
+/// The key of `node`'s readiness probe: with a dot, which an escaped node name never has
+/// (`keys.rs`), so it is never read as a heartbeat.
+pub(crate) fn probe_key(node: &str) -> String {
+    format!("probe.{}", escape(node))
 }
 
-/// Writes this node's heartbeat (a replicated write: it fails while JetStream cannot write).
-pub fn beat(kv: &NatsKv) -> Result<(), ClusterError> {
-    let nats = kv.nats();
-    let status = NodeStatus {
-        node: nats.config.node.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        seen_at_ms: now_ms(),
-        connections: CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed),
-        up: true,
+/// Writes this node's heartbeat every `BEAT` (a replicated write: it fails while JetStream
+/// cannot write) and reads every node's into `peers`' counts, for the life of the process.
+pub(crate) fn spawn_heartbeat(nats: &Arc<Nats>, broker: PeerHandle, peers: Arc<NatsPeers>) {
+    let (js, bucket, node) = (
+        nats.jetstream.clone(),
+        nats.name("nodes"),
+        nats.config.node.clone(),
+    );
+    nats.spawn(async move {
+        let mut tick = tokio::time::interval(BEAT);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let status = NodeStatus {
+                node: node.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                seen_at_ms: now_ms(),
+                connections: broker.connections() as u64,
+                up: true,
+            };
+            match beat(&js, &bucket, &status).await {
+                Ok(()) if failing => {
+                    info!("heartbeat to NATS written again");
+                    failing = false;
+                }
+                Err(e) if !failing => {
+                    warn!(error = %e, "heartbeat to NATS failed");
+                    failing = true;
+                }
+                _ => {}
+            }
+            if let Ok(nodes) = read_nodes(js.clone(), bucket.clone()).await {
+                let up = nodes.iter().filter(|n| n.up);
+                let c = &peers.counts;
+                c.nodes_up
+                    .store(up.clone().count() as u64, Ordering::Relaxed);
+                c.clients
+                    .store(up.map(|n| n.connections).sum(), Ordering::Relaxed);
+                c.nodes_known.store(nodes.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+async fn beat(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    status: &NodeStatus,
+) -> Result<(), ClusterError> {
+    let within = async {
+        let store: Store = js
+            .get_key_value(bucket)
+            .await
+            .map_err(ClusterError::request)?;
+        let value = Bytes::from(serde_json::to_vec(status).unwrap_or_default());
+        store
+            .put(escape(&status.node), value)
+            .await
+            .map_err(ClusterError::request)
     };
-    let value = Bytes::from(serde_json::to_vec(&status).unwrap_or_default());
-    let store = kv.nodes().clone();
-    let key = escape(&status.node);
-    nats.wait(async move { store.put(key, value).await })?
-        .map(|_| ())
-        .map_err(|e| ClusterError(format!("NATS: {e}")))
+    match tokio::time::timeout(crate::DEADLINE, within).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(ClusterError::TimedOut),
+    }
 }
 
 /// Every node that ever beat, by name, marked up or not.
 pub fn node_statuses(nats: &Nats) -> Result<Vec<NodeStatus>, ClusterError> {
     let (js, name) = (nats.jetstream.clone(), nats.name("nodes"));
     nats.wait(read_nodes(js, name))?
-        .map_err(|e| ClusterError(format!("cannot read the nodes bucket: {e}")))
+        .map_err(|e| ClusterError::Unavailable {
+            what: "the nodes bucket".into(),
+            reason: e,
+        })
 }
 
 /// `node_statuses`, on the NATS runtime.
@@ -71,6 +130,9 @@ pub(crate) async fn read_nodes(
     let mut nodes = Vec::new();
     while let Some(k) = keys.next().await {
         let k = k.map_err(|e| e.to_string())?;
+        if k.contains('.') {
+            continue; // a readiness probe's key
+        }
         if let Ok(Some(v)) = store.get(k).await
             && let Ok(s) = serde_json::from_slice::<NodeStatus>(&v)
         {
@@ -83,4 +145,17 @@ pub(crate) async fn read_nodes(
     }
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_node_name_escapes_to_a_probe_key() {
+        for node in ["a", "probe", "probe.a", "n.1", "=x"] {
+            assert!(!escape(node).contains('.'), "{node}");
+            assert!(probe_key(node).contains('.'));
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! QoS 1 and 2 between nodes through JetStream: the stream `<prefix>_qos` (subjects
 //! `<prefix>.q.>`, `cluster.replicas` replicas, kept an hour) holds every QoS 1/2 message a
 //! client publishes on any node, and the publisher's PUBACK / PUBREC waits for the stream's
-//! replicated acknowledgement (the broker's `peer_acked`): a message acknowledged to its
+//! replicated acknowledgement (`PeerHandle::settle`): a message acknowledged to its
 //! publisher survives the death of its node and of a NATS server. When JetStream does not
 //! acknowledge (no quorum, NATS lost, a full queue) the publisher gets 0x80 with a Reason
 //! String: never a silent loss.
@@ -9,7 +9,7 @@
 //! Each node reads the stream through a durable consumer of its own (`<prefix>_qos_<node>`)
 //! filtered by the subjects of its subscriptions, routes what it reads (what has arrived,
 //! together), waits until that is durable in its own store (`BrokerHandle::sync`), and only
-//! then acknowledges it. A node that
+//! then acknowledges it. Its filters come from the interest task (`interest.rs`). A node that
 //! was down reads on from where it stopped. Filters that overlap (which JetStream refuses in
 //! one consumer) make the node read every QoS 1/2 message and let its own routing filter them.
 
@@ -21,10 +21,11 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tessera_broker::BrokerHandle;
-use tokio::sync::watch;
+use tessera_broker::cluster::PeerHandle;
 use tracing::{info, warn};
 
+use crate::frame::Frame;
+use crate::interest::Filters;
 use crate::sessions::Position;
 use crate::{ClusterError, Nats};
 
@@ -58,14 +59,14 @@ pub(crate) fn create(nats: &Nats, config: stream::Config) -> Result<(), ClusterE
         match nats.wait(async move { js.get_or_create_stream(config).await.map(|_| ()) }) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => last = e.to_string(),
-            Err(e) => last = e.0,
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(ClusterError(format!(
-        "cannot create the stream {}: {last}",
-        config.name
-    )))
+    Err(ClusterError::Unavailable {
+        what: format!("stream {}", config.name),
+        reason: last,
+    })
 }
 
 /// Whether two NATS subjects (with `*` and `>`) can match one subject.
@@ -108,9 +109,9 @@ pub(crate) fn consumer_filters(base: &str, mut subjects: Vec<String>) -> Vec<Str
 /// Without the reset, the next acknowledgement would cover messages this node never routed.
 pub(crate) fn spawn_consumer(
     nats: &Nats,
-    broker: BrokerHandle,
+    broker: PeerHandle,
     origin: u64,
-    mut filters: watch::Receiver<(u64, Vec<String>)>,
+    mut filters: Filters,
     position: Arc<Position>,
 ) {
     let js = nats.jetstream.clone();
@@ -226,7 +227,7 @@ async fn open_session(
 /// Routes what has arrived together, makes it durable with one sync, then acknowledges its
 /// last message. `Err` (why) when the session must end: see `spawn_consumer`'s invariant.
 async fn take_batch(
-    broker: &BrokerHandle,
+    broker: &PeerHandle,
     origin: u64,
     batch: Vec<Result<async_nats::jetstream::Message, pull::MessagesError>>,
     last_delivery: &mut Option<u64>,
@@ -288,12 +289,15 @@ async fn take_batch(
 }
 
 /// Routes one message from the stream (not this node's own).
-fn route(broker: &BrokerHandle, origin: u64, frame: Bytes, published_ms: u64) {
-    if frame.len() < 16 || frame[..8] == origin.to_be_bytes() {
+fn route(broker: &PeerHandle, origin: u64, bytes: Bytes, published_ms: u64) {
+    let Some((frame, packet)) = Frame::parse(&bytes) else {
+        return;
+    };
+    if frame.origin == origin {
         return;
     }
-    if let Err(e) = broker.publish_from_peer(frame.slice(16..), published_ms) {
-        warn!(error = ?e, "a message from another node could not be read");
+    if let Err(e) = broker.publish(packet, published_ms) {
+        warn!(error = %e, "a message from another node could not be read");
     }
 }
 

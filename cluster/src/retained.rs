@@ -13,9 +13,10 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream;
 use futures_util::StreamExt;
-use tessera_broker::BrokerHandle;
+use tessera_broker::cluster::PeerHandle;
 use tracing::warn;
 
+use crate::frame::Frame;
 use crate::{ClusterError, Nats};
 
 /// Creates the stream on first start (or finds it).
@@ -32,7 +33,7 @@ pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
 }
 
 /// Follows the stream for the life of the process.
-pub(crate) fn spawn_follower(nats: &Nats, broker: BrokerHandle, origin: u64) {
+pub(crate) fn spawn_follower(nats: &Nats, broker: PeerHandle, origin: u64) {
     let js = nats.jetstream.clone();
     let name = nats.name("retained");
     let subjects = format!("{}.>", nats.subject("r"));
@@ -61,22 +62,20 @@ pub(crate) fn spawn_follower(nats: &Nats, broker: BrokerHandle, origin: u64) {
                     let (seq, published_ms) = m.info().map_or((u64::MAX, 0), |i| {
                         (i.stream_sequence, crate::stream_ms(i.published))
                     });
-                    let frame = &m.payload;
-                    if frame.len() < 16 {
+                    let Some((frame, packet)) = Frame::parse(&m.payload) else {
                         continue;
-                    }
+                    };
                     let replay = seq <= caught_up_at;
-                    if !replay && frame[..8] == origin.to_be_bytes() {
+                    if !replay && frame.origin == origin {
                         continue; // this node's own, already here
                     }
-                    let packet = frame.slice(16..);
                     let done = if replay {
-                        broker.retain_from_peer(packet)
+                        broker.retain(packet)
                     } else {
-                        broker.publish_from_peer(packet, published_ms)
+                        broker.publish(packet, published_ms)
                     };
                     if let Err(e) = done {
-                        warn!(error = ?e, "a retained message from another node could not be read");
+                        warn!(error = %e, "a retained message from another node could not be read");
                     }
                 }
                 Ok::<(), String>(())

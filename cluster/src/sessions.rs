@@ -19,7 +19,7 @@
 //!   written (at least once; QoS 2 too across a move).
 //!
 //! Records are written when a session opens, subscribes, unsubscribes, goes offline or ends
-//! (`Peers::session_changed`, coalesced) and every `SWEEP_EVERY` (the floor moves on). The
+//! (`Event::SessionChanged`, coalesced) and every `SWEEP_EVERY` (the floor moves on). The
 //! sweep at start drops every restored session whose record names another owner: a node back
 //! from a crash does not resurrect sessions that moved on while it was down.
 
@@ -36,12 +36,13 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tessera_auth::clock::now_ms;
+use tessera_broker::cluster::{MovedSession, PeerHandle, SessionSnapshot};
 use tessera_broker::codec::{QoS, RetainHandling, SubscriptionOptions};
 use tessera_broker::store::StoredSubscription;
-use tessera_broker::{BrokerHandle, MovedSession, SessionSnapshot};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::interest::Interest;
 use crate::keys::escape;
 use crate::{ClusterError, Nats};
 
@@ -129,7 +130,7 @@ pub(crate) struct Position {
     pub caught_up: AtomicBool,
     /// Publication time (ms) of the last message it routed.
     pub read_ms: AtomicU64,
-    /// The generation of filters the consumer reads with (see `routing.rs`).
+    /// The generation of filters the consumer reads with (see `interest.rs`).
     pub applied: watch::Sender<u64>,
 }
 
@@ -161,24 +162,24 @@ struct HandoffRequest {
 pub(crate) struct Sessions {
     store: Store,
     node: String,
-    broker: BrokerHandle,
+    broker: PeerHandle,
     nats: Arc<Nats>,
     owned: Mutex<HashMap<String, Owned>>,
     /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
     replays: Mutex<HashMap<String, Record>>,
     changed: mpsc::UnboundedSender<String>,
     position: Arc<Position>,
-    /// Asks the interest task for the filter generation that includes every change so far.
-    sync_interest: mpsc::UnboundedSender<oneshot::Sender<u64>>,
+    /// The interest task, asked for the filter generation that includes every change so far.
+    interest: mpsc::UnboundedSender<Interest>,
 }
 
 impl Sessions {
     /// Opens the bucket and starts the handoff responder and the record writer. Blocking.
     pub(crate) fn start(
         nats: Arc<Nats>,
-        broker: BrokerHandle,
+        broker: PeerHandle,
         position: Arc<Position>,
-        sync_interest: mpsc::UnboundedSender<oneshot::Sender<u64>>,
+        interest: mpsc::UnboundedSender<Interest>,
     ) -> Result<Arc<Sessions>, ClusterError> {
         let store = crate::kv::open_bucket(&nats, &nats.name("sessions"))?;
         let (changed, changed_rx) = mpsc::unbounded_channel();
@@ -191,7 +192,7 @@ impl Sessions {
             replays: Mutex::default(),
             changed,
             position,
-            sync_interest,
+            interest,
         });
         nats.spawn(sessions.clone().respond_to_handoffs());
         nats.spawn(sessions.clone().write_records(changed_rx));

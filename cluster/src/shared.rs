@@ -1,7 +1,7 @@
 //! Shared subscriptions across nodes: `$share/<group>/<filter>` has members on any node, and
 //! each message goes to one of them overall. A node routes no message to a group itself
 //! (`tessera_broker` leaves groups out once it has peers); the group's messages reach the
-//! node NATS picks, which gives each to one local member (`BrokerHandle::publish_to_group`):
+//! node NATS picks, which gives each to one local member (`PeerHandle::publish_to_group`):
 //!
 //! - QoS 0 (and retained values) through a core NATS queue group per shared subscription,
 //!   named after a hash of group and filter: NATS delivers each message to one subscriber of
@@ -16,12 +16,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use bytes::Bytes;
 use futures_util::StreamExt;
-use tessera_broker::BrokerHandle;
+use tessera_broker::cluster::PeerHandle;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::Nats;
+use crate::frame::Frame;
 use crate::qos::consumer_filters;
 use crate::subjects::filter_subjects;
 
@@ -46,7 +48,7 @@ fn group_name(group: &str, filter: &str) -> String {
 /// node's members; abort the tasks when the last member here leaves.
 pub(crate) async fn follow(
     nats: &Nats,
-    broker: &BrokerHandle,
+    broker: &PeerHandle,
     group: &str,
     filter: &str,
 ) -> Vec<JoinHandle<()>> {
@@ -70,9 +72,7 @@ pub(crate) async fn follow(
                 }
             };
             while let Some(m) = sub.next().await {
-                if m.payload.len() > 16 {
-                    let _ = broker.publish_to_group(&group, &filter, m.payload.slice(16..));
-                }
+                to_member(&broker, &group, &filter, &m.payload);
             }
         }));
     }
@@ -117,12 +117,7 @@ pub(crate) async fn follow(
             while let Some(batch) = messages.next().await {
                 let mut taken = Vec::new();
                 for m in batch.into_iter().filter_map(Result::ok) {
-                    let delivered = m.payload.len() > 16
-                        && matches!(
-                            broker.publish_to_group(&group, &filter, m.payload.slice(16..)),
-                            Ok(true)
-                        );
-                    if delivered {
+                    if to_member(&broker, &group, &filter, &m.payload) {
                         taken.push(m);
                     } else {
                         let _ = m.ack_with(AckKind::Nak(None)).await;
@@ -140,6 +135,13 @@ pub(crate) async fn follow(
         }
     }));
     tasks
+}
+
+/// Gives a framed message to one member of the group here; whether one took it.
+fn to_member(broker: &PeerHandle, group: &str, filter: &str, bytes: &Bytes) -> bool {
+    Frame::parse(bytes).is_some_and(|(_, packet)| {
+        matches!(broker.publish_to_group(group, filter, packet), Ok(true))
+    })
 }
 
 #[cfg(test)]

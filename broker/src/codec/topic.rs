@@ -69,6 +69,15 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, InvalidSha
     }))
 }
 
+/// `$share/g/a/b` → `(Some("g"), "a/b")`; any other filter, a malformed shared one included,
+/// → `(None, filter)`.
+pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}
+
 /// Whether `name` matches `filter`. Names starting with `$` are not matched by a filter whose
 /// first level is a wildcard (MQTT-4.7.2-1).
 pub fn matches(filter: &str, name: &str) -> bool {

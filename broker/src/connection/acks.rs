@@ -3,7 +3,10 @@
 //! drop the client's next message under it as a duplicate), a PUBREL that the broker will not
 //! send that PUBLISH again (the client forgets the identifier on it). Each waits for the
 //! journal batch that holds what it promises, and they leave in the order their packets
-//! arrived (MQTT 4.6), while the connection goes on reading.
+//! arrived (MQTT 4.6), while the connection goes on reading. In a cluster a PUBACK / PUBREC
+//! also waits for the cluster's ticket (the message stored for the other nodes), and a SUBACK
+//! for the cluster's ticket alone (the other nodes route the subscription's messages here):
+//! both kinds of ticket are `tickets.rs`'s.
 //!
 //! The queue exists only while something waits, so an idle connection pays one pointer, and
 //! holds a few bytes per acknowledgement (the packet is built when it leaves).
@@ -16,6 +19,7 @@ use crate::codec::{Packet, Properties, PubResp, ReasonCode, SubAck};
 use crate::journal::Record;
 use crate::message::Delivery;
 use crate::store::StoreError;
+use crate::tickets::Wait;
 
 /// Which acknowledgement, named as the packets are.
 #[allow(clippy::enum_variant_names)]
@@ -66,14 +70,6 @@ impl Ack {
     }
 }
 
-/// What an acknowledgement waits for: a journal batch and, in a cluster, the peers' ticket
-/// (0: nothing).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Wait {
-    pub journal: u64,
-    pub peers: u64,
-}
-
 /// Why what an acknowledgement promises did not happen.
 enum Unstored {
     Store(StoreError),
@@ -93,19 +89,19 @@ pub(crate) struct DeferredAcks {
 }
 
 impl Connection {
-    /// Sends the SUBACK of `packet_id` once the peers have settled `peer_at` (the other
-    /// nodes route the new subscriptions' messages here), after every acknowledgement queued
-    /// before it; the `retained` messages follow it.
+    /// Sends the SUBACK of `packet_id` once the cluster has settled `cluster_ticket` (the
+    /// other nodes route the new subscriptions' messages here; 0: nothing to wait for), after
+    /// every acknowledgement queued before it; the `retained` messages follow it.
     pub(crate) fn acknowledge_subscribe(
         &mut self,
         c: &Client,
         packet_id: u16,
         codes: Vec<ReasonCode>,
         retained: Vec<Delivery>,
-        peer_at: Option<u64>,
+        cluster_ticket: u64,
     ) {
         let ack = Ack::new(AckKind::SubAck, packet_id, ReasonCode::SUCCESS);
-        if peer_at.is_none() && self.acks.is_none() {
+        if cluster_ticket == 0 && self.acks.is_none() {
             self.suback(c, ack, codes, retained);
             return;
         }
@@ -114,14 +110,14 @@ impl Connection {
         // A SUBACK is queued whatever is before it: nothing to refuse here.
         let wait = Wait {
             journal: 0,
-            peers: peer_at.unwrap_or(0),
+            cluster: cluster_ticket,
         };
         self.defer(c, wait, ack);
     }
 
     /// Sends a SUBACK and queues the retained messages behind it, through the session queue
     /// so flow control and packet identifiers apply (they are not bounded by the live-message
-    /// queue). Its subscriptions stand whatever the peers answered (they are this node's).
+    /// queue). Its subscriptions stand whatever the cluster answered (they are this node's).
     fn suback(
         &mut self,
         c: &Client,
@@ -145,21 +141,11 @@ impl Connection {
         }
     }
 
-    /// Sends `ack` once the journal batch `durable_at` is done and the peers have settled
-    /// `peer_at`, and after every acknowledgement queued before it. `Err` when what it
-    /// promises failed for a client before 5.0, which has no reason code to say so: the
-    /// connection ends instead (its client sends the message again).
-    pub(crate) fn acknowledge(
-        &mut self,
-        c: &Client,
-        ack: Ack,
-        durable_at: Option<u64>,
-        peer_at: Option<u64>,
-    ) -> Result<(), Ending> {
-        let wait = Wait {
-            journal: durable_at.unwrap_or(0),
-            peers: peer_at.unwrap_or(0),
-        };
+    /// Sends `ack` once the tickets of `wait` are done, and after every acknowledgement
+    /// queued before it. `Err` when what it promises failed for a client before 5.0, which
+    /// has no reason code to say so: the connection ends instead (its client sends the
+    /// message again).
+    pub(crate) fn acknowledge(&mut self, c: &Client, ack: Ack, wait: Wait) -> Result<(), Ending> {
         if self.acks.is_none() && self.is_done(wait) {
             let packet = self.outcome(c, ack, self.settled(wait))?;
             self.send(c, packet);
@@ -177,11 +163,11 @@ impl Connection {
             && let Some(j) = broker.journal()
         {
             acks.registered.journal = wait.journal;
-            j.wake_after(wait.journal, &c.session);
+            j.wake_after(wait.journal, &c.session.waker());
         }
-        if wait.peers > acks.registered.peers {
-            acks.registered.peers = wait.peers;
-            broker.peer_acks.wake_after(wait.peers, &c.session);
+        if wait.cluster > acks.registered.cluster {
+            acks.registered.cluster = wait.cluster;
+            broker.cluster.wake_after(wait.cluster, &c.session.waker());
         }
         acks.queue.push_back((wait, ack));
     }
@@ -189,7 +175,7 @@ impl Connection {
     fn is_done(&self, w: Wait) -> bool {
         let journal_done =
             w.journal == 0 || self.broker.journal().is_some_and(|j| j.done() >= w.journal);
-        journal_done && (w.peers == 0 || self.broker.peer_acks.done() >= w.peers)
+        journal_done && (w.cluster == 0 || self.broker.cluster.done() >= w.cluster)
     }
 
     /// How the tickets of a done wait ended.
@@ -199,7 +185,7 @@ impl Connection {
         {
             j.outcome(w.journal).map_err(Unstored::Store)?;
         }
-        if w.peers != 0 && !self.broker.peer_acks.stored(w.peers) {
+        if w.cluster != 0 && !self.broker.cluster.kept(w.cluster) {
             return Err(Unstored::Cluster);
         }
         Ok(())

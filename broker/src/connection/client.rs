@@ -77,7 +77,7 @@ impl Client {
     }
 }
 
-/// A credential's expiry on the runtime clock.
+/// A credential's expiry on the runtime clock (tokio's, which tests may pause).
 pub(crate) fn deadline_from(expires_at: Option<SystemTime>) -> Option<Instant> {
     expires_at.map(|t| {
         let left = t

@@ -111,7 +111,7 @@ impl Connection {
                 });
                 if d.qos == QoS::ExactlyOnce && (ticket > j.done() || !st.unsent.is_empty()) {
                     if st.unsent.back().is_none_or(|(_, t)| *t != ticket) {
-                        j.wake_after(ticket, &session);
+                        j.wake_after(ticket, &session.waker());
                     }
                     st.unsent.push_back((pid, ticket));
                     st.inflight.insert(pid, Inflight::Published(d));

@@ -201,7 +201,7 @@ impl Handshake<'_> {
             warn!(client_id = %client.client_id(), error = %e, "session record not stored; served from memory");
         }
         if resumed {
-            self.broker.resumed(client.client_id());
+            self.broker.cluster.resumed(client.client_id());
         }
         Ok(client)
     }
@@ -275,16 +275,19 @@ impl Handshake<'_> {
         terms: Terms,
         mut connack: Packet,
     ) -> (Client, Option<u64>, bool) {
-        // In a cluster, the session may be on another node: it moves here (`handoff.rs`).
+        // In a cluster, the session may be on another node: it moves here
+        // (`cluster/sessions.rs`).
         let moved = self
             .broker
+            .cluster
             .claim(&id.client_id, c.clean_start, terms.expiry)
             .await;
         let resumed = moved.is_some();
         let endpoint = self.endpoint;
         let since = SystemTime::now();
         self.broker
-            .connected_here(&id.client_id, since, c.clean_start);
+            .cluster
+            .connected(&id.client_id, since, c.clean_start);
         self.broker.register_connection(ConnectionInfo {
             conn_id: endpoint.id,
             client_id: id.client_id.clone(),

@@ -26,6 +26,7 @@ use crate::message::{Delivery, Message, StoredRef};
 use crate::session::{Inflight, Session};
 use crate::stats::Dropped;
 use crate::store::EntryState;
+use crate::tickets::Wait;
 
 /// What handling a packet asks of the connection next.
 pub(crate) enum Handled {
@@ -83,8 +84,7 @@ impl Connection {
                     self.acknowledge(
                         c,
                         Ack::new(AckKind::PubRel, r.packet_id, code),
-                        durable_at,
-                        None,
+                        Wait::journal(durable_at),
                     )?;
                 }
             }
@@ -111,8 +111,7 @@ impl Connection {
                 self.acknowledge(
                     c,
                     Ack::new(AckKind::PubComp, r.packet_id, code),
-                    durable_at,
-                    None,
+                    Wait::journal(durable_at),
                 )?;
             }
             Packet::PubComp(r) => {
@@ -195,8 +194,7 @@ impl Connection {
                 self.acknowledge(
                     c,
                     Ack::new(AckKind::PubRec, pid, ReasonCode::SUCCESS),
-                    None,
-                    None,
+                    Wait::default(),
                 )?;
                 return Ok(());
             }
@@ -205,8 +203,7 @@ impl Connection {
             }
         }
         let qos = p.qos;
-        let mut durable_at = None;
-        let mut peer_at = None;
+        let mut durable = Wait::default();
         // A QoS 2 message of a persistent session and its packet identifier commit in one
         // batch: with either alone on disk, a crash would lose the message (the resend would
         // be taken for a duplicate) or deliver it twice.
@@ -238,11 +235,10 @@ impl Connection {
             if qos == QoS::AtMostOnce {
                 return Ok(());
             }
-            durable_at = routed.durable_at;
-            peer_at = routed.peer_at;
+            durable = routed.durable;
             if routed.rejected || routed.retained_refused {
                 ReasonCode::QUOTA_EXCEEDED
-            } else if routed.matched == 0 && routed.peer_at.is_none() {
+            } else if routed.matched == 0 && routed.durable.cluster == 0 {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
             } else {
                 ReasonCode::SUCCESS
@@ -254,7 +250,7 @@ impl Connection {
                 self.broker.stats.drop_one(Dropped::Refused);
             }
             QoS::AtLeastOnce => {
-                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable_at, peer_at)?;
+                self.acknowledge(c, Ack::new(AckKind::PubAck, pid, code), durable)?;
             }
             QoS::ExactlyOnce => {
                 if !code.is_error() {
@@ -266,10 +262,10 @@ impl Connection {
                         && let Some(j) = self.broker.journal()
                     {
                         let t = j.append(Record::IncomingAdd(c.session.client_id.clone(), pid));
-                        durable_at = durable_at.max(Some(t));
+                        durable.journal = durable.journal.max(t);
                     }
                 }
-                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable_at, peer_at)?;
+                self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable)?;
             }
         }
         Ok(())
@@ -348,12 +344,12 @@ impl Connection {
             }
             codes.push(code);
         }
-        let peer_at = if codes.iter().any(|c| !c.is_error()) {
-            self.broker.interest_ticket()
+        let cluster_ticket = if codes.iter().any(|c| !c.is_error()) {
+            self.broker.cluster.interest_ticket()
         } else {
-            None
+            0
         };
-        self.acknowledge_subscribe(c, s.packet_id, codes, retained, peer_at);
+        self.acknowledge_subscribe(c, s.packet_id, codes, retained, cluster_ticket);
         Ok(())
     }
 

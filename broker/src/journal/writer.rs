@@ -90,7 +90,7 @@ impl Writer {
                     self.shared.wake.wait_for(&mut p, left);
                 }
                 let batch = p.batch;
-                p.batch += 1;
+                p.batch = self.shared.tickets.issue();
                 (batch, std::mem::take(&mut p.records), p.stop)
             };
             let (changes, bodies) = self.build(records);
@@ -102,7 +102,7 @@ impl Writer {
             last_commit = Instant::now();
             self.shared.commit_latency.observe(last_commit - started);
             self.shared.last_ok.store(result.is_ok(), Ordering::Relaxed);
-            match result {
+            match &result {
                 Ok(()) => {
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     if alive_at.is_some() {
@@ -117,25 +117,10 @@ impl Writer {
                 Err(e) => {
                     self.shared.failures.fetch_add(1, Ordering::Relaxed);
                     warn!(batch, error = %e, "store commit failed; its publishers are told");
-                    let mut failed = self.shared.failed.lock();
-                    failed.insert(batch, e);
-                    while failed.len() > FAILED_KEPT {
-                        failed.pop_first();
-                    }
                 }
             }
-            let woken = {
-                let mut p = self.shared.pending.lock();
-                self.shared.done.store(batch, Ordering::Release);
-                let (due, later): (Vec<_>, Vec<_>) =
-                    p.waiters.drain(..).partition(|(t, _)| *t <= batch);
-                p.waiters = later;
-                due
-            };
-            self.shared.done_tx.send_replace(batch);
-            for (_, s) in woken {
-                s.notify.notify_one();
-            }
+            // Batches are taken and settled in order, so `done` becomes this batch.
+            self.shared.tickets.settle(batch, result);
             if stop {
                 return;
             }

@@ -19,7 +19,7 @@ pub mod encoding;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -48,7 +48,7 @@ impl StoredMessage {
             qos: m.qos,
             retain: m.retain,
             properties: m.properties().clone(),
-            expires_at: m.expires_at.map(wall_clock),
+            expires_at: m.expires_at.map(crate::clock::wall_clock),
         }
     }
 
@@ -59,27 +59,13 @@ impl StoredMessage {
             qos: self.qos,
             retain: self.retain,
             properties: crate::message::boxed(self.properties.clone()),
-            expires_at: self.expires_at.map(runtime_clock),
+            expires_at: self.expires_at.map(crate::clock::runtime_clock),
             publisher: 0,
             encoded_properties: Default::default(),
             stored_id: Default::default(),
             published_ms: Default::default(),
         }
     }
-}
-
-/// A runtime instant on the wall clock.
-pub(crate) fn wall_clock(t: Instant) -> SystemTime {
-    let now = Instant::now();
-    match t.checked_duration_since(now) {
-        Some(ahead) => SystemTime::now() + ahead,
-        None => SystemTime::now() - now.duration_since(t),
-    }
-}
-
-/// A wall-clock time on the runtime clock (a past time is now).
-pub(crate) fn runtime_clock(t: SystemTime) -> Instant {
-    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

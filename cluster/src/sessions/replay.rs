@@ -11,6 +11,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::{Record, Sessions};
+use crate::frame::Frame;
+use crate::interest::Interest;
 use crate::qos::consumer_filters;
 use crate::subjects::filter_subjects;
 
@@ -52,7 +54,7 @@ impl Sessions {
     /// message it skipped before that is in the replay, one after it reaches the session live.
     async fn consumer_follows_moved_subscriptions(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.sync_interest.send(tx).is_ok()
+        if self.interest.send(Interest::Sync(tx)).is_ok()
             && let Ok(generation) = rx.await
         {
             let mut applied = self.position.applied.subscribe();
@@ -118,10 +120,8 @@ impl Sessions {
                 next_delivery += 1;
                 pending = info.pending;
                 let published_ms = crate::stream_ms(info.published);
-                if m.payload.len() > 16
-                    && let Ok(true) =
-                        self.broker
-                            .deliver_to(client_id, m.payload.slice(16..), published_ms)
+                if let Some((_, packet)) = Frame::parse(&m.payload)
+                    && let Ok(true) = self.broker.deliver_to(client_id, packet, published_ms)
                 {
                     delivered += 1;
                 }

@@ -1,0 +1,258 @@
+//! The cluster's edge: all of the engine's side of a cluster, in this folder, as the storage
+//! seam is in `store/`. The engine knows no cluster protocol; a [`Peers`] implementation
+//! (`tessera-cluster`, on NATS) carries what it is given, and [`PeerHandle`] is its one way
+//! back in.
+//!
+//! - Out, through the broker's one field [`Cluster`]: every message a client of this node
+//!   publishes (and every will) after local routing, as the bytes of an MQTT 5 PUBLISH
+//!   ([`Peers::forward`]; the codec is the wire format between nodes, its remaining Message
+//!   Expiry travels in it; `$` topics stay on their node); what the other nodes must know, as
+//!   [`Event`]s (filter entries gained and lost, CONNECTs, sessions changed); and, before a
+//!   session opens here, the session its client has elsewhere ([`Peers::claim`]).
+//! - Waits: a QoS 1/2 PUBACK / PUBREC waits until the message is stored for the other nodes,
+//!   and in a cluster a SUBACK until the other nodes route the subscription's messages here.
+//!   Both are [`Tickets`] of the cluster, which [`PeerHandle::settle`] settles: the same
+//!   mechanism as the journal's batches (`connection/acks.rs` waits for both).
+//! - In, through [`PeerHandle`] (`inbound.rs`): messages from other nodes (routed here, never
+//!   forwarded again), shared groups' messages (one member here), retained values, takeovers.
+//! - A persistent session moving between nodes (`sessions.rs`): its snapshot for the
+//!   cluster's record, releasing it here, opening it there, the replay of its messages.
+//! - [`RecordingPeers`] (`recording.rs`): a fake that records what the engine says, for
+//!   in-process tests of all of the above.
+//!
+//! Without a cluster, every call on [`Cluster`] is one load of an empty `OnceLock`.
+
+mod inbound;
+mod recording;
+mod sessions;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Waker;
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::BoxFuture;
+use crate::codec::{self, Packet, Publish, QoS, Version};
+use crate::message::Message;
+use crate::tickets::Tickets;
+
+pub use inbound::{PeerHandle, PeerPacketError};
+pub use recording::{Recorded, RecordingPeers};
+pub use sessions::{MovedSession, SessionSnapshot};
+
+/// The other nodes of one broker, as the engine sees them. Every method is called on the
+/// engine's paths, some under its locks: none may block.
+pub trait Peers: Send + Sync + 'static {
+    /// A message published on this node; `packet` is an MQTT 5 PUBLISH. With `ticket`, the
+    /// publisher's PUBACK / PUBREC waits until the implementation settles it
+    /// ([`PeerHandle::settle`], exactly once): stored for the other nodes, or not.
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>);
+    /// Something the other nodes must learn (see [`Event`]).
+    fn event(&self, event: Event<'_>);
+    /// A client is about to open its session here (its CONNECT is authenticated): the
+    /// session it has on another node, moved here, unless `clean_start` (which ends it
+    /// there). See `sessions.rs`.
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) -> BoxFuture<'static, Option<MovedSession>>;
+    /// The cluster as last seen (for `$SYS/cluster/...` and `/metrics`).
+    fn counts(&self) -> ClusterCounts;
+}
+
+/// What the engine tells the other nodes besides messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The subscription tree gained (`added`) or lost one entry for `filter`, so the other
+    /// nodes send this one exactly what its subscriptions match; `group`: of a shared
+    /// subscription `$share/<group>/<filter>`, whose messages the cluster gives to one member
+    /// overall ([`PeerHandle::publish_to_group`] on the node it picks). Reported under the
+    /// tree's write lock, so the interest the other nodes see is the tree's.
+    Interest {
+        filter: &'a str,
+        group: Option<&'a str>,
+        added: bool,
+    },
+    /// Settle this ticket once every `Interest` reported before it reaches the other nodes:
+    /// a SUBACK waits for it, so a message published anywhere after the SUBACK reaches the
+    /// subscription.
+    InterestTicket(u64),
+    /// A client completed CONNECT here at `since`: a connection with its client id on another
+    /// node must end (Session taken over, [`PeerHandle::taken_over`] there), and with
+    /// `clean_start` its session there too.
+    Connected {
+        client_id: &'a str,
+        since: SystemTime,
+        clean_start: bool,
+    },
+    /// The session [`Peers::claim`] moved here is open: what was queued for it elsewhere may
+    /// be delivered now ([`PeerHandle::deliver_to`]).
+    Resumed { client_id: &'a str },
+    /// A session's subscriptions or presence changed, or it ended (read it with
+    /// [`PeerHandle::session_snapshot`]).
+    SessionChanged { client_id: &'a str },
+}
+
+/// The whole cluster at a glance, from the nodes' heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    /// Nodes with a recent heartbeat, and every node that ever beat.
+    pub nodes_up: u64,
+    pub nodes_known: u64,
+    /// MQTT connections on the nodes that are up.
+    pub clients: u64,
+    /// Messages the other nodes did not get because the way to them was full.
+    pub forward_dropped: u64,
+}
+
+/// The broker's one field for the cluster: the peers once connected, the tickets its
+/// acknowledgements wait for, and whether the cluster picks shared groups' members now.
+pub(crate) struct Cluster {
+    peers: OnceLock<Arc<dyn Peers>>,
+    /// Messages being stored for the other nodes, SUBACKs waiting for the interest to reach
+    /// them. Failure carries nothing: the publisher is told the cluster could not store it.
+    tickets: Tickets<()>,
+    /// False while the cluster cannot pick a shared group's member (NATS lost): this node
+    /// routes to its own members, as when alone.
+    groups_across_nodes: AtomicBool,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            peers: OnceLock::new(),
+            tickets: Tickets::default(),
+            groups_across_nodes: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Cluster {
+    fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
+    }
+
+    /// Hands messages published on this node to the other nodes; returns the ticket the
+    /// publisher's acknowledgement waits for (QoS 1 and 2 messages), 0 for none.
+    pub(crate) fn forward(&self, messages: &[Arc<Message>]) -> u64 {
+        let Some(peers) = self.peers() else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut last = 0;
+        for m in messages
+            .iter()
+            .filter(|m| !m.topic.as_str().starts_with('$'))
+        {
+            let ticket = (m.qos != QoS::AtMostOnce).then(|| self.tickets.issue());
+            last = last.max(ticket.unwrap_or(0));
+            peers.forward(m.topic.as_str(), m.retain, encode(m, now), ticket);
+        }
+        last
+    }
+
+    /// Tells the other nodes about a tree entry gained or lost (under the tree's write lock).
+    pub(crate) fn interest(&self, filter: &str, group: Option<&str>, added: bool) {
+        if let Some(peers) = self.peers() {
+            peers.event(Event::Interest {
+                filter,
+                group,
+                added,
+            });
+        }
+    }
+
+    /// A ticket settled once the interest reported so far reached the other nodes; 0 without
+    /// peers.
+    pub(crate) fn interest_ticket(&self) -> u64 {
+        let Some(peers) = self.peers() else {
+            return 0;
+        };
+        let t = self.tickets.issue();
+        peers.event(Event::InterestTicket(t));
+        t
+    }
+
+    pub(crate) fn connected(&self, client_id: &str, since: SystemTime, clean_start: bool) {
+        if let Some(peers) = self.peers() {
+            peers.event(Event::Connected {
+                client_id,
+                since,
+                clean_start,
+            });
+        }
+    }
+
+    pub(crate) fn resumed(&self, client_id: &str) {
+        if let Some(peers) = self.peers() {
+            peers.event(Event::Resumed { client_id });
+        }
+    }
+
+    pub(crate) fn session_changed(&self, client_id: &str) {
+        if let Some(peers) = self.peers() {
+            peers.event(Event::SessionChanged { client_id });
+        }
+    }
+
+    /// The session `client_id` may have on another node, moved here.
+    pub(crate) async fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) -> Option<MovedSession> {
+        let peers = self.peers()?;
+        peers.claim(client_id, clean_start, expiry_interval).await
+    }
+
+    /// Whether routing a message to `topic` here gives shared groups their member. In a
+    /// cluster a group spans the nodes and its member is picked between them
+    /// ([`PeerHandle::publish_to_group`]), so routing leaves groups out; `$` topics stay on
+    /// their node, and with them their groups; without NATS, groups are this node's alone.
+    pub(crate) fn routes_groups_here(&self, topic: &str) -> bool {
+        self.peers().is_none()
+            || topic.starts_with('$')
+            || !self.groups_across_nodes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn counts(&self) -> Option<ClusterCounts> {
+        self.peers().map(|p| p.counts())
+    }
+
+    /// Every ticket up to this one is settled.
+    pub(crate) fn done(&self) -> u64 {
+        self.tickets.done()
+    }
+
+    /// Whether ticket `t` (done) was kept: the message stored for the other nodes.
+    pub(crate) fn kept(&self, t: u64) -> bool {
+        self.tickets.outcome(t).is_ok()
+    }
+
+    pub(crate) fn wake_after(&self, t: u64, waker: &Waker) {
+        self.tickets.wake_after(t, waker);
+    }
+}
+
+/// A message as the other nodes get it: an MQTT 5 PUBLISH with its remaining expiry.
+fn encode(m: &Message, now: Instant) -> Bytes {
+    let mut properties = m.properties().clone();
+    properties.message_expiry_interval = m.remaining_expiry(now);
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos: m.qos,
+        retain: m.retain,
+        topic: m.topic.clone(),
+        packet_id: (m.qos != QoS::AtMostOnce).then_some(1),
+        properties,
+        payload: m.payload.clone(),
+    });
+    let mut buf = BytesMut::with_capacity(m.payload.len() + m.topic.len() + 16);
+    codec::encode(&packet, Version::V5, &mut buf);
+    buf.freeze()
+}
