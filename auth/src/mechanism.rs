@@ -69,10 +69,7 @@ impl OAuthMechanism {
                     "invalid, expired or revoked token",
                 );
             }
-            Err(e) => {
-                tracing::error!(error = %e, "token store");
-                return fail(ReasonCode::SERVER_UNAVAILABLE, "token store unavailable");
-            }
+            Err(e) => return store_unavailable(e),
         };
         self.accept_token(info, username, client_id)
     }
@@ -147,6 +144,13 @@ impl OAuthMechanism {
             _ => {}
         }
     }
+}
+
+/// The store failed during a login: 0x88 Server unavailable, which the backoff does not count
+/// (`OAuthMechanism::record`); the cause is logged, not told.
+fn store_unavailable(e: impl std::fmt::Display) -> AuthStep {
+    tracing::error!(error = %e, "token store");
+    fail(ReasonCode::SERVER_UNAVAILABLE, "token store unavailable")
 }
 
 /// Who is logging in, as the audit log and the metrics name it.
@@ -302,9 +306,12 @@ impl OAuthMechanism {
     ) -> AuthStep {
         if self.auth.token_as_password
             && let Ok(token) = std::str::from_utf8(password)
-            && let Ok(Some(info)) = self.service.validate(token)
         {
-            return self.accept_token(info, user, client_id);
+            match self.service.validate(token) {
+                Ok(Some(info)) => return self.accept_token(info, user, client_id),
+                Ok(None) => {}
+                Err(e) => return store_unavailable(e),
+            }
         }
         if !self.auth.password_login {
             return fail(
@@ -338,11 +345,14 @@ impl OAuthMechanism {
         };
         let service = self.service.clone();
         let name = user.clone();
-        let ok = tokio::task::spawn_blocking(move || service.check_password(&name, &password))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
+        let checked =
+            tokio::task::spawn_blocking(move || service.check_password(&name, &password)).await;
+        let ok = match checked {
+            Ok(Ok(ok)) => ok,
+            // An outage is not a wrong password: 0x88, and the backoff counts nothing.
+            Ok(Err(e)) => return store_unavailable(e),
+            Err(e) => return store_unavailable(e),
+        };
         if ok {
             self.backoff.succeed(&crate::backoff::user_key(&user));
             AuthStep::Success(self.grant(Some(user), client_id, None))
@@ -353,5 +363,65 @@ impl OAuthMechanism {
                 "bad user name or password",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Bucket;
+    use crate::service::test_support::service_with_outage;
+    use tessera_broker::codec::Version;
+
+    fn password_connect(user: &str, password: &str) -> ConnectRequest {
+        ConnectRequest {
+            client_id: "c".into(),
+            username: Some(user.into()),
+            password: Some(Bytes::from(password.to_string())),
+            method: None,
+            data: None,
+            peer: "192.0.2.7:50000".parse().unwrap(),
+            transport: "tcp",
+            version: Version::V5,
+        }
+    }
+
+    fn refused_with(step: &AuthStep) -> ReasonCode {
+        match step {
+            AuthStep::Failure(f) => f.reason,
+            AuthStep::Success(_) => panic!("logged in"),
+            AuthStep::Continue { .. } => panic!("asked for more"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_not_a_bad_password_and_counts_toward_no_backoff() {
+        let (_dir, service, outage) = service_with_outage();
+        service.add_user("alice", "right").unwrap();
+        let backoff = Arc::new(Backoff::new(2));
+        let auth = OAuthAuthenticator(Arc::new(OAuthMechanism {
+            service,
+            auth: AuthConfig::default(),
+            access_publish: AccessRules::default(),
+            access_subscribe: AccessRules::default(),
+            backoff: backoff.clone(),
+        }));
+        outage.fail(&[Bucket::Users]);
+        for _ in 0..5 {
+            let step = auth.connect(password_connect("alice", "right")).await;
+            assert_eq!(refused_with(&step), ReasonCode::SERVER_UNAVAILABLE);
+        }
+        assert!(backoff.check(&crate::backoff::user_key("alice")).is_ok());
+        assert!(
+            backoff
+                .check(&crate::backoff::address_key([192, 0, 2, 7].into()))
+                .is_ok()
+        );
+        // Back up: the right password logs in at once, a wrong one is a bad password.
+        outage.fail(&[]);
+        let step = auth.connect(password_connect("alice", "right")).await;
+        assert!(matches!(step, AuthStep::Success(_)));
+        let step = auth.connect(password_connect("alice", "wrong")).await;
+        assert_eq!(refused_with(&step), ReasonCode::BAD_USER_NAME_OR_PASSWORD);
     }
 }

@@ -10,7 +10,7 @@ use axum::Extension;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::pages::{self, esc, hidden};
@@ -281,12 +281,22 @@ async fn submit(
     }
     let password = p.password.clone().unwrap_or_default();
     let username = p.username.clone();
-    let user = state
+    let checked = state
         .blocking(move |service| service.check_login(username.as_deref(), &password))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
+        .await;
+    let user = match checked {
+        Ok(Ok(user)) => user,
+        // The store failed: not a wrong password, and not counted as one.
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "token store");
+            return pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign in",
+                "The server cannot check passwords right now. Try again in a moment.",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
     let Some(user) = user else {
         state.backoff.fail(&ip_key);
         crate::audit::http_login_refused(

@@ -160,7 +160,7 @@ pub async fn verify_submit(
         Ok(Err(e)) => {
             tracing::error!(error = %e, "token service");
             pages::message(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "Connect a device",
                 "The token store is unavailable. Try again.",
             )
@@ -168,7 +168,7 @@ pub async fn verify_submit(
         Err(_) => pages::message(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Connect a device",
-            "The token store is unavailable. Try again.",
+            "The request could not be completed. Try again.",
         ),
     }
 }

@@ -10,6 +10,9 @@ use super::set_json_headers;
 use crate::service::ServiceError;
 
 /// The error codes of RFC 6749 (§4.1.2.1, §4.2.2.1, §5.2) and RFC 8628 (§3.5).
+/// Seconds a client is asked to wait after the store failed.
+const STORE_RETRY_AFTER: u64 = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidRequest,
@@ -77,12 +80,27 @@ impl OAuthError {
         }
     }
 
-    /// 500; the cause is logged, the client learns only that the store is unavailable.
+    /// 500: a request's task failed (a bug); the cause is logged, not told.
     pub fn server(e: impl std::fmt::Display) -> OAuthError {
         tracing::error!(error = %e, "token service");
         OAuthError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            ..OAuthError::new(ErrorCode::ServerError, "the token store is unavailable")
+            ..OAuthError::new(ErrorCode::ServerError, "the request could not be completed")
+        }
+    }
+
+    /// 503 with `Retry-After`: the store failed (an outage, not the client's fault: no login
+    /// backoff counts it); the cause is logged, the client learns only that the store is
+    /// unavailable.
+    pub fn unavailable(e: impl std::fmt::Display) -> OAuthError {
+        tracing::error!(error = %e, "token store");
+        OAuthError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: Some(STORE_RETRY_AFTER),
+            ..OAuthError::new(
+                ErrorCode::ServerError,
+                "the token store is unavailable; retry later",
+            )
         }
     }
 
@@ -100,7 +118,7 @@ impl From<ServiceError> for OAuthError {
     fn from(e: ServiceError) -> OAuthError {
         use ServiceError::*;
         let code = match &e {
-            Storage(_) => return OAuthError::server(e),
+            Storage(_) => return OAuthError::unavailable(e),
             ScopeNotAllowed(_) | ScopeNotAFilter(_) => ErrorCode::InvalidScope,
             UserExists(_) | ClientExists(_) | Usage(_) => ErrorCode::InvalidRequest,
             DeviceCodeUnknown => ErrorCode::ExpiredToken,

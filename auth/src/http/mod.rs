@@ -182,7 +182,7 @@ pub async fn check_client(
                     None => service.get_client(&id).map(|c| c.map(|c| (c, false))),
                 })
                 .await?
-                .map_err(OAuthError::server)?;
+                .map_err(OAuthError::from)?;
             match result {
                 Some((client, authenticated)) => {
                     if client.kind == ClientKind::Confidential && !authenticated {

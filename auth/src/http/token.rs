@@ -302,13 +302,13 @@ pub async fn revoke(
     state
         .blocking(move |service| -> Result<(), OAuthError> {
             // A client may revoke only its own tokens (RFC 7009 §2.1).
-            if let Some(info) = service.validate(&token).map_err(OAuthError::server)?
+            if let Some(info) = service.validate(&token).map_err(OAuthError::from)?
                 && !unchecked
                 && info.client_id != client_id
             {
                 return Ok(());
             }
-            service.revoke(&token).map_err(OAuthError::server)?;
+            service.revoke(&token).map_err(OAuthError::from)?;
             Ok(())
         })
         .await??;
@@ -331,7 +331,7 @@ pub async fn introspect(
         .blocking(move |service| -> Result<serde_json::Value, OAuthError> {
             if service
                 .authenticate_client(&id, &secret)
-                .map_err(OAuthError::server)?
+                .map_err(OAuthError::from)?
                 .is_none()
             {
                 return Err(OAuthError::invalid_client("client authentication failed"));
@@ -339,21 +339,19 @@ pub async fn introspect(
             let Some(token) = f.token else {
                 return Err(OAuthError::invalid_request("token is required"));
             };
-            Ok(
-                match service.validate(&token).map_err(OAuthError::server)? {
-                    Some(t) => json!({
-                        "active": true,
-                        "scope": t.scopes.join(" "),
-                        "client_id": t.client_id,
-                        "username": t.user,
-                        "sub": t.user,
-                        "token_type": "bearer",
-                        "exp": t.expires_at,
-                        "iat": t.issued_at,
-                    }),
-                    None => json!({ "active": false }),
-                },
-            )
+            Ok(match service.validate(&token).map_err(OAuthError::from)? {
+                Some(t) => json!({
+                    "active": true,
+                    "scope": t.scopes.join(" "),
+                    "client_id": t.client_id,
+                    "username": t.user,
+                    "sub": t.user,
+                    "token_type": "bearer",
+                    "exp": t.expires_at,
+                    "iat": t.issued_at,
+                }),
+                None => json!({ "active": false }),
+            })
         })
         .await??;
     Ok(json_response(answer))
@@ -380,4 +378,76 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "scopes_supported": state.config().scopes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    use crate::backoff::Backoff;
+    use crate::http::{AppState, Peer, csrf_key, router};
+    use crate::kv::Bucket;
+    use crate::model::ClientKind;
+    use crate::service::NewClient;
+    use crate::service::test_support::service_with_outage;
+
+    async fn password_grant(state: &AppState, password: &str) -> (StatusCode, String) {
+        let body = format!(
+            "grant_type=password&username=alice&password={password}&client_id=app&client_secret=s3cret&scope=mqtt"
+        );
+        let request = Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        let app =
+            router(state.clone()).layer(axum::Extension(Peer("192.0.2.9:40000".parse().unwrap())));
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_password_grant_during_a_store_outage_is_503_and_counts_toward_no_backoff() {
+        let (_dir, service, outage) = service_with_outage();
+        service.add_user("alice", "right").unwrap();
+        service
+            .add_client(NewClient {
+                id: "app".into(),
+                name: "App".into(),
+                kind: ClientKind::Confidential,
+                secret: Some("s3cret".into()),
+                redirect_uris: Vec::new(),
+                service_user: None,
+            })
+            .unwrap();
+        let backoff = Arc::new(Backoff::new(2));
+        let state = AppState {
+            service,
+            backoff: backoff.clone(),
+            issuer: "https://localhost".into(),
+            csrf_key: csrf_key(),
+            broker: None,
+        };
+        outage.fail(&[Bucket::Users]);
+        for _ in 0..4 {
+            let (status, body) = password_grant(&state, "right").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(body.contains("server_error"), "{body}");
+            assert!(!body.contains("right"), "{body}");
+        }
+        assert!(backoff.check(&crate::backoff::user_key("alice")).is_ok());
+        outage.fail(&[]);
+        let (status, body) = password_grant(&state, "right").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = password_grant(&state, "wrong").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("invalid_grant"), "{body}");
+    }
 }

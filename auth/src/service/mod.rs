@@ -270,7 +270,13 @@ impl TokenService {
 
 #[cfg(test)]
 pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use tokio::sync::broadcast;
+
     use super::TokenService;
+    use crate::kv::{Bucket, Change, Entry, KvError, KvResult, KvStore};
     use crate::redb_store::RedbStore;
     use tessera_config::OAuthConfig;
 
@@ -278,5 +284,88 @@ pub(crate) mod test_support {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("t.redb")).unwrap();
         (dir, TokenService::new(store, OAuthConfig::default()))
+    }
+
+    /// A redb store whose calls on some buckets fail: an outage of the token store.
+    pub struct Outage {
+        inner: Arc<RedbStore>,
+        down: Mutex<Vec<Bucket>>,
+    }
+
+    impl Outage {
+        /// From now on, every call on these buckets fails (none: the store is up again).
+        pub fn fail(&self, buckets: &[Bucket]) {
+            *self.down.lock() = buckets.to_vec();
+        }
+
+        fn up(&self) -> KvResult<()> {
+            if !self.down.lock().is_empty() {
+                return Err(KvError::Storage("the store is down (test)".into()));
+            }
+            Ok(())
+        }
+
+        fn bucket_up(&self, b: Bucket) -> KvResult<()> {
+            if self.down.lock().contains(&b) {
+                return Err(KvError::Storage("the store is down (test)".into()));
+            }
+            Ok(())
+        }
+    }
+
+    /// A service on an [`Outage`] store, and the switch.
+    pub fn service_with_outage() -> (tempfile::TempDir, Arc<TokenService>, Arc<Outage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let outage = Arc::new(Outage {
+            inner: RedbStore::open(&dir.path().join("t.redb")).unwrap(),
+            down: Mutex::new(Vec::new()),
+        });
+        let service = TokenService::new(outage.clone(), OAuthConfig::default());
+        (dir, Arc::new(service), outage)
+    }
+
+    impl KvStore for Outage {
+        fn get(&self, bucket: Bucket, key: &str) -> KvResult<Option<Entry>> {
+            self.bucket_up(bucket)?;
+            self.inner.get(bucket, key)
+        }
+        fn create(&self, b: Bucket, k: &str, v: &[u8], exp: Option<u64>) -> KvResult<u64> {
+            self.bucket_up(b)?;
+            self.inner.create(b, k, v, exp)
+        }
+        fn update(
+            &self,
+            b: Bucket,
+            k: &str,
+            v: &[u8],
+            exp: Option<u64>,
+            expected: u64,
+        ) -> KvResult<u64> {
+            self.bucket_up(b)?;
+            self.inner.update(b, k, v, exp, expected)
+        }
+        fn put(&self, b: Bucket, k: &str, v: &[u8], exp: Option<u64>) -> KvResult<u64> {
+            self.bucket_up(b)?;
+            self.inner.put(b, k, v, exp)
+        }
+        fn delete(&self, b: Bucket, k: &str, expected: Option<u64>) -> KvResult<bool> {
+            self.bucket_up(b)?;
+            self.inner.delete(b, k, expected)
+        }
+        fn scan(&self, b: Bucket, prefix: &str) -> KvResult<Vec<(String, Entry)>> {
+            self.bucket_up(b)?;
+            self.inner.scan(b, prefix)
+        }
+        fn purge_expired(&self, now: u64) -> KvResult<usize> {
+            self.up()?;
+            self.inner.purge_expired(now)
+        }
+        fn watch(&self) -> broadcast::Receiver<Change> {
+            self.inner.watch()
+        }
+        fn probe(&self) -> KvResult<()> {
+            self.up()?;
+            self.inner.probe()
+        }
     }
 }

@@ -72,10 +72,16 @@ impl RecordingPeers {
 
     /// Waits until something matching `pred` is recorded (or was), and returns the first.
     pub async fn wait_for(&self, pred: impl Fn(&Recorded) -> bool) -> Recorded {
+        self.wait_until(|log| log.iter().find(|r| pred(r)).cloned())
+            .await
+    }
+
+    /// Waits until `f` finds what it looks for in the log.
+    pub async fn wait_until<T>(&self, f: impl Fn(&[Recorded]) -> Option<T>) -> T {
         let mut grew = self.grew.subscribe();
         loop {
-            if let Some(r) = self.log.lock().iter().find(|r| pred(r)) {
-                return r.clone();
+            if let Some(found) = f(&self.log.lock()) {
+                return found;
             }
             // The sender lives as long as `self`.
             let _ = grew.changed().await;
