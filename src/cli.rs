@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 use tessera_auth::admin::{self, AdminRequest, AdminResponse};
-use tessera_auth::model::ClientKind;
+use tessera_auth::model::{ClientKind, TlsClientAuth};
 use tessera_auth::service::TokenService;
 use tessera_config::Config;
 
@@ -65,6 +65,30 @@ pub enum ClientCmd {
         #[arg(long = "redirect-uri")]
         redirect_uris: Vec<String>,
     },
+    /// Register a confidential client that authenticates with its TLS client certificate
+    /// instead of a secret (RFC 8705): one chaining to `oauth.client_ca` with this subject or
+    /// SAN (tls_client_auth), or one of these self-signed certificates.
+    #[command(group(clap::ArgGroup::new("by").required(true).args(["subject_dn", "san_dns", "san_uri", "self_signed"])))]
+    AddMtls {
+        id: String,
+        name: String,
+        /// The certificate's subject in RFC 4514 form, as `openssl x509 -noout -subject
+        /// -nameopt RFC2253` prints it (CN=app,O=Example).
+        #[arg(long)]
+        subject_dn: Option<String>,
+        /// A DNS name of the certificate's Subject Alternative Name.
+        #[arg(long)]
+        san_dns: Option<String>,
+        /// A URI of the certificate's Subject Alternative Name.
+        #[arg(long)]
+        san_uri: Option<String>,
+        /// A self-signed certificate (PEM) the client presents; repeat for several.
+        #[arg(long = "self-signed")]
+        self_signed: Vec<std::path::PathBuf>,
+        /// The user a client-credentials grant acts as (a device or service account).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Remove a client; every token issued to it is revoked.
     Remove { id: String },
     /// List clients.
@@ -82,6 +106,10 @@ pub enum TokenCmd {
         /// Scopes (repeat, or space-separated); default mqtt.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// Bind the token to this device certificate (PEM): it is then taken only over a TLS
+        /// connection that presents it (RFC 8705).
+        #[arg(long)]
+        bind_cert: Option<std::path::PathBuf>,
     },
     /// List tokens: ids and metadata, never the token.
     List {
@@ -126,6 +154,14 @@ fn read_password(prompt: &str) -> Result<String, ExitCode> {
         return Err(ExitCode::from(2));
     }
     Ok(pw)
+}
+
+/// A certificate's RFC 8705 thumbprint, or exit 2 naming the file.
+fn pem_thumbprint(path: &std::path::Path) -> Result<String, ExitCode> {
+    tessera_broker::tls::thumbprint_of_pem(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn split_scopes(scopes: Vec<String>) -> Vec<String> {
@@ -174,6 +210,7 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             secret,
             redirect_uris,
             service_user: user,
+            tls_auth: None,
         },
         Command::OauthAddClientPassword {
             client_id,
@@ -186,6 +223,7 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             secret: Some(secret),
             redirect_uris: vec![],
             service_user: None,
+            tls_auth: None,
         },
         Command::Client(ClientCmd::AddImplicit {
             id,
@@ -203,6 +241,7 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             secret: None,
             redirect_uris: vec![redirect_uri],
             service_user: None,
+            tls_auth: None,
         },
         Command::Client(ClientCmd::AddPublic {
             id,
@@ -215,20 +254,59 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             secret: None,
             redirect_uris,
             service_user: None,
+            tls_auth: None,
         },
+        Command::Client(ClientCmd::AddMtls {
+            id,
+            name,
+            subject_dn,
+            san_dns,
+            san_uri,
+            self_signed,
+            user,
+        }) => {
+            let tls_auth = match (subject_dn, san_dns, san_uri) {
+                (Some(dn), _, _) => TlsClientAuth::SubjectDn(dn),
+                (_, Some(d), _) => TlsClientAuth::SanDns(d),
+                (_, _, Some(u)) => TlsClientAuth::SanUri(u),
+                _ => TlsClientAuth::SelfSigned(
+                    self_signed
+                        .iter()
+                        .map(|p| pem_thumbprint(p))
+                        .collect::<Result<_, _>>()?,
+                ),
+            };
+            AdminRequest::ClientAdd {
+                id,
+                name,
+                kind: ClientKind::Confidential,
+                secret: None,
+                redirect_uris: vec![],
+                service_user: user,
+                tls_auth: Some(tls_auth),
+            }
+        }
         Command::Client(ClientCmd::Remove { id })
         | Command::OauthRemoveClient { client_id: id } => AdminRequest::ClientRemove { id },
         Command::Client(ClientCmd::List) => AdminRequest::ClientList,
-        Command::Token(TokenCmd::Issue { user, ttl, scopes }) => AdminRequest::TokenIssue {
+        Command::Token(TokenCmd::Issue {
+            user,
+            ttl,
+            scopes,
+            bind_cert,
+        }) => AdminRequest::TokenIssue {
             user,
             ttl,
             scopes: split_scopes(scopes),
+            bind_cert: bind_cert.as_deref().map(pem_thumbprint).transpose()?,
         },
         Command::OauthIssueToken { user, ttl, scopes } => AdminRequest::TokenIssue {
             user,
             ttl: Some(ttl),
             scopes: split_scopes(vec![scopes]),
+            bind_cert: None,
         },
+        Command::Reload => AdminRequest::Reload,
         Command::Token(TokenCmd::List { user }) => AdminRequest::TokenList { user },
         Command::OauthListTokens => AdminRequest::TokenList { user: None },
         Command::Token(TokenCmd::Revoke { token, user }) => {
@@ -288,6 +366,7 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
                 service: &service,
                 broker: None,
                 actor: "cli",
+                tls: &[],
             };
             admin::execute(&op, request)
         }

@@ -55,6 +55,9 @@ enum Command {
     /// List and disconnect live MQTT connections (needs the running server).
     #[command(subcommand)]
     Session(cli::SessionCmd),
+    /// Read the TLS certificates, client CAs and CRLs again (the running server; as SIGHUP).
+    /// New handshakes use them, live connections stay; a failed reload changes nothing.
+    Reload,
     /// The nodes of the cluster (`cluster:` in the configuration) and their health.
     #[command(subcommand)]
     Cluster(ClusterCmd),

@@ -1,5 +1,6 @@
 //! `tessera serve`: the broker, the token service behind its authentication seam, the
-//! revocation watcher, the admin socket, the OAuth2 endpoint, and a graceful stop.
+//! revocation watcher, the admin socket, the OAuth2 endpoint, `tessera reload` / SIGHUP for
+//! the TLS files, and a graceful stop.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tessera_auth::revocation;
 use tessera_auth::service::TokenService;
 use tessera_auth::{admin, http};
 use tessera_broker::Server;
+use tessera_broker::tls::{Purpose, TlsServer};
 use tessera_config::{Config, Durability};
 use tessera_store::RedbBrokerStore;
 use tracing::{error, info, warn};
@@ -31,6 +33,12 @@ pub fn run(config: Config) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Every certificate, key and CRL file, before anything binds: a wrong one is a
+    // configuration error naming the file, line and field.
+    if let Err(e) = config.check_files() {
+        error!("{e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = tessera_broker::files::private_dir(&config.data_dir) {
         error!(
             "cannot create the data directory {}: {e}",
@@ -85,9 +93,14 @@ async fn serve(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let watcher = revocation::spawn(service.clone(), server.handle());
+    // Every TLS server of the process, for `tessera reload` and SIGHUP.
+    let mut tls: Vec<Arc<TlsServer>> = server.tls_servers().to_vec();
     let http = if config.oauth.enabled {
         match start_http(&config, service.clone(), backoff.clone(), server.handle()).await {
-            Ok(t) => Some(t),
+            Ok((task, endpoint_tls)) => {
+                tls.extend(endpoint_tls);
+                Some(task)
+            }
             Err(e) => {
                 error!("{e}");
                 return ExitCode::FAILURE;
@@ -111,6 +124,7 @@ async fn serve(config: Config) -> ExitCode {
         &admin::socket_path(&config.data_dir),
         service.clone(),
         server.handle(),
+        tls.clone(),
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -134,7 +148,7 @@ async fn serve(config: Config) -> ExitCode {
         })
     };
     info!(version = tessera_broker::VERSION, store = %where_, durability = ?config.storage.durability, "tessera running");
-    wait_for_signal().await;
+    wait_for_signal(&tls).await;
     admin_task.abort();
     for h in [http, ops].into_iter().flatten() {
         h.abort();
@@ -147,20 +161,27 @@ async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The OAuth endpoint's task, and its TLS server (none with `plain_http`).
+type Http = (tokio::task::JoinHandle<()>, Option<Arc<TlsServer>>);
+
 async fn start_http(
     config: &Config,
     service: Arc<TokenService>,
     backoff: Arc<Backoff>,
     broker: tessera_broker::BrokerHandle,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<Http> {
     let o = &config.oauth;
     let listener = http::bind(o.bind).await?;
     let tls = if o.plain_http {
         None
     } else {
-        let files = o.certificate.as_deref().zip(o.private_key.as_deref());
-        let tls = tessera_broker::tls_server_config(files, &config.data_dir)?;
-        Some(tokio_rustls::TlsAcceptor::from(tls))
+        let name = format!("OAuth endpoint on {}", o.bind);
+        Some(TlsServer::new(
+            name,
+            o.tls_files(),
+            &config.data_dir,
+            Purpose::OAuth,
+        )?)
     };
     let issuer = o.issuer.clone().unwrap_or_else(|| {
         http::default_issuer(listener.local_addr().unwrap_or(o.bind), tls.is_some())
@@ -181,23 +202,38 @@ async fn start_http(
         Ok(Err(e)) => return Err(std::io::Error::other(format!("console client: {e}"))),
         Err(e) => return Err(std::io::Error::other(e)),
     }
-    Ok(http::serve(state, listener, tls))
+    Ok((http::serve(state, listener, tls.clone()), tls))
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM; on SIGHUP, reads the TLS files again and goes on waiting.
+async fn wait_for_signal(tls: &[Arc<TlsServer>]) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    let servers = tls.to_vec();
+                    let reloaded = tokio::task::spawn_blocking(move || {
+                        tessera_broker::tls::reload(&servers)
+                    })
+                    .await;
+                    match reloaded {
+                        Ok(Ok(())) => info!(servers = tls.len(), "SIGHUP: TLS certificates, client CAs and CRLs reloaded"),
+                        Ok(Err(e)) => error!("SIGHUP: reload failed, the files in force stay: {e}"),
+                        Err(e) => error!("SIGHUP: reload failed: {e}"),
+                    }
+                }
+            }
         }
     }
     #[cfg(not(unix))]

@@ -1,7 +1,7 @@
 //! Operator commands: one set of requests, executed on the token service either by the
 //! running server (through its admin socket, a Unix socket of mode 0600 in the data directory,
 //! one JSON request and one JSON answer per connection) or, when no server runs, directly on the
-//! store file. Session commands (list, kick) need the running broker. Every request that
+//! store file. Session commands (list, kick) and `reload` need the running server. Every request that
 //! changes something is written to the audit log with who asked (`audit::admin_action`).
 
 use std::path::Path;
@@ -17,8 +17,9 @@ use tracing::{info, warn};
 use std::time::UNIX_EPOCH;
 
 use tessera_broker::BrokerHandle;
+use tessera_broker::tls::TlsServer;
 
-use crate::model::ClientKind;
+use crate::model::{ClientKind, TlsClientAuth};
 use crate::secrets;
 use crate::service::{ErrorKind, NewClient, ServiceError, TokenService};
 
@@ -47,6 +48,9 @@ pub enum AdminRequest {
         secret: Option<String>,
         redirect_uris: Vec<String>,
         service_user: Option<String>,
+        /// A client that authenticates with its TLS certificate (RFC 8705 §2).
+        #[serde(default)]
+        tls_auth: Option<TlsClientAuth>,
     },
     ClientRemove {
         id: String,
@@ -56,6 +60,9 @@ pub enum AdminRequest {
         user: String,
         ttl: Option<u64>,
         scopes: Vec<String>,
+        /// The `x5t#S256` thumbprint of the device certificate the token is bound to.
+        #[serde(default)]
+        bind_cert: Option<String>,
     },
     TokenList {
         user: Option<String>,
@@ -72,6 +79,9 @@ pub enum AdminRequest {
     SessionKick {
         client_id: String,
     },
+    /// Reads every TLS server's certificate, key, client CAs and CRLs again (new handshakes
+    /// use them; live connections stay). All or nothing: on an error none changes.
+    Reload,
 }
 
 impl AdminRequest {
@@ -96,6 +106,7 @@ impl AdminRequest {
                 },
             ),
             AdminRequest::SessionKick { client_id } => ("session_kick", client_id.clone()),
+            AdminRequest::Reload => ("reload", "tls".into()),
             AdminRequest::UserList
             | AdminRequest::ClientList
             | AdminRequest::TokenList { .. }
@@ -110,6 +121,8 @@ pub struct Operator<'a> {
     pub service: &'a TokenService,
     pub broker: Option<&'a BrokerHandle>,
     pub actor: &'a str,
+    /// The process's TLS servers (listeners, the OAuth endpoint), for `Reload`.
+    pub tls: &'a [Arc<TlsServer>],
 }
 
 /// The answer: a message for people and data for scripts, or an error.
@@ -205,7 +218,9 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                 secret,
                 redirect_uris,
                 service_user,
+                tls_auth,
             } => {
+                let method = tls_auth.as_ref().map(TlsClientAuth::method);
                 let generated = s.add_client(NewClient {
                     id: id.clone(),
                     name,
@@ -213,13 +228,17 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     secret,
                     redirect_uris,
                     service_user,
+                    tls_auth,
                 })?;
-                let message = match &generated {
-                    Some(secret) => format!(
+                let message = match (&generated, method) {
+                    (Some(secret), _) => format!(
                         "client {id} registered ({}); its secret, shown only now: {secret}",
                         kind.name()
                     ),
-                    None => format!("client {id} registered ({})", kind.name()),
+                    (None, Some(method)) => {
+                        format!("client {id} registered ({}, {method})", kind.name())
+                    }
+                    (None, None) => format!("client {id} registered ({})", kind.name()),
                 };
                 ok(
                     message,
@@ -240,7 +259,12 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     serde_json::to_value(&clients).unwrap_or(Value::Null),
                 )
             }
-            AdminRequest::TokenIssue { user, ttl, scopes } => {
+            AdminRequest::TokenIssue {
+                user,
+                ttl,
+                scopes,
+                bind_cert,
+            } => {
                 let Some(local) = s.local_user(&user).map(str::to_string) else {
                     return Err(ServiceError::InvalidUserName(user));
                 };
@@ -248,7 +272,7 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     return Err(ServiceError::UnknownUser(local));
                 }
                 let scopes = s.check_scopes(&scopes)?;
-                let t = s.issue(&local, None, scopes, ttl, false)?;
+                let t = s.issue(&local, None, scopes, ttl, false, bind_cert.as_deref())?;
                 s.metrics.issued("operator");
                 crate::audit::token_issued("operator", &local, None, &t.id, &t.scope, t.expires_in);
                 ok(
@@ -297,12 +321,32 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     json!({ "client_id": client_id }),
                 )
             }
+            AdminRequest::Reload => {
+                op.broker.ok_or(ServiceError::Usage(NO_SERVER_TO_RELOAD))?;
+                match tessera_broker::tls::reload(op.tls) {
+                    Ok(()) => {
+                        let names: Vec<&str> = op.tls.iter().map(|t| t.name()).collect();
+                        ok(
+                            format!(
+                                "reloaded the certificates, client CAs and CRLs of {} TLS server(s)",
+                                names.len()
+                            ),
+                            json!({ "reloaded": names }),
+                        )
+                    }
+                    Err(e) => AdminResponse::Error {
+                        message: format!("reload failed, the files in force stay: {e}"),
+                        exit_code: 1,
+                    },
+                }
+            }
         })
     })();
     r.unwrap_or_else(err)
 }
 
 const NO_BROKER: &str = "sessions are the running server's: start `tessera serve` first";
+const NO_SERVER_TO_RELOAD: &str = "no server is running: nothing to reload";
 
 /// The live connections as rows (`tessera session list`, the console), oldest first.
 pub fn sessions(broker: &BrokerHandle, user: Option<&str>) -> Vec<Value> {
@@ -336,7 +380,9 @@ pub fn serve(
     path: &Path,
     service: Arc<TokenService>,
     broker: BrokerHandle,
+    tls: Vec<Arc<TlsServer>>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let tls: Arc<[Arc<TlsServer>]> = tls.into();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         #[cfg(unix)]
@@ -360,8 +406,9 @@ pub fn serve(
             };
             let service = service.clone();
             let broker = broker.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, service, broker).await {
+                if let Err(e) = handle(stream, service, broker, tls).await {
                     warn!(error = %e, "admin connection");
                 }
             });
@@ -373,6 +420,7 @@ async fn handle(
     stream: UnixStream,
     service: Arc<TokenService>,
     broker: BrokerHandle,
+    tls: Arc<[Arc<TlsServer>]>,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
@@ -383,6 +431,7 @@ async fn handle(
                 service: &service,
                 broker: Some(&broker),
                 actor: "cli",
+                tls: &tls,
             };
             execute(&op, req)
         })

@@ -66,7 +66,7 @@ fn mechanism() -> &'static (OAuthAuthenticator, String) {
         let service = Arc::new(TokenService::new(store, OAuthConfig::default()));
         service.add_user("fuzz", "pw").expect("a user");
         let token = service
-            .issue("fuzz", None, vec!["mqtt".into()], Some(3600), false)
+            .issue("fuzz", None, vec!["mqtt".into()], Some(3600), false, None)
             .expect("a token")
             .access_token;
         let mechanism = OAuthMechanism {
@@ -114,6 +114,7 @@ pub fn x_oauth2(data: &[u8]) {
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             transport: "tcp",
             version: Version::V5,
+            certificate: None,
         };
         if let AuthStep::Continue { exchange, .. } = authenticator.connect(request).await {
             let _ = exchange.step(Some(auth_data)).await;

@@ -1,10 +1,12 @@
 //! MQTT logins for the broker's authentication seam: `X-OAUTH2` enhanced authentication (the
 //! token in CONNECT, or in AUTH after the broker's challenge; re-authentication with a fresh
-//! token), the token as the MQTT password, user name and password, and anonymous clients, each
-//! switchable in the configuration.
+//! token), the token as the MQTT password, user name and password, a verified TLS client
+//! certificate as the login (`auth.certificate_login`), and anonymous clients, each switchable
+//! in the configuration. A token bound to a certificate (RFC 8705 §3) is taken only over a
+//! connection that presented that certificate, whichever way it comes.
 //!
 //! Reason Strings say what failed (unknown, expired or revoked token, missing scope, another
-//! user's token) but never whether a user exists.
+//! user's token, another certificate) but never whether a user exists.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,7 +23,8 @@ use tessera_broker::auth::{
     ReauthRequest,
 };
 use tessera_broker::codec::ReasonCode;
-use tessera_config::{AccessRules, AuthConfig};
+use tessera_broker::tls::ClientCertificate;
+use tessera_config::{AccessRules, AuthConfig, CertificateLogin};
 
 pub const METHOD: &str = "X-OAUTH2";
 
@@ -56,8 +59,15 @@ impl OAuthMechanism {
         }
     }
 
-    /// Checks a token for a client that claims `username` (empty/absent: the token's owner).
-    fn check_token(&self, token: &[u8], username: Option<&str>, client_id: &str) -> AuthStep {
+    /// Checks a token for a client that claims `username` (empty/absent: the token's owner),
+    /// on a connection with `certificate`.
+    fn check_token(
+        &self,
+        token: &[u8],
+        username: Option<&str>,
+        client_id: &str,
+        certificate: Option<&ClientCertificate>,
+    ) -> AuthStep {
         let Ok(token) = std::str::from_utf8(token) else {
             return fail(ReasonCode::NOT_AUTHORIZED, "invalid token");
         };
@@ -71,11 +81,35 @@ impl OAuthMechanism {
             }
             Err(e) => return store_unavailable(e),
         };
-        self.accept_token(info, username, client_id)
+        self.accept_token(info, username, client_id, certificate)
     }
 
-    /// The checks on a live token: its owner is the claimed user, and it may log in.
-    fn accept_token(&self, info: TokenInfo, username: Option<&str>, client_id: &str) -> AuthStep {
+    /// The checks on a live token: its owner is the claimed user, it may log in, and if it
+    /// is bound to a certificate (RFC 8705 §3), the connection presented that one.
+    fn accept_token(
+        &self,
+        info: TokenInfo,
+        username: Option<&str>,
+        client_id: &str,
+        certificate: Option<&ClientCertificate>,
+    ) -> AuthStep {
+        if let Some(bound) = &info.cnf {
+            match certificate {
+                None => {
+                    return fail(
+                        ReasonCode::NOT_AUTHORIZED,
+                        "the token is bound to a client certificate, and this connection presented none",
+                    );
+                }
+                Some(c) if !secrets::equal(c.thumbprint().as_bytes(), bound.as_bytes()) => {
+                    return fail(
+                        ReasonCode::NOT_AUTHORIZED,
+                        "the token is bound to another client certificate",
+                    );
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(name) = username.filter(|n| !n.is_empty())
             && self.service.local_user(name) != Some(info.user.as_str())
         {
@@ -146,6 +180,54 @@ impl OAuthMechanism {
     }
 }
 
+impl OAuthMechanism {
+    /// Whether a CONNECT logs in with its certificate: `auth.certificate_login` is on, and
+    /// the client presented a verified certificate and no other credential.
+    fn certificate_login_applies(&self, r: &ConnectRequest) -> bool {
+        self.auth.certificate_login != CertificateLogin::None
+            && r.method.is_none()
+            && r.password.is_none()
+            && r.certificate.as_ref().is_some_and(|c| c.chained)
+    }
+
+    /// The login a certificate names (mosquitto's `use_identity_as_username`): the user its
+    /// Common Name or first SAN DNS name / URI names, with that user's topic rights. A client
+    /// that also sends a user name must send that one.
+    fn certificate_login(&self, r: &ConnectRequest) -> AuthStep {
+        let Some(cert) = r.certificate.as_deref() else {
+            return fail(ReasonCode::NOT_AUTHORIZED, "no client certificate");
+        };
+        let named = match self.auth.certificate_login {
+            CertificateLogin::None => None,
+            CertificateLogin::Cn => cert.common_name.as_deref(),
+            CertificateLogin::SanDns => cert.dns_names.first().map(String::as_str),
+            CertificateLogin::SanUri => cert.uris.first().map(String::as_str),
+        };
+        let Some(user) = named.and_then(|n| self.service.local_user(n)) else {
+            return fail(
+                ReasonCode::NOT_AUTHORIZED,
+                "the client certificate names no user who may log in",
+            );
+        };
+        if let Some(claimed) = r.username.as_deref().filter(|u| !u.is_empty())
+            && self.service.local_user(claimed) != Some(user)
+        {
+            return fail(
+                ReasonCode::NOT_AUTHORIZED,
+                "the user name is not the one the client certificate names",
+            );
+        }
+        match self.service.user_exists(user) {
+            Ok(true) => AuthStep::Success(self.grant(Some(user.to_string()), &r.client_id, None)),
+            Ok(false) => fail(
+                ReasonCode::NOT_AUTHORIZED,
+                "the client certificate names no user who may log in",
+            ),
+            Err(e) => store_unavailable(e),
+        }
+    }
+}
+
 /// The store failed during a login: 0x88 Server unavailable, which the backoff does not count
 /// (`OAuthMechanism::record`); the cause is logged, not told.
 fn store_unavailable(e: impl std::fmt::Display) -> AuthStep {
@@ -155,7 +237,7 @@ fn store_unavailable(e: impl std::fmt::Display) -> AuthStep {
 
 /// Who is logging in, as the audit log and the metrics name it.
 struct Login<'a> {
-    /// `X-OAUTH2`, `password`, `anonymous` or `other`.
+    /// `X-OAUTH2`, `password`, `certificate`, `anonymous` or `other`.
     method: &'static str,
     client_id: &'a str,
     /// The user name the client claimed, if any.
@@ -164,11 +246,12 @@ struct Login<'a> {
 }
 
 /// The label of the method a CONNECT uses.
-fn method_label(r: &ConnectRequest) -> &'static str {
+fn method_label(r: &ConnectRequest, by_certificate: bool) -> &'static str {
     match (r.method.as_deref(), &r.password) {
         (Some(METHOD), _) => METHOD,
         (Some(_), _) => "other",
         (None, Some(_)) => "password",
+        (None, None) if by_certificate => "certificate",
         (None, None) => "anonymous",
     }
 }
@@ -180,16 +263,19 @@ struct AwaitToken {
     client_id: String,
     ip: String,
     peer: IpAddr,
+    certificate: Option<Arc<ClientCertificate>>,
 }
 
 impl AuthExchange for AwaitToken {
     fn step(self: Box<Self>, data: Option<Bytes>) -> BoxFuture<'static, AuthStep> {
         Box::pin(async move {
             let step = match data {
-                Some(token) if !token.is_empty() => {
-                    self.mechanism
-                        .check_token(&token, self.username.as_deref(), &self.client_id)
-                }
+                Some(token) if !token.is_empty() => self.mechanism.check_token(
+                    &token,
+                    self.username.as_deref(),
+                    &self.client_id,
+                    self.certificate.as_deref(),
+                ),
                 _ => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
             };
             let login = Login {
@@ -214,7 +300,7 @@ impl Authenticator for OAuthAuthenticator {
         Box::pin(async move {
             let ip = crate::backoff::address_key(r.peer.ip());
             let login = Login {
-                method: method_label(&r),
+                method: method_label(&r, m.certificate_login_applies(&r)),
                 client_id: &r.client_id,
                 user: r.username.as_deref(),
                 peer: r.peer.ip(),
@@ -232,9 +318,12 @@ impl Authenticator for OAuthAuthenticator {
             }
             let step = match r.method.as_deref() {
                 Some(METHOD) if m.auth.x_oauth2 => match &r.data {
-                    Some(token) if !token.is_empty() => {
-                        m.check_token(token, r.username.as_deref(), &r.client_id)
-                    }
+                    Some(token) if !token.is_empty() => m.check_token(
+                        token,
+                        r.username.as_deref(),
+                        &r.client_id,
+                        r.certificate.as_deref(),
+                    ),
                     _ => {
                         return AuthStep::Continue {
                             data: None,
@@ -244,6 +333,7 @@ impl Authenticator for OAuthAuthenticator {
                                 client_id: r.client_id.clone(),
                                 ip,
                                 peer: r.peer.ip(),
+                                certificate: r.certificate.clone(),
                             }),
                         };
                     }
@@ -254,9 +344,15 @@ impl Authenticator for OAuthAuthenticator {
                 ),
                 None => match (&r.username, &r.password) {
                     (user, Some(password)) => {
-                        m.password_login(user.as_deref(), password, &r.client_id)
-                            .await
+                        m.password_login(
+                            user.as_deref(),
+                            password,
+                            &r.client_id,
+                            r.certificate.as_deref(),
+                        )
+                        .await
                     }
+                    (_, None) if m.certificate_login_applies(&r) => m.certificate_login(&r),
                     (user, None) if m.auth.allow_anonymous => {
                         let user = user.clone().filter(|u| !u.is_empty());
                         AuthStep::Success(m.grant(user, &r.client_id, None))
@@ -287,7 +383,12 @@ impl Authenticator for OAuthAuthenticator {
             let ip = crate::backoff::address_key(r.peer.ip());
             let step = match r.data.as_ref().filter(|d| !d.is_empty()) {
                 // The fresh token must belong to the same user.
-                Some(token) => m.check_token(token, r.identity.as_deref(), &r.client_id),
+                Some(token) => m.check_token(
+                    token,
+                    r.identity.as_deref(),
+                    &r.client_id,
+                    r.certificate.as_deref(),
+                ),
                 None => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
             };
             m.record(&step, &ip, &login);
@@ -303,12 +404,13 @@ impl OAuthMechanism {
         user: Option<&str>,
         password: &Bytes,
         client_id: &str,
+        certificate: Option<&ClientCertificate>,
     ) -> AuthStep {
         if self.auth.token_as_password
             && let Ok(token) = std::str::from_utf8(password)
         {
             match self.service.validate(token) {
-                Ok(Some(info)) => return self.accept_token(info, user, client_id),
+                Ok(Some(info)) => return self.accept_token(info, user, client_id, certificate),
                 Ok(None) => {}
                 Err(e) => return store_unavailable(e),
             }
@@ -383,6 +485,7 @@ mod tests {
             peer: "192.0.2.7:50000".parse().unwrap(),
             transport: "tcp",
             version: Version::V5,
+            certificate: None,
         }
     }
 

@@ -50,6 +50,34 @@ pub struct Client {
     /// The user a client-credentials grant acts as (a device or service account).
     pub service_user: Option<String>,
     pub created_at: u64,
+    /// How it authenticates with a TLS client certificate instead of a secret (RFC 8705 §2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_auth: Option<TlsClientAuth>,
+}
+
+/// A client's certificate authentication at the token endpoint (RFC 8705 §2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsClientAuth {
+    /// `tls_client_auth`: a certificate chaining to `oauth.client_ca` whose subject, in RFC
+    /// 4514 form, is this (`tls_client_auth_subject_dn`).
+    SubjectDn(String),
+    /// `tls_client_auth` by a DNS name of the certificate's SAN (`tls_client_auth_san_dns`).
+    SanDns(String),
+    /// `tls_client_auth` by a URI of the certificate's SAN (`tls_client_auth_san_uri`).
+    SanUri(String),
+    /// `self_signed_tls_client_auth`: one of these certificates, by `x5t#S256` thumbprint.
+    SelfSigned(Vec<String>),
+}
+
+impl TlsClientAuth {
+    /// The `token_endpoint_auth_method` it is.
+    pub fn method(&self) -> &'static str {
+        match self {
+            TlsClientAuth::SelfSigned(_) => "self_signed_tls_client_auth",
+            _ => "tls_client_auth",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,6 +90,10 @@ pub struct AccessToken {
     pub expires_at_ms: u64,
     /// The refresh-token family this token came from, so reuse detection can revoke it.
     pub family: Option<String>,
+    /// RFC 8705 certificate binding: the `x5t#S256` thumbprint of the client certificate the
+    /// token is usable with (and only with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +108,9 @@ pub struct RefreshToken {
     pub expires_at_ms: u64,
     /// Set when it was exchanged; presenting it again revokes the family (RFC 6819 §5.2.2.3).
     pub spent: bool,
+    /// RFC 8705 binding: it refreshes only over a connection with this certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

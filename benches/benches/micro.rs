@@ -120,7 +120,7 @@ fn validate_token_against_redb(bencher: divan::Bencher) {
     let tokens: Vec<String> = (0..1000)
         .map(|_| {
             service
-                .issue("bench", None, vec!["mqtt".into()], Some(3600), false)
+                .issue("bench", None, vec!["mqtt".into()], Some(3600), false, None)
                 .unwrap()
                 .access_token
         })

@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use crate::codec::{ReasonCode, Utf8Bytes, Version};
+use crate::tls::ClientCertificate;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -36,6 +37,8 @@ pub struct ConnectRequest {
     /// Listener kind: "tcp", "tls", "ws" or "wss".
     pub transport: &'static str,
     pub version: Version,
+    /// The client certificate the TLS handshake verified, if any.
+    pub certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// A client AUTH 0x19 on an established connection.
@@ -47,6 +50,8 @@ pub struct ReauthRequest {
     pub method: String,
     pub data: Option<Bytes>,
     pub peer: SocketAddr,
+    /// The connection's client certificate (a token bound to one must match it).
+    pub certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// The next move in an authentication.

@@ -113,6 +113,7 @@ pub fn connection(data: &[u8]) {
             server,
             peer,
             "fuzz",
+            None,
         ));
         let (mut r, mut w) = tokio::io::split(client);
         let writer = async move {

@@ -36,7 +36,7 @@ mod subscribe;
 mod subscriptions;
 mod sys;
 mod tickets;
-mod tls;
+pub mod tls;
 mod websocket;
 
 pub use broker::BrokerHandle;
@@ -45,7 +45,6 @@ pub use registry::ConnectionInfo;
 pub use server::Server;
 pub use stats::HistogramValues;
 pub use sys::VERSION;
-pub use tls::server_config as tls_server_config;
 
 /// The subscription index and the session it points to, for the matching micro-benchmark.
 pub use session::Session;

@@ -13,18 +13,18 @@ use tessera_config::{Listener, Transport};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::connection::serve;
-use crate::{tls, websocket};
+use crate::tls::{Purpose, TlsServer};
+use crate::websocket;
 
 pub struct BoundListener {
     pub transport: Transport,
     pub local_addr: SocketAddr,
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<TlsServer>>,
     ws_path: String,
 }
 
@@ -35,10 +35,12 @@ pub async fn bind(l: &Listener, data_dir: &Path) -> io::Result<BoundListener> {
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the {name}: {e}")))?;
     let tls = if l.transport.uses_tls() {
-        let files = l.certificate.as_deref().zip(l.private_key.as_deref());
-        let config = tls::server_config(files, data_dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
-        Some(TlsAcceptor::from(config))
+        Some(TlsServer::new(
+            name,
+            l.tls_files(),
+            data_dir,
+            Purpose::Mqtt,
+        )?)
     } else {
         None
     };
@@ -69,7 +71,7 @@ pub fn spawn_accept_loop(
                         // Plain TCP: the connection is the task itself, with no wrapper
                         // future and no second allocation per connection.
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve(broker.clone(), stream, peer, l.transport.name()));
+                        tokio::spawn(serve(broker.clone(), stream, peer, l.transport.name(), None));
                     }
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
@@ -101,30 +103,38 @@ impl BoundListener {
         let connection: Pin<Box<dyn Future<Output = ()> + Send>> =
             match (&self.tls, self.transport.uses_websocket()) {
                 // Not reached from the accept loop, which spawns plain TCP directly.
-                (None, false) => Box::pin(serve(broker, stream, peer, transport)),
-                (Some(acceptor), false) => {
-                    let tls = Box::pin(acceptor.accept(stream));
-                    let Some(s) = set_up(setup, peer, "TLS handshake", tls).await else {
+                (None, false) => Box::pin(serve(broker, stream, peer, transport, None)),
+                (Some(server), false) => {
+                    // The configuration current now; a reload meanwhile is for later ones.
+                    let tls = server.current();
+                    let handshake = Box::pin(tls.acceptor().accept(stream));
+                    let Some(s) = set_up(setup, peer, "TLS handshake", handshake).await else {
                         return;
                     };
-                    Box::pin(serve(broker, s, peer, transport))
+                    let certificate = tls.client_certificate(s.get_ref().1);
+                    Box::pin(serve(broker, s, peer, transport, certificate))
                 }
                 (None, true) => {
                     let upgrade = Box::pin(websocket::accept(stream, &self.ws_path, max_size));
                     let Some(ws) = set_up(setup, peer, "WebSocket upgrade", upgrade).await else {
                         return;
                     };
-                    Box::pin(serve(broker, ws, peer, transport))
+                    Box::pin(serve(broker, ws, peer, transport, None))
                 }
-                (Some(acceptor), true) => {
+                (Some(server), true) => {
+                    let tls = server.current();
                     let upgrade = Box::pin(async {
-                        let tls = acceptor.accept(stream).await?;
-                        websocket::accept(tls, &self.ws_path, max_size).await
+                        let s = tls.acceptor().accept(stream).await?;
+                        let certificate = tls.client_certificate(s.get_ref().1);
+                        let ws = websocket::accept(s, &self.ws_path, max_size).await?;
+                        Ok((ws, certificate))
                     });
-                    let Some(ws) = set_up(setup, peer, "TLS WebSocket setup", upgrade).await else {
+                    let Some((ws, certificate)) =
+                        set_up(setup, peer, "TLS WebSocket setup", upgrade).await
+                    else {
                         return;
                     };
-                    Box::pin(serve(broker, ws, peer, transport))
+                    Box::pin(serve(broker, ws, peer, transport, certificate))
                 }
             };
         connection.await

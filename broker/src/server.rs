@@ -18,11 +18,14 @@ use crate::broker::{Broker, BrokerHandle, Persistence};
 use crate::journal::Journal;
 use crate::persistence::journal_start;
 use crate::store::Store;
+use crate::tls::TlsServer;
 use crate::{listener, sys};
 
 pub struct Server {
     broker: Arc<Broker>,
     addrs: Vec<(Transport, SocketAddr)>,
+    /// The TLS listeners' servers, for `tessera reload`.
+    tls: Vec<Arc<TlsServer>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -72,6 +75,7 @@ impl Server {
         }
         let (stop, stop_rx) = watch::channel(false);
         let addrs = bound.iter().map(|b| (b.transport, b.local_addr)).collect();
+        let tls = bound.iter().filter_map(|b| b.tls.clone()).collect();
         let mut tasks: Vec<JoinHandle<()>> = bound
             .into_iter()
             .map(|b| listener::spawn_accept_loop(b, broker.clone(), stop_rx.clone()))
@@ -91,6 +95,7 @@ impl Server {
         Ok(Server {
             broker,
             addrs,
+            tls,
             stop,
             tasks,
         })
@@ -99,6 +104,12 @@ impl Server {
     /// The first bound address of a transport.
     pub fn addr(&self, t: Transport) -> Option<SocketAddr> {
         self.addrs.iter().find(|(k, _)| *k == t).map(|(_, a)| *a)
+    }
+
+    /// The TLS listeners' servers (their certificates, client CAs and CRLs can be read
+    /// again: [`TlsServer::reload`]).
+    pub fn tls_servers(&self) -> &[Arc<TlsServer>] {
+        &self.tls
     }
 
     pub fn handle(&self) -> BrokerHandle {

@@ -14,6 +14,7 @@ mod listener;
 mod login;
 mod mqtt;
 mod storage;
+mod tls;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use cluster::ClusterConfig;
-pub use listener::{Listener, Transport};
+pub use listener::{ClientCertificates, Listener, TlsFiles, Transport};
 pub use login::{
-    AccessRule, AccessRules, AuthConfig, ClientIdCheck, Effect, NamedRule, OAuthConfig, TopicRule,
+    AccessRule, AccessRules, AuthConfig, CertificateLogin, ClientIdCheck, Effect, NamedRule,
+    OAuthConfig, TopicRule,
 };
 pub use mqtt::{MqttConfig, QueueFullPolicy};
 pub use storage::{Durability, StorageConfig};
@@ -35,6 +37,9 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../tessera.example.yml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The file this configuration was read from, as errors name it.
+    #[serde(skip)]
+    pub source: String,
     /// Directory for state the broker writes: the development TLS certificate, later the store.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -176,7 +181,7 @@ impl Config {
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
+        let mut config: Config = serde_saphyr::from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -188,6 +193,7 @@ impl Config {
                 message: first_line(&e.to_string()),
             }
         })?;
+        config.source = file.to_string();
         config.validate(file)?;
         Ok(config)
     }
@@ -255,7 +261,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        self.validate_tls()
     }
 }
 

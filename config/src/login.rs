@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::listener::{ClientCertificates, TlsFiles};
 
 /// Who a topic rule admits: `all`, `none`, or a list of user names.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -157,8 +160,15 @@ pub struct OAuthConfig {
     pub bind: SocketAddr,
     /// Serve plain HTTP instead of HTTPS (only for a TLS-terminating proxy in front).
     pub plain_http: bool,
-    pub certificate: Option<PathBuf>,
-    pub private_key: Option<PathBuf>,
+    pub certificate: Option<Spanned<PathBuf>>,
+    pub private_key: Option<Spanned<PathBuf>>,
+    /// Whether the HTTPS handshake asks for a client certificate. `optional` takes any
+    /// certificate (RFC 8705 binding, `self_signed_tls_client_auth`); `required` only one
+    /// chaining to `client_ca`.
+    pub client_certificates: ClientCertificates,
+    /// The CAs of `tls_client_auth` clients' certificates.
+    pub client_ca: Option<Spanned<PathBuf>>,
+    pub client_crl: Option<Spanned<Vec<PathBuf>>>,
     /// The URL clients see (metadata, device verification links); default from `bind`.
     pub issuer: Option<String>,
     /// Host names accepted in `user@host`.
@@ -187,6 +197,9 @@ impl Default for OAuthConfig {
             plain_http: false,
             certificate: None,
             private_key: None,
+            client_certificates: ClientCertificates::None,
+            client_ca: None,
+            client_crl: None,
             issuer: None,
             hosts: vec!["localhost".to_string()],
             oauth_expire: 2_592_000,
@@ -205,6 +218,37 @@ impl Default for OAuthConfig {
     }
 }
 
+impl OAuthConfig {
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            certificate: self.certificate.as_ref().map(|s| s.value.clone()),
+            private_key: self.private_key.as_ref().map(|s| s.value.clone()),
+            client_certificates: self.client_certificates,
+            client_ca: self.client_ca.as_ref().map(|s| s.value.clone()),
+            client_crl: self
+                .client_crl
+                .as_ref()
+                .map(|s| s.value.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `auth.certificate_login`: which name of a verified client certificate logs a client in as
+/// a user when it presents no other credential (mosquitto's `use_identity_as_username`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateLogin {
+    #[default]
+    None,
+    /// The subject's Common Name.
+    Cn,
+    /// The first DNS name of the Subject Alternative Name.
+    SanDns,
+    /// The first URI of the Subject Alternative Name.
+    SanUri,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -216,6 +260,8 @@ pub struct AuthConfig {
     pub token_as_password: bool,
     /// User name and password checked against the user store.
     pub password_login: bool,
+    /// A verified client certificate as the login (see [`CertificateLogin`]).
+    pub certificate_login: CertificateLogin,
 }
 
 impl Default for AuthConfig {
@@ -225,6 +271,7 @@ impl Default for AuthConfig {
             x_oauth2: true,
             token_as_password: true,
             password_login: true,
+            certificate_login: CertificateLogin::None,
         }
     }
 }

@@ -333,7 +333,9 @@ async fn submit(
     let scopes = v.scopes.clone();
     if v.token {
         let issued = state
-            .blocking(move |service| service.issue(&user, Some(&client_id), scopes, ttl, false))
+            .blocking(move |service| {
+                service.issue(&user, Some(&client_id), scopes, ttl, false, None)
+            })
             .await;
         let Ok(Ok(t)) = issued else {
             return error_redirect(

@@ -26,13 +26,15 @@ pub struct DeviceForm {
 
 pub async fn device_authorization(
     State(state): State<AppState>,
+    certificate: Option<axum::Extension<super::PeerCertificate>>,
     headers: HeaderMap,
     form: Result<Form<DeviceForm>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(f) = form.map_err(form_error)?;
     let (id, secret) =
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
-    let client_id = client_id_of(check_client(&state, id, secret).await?)?;
+    let certificate = certificate.and_then(|axum::Extension(c)| c.0);
+    let client_id = client_id_of(check_client(&state, id, secret, certificate.as_ref()).await?)?;
     let scopes = state.service.check_scopes(&super::parse_scope(&f.scope))?;
     let g = state
         .blocking(move |service| service.start_device(client_id, scopes))

@@ -138,6 +138,7 @@ impl From<ServiceError> for OAuthError {
             | SecretForPublicClient
             | AmbiguousTokenId(_)
             | RefreshOtherClient
+            | RefreshOtherCertificate
             | RefreshReused
             | RefreshRace
             | ScopeExceedsGrant

@@ -24,10 +24,10 @@ use base64::engine::general_purpose::STANDARD;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 
+use tessera_broker::tls::{ClientCertificate, TlsServer};
 use tessera_config::{ClientIdCheck, OAuthConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::backoff::Backoff;
@@ -161,11 +161,13 @@ impl ClientCheck {
     }
 }
 
-/// Identifies and (for confidential clients) authenticates the client of a request.
+/// Identifies and (for confidential clients) authenticates the client of a request: by its
+/// secret, or by the TLS client certificate of the request (RFC 8705 §2) if it registered one.
 pub async fn check_client(
     state: &AppState,
     id: Option<String>,
     secret: Option<String>,
+    certificate: Option<&Arc<ClientCertificate>>,
 ) -> Result<ClientCheck, OAuthError> {
     match state.config().oauth_client_id_check {
         ClientIdCheck::Deny => Err(OAuthError::invalid_client("token requests are disabled")),
@@ -174,12 +176,19 @@ pub async fn check_client(
             let Some(id) = id else {
                 return Err(OAuthError::invalid_client("client authentication required"));
             };
+            let certificate = certificate.cloned();
             let result = state
-                .blocking(move |service| match secret {
-                    Some(secret) => service
+                .blocking(move |service| match (secret, certificate) {
+                    (Some(secret), _) => service
                         .authenticate_client(&id, &secret)
                         .map(|c| c.map(|c| (c, true))),
-                    None => service.get_client(&id).map(|c| c.map(|c| (c, false))),
+                    (None, Some(cert)) => match service.get_client(&id)? {
+                        Some(c) if c.tls_auth.is_some() => service
+                            .authenticate_client_by_certificate(&id, &cert)
+                            .map(|c| c.map(|c| (c, true))),
+                        other => Ok(other.map(|c| (c, false))),
+                    },
+                    (None, None) => service.get_client(&id).map(|c| c.map(|c| (c, false))),
                 })
                 .await?
                 .map_err(OAuthError::from)?;
@@ -283,8 +292,14 @@ pub fn csrf_key() -> Arc<[u8; 32]> {
     Arc::new(k)
 }
 
-/// Serves the endpoint on `listener` until the task is aborted.
-pub fn serve(state: AppState, listener: TcpListener, tls: Option<TlsAcceptor>) -> JoinHandle<()> {
+/// Serves the endpoint on `listener` until the task is aborted. With `tls`, each connection
+/// takes the TLS configuration current when it starts (`tessera reload` changes it for later
+/// ones), and its requests carry the client certificate it presented ([`PeerCertificate`]).
+pub fn serve(
+    state: AppState,
+    listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+) -> JoinHandle<()> {
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, tls = tls.is_some(), issuer = %state.issuer, "oauth endpoint ready");
     }
@@ -294,24 +309,26 @@ pub fn serve(state: AppState, listener: TcpListener, tls: Option<TlsAcceptor>) -
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
-            let app = app.clone();
-            let tls = tls.clone();
+            let app = app.clone().layer(axum::Extension(Peer(peer)));
+            let tls = tls.as_ref().map(|t| t.current());
             tokio::spawn(async move {
-                let service = TowerToHyperService::new(app.layer(axum::Extension(Peer(peer))));
                 let builder = hyper::server::conn::http1::Builder::new();
                 let result = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(
+                    Some(tls) => {
+                        let handshake = tokio::time::timeout(
                             std::time::Duration::from_secs(10),
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
-                            _ => return,
-                        }
+                            tls.acceptor().accept(stream),
+                        );
+                        let Ok(Ok(s)) = handshake.await else {
+                            return;
+                        };
+                        let certificate = tls.client_certificate(s.get_ref().1);
+                        let app = app.layer(axum::Extension(PeerCertificate(certificate)));
+                        let service = TowerToHyperService::new(app);
+                        builder.serve_connection(TokioIo::new(s), service).await
                     }
                     None => {
+                        let service = TowerToHyperService::new(app);
                         builder
                             .serve_connection(TokioIo::new(stream), service)
                             .await
@@ -328,3 +345,15 @@ pub fn serve(state: AppState, listener: TcpListener, tls: Option<TlsAcceptor>) -
 /// The client's address, for per-IP backoff.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// The client certificate the request's TLS connection presented (none without one, or
+/// without TLS): tokens asked for with one are bound to it (RFC 8705 §3).
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificate(pub Option<Arc<ClientCertificate>>);
+
+impl PeerCertificate {
+    /// Its `x5t#S256` thumbprint, what a bound token records.
+    pub fn thumbprint(&self) -> Option<String> {
+        self.0.as_ref().map(|c| c.thumbprint())
+    }
+}

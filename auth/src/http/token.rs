@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    AppState, ClientCheck, ErrorCode, OAuthError, Peer, check_client, client_credentials,
-    client_id_of, json_response,
+    AppState, ClientCheck, ErrorCode, OAuthError, Peer, PeerCertificate, check_client,
+    client_credentials, client_id_of, json_response,
 };
 use crate::model::ClientKind;
 use crate::service::{Issued, ServiceError};
@@ -50,22 +50,51 @@ pub fn issued_json(t: &Issued) -> Response {
     json_response(v)
 }
 
+/// One token request: who asks, and over what.
+struct Asker {
+    peer: std::net::SocketAddr,
+    id: Option<String>,
+    secret: Option<String>,
+    /// The TLS client certificate of the request: it may authenticate the client (RFC 8705
+    /// §2), and every token issued is bound to it (§3).
+    certificate: PeerCertificate,
+}
+
+impl Asker {
+    async fn client(&mut self, state: &AppState) -> Result<ClientCheck, OAuthError> {
+        check_client(
+            state,
+            self.id.take(),
+            self.secret.take(),
+            self.certificate.0.as_ref(),
+        )
+        .await
+    }
+}
+
 pub async fn token(
     State(state): State<AppState>,
     Extension(Peer(peer)): Extension<Peer>,
+    certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(f) = form.map_err(form_error)?;
     let (id, secret) =
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
+    let asker = Asker {
+        peer,
+        id,
+        secret,
+        certificate: certificate.map(|Extension(c)| c).unwrap_or_default(),
+    };
     match f.grant_type.as_deref() {
-        Some("password") => password_grant(&state, peer, id, secret, f).await,
-        Some("client_credentials") => client_credentials_grant(&state, id, secret, f).await,
-        Some("refresh_token") => refresh_grant(&state, id, secret, f).await,
-        Some("authorization_code") => code_grant(&state, id, secret, f).await,
+        Some("password") => password_grant(&state, asker, f).await,
+        Some("client_credentials") => client_credentials_grant(&state, asker, f).await,
+        Some("refresh_token") => refresh_grant(&state, asker, f).await,
+        Some("authorization_code") => code_grant(&state, asker, f).await,
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
-            device_grant(&state, id, secret, f).await
+            device_grant(&state, asker, f).await
         }
         Some(_) => Err(OAuthError::new(
             ErrorCode::UnsupportedGrantType,
@@ -109,12 +138,12 @@ fn parse_ttl(ttl: &Option<String>) -> Result<Option<u64>, OAuthError> {
 
 async fn password_grant(
     state: &AppState,
-    peer: std::net::SocketAddr,
-    id: Option<String>,
-    secret: Option<String>,
+    mut asker: Asker,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
-    let client = check_client(state, id, secret).await?;
+    let peer = asker.peer;
+    let client = asker.client(state).await?;
+    let bound_to = asker.certificate.thumbprint();
     if let ClientCheck::Registered { client, .. } = &client
         && client.kind != ClientKind::Confidential
     {
@@ -159,7 +188,14 @@ async fn password_grant(
                 return Ok(Outcome::NotAllowed);
             }
             service
-                .issue(&name, client_id.as_deref(), scopes, ttl, true)
+                .issue(
+                    &name,
+                    client_id.as_deref(),
+                    scopes,
+                    ttl,
+                    true,
+                    bound_to.as_deref(),
+                )
                 .map(Outcome::Issued)
         })
         .await??;
@@ -184,14 +220,14 @@ async fn password_grant(
 
 async fn client_credentials_grant(
     state: &AppState,
-    id: Option<String>,
-    secret: Option<String>,
+    mut asker: Asker,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
+    let bound_to = asker.certificate.thumbprint();
     let ClientCheck::Registered {
         client,
         authenticated: true,
-    } = check_client(state, id, secret).await?
+    } = asker.client(state).await?
     else {
         return Err(OAuthError::invalid_client(
             "client_credentials needs an authenticated registered client",
@@ -211,7 +247,14 @@ async fn client_credentials_grant(
                 return Err(ServiceError::UnknownUser(user));
             }
             // RFC 6749 §4.4.3: no refresh token for client credentials.
-            service.issue(&user, Some(&client.id), scopes, ttl, false)
+            service.issue(
+                &user,
+                Some(&client.id),
+                scopes,
+                ttl,
+                false,
+                bound_to.as_deref(),
+            )
         })
         .await??;
     Ok(state.issued("client_credentials", &t))
@@ -219,29 +262,31 @@ async fn client_credentials_grant(
 
 async fn refresh_grant(
     state: &AppState,
-    id: Option<String>,
-    secret: Option<String>,
+    mut asker: Asker,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
-    let client = check_client(state, id, secret).await?;
+    let bound_to = asker.certificate.thumbprint();
+    let client = asker.client(state).await?;
     let Some(rt) = f.refresh_token else {
         return Err(OAuthError::invalid_request("refresh_token is required"));
     };
     let narrower = Some(super::parse_scope(&f.scope)).filter(|s| !s.is_empty());
     let client_id = client.id().map(str::to_string);
     let t = state
-        .blocking(move |service| service.refresh(&rt, client_id.as_deref(), narrower))
+        .blocking(move |service| {
+            service.refresh(&rt, client_id.as_deref(), narrower, bound_to.as_deref())
+        })
         .await??;
     Ok(state.issued("refresh_token", &t))
 }
 
 async fn code_grant(
     state: &AppState,
-    id: Option<String>,
-    secret: Option<String>,
+    mut asker: Asker,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
-    let client_id = client_id_of(check_client(state, id, secret).await?)?;
+    let bound_to = asker.certificate.thumbprint();
+    let client_id = client_id_of(asker.client(state).await?)?;
     let Some(code) = f.code else {
         return Err(OAuthError::invalid_request("code is required"));
     };
@@ -253,6 +298,7 @@ async fn code_grant(
                 &client_id,
                 redirect_uri.as_deref(),
                 verifier.as_deref(),
+                bound_to.as_deref(),
             )
         })
         .await??;
@@ -261,16 +307,16 @@ async fn code_grant(
 
 async fn device_grant(
     state: &AppState,
-    id: Option<String>,
-    secret: Option<String>,
+    mut asker: Asker,
     f: TokenForm,
 ) -> Result<Response, OAuthError> {
-    let client_id = client_id_of(check_client(state, id, secret).await?)?;
+    let bound_to = asker.certificate.thumbprint();
+    let client_id = client_id_of(asker.client(state).await?)?;
     let Some(device_code) = f.device_code else {
         return Err(OAuthError::invalid_request("device_code is required"));
     };
     let t = state
-        .blocking(move |service| service.poll_device(&device_code, &client_id))
+        .blocking(move |service| service.poll_device(&device_code, &client_id, bound_to.as_deref()))
         .await??;
     Ok(state.issued("device_code", &t))
 }
@@ -287,13 +333,15 @@ pub struct TokenOnlyForm {
 /// RFC 7009: answers 200 whether or not the token existed.
 pub async fn revoke(
     State(state): State<AppState>,
+    certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     form: Result<Form<TokenOnlyForm>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(f) = form.map_err(form_error)?;
     let (id, secret) =
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
-    let client = check_client(&state, id, secret).await?;
+    let certificate = certificate.and_then(|Extension(c)| c.0);
+    let client = check_client(&state, id, secret, certificate.as_ref()).await?;
     let Some(token) = f.token else {
         return Err(OAuthError::invalid_request("token is required"));
     };
@@ -315,41 +363,51 @@ pub async fn revoke(
     Ok(json_response(json!({})))
 }
 
-/// RFC 7662, for authenticated confidential clients (resource servers).
+/// RFC 7662, for authenticated confidential clients (resource servers), by secret or by
+/// certificate. A bound token's answer carries `cnf` (RFC 8705 §3.2).
 pub async fn introspect(
     State(state): State<AppState>,
+    certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     form: Result<Form<TokenOnlyForm>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(f) = form.map_err(form_error)?;
     let (id, secret) =
         client_credentials(&headers, f.client_id.as_deref(), f.client_secret.as_deref())?;
-    let (Some(id), Some(secret)) = (id, secret) else {
+    let Some(id) = id else {
         return Err(OAuthError::invalid_client("client authentication required"));
     };
+    let certificate = certificate.and_then(|Extension(c)| c.0);
     let answer = state
         .blocking(move |service| -> Result<serde_json::Value, OAuthError> {
-            if service
-                .authenticate_client(&id, &secret)
-                .map_err(OAuthError::from)?
-                .is_none()
-            {
+            let client = match (secret, certificate) {
+                (Some(secret), _) => service.authenticate_client(&id, &secret),
+                (None, Some(cert)) => service.authenticate_client_by_certificate(&id, &cert),
+                (None, None) => Ok(None),
+            };
+            if client.map_err(OAuthError::from)?.is_none() {
                 return Err(OAuthError::invalid_client("client authentication failed"));
             }
             let Some(token) = f.token else {
                 return Err(OAuthError::invalid_request("token is required"));
             };
             Ok(match service.validate(&token).map_err(OAuthError::from)? {
-                Some(t) => json!({
-                    "active": true,
-                    "scope": t.scopes.join(" "),
-                    "client_id": t.client_id,
-                    "username": t.user,
-                    "sub": t.user,
-                    "token_type": "bearer",
-                    "exp": t.expires_at,
-                    "iat": t.issued_at,
-                }),
+                Some(t) => {
+                    let mut v = json!({
+                        "active": true,
+                        "scope": t.scopes.join(" "),
+                        "client_id": t.client_id,
+                        "username": t.user,
+                        "sub": t.user,
+                        "token_type": "bearer",
+                        "exp": t.expires_at,
+                        "iat": t.issued_at,
+                    });
+                    if let Some(cnf) = &t.cnf {
+                        v["cnf"] = json!({ "x5t#S256": cnf });
+                    }
+                    v
+                }
                 None => json!({ "active": false }),
             })
         })
@@ -373,9 +431,19 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
             "implicit", "urn:ietf:params:oauth:grant-type:device_code"
         ],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "tls_client_auth",
+            "self_signed_tls_client_auth", "none"
+        ],
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "tls_client_auth",
+            "self_signed_tls_client_auth", "none"
+        ],
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "tls_client_auth",
+            "self_signed_tls_client_auth"
+        ],
+        "tls_client_certificate_bound_access_tokens": true,
         "scopes_supported": state.config().scopes,
     }))
 }
@@ -425,6 +493,7 @@ mod tests {
                 secret: Some("s3cret".into()),
                 redirect_uris: Vec::new(),
                 service_user: None,
+                tls_auth: None,
             })
             .unwrap();
         let backoff = Arc::new(Backoff::new(2));

@@ -7,8 +7,9 @@ use serde::Serialize;
 use super::{ServiceError, ServiceResult, TokenService};
 use crate::clock::now_secs;
 use crate::kv::{Bucket, KvError};
-use crate::model::{Client, ClientKind};
+use crate::model::{Client, ClientKind, TlsClientAuth};
 use crate::secrets;
+use tessera_broker::tls::ClientCertificate;
 
 /// A client as listed, without its secret hash.
 #[derive(Debug, Clone, Serialize)]
@@ -16,6 +17,8 @@ pub struct ClientInfo {
     pub id: String,
     pub name: String,
     pub kind: &'static str,
+    /// `client_secret_basic`, `tls_client_auth`, `self_signed_tls_client_auth` or `none`.
+    pub auth_method: &'static str,
     pub redirect_uris: Vec<String>,
     pub service_user: Option<String>,
     pub created_at: u64,
@@ -27,10 +30,12 @@ pub struct NewClient {
     pub id: String,
     pub name: String,
     pub kind: ClientKind,
-    /// For confidential clients; generated when absent.
+    /// For confidential clients; generated when absent (and none with `tls_auth`).
     pub secret: Option<String>,
     pub redirect_uris: Vec<String>,
     pub service_user: Option<String>,
+    /// A confidential client that authenticates with its TLS certificate (RFC 8705 §2).
+    pub tls_auth: Option<TlsClientAuth>,
 }
 
 fn valid_client_id(id: &str) -> bool {
@@ -56,6 +61,37 @@ pub fn valid_redirect_uri(uri: &str) -> bool {
         && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// How a client proves itself at the token endpoint (RFC 8414 names).
+fn auth_method(c: &Client) -> &'static str {
+    match (&c.tls_auth, &c.secret_hash) {
+        (Some(auth), _) => auth.method(),
+        (None, Some(_)) => "client_secret_basic",
+        (None, None) => "none",
+    }
+}
+
+/// Whether `certificate` is the one `auth` registered.
+pub(crate) fn certificate_matches(auth: &TlsClientAuth, certificate: &ClientCertificate) -> bool {
+    let chained = certificate.chained;
+    match auth {
+        TlsClientAuth::SubjectDn(dn) => chained && certificate.subject == *dn,
+        TlsClientAuth::SanDns(name) => {
+            chained
+                && certificate
+                    .dns_names
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(name))
+        }
+        TlsClientAuth::SanUri(uri) => chained && certificate.uris.iter().any(|u| u == uri),
+        TlsClientAuth::SelfSigned(thumbprints) => {
+            let presented = certificate.thumbprint();
+            thumbprints
+                .iter()
+                .any(|t| secrets::equal(t.as_bytes(), presented.as_bytes()))
+        }
+    }
+}
+
 impl TokenService {
     /// Registers a client; returns the secret if one was generated (shown once).
     pub fn add_client(&self, c: NewClient) -> ServiceResult<Option<String>> {
@@ -70,7 +106,13 @@ impl TokenService {
         {
             return Err(ServiceError::UnknownUser(u.clone()));
         }
+        if c.tls_auth.is_some() && (c.kind != ClientKind::Confidential || c.secret.is_some()) {
+            return Err(ServiceError::Usage(
+                "a client that authenticates with its certificate is confidential, with no secret",
+            ));
+        }
         let (secret_hash, generated) = match (c.kind, c.secret) {
+            (ClientKind::Confidential, _) if c.tls_auth.is_some() => (None, None),
             (ClientKind::Confidential, Some(s)) => (Some(secrets::hash_password(&s)), None),
             (ClientKind::Confidential, None) => {
                 let s = secrets::random_string(24);
@@ -87,6 +129,7 @@ impl TokenService {
             redirect_uris: c.redirect_uris,
             service_user: c.service_user,
             created_at: now_secs(),
+            tls_auth: c.tls_auth,
         };
         match self.create(Bucket::Clients, &c.id, &client, None) {
             Err(KvError::Conflict) => Err(ServiceError::ClientExists(c.id)),
@@ -116,6 +159,7 @@ impl TokenService {
             .scan::<Client>(Bucket::Clients)?
             .into_iter()
             .map(|(_, c)| ClientInfo {
+                auth_method: auth_method(&c),
                 id: c.id,
                 name: c.name,
                 kind: c.kind.name(),
@@ -124,6 +168,22 @@ impl TokenService {
                 created_at: c.created_at,
             })
             .collect())
+    }
+
+    /// The client if `certificate` authenticates it (RFC 8705 §2): one chaining to
+    /// `oauth.client_ca` with the registered subject or SAN (`tls_client_auth`), or one of
+    /// its registered certificates (`self_signed_tls_client_auth`).
+    pub fn authenticate_client_by_certificate(
+        &self,
+        id: &str,
+        certificate: &ClientCertificate,
+    ) -> ServiceResult<Option<Client>> {
+        let client = self.get_client(id)?;
+        Ok(client.filter(|c| {
+            c.tls_auth
+                .as_ref()
+                .is_some_and(|auth| certificate_matches(auth, certificate))
+        }))
     }
 
     /// The client if `secret` is its secret (constant time in the comparison, and as slow for
@@ -155,6 +215,7 @@ mod tests {
                 secret: None,
                 redirect_uris: vec![],
                 service_user: None,
+                tls_auth: None,
             })
             .unwrap()
             .unwrap();
@@ -171,6 +232,7 @@ mod tests {
                 secret: None,
                 redirect_uris: vec!["https://app.example/cb#frag".into()],
                 service_user: None,
+                tls_auth: None,
             })
             .is_err()
         );

@@ -111,6 +111,7 @@ impl TokenService {
         client_id: &str,
         redirect_uri: Option<&str>,
         verifier: Option<&str>,
+        bound_to: Option<&str>,
     ) -> ServiceResult<Issued> {
         let key = secrets::token_key(code);
         let (mut c, revision) = self
@@ -152,6 +153,7 @@ impl TokenService {
             None,
             c.ttl,
             Some(family),
+            bound_to,
         )
     }
 
@@ -189,7 +191,12 @@ impl TokenService {
 
     /// A device's poll (RFC 8628 §3.4, §3.5): tokens once the person approved, else why not.
     /// Polling faster than the interval grows it by 5 seconds (`slow_down`).
-    pub fn poll_device(&self, device_code: &str, client_id: &str) -> ServiceResult<Issued> {
+    pub fn poll_device(
+        &self,
+        device_code: &str,
+        client_id: &str,
+        bound_to: Option<&str>,
+    ) -> ServiceResult<Issued> {
         let key = secrets::token_key(device_code);
         let entry = self
             .store
@@ -233,7 +240,7 @@ impl TokenService {
                 {
                     return Err(ServiceError::DeviceCodeUsed);
                 }
-                self.issue(&user, Some(client_id), d.scopes, None, true)
+                self.issue(&user, Some(client_id), d.scopes, None, true, bound_to)
             }
         }
     }
@@ -319,30 +326,32 @@ mod tests {
         let code = s.create_code(request.clone()).unwrap();
         let uri = Some("https://app.example/cb");
         assert!(matches!(
-            s.exchange_code(&code, "app", uri, Some("wrong")),
+            s.exchange_code(&code, "app", uri, Some("wrong"), None),
             Err(ServiceError::PkceFailed)
         ));
         // The failed attempt used the code up.
         assert!(matches!(
-            s.exchange_code(&code, "app", uri, Some(&verifier)),
+            s.exchange_code(&code, "app", uri, Some(&verifier), None),
             Err(ServiceError::CodeUsed)
         ));
         let code = s.create_code(request).unwrap();
-        let t = s.exchange_code(&code, "app", uri, Some(&verifier)).unwrap();
+        let t = s
+            .exchange_code(&code, "app", uri, Some(&verifier), None)
+            .unwrap();
         assert!(s.validate(&t.access_token).unwrap().is_some());
         // Presented again: refused, and the tokens the first exchange gave are revoked.
         assert!(matches!(
-            s.exchange_code(&code, "app", uri, Some(&verifier)),
+            s.exchange_code(&code, "app", uri, Some(&verifier), None),
             Err(ServiceError::CodeUsed)
         ));
         assert!(s.validate(&t.access_token).unwrap().is_none());
         let refresh = t.refresh_token.unwrap();
         assert!(matches!(
-            s.refresh(&refresh, Some("app"), None),
+            s.refresh(&refresh, Some("app"), None, None),
             Err(ServiceError::UnknownRefreshToken)
         ));
         assert!(matches!(
-            s.exchange_code(&code, "app", uri, Some(&verifier)),
+            s.exchange_code(&code, "app", uri, Some(&verifier), None),
             Err(ServiceError::CodeUnknown)
         ));
     }
@@ -356,12 +365,12 @@ mod tests {
         assert_eq!(deny(None, "").unwrap(), DeviceAnswer::BadLogin);
         assert_eq!(deny(Some("fay"), "wrong").unwrap(), DeviceAnswer::BadLogin);
         assert!(matches!(
-            s.poll_device(&g.device_code, "tv"),
+            s.poll_device(&g.device_code, "tv", None),
             Err(ServiceError::DevicePending)
         ));
         assert_eq!(deny(Some("fay"), "pw").unwrap(), DeviceAnswer::Denied);
         assert!(matches!(
-            s.poll_device(&g.device_code, "tv"),
+            s.poll_device(&g.device_code, "tv", None),
             Err(ServiceError::DeviceDenied)
         ));
     }
@@ -372,11 +381,11 @@ mod tests {
         s.add_user("erin", "pw").unwrap();
         let g = s.start_device("tv".into(), vec!["mqtt".into()]).unwrap();
         assert!(matches!(
-            s.poll_device(&g.device_code, "tv"),
+            s.poll_device(&g.device_code, "tv", None),
             Err(ServiceError::DevicePending)
         ));
         assert!(matches!(
-            s.poll_device(&g.device_code, "tv"),
+            s.poll_device(&g.device_code, "tv", None),
             Err(ServiceError::DeviceSlowDown)
         ));
         let lower = g.user_code.to_ascii_lowercase();
@@ -385,13 +394,13 @@ mod tests {
         assert_eq!(answer("pw").unwrap(), DeviceAnswer::Approved("erin".into()));
         assert_eq!(answer("pw").unwrap(), DeviceAnswer::UnknownCode);
         assert!(matches!(
-            s.poll_device(&g.device_code, "other"),
+            s.poll_device(&g.device_code, "other", None),
             Err(ServiceError::DeviceCodeOtherClient)
         ));
-        let t = s.poll_device(&g.device_code, "tv").unwrap();
+        let t = s.poll_device(&g.device_code, "tv", None).unwrap();
         assert!(s.validate(&t.access_token).unwrap().is_some());
         assert!(matches!(
-            s.poll_device(&g.device_code, "tv"),
+            s.poll_device(&g.device_code, "tv", None),
             Err(ServiceError::DeviceCodeUnknown)
         ));
     }

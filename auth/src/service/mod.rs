@@ -74,6 +74,8 @@ pub enum ServiceError {
     RefreshRace,
     /// A refresh asked for scopes beyond the original grant (RFC 6749 §6).
     ScopeExceedsGrant,
+    /// A bound refresh token presented without its certificate (RFC 8705 §3).
+    RefreshOtherCertificate,
     CodeUnknown,
     CodeUsed,
     CodeOtherClient,
@@ -145,6 +147,9 @@ impl std::fmt::Display for ServiceError {
             AmbiguousTokenId(id) => write!(f, "token id {id} is ambiguous"),
             Usage(m) => f.write_str(m),
             RefreshOtherClient => f.write_str("the refresh token was issued to another client"),
+            RefreshOtherCertificate => f.write_str(
+                "the refresh token is bound to a client certificate this request did not present",
+            ),
             RefreshReused => f.write_str("refresh token reused; its grant is revoked"),
             RefreshRace => f.write_str("refresh token already used"),
             ScopeExceedsGrant => f.write_str("the requested scope exceeds the original grant"),

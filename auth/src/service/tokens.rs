@@ -1,7 +1,9 @@
 //! Access and refresh tokens: issuing (a token is 32 random bytes, stored under its SHA-256 and
 //! committed before it is returned), validating, refreshing with rotation and reuse detection
 //! (refresh tokens of one grant share a family; presenting a spent one revokes the family), and
-//! revoking (one token, a family, a user's, a client's).
+//! revoking (one token, a family, a user's, a client's). A token asked for over a TLS
+//! connection with a client certificate is bound to it (RFC 8705 §3: its `cnf`), and a bound
+//! refresh token refreshes only with that certificate.
 
 use serde::Serialize;
 
@@ -45,6 +47,9 @@ pub struct TokenInfo {
     /// ...and the exact expiry, in milliseconds.
     #[serde(skip)]
     pub expires_at_ms: u64,
+    /// The `x5t#S256` thumbprint of the certificate it is bound to (RFC 8705).
+    #[serde(rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<String>,
 }
 
 impl TokenService {
@@ -55,7 +60,8 @@ impl TokenService {
             .min(self.config.max_ttl)
     }
 
-    /// Issues an access token (and a refresh token of a new family if asked).
+    /// Issues an access token (and a refresh token of a new family if asked), bound to the
+    /// certificate with thumbprint `bound_to` if given.
     pub fn issue(
         &self,
         user: &str,
@@ -63,13 +69,15 @@ impl TokenService {
         scopes: Vec<String>,
         ttl: Option<u64>,
         with_refresh: bool,
+        bound_to: Option<&str>,
     ) -> ServiceResult<Issued> {
         let family = with_refresh.then(|| secrets::random_string(12));
-        self.issue_in_family(user, client_id, scopes, None, ttl, family)
+        self.issue_in_family(user, client_id, scopes, None, ttl, family, bound_to)
     }
 
     /// Issues an access token with `access_scopes` (default: `scopes`) and, with a family, a
-    /// refresh token carrying `scopes`.
+    /// refresh token carrying `scopes`; both bound to `bound_to` if given.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn issue_in_family(
         &self,
         user: &str,
@@ -78,7 +86,9 @@ impl TokenService {
         access_scopes: Option<Vec<String>>,
         ttl: Option<u64>,
         family: Option<String>,
+        bound_to: Option<&str>,
     ) -> ServiceResult<Issued> {
+        let cnf = bound_to.map(str::to_string);
         let access_scopes = access_scopes.unwrap_or_else(|| scopes.clone());
         // The console's scope is an operator's alone, however the token is asked for.
         if scopes.iter().any(|s| s == CONSOLE_SCOPE) && !self.is_admin(user)? {
@@ -96,6 +106,7 @@ impl TokenService {
             issued_at: now,
             expires_at_ms: now_ms + expires_in * 1000,
             family: family.clone(),
+            cnf: cnf.clone(),
         };
         self.create(
             Bucket::AccessTokens,
@@ -114,6 +125,7 @@ impl TokenService {
                     issued_at: now,
                     expires_at_ms: now_ms + self.config.refresh_token_expire * 1000,
                     spent: false,
+                    cnf,
                 };
                 self.create(
                     Bucket::RefreshTokens,
@@ -148,11 +160,14 @@ impl TokenService {
     /// Exchanges a refresh token for a new access token and a new refresh token (rotation).
     /// Presenting a spent refresh token revokes its whole family. `narrower` asks for fewer
     /// scopes than granted (RFC 6749 §6); the refresh token keeps the grant's scopes.
+    /// `certificate`: the thumbprint of the client certificate of the request, if any. A bound
+    /// refresh token needs that one; the new tokens are bound to it.
     pub fn refresh(
         &self,
         refresh_token: &str,
         client_id: Option<&str>,
         narrower: Option<Vec<String>>,
+        certificate: Option<&str>,
     ) -> ServiceResult<Issued> {
         let key = secrets::token_key(refresh_token);
         let Some((mut r, rev)) = self.get::<RefreshToken>(Bucket::RefreshTokens, &key)? else {
@@ -160,6 +175,11 @@ impl TokenService {
         };
         if r.client_id.as_deref() != client_id {
             return Err(ServiceError::RefreshOtherClient);
+        }
+        if let Some(bound) = &r.cnf
+            && !certificate.is_some_and(|c| secrets::equal(c.as_bytes(), bound.as_bytes()))
+        {
+            return Err(ServiceError::RefreshOtherCertificate);
         }
         if r.spent {
             self.revoke_family(&r.family)?;
@@ -181,7 +201,15 @@ impl TokenService {
         if !self.user_exists(&r.user)? {
             return Err(ServiceError::UnknownUser(r.user));
         }
-        self.issue_in_family(&r.user, client_id, r.scopes, narrower, None, Some(r.family))
+        self.issue_in_family(
+            &r.user,
+            client_id,
+            r.scopes,
+            narrower,
+            None,
+            Some(r.family),
+            certificate,
+        )
     }
 
     /// Revokes an access or refresh token given as the token itself or an access token's id.
@@ -281,6 +309,7 @@ fn info(key: String, t: AccessToken) -> TokenInfo {
         issued_at: t.issued_at,
         expires_at: t.expires_at_ms / 1000,
         expires_at_ms: t.expires_at_ms,
+        cnf: t.cnf,
     }
 }
 
@@ -294,7 +323,7 @@ mod tests {
         let (_d, s) = service();
         s.add_user("bob", "pw").unwrap();
         let t = s
-            .issue("bob", None, vec!["mqtt".into()], Some(60), false)
+            .issue("bob", None, vec!["mqtt".into()], Some(60), false, None)
             .unwrap();
         assert_eq!(t.expires_in, 60);
         let key = secrets::token_key(&t.access_token);
@@ -324,21 +353,69 @@ mod tests {
         let (_d, s) = service();
         s.add_user("carol", "pw").unwrap();
         let first = s
-            .issue("carol", None, vec!["mqtt".into()], None, true)
+            .issue("carol", None, vec!["mqtt".into()], None, true, None)
             .unwrap();
         let rt1 = first.refresh_token.clone().unwrap();
         assert!(
-            s.refresh(&rt1, None, Some(vec!["admin".into()])).is_err(),
+            s.refresh(&rt1, None, Some(vec!["admin".into()]), None)
+                .is_err(),
             "no widening"
         );
-        let second = s.refresh(&rt1, None, None).unwrap();
+        let second = s.refresh(&rt1, None, None, None).unwrap();
         let rt2 = second.refresh_token.clone().unwrap();
         assert_ne!(rt1, rt2);
         assert!(s.validate(&second.access_token).unwrap().is_some());
         // Reusing the spent one revokes everything of the family.
-        assert!(s.refresh(&rt1, None, None).is_err());
+        assert!(s.refresh(&rt1, None, None, None).is_err());
         assert!(s.validate(&first.access_token).unwrap().is_none());
         assert!(s.validate(&second.access_token).unwrap().is_none());
-        assert!(s.refresh(&rt2, None, None).is_err());
+        assert!(s.refresh(&rt2, None, None, None).is_err());
+    }
+
+    #[test]
+    fn a_bound_token_says_its_certificate_and_its_refresh_needs_that_one() {
+        let (_d, s) = service();
+        s.add_user("dave", "pw").unwrap();
+        let t = s
+            .issue(
+                "dave",
+                None,
+                vec!["mqtt".into()],
+                None,
+                true,
+                Some("thumb-a"),
+            )
+            .unwrap();
+        let info = s.validate(&t.access_token).unwrap().unwrap();
+        assert_eq!(info.cnf.as_deref(), Some("thumb-a"));
+        let rt = t.refresh_token.unwrap();
+        for other in [None, Some("thumb-b")] {
+            assert!(matches!(
+                s.refresh(&rt, None, None, other),
+                Err(ServiceError::RefreshOtherCertificate)
+            ));
+        }
+        // Refused before it was spent: the right certificate still refreshes, bound again.
+        let next = s.refresh(&rt, None, None, Some("thumb-a")).unwrap();
+        let info = s.validate(&next.access_token).unwrap().unwrap();
+        assert_eq!(info.cnf.as_deref(), Some("thumb-a"));
+        // An unbound grant refreshed over a certificate is bound from then on.
+        let u = s
+            .issue("dave", None, vec!["mqtt".into()], None, true, None)
+            .unwrap();
+        let bound = s
+            .refresh(
+                u.refresh_token.as_deref().unwrap(),
+                None,
+                None,
+                Some("thumb-c"),
+            )
+            .unwrap();
+        let info = s.validate(&bound.access_token).unwrap().unwrap();
+        assert_eq!(info.cnf.as_deref(), Some("thumb-c"));
+        assert!(
+            s.refresh(bound.refresh_token.as_deref().unwrap(), None, None, None)
+                .is_err()
+        );
     }
 }

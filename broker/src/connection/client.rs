@@ -14,6 +14,7 @@ use super::exchange::{Challenge, Method};
 use crate::auth::Grant;
 use crate::codec::{Utf8Bytes, Will};
 use crate::session::{ControlSlot, Session};
+use crate::tls::ClientCertificate;
 
 /// A connection as the broker knows it from its first byte.
 pub(crate) struct Endpoint {
@@ -24,6 +25,8 @@ pub(crate) struct Endpoint {
     pub transport: &'static str,
     /// Orders from the broker (takeover, revocation, shutdown).
     pub control: Arc<ControlSlot>,
+    /// The client certificate its TLS handshake verified, if any.
+    pub certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// Topic aliases in force on one connection (MQTT 5.0 §3.3.2.3.4).

@@ -224,6 +224,7 @@ impl Handshake<'_> {
             peer: self.endpoint.peer,
             transport: self.endpoint.transport,
             version: c.version,
+            certificate: self.endpoint.certificate.clone(),
         };
         let step = self.broker.auth.connect(request).await;
         let mut next = exchange::next(method, step).map_err(during_connect)?;

@@ -38,6 +38,7 @@ use crate::codec::{self, DecodeError, Disconnect, Packet, Properties, ReasonCode
 use crate::message::Message;
 use crate::routing::Qos0Run;
 use crate::session::Control;
+use crate::tls::ClientCertificate;
 
 /// Packets handled from one read after which the connection yields to other tasks.
 const YIELD_AFTER: usize = 16;
@@ -117,8 +118,13 @@ pub(crate) struct Connection {
 }
 
 /// Serves one accepted stream until it closes.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, transport: &'static str)
-where
+pub async fn serve<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: SocketAddr,
+    transport: &'static str,
+    certificate: Option<Arc<ClientCertificate>>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     broker
@@ -132,6 +138,7 @@ where
             peer,
             transport,
             control: Arc::default(),
+            certificate,
         },
         wire: Wire::new(broker.config.max_packet_size as usize),
         high_water: broker.config.max_client_buffer as usize,
@@ -441,7 +448,7 @@ mod size_tests {
             }),
             crate::broker::Persistence::None,
         );
-        let f = super::serve(broker, s, addr, "tcp");
+        let f = super::serve(broker, s, addr, "tcp", None);
         let size = std::mem::size_of_val(&f);
         eprintln!("connection future: {size} bytes");
         assert!(size <= 1400, "connection future grew to {size} bytes");

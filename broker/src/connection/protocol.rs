@@ -396,6 +396,7 @@ impl Connection {
                         method: method.name().to_string(),
                         data: auth.properties.authentication_data,
                         peer: self.endpoint.peer,
+                        certificate: self.endpoint.certificate.clone(),
                     })
                     .await;
                 exchange::next(Some(&method), step)

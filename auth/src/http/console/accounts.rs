@@ -173,6 +173,7 @@ pub async fn client_add(
             .into_iter()
             .collect(),
         service_user: f.service_user.filter(|u| !u.is_empty()),
+        tls_auth: None,
     };
     // The generated secret is shown on this page once, never put in a URL.
     match run(&state, &op, req).await {

@@ -117,6 +117,7 @@ pub fn register_client(state: &AppState) -> Result<(), ServiceError> {
             secret: None,
             redirect_uris: uris,
             service_user: None,
+            tls_auth: None,
         }) {
             Ok(_) => return Ok(()),
             Err(e @ ServiceError::ClientExists(_)) => last = Some(e),
@@ -262,7 +263,7 @@ async fn callback(
     };
     let uri = redirect_uri(&state.issuer);
     let issued = state
-        .blocking(move |s| s.exchange_code(&code, CLIENT_ID, Some(&uri), Some(&verifier)))
+        .blocking(move |s| s.exchange_code(&code, CLIENT_ID, Some(&uri), Some(&verifier), None))
         .await;
     match issued {
         Ok(Ok(t)) => {
@@ -332,6 +333,7 @@ async fn run(state: &AppState, op: &Operator, req: AdminRequest) -> AdminRespons
             service: &service,
             broker: broker.as_ref(),
             actor: &actor,
+            tls: &[],
         };
         admin::execute(&op, req)
     })

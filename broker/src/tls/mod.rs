@@ -1,5 +1,8 @@
-//! TLS server configuration: the operator's certificate, or a self-signed development
-//! certificate for localhost / 127.0.0.1 generated once into `data_dir/tls` and reused.
+//! TLS servers: the operator's certificate, or a self-signed development certificate for
+//! localhost / 127.0.0.1 generated once into `data_dir/tls` and reused; what a server asks of
+//! client certificates and what a verified one says (`client.rs`); and [`TlsServer`], which
+//! holds one server's configuration and reads its files again on `tessera reload`
+//! (`server.rs`). Every configuration is built with the ring provider named explicitly.
 
 use std::fs;
 use std::io;
@@ -7,18 +10,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
+use tessera_config::TlsFiles;
 use tracing::info;
 
-/// Builds a rustls server configuration from PEM files, or from the development certificate
-/// when `files` is `None`.
-pub fn server_config(
-    files: Option<(&Path, &Path)>,
+mod client;
+mod server;
+
+pub use client::{ClientCertificate, Purpose, thumbprint, thumbprint_of_pem};
+pub use server::{Built, TlsServer, reload};
+
+/// The crypto provider of every TLS configuration here.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds a rustls server configuration from `files`: the operator's certificate and key, or
+/// the development certificate, and the client certificates `purpose` takes.
+pub(crate) fn server_config(
+    files: &TlsFiles,
     data_dir: &Path,
-) -> io::Result<Arc<ServerConfig>> {
-    let (cert_path, key_path) = match files {
+    purpose: Purpose,
+) -> io::Result<(Arc<ServerConfig>, client::ChainCheck)> {
+    let (cert_path, key_path) = match files.key_pair() {
         Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
         None => dev_certificate(data_dir)?,
     };
@@ -33,14 +50,14 @@ pub fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| invalid(format!("{}: {e}", key_path.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let (verifier, chain_check) = client::verifier(files, purpose)?;
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| invalid(format!("{}: {e}", cert_path.display())))?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), chain_check))
 }
 
 /// Paths of the development certificate and key, generated if absent.
@@ -88,7 +105,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     opts.open(path)?.write_all(bytes)
 }
 
-fn invalid(msg: String) -> io::Error {
+pub(crate) fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
@@ -111,7 +128,7 @@ mod tests {
                 0o600
             );
         }
-        server_config(None, dir.path()).unwrap();
+        server_config(&TlsFiles::default(), dir.path(), Purpose::Mqtt).unwrap();
     }
 
     #[test]
@@ -121,7 +138,12 @@ mod tests {
         let k = dir.path().join("k.pem");
         fs::write(&c, "not a pem").unwrap();
         fs::write(&k, "not a pem").unwrap();
-        let e = server_config(Some((&c, &k)), dir.path()).unwrap_err();
+        let files = TlsFiles {
+            certificate: Some(c),
+            private_key: Some(k),
+            ..TlsFiles::default()
+        };
+        let e = server_config(&files, dir.path(), Purpose::Mqtt).unwrap_err();
         assert!(e.to_string().contains("c.pem"), "{e}");
     }
 }

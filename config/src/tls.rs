@@ -1,0 +1,217 @@
+//! The TLS settings of listeners and the OAuth endpoint: the rules between their fields, and
+//! `check_files`, which reads every certificate, key and CRL they name (PEM framing, not the
+//! cryptography: the broker's TLS setup does that) so that a wrong path or file is an error
+//! naming the configuration's file, line and field before anything binds.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use serde_saphyr::{Location, Spanned};
+
+use crate::listener::ClientCertificates;
+use crate::login::CertificateLogin;
+use crate::{Config, ConfigError};
+
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+    Crl,
+}
+
+fn read_pem(path: &Path, what: Pem) -> Result<(), String> {
+    let shown = path.display();
+    let found = match what {
+        Pem::Certificates => CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map(|v| v.len()),
+        Pem::Crl => CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map(|v| v.len()),
+        Pem::PrivateKey => PrivateKeyDer::from_pem_file(path).map(|_| 1),
+    }
+    .map_err(|e| format!("{shown}: {}", describe(e)))?;
+    if found == 0 {
+        let kind = match what {
+            Pem::Certificates => "no PEM certificate (BEGIN CERTIFICATE)",
+            Pem::Crl => "no PEM revocation list (BEGIN X509 CRL)",
+            Pem::PrivateKey => "no PEM private key",
+        };
+        return Err(format!("{shown}: {kind} in the file"));
+    }
+    Ok(())
+}
+
+fn describe(e: rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(e) => format!("cannot read: {e}"),
+        rustls_pki_types::pem::Error::NoItemsFound => "nothing in PEM form in the file".into(),
+        other => format!("not a valid PEM file ({other:?})"),
+    }
+}
+
+/// One TLS server's fields, named as the configuration names them.
+struct Server<'c> {
+    name: String,
+    at: Location,
+    certificate: Option<&'c Spanned<PathBuf>>,
+    private_key: Option<&'c Spanned<PathBuf>>,
+    mode: ClientCertificates,
+    client_ca: Option<&'c Spanned<PathBuf>>,
+    client_crl: Option<&'c Spanned<Vec<PathBuf>>>,
+}
+
+impl Config {
+    fn tls_servers(&self) -> Vec<Server<'_>> {
+        let mut servers: Vec<Server<'_>> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Server {
+                name: format!("listeners[{i}]"),
+                at: l.referenced,
+                certificate: l.value.certificate.as_ref(),
+                private_key: l.value.private_key.as_ref(),
+                mode: l.value.client_certificates,
+                client_ca: l.value.client_ca.as_ref(),
+                client_crl: l.value.client_crl.as_ref(),
+            })
+            .collect();
+        let o = &self.oauth;
+        servers.push(Server {
+            name: "oauth".into(),
+            at: Location::UNKNOWN,
+            certificate: o.certificate.as_ref(),
+            private_key: o.private_key.as_ref(),
+            mode: o.client_certificates,
+            client_ca: o.client_ca.as_ref(),
+            client_crl: o.client_crl.as_ref(),
+        });
+        servers
+    }
+
+    fn error(&self, at: Location, message: String) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            line: at.line(),
+            column: at.column(),
+            message,
+        }
+    }
+
+    /// The rules between the TLS fields (no file is read).
+    pub(crate) fn validate_tls(&self) -> Result<(), ConfigError> {
+        let mut asks = false;
+        for (i, s) in self.tls_servers().into_iter().enumerate() {
+            let is_oauth = i == self.listeners.len();
+            let uses_tls = if is_oauth {
+                !self.oauth.plain_http
+            } else {
+                self.listeners[i].value.transport.uses_tls()
+            };
+            let first = s.client_ca.map(|c| c.referenced).unwrap_or(s.at);
+            if s.mode == ClientCertificates::None {
+                if let Some(ca) = s.client_ca {
+                    return Err(self.error(
+                        ca.referenced,
+                        format!(
+                            "field `{}.client_ca`: set `client_certificates` to optional or required for it to be used",
+                            s.name
+                        ),
+                    ));
+                }
+                if let Some(crl) = s.client_crl {
+                    return Err(self.error(
+                        crl.referenced,
+                        format!(
+                            "field `{}.client_crl`: set `client_certificates` to optional or required for it to be used",
+                            s.name
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if !uses_tls {
+                let why = if is_oauth {
+                    "a plain HTTP endpoint cannot ask for client certificates"
+                } else {
+                    "only tls and wss listeners ask for client certificates"
+                };
+                return Err(self.error(
+                    s.at,
+                    format!("field `{}.client_certificates`: {why}", s.name),
+                ));
+            }
+            // The endpoint's `optional` takes self-signed certificates (RFC 8705 §2.2) and
+            // needs no CA; everything else checks the chain.
+            let needs_ca = !(is_oauth && s.mode == ClientCertificates::Optional);
+            if needs_ca && s.client_ca.is_none() {
+                return Err(self.error(
+                    first,
+                    format!(
+                        "field `{}.client_ca`: `client_certificates: {}` needs the CAs client certificates chain to",
+                        s.name,
+                        if s.mode == ClientCertificates::Required { "required" } else { "optional" }
+                    ),
+                ));
+            }
+            if !is_oauth {
+                asks = true;
+            }
+        }
+        if self.auth.certificate_login != CertificateLogin::None && !asks {
+            return Err(self.error(
+                Location::UNKNOWN,
+                "field `auth.certificate_login`: no listener asks for client certificates (`client_certificates`)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads every certificate, key and CRL file the TLS servers name; an error names the
+    /// configuration's file, line and field, and the file. `serve` runs it at start and on
+    /// `tessera reload`; the other commands do not (their user need not read the server's key).
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.tls_servers().into_iter().enumerate() {
+            let is_oauth = i == self.listeners.len();
+            let used = if is_oauth {
+                self.oauth.enabled && !self.oauth.plain_http
+            } else {
+                self.listeners[i].value.transport.uses_tls()
+            };
+            if !used {
+                continue;
+            }
+            let check = |field: &str, path: &Spanned<PathBuf>, what: Pem| {
+                read_pem(&path.value, what).map_err(|why| {
+                    self.error(
+                        path.referenced,
+                        format!("field `{}.{field}`: {why}", s.name),
+                    )
+                })
+            };
+            if let Some(c) = s.certificate {
+                check("certificate", c, Pem::Certificates)?;
+            }
+            if let Some(k) = s.private_key {
+                check("private_key", k, Pem::PrivateKey)?;
+            }
+            if let Some(ca) = s.client_ca {
+                check("client_ca", ca, Pem::Certificates)?;
+            }
+            if let Some(crls) = s.client_crl {
+                for path in &crls.value {
+                    read_pem(path, Pem::Crl).map_err(|why| {
+                        self.error(
+                            crls.referenced,
+                            format!("field `{}.client_crl`: {why}", s.name),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
