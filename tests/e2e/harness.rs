@@ -40,6 +40,14 @@ impl TestBroker {
         TestBroker::start_in(tempfile::tempdir().unwrap(), extra)
     }
 
+    /// As `start_secure`, with `tls_options` (indented listener fields: client certificates)
+    /// on the tls and wss listeners.
+    pub fn start_with_tls(tls_options: &str, extra: &str) -> TestBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let child = TestBroker::spawn_config(&dir, extra, tls_options, false);
+        TestBroker::follow(dir, child)
+    }
+
     /// Writes the configuration for `dir` (free ports, `extra` appended) and starts the binary.
     fn spawn(dir: &tempfile::TempDir, extra: &str) -> Child {
         TestBroker::spawn_with(dir, extra, false)
@@ -55,6 +63,15 @@ impl TestBroker {
     }
 
     fn spawn_with(dir: &tempfile::TempDir, extra: &str, ignore_xfsz: bool) -> Child {
+        TestBroker::spawn_config(dir, extra, "", ignore_xfsz)
+    }
+
+    fn spawn_config(
+        dir: &tempfile::TempDir,
+        extra: &str,
+        tls_options: &str,
+        ignore_xfsz: bool,
+    ) -> Child {
         let mut head = String::new();
         if !extra.contains("oauth:") {
             head.push_str("oauth:\n  bind: 127.0.0.1:0\n");
@@ -64,7 +81,7 @@ impl TestBroker {
         }
         let oauth = head;
         let config = format!(
-            "{oauth}data_dir: {data}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\n  - type: tls\n    bind: 127.0.0.1:0\n  - type: ws\n    bind: 127.0.0.1:0\n  - type: wss\n    bind: 127.0.0.1:0\n{extra}\n",
+            "{oauth}data_dir: {data}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\n  - type: tls\n    bind: 127.0.0.1:0\n{tls_options}  - type: ws\n    bind: 127.0.0.1:0\n  - type: wss\n    bind: 127.0.0.1:0\n{tls_options}{extra}\n",
             data = dir.path().join("data").display()
         );
         let config_path = dir.path().join("tessera.yml");

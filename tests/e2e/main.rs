@@ -4,9 +4,11 @@
 
 mod harness;
 mod https;
+mod pki;
 mod raw;
 
 mod bad_input;
+mod certificates;
 mod clients;
 mod cluster;
 mod cluster_harness;

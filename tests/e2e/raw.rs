@@ -9,15 +9,37 @@ use tessera_broker::codec::{
     self, ConnAck, Connect, Packet, Properties, PubResp, Publish, QoS, ReasonCode, Subscribe,
     SubscriptionOptions, Version,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub struct Raw {
-    pub stream: TcpStream,
+/// The client on a TCP stream, or on any other (a TLS stream with a client certificate).
+pub struct Raw<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
     pub version: Version,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    /// The client on an open stream (a TLS handshake done, say).
+    pub fn on(stream: S) -> Raw<S> {
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            version: Version::V5,
+        }
+    }
+
+    /// Sends CONNECT and reads the CONNACK.
+    pub async fn handshake(&mut self, connect: Connect) -> ConnAck {
+        self.version = connect.version;
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Some(Packet::ConnAck(a)) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
 }
 
 impl Raw {
@@ -38,6 +60,26 @@ impl Raw {
         })
     }
 
+    /// Opens a connection and completes CONNECT / CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(addr).await;
+        raw.version = connect.version;
+        raw.send(&Packet::Connect(Box::new(connect))).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(a)) => (raw, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// A 5.0 client with a clean start and the given id.
+    pub async fn v5(addr: SocketAddr, id: &str) -> Raw {
+        let (raw, ack) = Raw::connect(addr, connect_v5(id)).await;
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        raw
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     /// `send` for a broker that may be gone: false if the write failed.
     pub async fn try_send(&mut self, p: &Packet) -> bool {
         let mut b = BytesMut::new();
@@ -57,24 +99,6 @@ impl Raw {
                 Ok(_) => {}
             }
         }
-    }
-
-    /// Opens a connection and completes CONNECT / CONNACK.
-    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
-        let mut raw = Raw::open(addr).await;
-        raw.version = connect.version;
-        raw.send(&Packet::Connect(Box::new(connect))).await;
-        match raw.recv().await {
-            Some(Packet::ConnAck(a)) => (raw, a),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    /// A 5.0 client with a clean start and the given id.
-    pub async fn v5(addr: SocketAddr, id: &str) -> Raw {
-        let (raw, ack) = Raw::connect(addr, connect_v5(id)).await;
-        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
-        raw
     }
 
     pub async fn send(&mut self, p: &Packet) {
