@@ -35,6 +35,10 @@ CHARTS = [
      "Hardening (issue 10), before and after"),
     ("## Operations (issue 11): before and after", "operations.svg", ["before", "issue 11"],
      "Operations (issue 11): metrics counters, before and after"),
+    ("## The cluster at one edge (issue 18): before and after", "cluster-edge.svg",
+     ["before", "issue 18"], "The cluster at one edge (issue 18), before and after"),
+    ("## TLS and client certificates (issue 19)", "tls.svg", ["tessera", "mosquitto"],
+     "TLS handshakes with and without client certificates, and an mTLS connection's memory"),
 ]
 COLORS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#718096"]
 LOWER = re.compile(r"\((us|µs|s|KiB|bytes)\b|p99|p50|latency|memory|instructions|RSS", re.I)

@@ -117,6 +117,19 @@ pub async fn connect_session(
         version,
     };
     let v5 = version == Version::V5;
+    let c = connect_packet(id, login, version, persistent);
+    writer.send(&Packet::Connect(Box::new(c))).await?;
+    match tokio::time::timeout(Duration::from_secs(30), reader.recv()).await?? {
+        Packet::ConnAck(a) if a.reason_code == ReasonCode::SUCCESS => Ok((reader, writer)),
+        Packet::ConnAck(a) if !v5 => Err(format!("CONNACK return code {}", a.reason_code.0).into()),
+        Packet::ConnAck(a) => Err(format!("CONNACK {}", a.reason_code).into()),
+        other => Err(format!("expected CONNACK, got {:?}", other.packet_type()).into()),
+    }
+}
+
+/// The CONNECT a client of this load generator sends.
+pub fn connect_packet(id: &str, login: &Login, version: Version, persistent: bool) -> Connect {
+    let v5 = version == Version::V5;
     let mut c = Connect {
         version,
         clean_start: !persistent,
@@ -143,13 +156,7 @@ pub async fn connect_session(
             c.properties.authentication_data = Some(Bytes::from(token.clone()));
         }
     }
-    writer.send(&Packet::Connect(Box::new(c))).await?;
-    match tokio::time::timeout(Duration::from_secs(30), reader.recv()).await?? {
-        Packet::ConnAck(a) if a.reason_code == ReasonCode::SUCCESS => Ok((reader, writer)),
-        Packet::ConnAck(a) if !v5 => Err(format!("CONNACK return code {}", a.reason_code.0).into()),
-        Packet::ConnAck(a) => Err(format!("CONNACK {}", a.reason_code).into()),
-        other => Err(format!("expected CONNACK, got {:?}", other.packet_type()).into()),
-    }
+    c
 }
 
 pub async fn subscribe(

@@ -38,6 +38,14 @@ struct Cli {
     /// is queued for them.
     #[arg(long)]
     persistent: bool,
+    /// The CA (PEM) the broker's TLS certificate is checked against (tls-handshakes, tls-idle).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM) the TLS clients present.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -90,6 +98,22 @@ enum Scenario {
         #[arg(long, default_value_t = 10000)]
         connections: usize,
         /// The broker's process id (its RSS is read from /proc).
+        #[arg(long)]
+        pid: u32,
+    },
+    /// M clients each doing a whole TLS handshake (no resumption), CONNECT and DISCONNECT.
+    TlsHandshakes {
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// N idle TLS connections; broker RSS per connection.
+    TlsIdle {
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
         #[arg(long)]
         pid: u32,
     },
@@ -179,8 +203,54 @@ fn main() -> ExitCode {
             QoS::AtLeastOnce
         }
     };
+    let tls = match (&cli.tls_ca, &cli.scenario) {
+        (Some(ca), _) => {
+            let identity = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+            match tessera_bench::tls::TlsClient::new(ca, identity, "localhost") {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("error: TLS client: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, Scenario::TlsHandshakes { .. } | Scenario::TlsIdle { .. }) => {
+            eprintln!("error: TLS scenarios need --tls-ca");
+            return ExitCode::from(2);
+        }
+        (None, _) => None,
+    };
     let result = rt.block_on(async {
         match cli.scenario {
+            Scenario::TlsHandshakes {
+                clients,
+                concurrency,
+                pid,
+            } => {
+                let tls = tls.as_ref().ok_or("no TLS")?;
+                tessera_bench::tls::handshake_storm(
+                    target.addr,
+                    tls,
+                    &target.login,
+                    target.version,
+                    clients,
+                    concurrency,
+                    pid,
+                )
+                .await
+            }
+            Scenario::TlsIdle { connections, pid } => {
+                let tls = tls.as_ref().ok_or("no TLS")?;
+                tessera_bench::tls::idle(
+                    target.addr,
+                    tls,
+                    &target.login,
+                    target.version,
+                    connections,
+                    pid,
+                )
+                .await
+            }
             Scenario::FanIn {
                 publishers,
                 qos: q,

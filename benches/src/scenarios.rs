@@ -329,7 +329,7 @@ pub async fn fan_in(
     Ok(result)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -521,7 +521,7 @@ pub async fn connect_storm(
 }
 
 /// User + system CPU time a process has used, in clock ticks (/proc/PID/stat fields 14, 15).
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -530,11 +530,11 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// USER_HZ, the unit of /proc/PID/stat times: 100 on every Linux architecture's ABI.
-fn clock_ticks_per_sec() -> f64 {
+pub(crate) fn clock_ticks_per_sec() -> f64 {
     100.0
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
