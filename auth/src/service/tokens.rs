@@ -47,8 +47,9 @@ pub struct TokenInfo {
     /// ...and the exact expiry, in milliseconds.
     #[serde(skip)]
     pub expires_at_ms: u64,
-    /// The `x5t#S256` thumbprint of the certificate it is bound to (RFC 8705).
-    #[serde(rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    /// The `x5t#S256` thumbprint of the certificate it is bound to (RFC 8705); `null` for a
+    /// bearer token (a column of `token list` either way).
+    #[serde(rename = "x5t#S256")]
     pub cnf: Option<String>,
 }
 
