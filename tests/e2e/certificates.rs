@@ -634,3 +634,52 @@ fn a_bad_client_ca_is_a_configuration_error_naming_file_line_and_field() {
     assert!(err.contains("listeners[0].client_ca"), "{err}");
     assert!(err.contains("nowhere.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn a_tls_websocket_client_logs_in_with_its_certificate() {
+    use rumqttc::v5::MqttOptions;
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::{TlsConfiguration, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "devices");
+    let dev1 = ca.issue("dev-1", None);
+    let b = TestBroker::start_with_tls(
+        &asks("required", &ca, None),
+        "auth:\n  certificate_login: cn\n",
+    );
+    add_user(&b, "dev-1");
+    let url = format!("wss://localhost:{}/mqtt", b.wss.port());
+    let mut opts = MqttOptions::new("wss-dev-1", url, b.wss.port());
+    let tls = TlsConfiguration::Rustls(pki::client_config(&b.cert_path(), Some(&dev1)));
+    opts.set_transport(Transport::Wss(tls));
+    let (client, mut rx) = crate::clients::rumqttc_v5(opts).await;
+    client.subscribe("w/x", QoS5::AtLeastOnce).await.unwrap();
+    let mut got = None;
+    for _ in 0..50 {
+        client
+            .publish("w/x", QoS5::AtLeastOnce, false, "over wss")
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            got = Some(m);
+            break;
+        }
+    }
+    let (topic, payload, _, _) = got.expect("no message came back over wss");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("w/x", &b"over wss"[..])
+    );
+    assert!(b.wait_log(
+        "client_id=\"wss-dev-1\" user=\"dev-1\"",
+        Duration::from_secs(5)
+    ));
+    // Without a certificate, the TLS WebSocket setup fails: no MQTT at all.
+    let url = format!("wss://localhost:{}/mqtt", b.wss.port());
+    let mut opts = MqttOptions::new("wss-none", url, b.wss.port());
+    let tls = TlsConfiguration::Rustls(pki::client_config(&b.cert_path(), None));
+    opts.set_transport(Transport::Wss(tls));
+    let (_client, mut el) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let first = tokio::time::timeout(Duration::from_secs(10), el.poll()).await;
+    assert!(matches!(first, Ok(Err(_))), "{first:?}");
+}
