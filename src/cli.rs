@@ -116,13 +116,19 @@ pub enum TokenCmd {
         #[arg(long)]
         user: Option<String>,
     },
-    /// Revoke a token (the token or its id), or every token of --user.
+    /// Revoke a token (the token or its id), every token of --user, or another issuer's
+    /// token by --jti and --issuer (held out until it could have expired, on every node).
     Revoke {
         // A token may begin with `-` (base64url): it is a value, not an option.
         #[arg(allow_hyphen_values = true)]
         token: Option<String>,
         #[arg(long)]
         user: Option<String>,
+        #[arg(long, requires = "issuer")]
+        jti: Option<String>,
+        /// The issuer as configured in `auth.issuers`.
+        #[arg(long, requires = "jti")]
+        issuer: Option<String>,
     },
 }
 
@@ -309,12 +315,22 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
         Command::Reload => AdminRequest::Reload,
         Command::Token(TokenCmd::List { user }) => AdminRequest::TokenList { user },
         Command::OauthListTokens => AdminRequest::TokenList { user: None },
-        Command::Token(TokenCmd::Revoke { token, user }) => {
-            AdminRequest::TokenRevoke { token, user }
-        }
+        Command::Token(TokenCmd::Revoke {
+            token,
+            user,
+            jti,
+            issuer,
+        }) => AdminRequest::TokenRevoke {
+            token,
+            user,
+            jti,
+            issuer,
+        },
         Command::OauthRevokeToken { token } => AdminRequest::TokenRevoke {
             token: Some(token),
             user: None,
+            jti: None,
+            issuer: None,
         },
         Command::Session(SessionCmd::List { user }) => AdminRequest::SessionList { user },
         Command::Session(SessionCmd::Kick { client_id }) => AdminRequest::SessionKick { client_id },
@@ -330,6 +346,15 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
 
 /// Runs the request on the live server if there is one, else on the store file.
 pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
+    if let AdminRequest::TokenRevoke {
+        issuer: Some(issuer),
+        ..
+    } = &request
+        && !config.auth.issuers.iter().any(|i| &i.issuer == issuer)
+    {
+        eprintln!("error: {issuer} is not one of the configured issuers (auth.issuers)");
+        return ExitCode::from(2);
+    }
     let ejabberd_style = matches!(request, AdminRequest::TokenIssue { .. });
     let socket = admin::socket_path(&config.data_dir);
     let runtime = match tokio::runtime::Builder::new_current_thread()

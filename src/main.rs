@@ -167,7 +167,7 @@ mod tests {
         let request = cli::request(cli.command).unwrap_or_else(|_| panic!("no request"));
         assert!(matches!(
             request,
-            tessera_auth::admin::AdminRequest::TokenRevoke { token: Some(t), user: None } if t == token
+            tessera_auth::admin::AdminRequest::TokenRevoke { token: Some(t), user: None, .. } if t == token
         ));
         let cli = Cli::try_parse_from(["tessera", "oauth_revoke_token", token]).unwrap();
         let request = cli::request(cli.command).unwrap_or_else(|_| panic!("no request"));
@@ -180,7 +180,7 @@ mod tests {
         let request = cli::request(cli.command).unwrap_or_else(|_| panic!("no request"));
         assert!(matches!(
             request,
-            tessera_auth::admin::AdminRequest::TokenRevoke { token: None, user: Some(u) } if u == "bob"
+            tessera_auth::admin::AdminRequest::TokenRevoke { token: None, user: Some(u), .. } if u == "bob"
         ));
     }
 }

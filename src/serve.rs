@@ -64,12 +64,22 @@ async fn serve(config: Config) -> ExitCode {
     };
     let service = Arc::new(TokenService::new(store, config.oauth.clone()));
     let backoff = Arc::new(Backoff::new(config.oauth.max_failures));
+    let issuers = match tessera_auth::issuers::Issuers::new(&config.auth.issuers) {
+        Ok(i) => Arc::new(i),
+        Err(e) => {
+            error!("auth.issuers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Their keys are fetched in the background: a provider that is down delays no start.
+    issuers.start();
     let mechanism = Arc::new(OAuthMechanism {
         service: service.clone(),
         auth: config.auth.clone(),
         access_publish: config.access_publish.clone(),
         access_subscribe: config.access_subscribe.clone(),
         backoff: backoff.clone(),
+        issuers,
     });
     let auth = Arc::new(OAuthAuthenticator(mechanism));
     let started = match config.storage.durability {

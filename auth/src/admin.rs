@@ -70,6 +70,11 @@ pub enum AdminRequest {
     TokenRevoke {
         token: Option<String>,
         user: Option<String>,
+        /// Another issuer's token, by its `jti` and `issuer` (as configured).
+        #[serde(default)]
+        jti: Option<String>,
+        #[serde(default)]
+        issuer: Option<String>,
     },
     /// The live MQTT connections, optionally of one user.
     SessionList {
@@ -95,13 +100,19 @@ impl AdminRequest {
             AdminRequest::ClientAdd { id, .. } => ("client_add", id.clone()),
             AdminRequest::ClientRemove { id } => ("client_remove", id.clone()),
             AdminRequest::TokenIssue { user, .. } => ("token_issue", user.clone()),
-            AdminRequest::TokenRevoke { token, user } => (
+            AdminRequest::TokenRevoke {
+                token,
+                user,
+                jti,
+                issuer,
+            } => (
                 "token_revoke",
-                match (token, user) {
-                    (Some(t), _) => {
+                match (token, user, jti, issuer) {
+                    (Some(t), ..) => {
                         format!("token {}", secrets::token_id(&secrets::token_key(t)))
                     }
-                    (None, Some(u)) => format!("user {u}"),
+                    (None, Some(u), ..) => format!("user {u}"),
+                    (None, None, Some(j), Some(i)) => format!("jti {j} of {i}"),
                     _ => String::new(),
                 },
             ),
@@ -293,12 +304,31 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     serde_json::to_value(&tokens).unwrap_or(Value::Null),
                 )
             }
-            AdminRequest::TokenRevoke { token, user } => {
-                let n = match (token, user) {
-                    (Some(t), None) => s.revoke(&t)?,
-                    (None, Some(u)) => s.revoke_user(&u)?,
+            AdminRequest::TokenRevoke {
+                token,
+                user,
+                jti,
+                issuer,
+            } => {
+                let n = match (token, user, jti, issuer) {
+                    (Some(t), None, None, None) => s.revoke(&t)?,
+                    (None, Some(u), None, None) => s.revoke_user(&u)?,
+                    (None, None, Some(jti), Some(issuer)) => {
+                        // Held out until the longest an access token can live.
+                        let until = crate::clock::now_ms() + s.config.max_ttl * 1000;
+                        let label = crate::issuers::label(&issuer, Some(&jti), "");
+                        let first = s.revoke_external(&label, until)?;
+                        let message = if first {
+                            format!("token {jti} of {issuer} revoked")
+                        } else {
+                            format!("token {jti} of {issuer} was revoked already")
+                        };
+                        return Ok(ok(message, json!({ "revoked": 1, "jti": jti })));
+                    }
                     _ => {
-                        return Err(ServiceError::Usage("give a token (or token id), or --user"));
+                        return Err(ServiceError::Usage(
+                            "give a token (or token id), --user, or --jti with --issuer",
+                        ));
                     }
                 };
                 if n == 0 {

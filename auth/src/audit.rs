@@ -46,6 +46,27 @@ pub fn login(
     );
 }
 
+/// Another issuer's token presented for a login: whose it is (issuer, subject, `jti`), and why
+/// it was refused; never the token.
+pub fn external_token(
+    accepted: bool,
+    issuer: Option<&str>,
+    subject: Option<&str>,
+    jti: Option<&str>,
+    reason: &str,
+) {
+    let outcome = if accepted { "accepted" } else { "refused" };
+    info!(
+        target: TARGET,
+        event = "external_token",
+        outcome,
+        issuer = issuer.unwrap_or(""),
+        subject = subject.unwrap_or(""),
+        jti = jti.unwrap_or(""),
+        reason,
+    );
+}
+
 /// A token issued over HTTPS (`grant_type`) or by an operator (`operator`).
 pub fn token_issued(
     grant_type: &str,

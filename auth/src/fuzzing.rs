@@ -76,6 +76,7 @@ fn mechanism() -> &'static (OAuthAuthenticator, String) {
             access_subscribe: AccessRules::default(),
             // Failures must not turn every later input into the backoff's answer.
             backoff: Arc::new(Backoff::new(u32::MAX)),
+            issuers: Arc::default(),
         };
         (OAuthAuthenticator(Arc::new(mechanism)), token)
     })

@@ -23,16 +23,20 @@ pub enum Bucket {
     RefreshTokens,
     AuthCodes,
     DeviceCodes,
+    /// Other issuers' tokens revoked by `jti`, keyed by their label (`issuers::label`), each
+    /// until the token's expiry could have passed.
+    Revocations,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 6] = [
+    pub const ALL: [Bucket; 7] = [
         Bucket::Users,
         Bucket::Clients,
         Bucket::AccessTokens,
         Bucket::RefreshTokens,
         Bucket::AuthCodes,
         Bucket::DeviceCodes,
+        Bucket::Revocations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Bucket {
             Bucket::RefreshTokens => "refresh_tokens",
             Bucket::AuthCodes => "auth_codes",
             Bucket::DeviceCodes => "device_codes",
+            Bucket::Revocations => "revocations",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod clock;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod issuers;
 pub mod kv;
 pub mod mechanism;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! The token service's counters for the Prometheus endpoint: MQTT authentication outcomes,
-//! tokens issued by grant, revocations, OAuth endpoint requests by status, backoff refusals.
+//! tokens issued by grant, revocations, OAuth endpoint requests by status, backoff refusals,
+//! logins with other issuers' tokens by issuer and outcome, and fetches of their keys.
 //!
 //! Each is a prometheus-client `Family` of atomic counters. A family looks its label set up
 //! under a read lock, which is fine here: these count logins and HTTP requests, never
@@ -14,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoginLabels {
-    /// `X-OAUTH2`, `password`, `anonymous` or `other`.
+    /// `X-OAUTH2`, `password`, `certificate`, `anonymous` or `other`.
     pub method: &'static str,
     /// `success`, or the CONNACK / DISCONNECT reason code in hex (`0x87`).
     pub result: String,
@@ -45,8 +46,18 @@ pub struct BackoffLabels {
     pub on: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    /// The issuer as configured (`auth.issuers[].issuer`): a closed set.
+    pub issuer: String,
+    /// `accepted`, `refused` (the token does not hold), `unavailable` (the provider did not
+    /// answer in time).
+    pub outcome: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct AuthMetrics {
+    pub external_logins: Family<IssuerLabels, Counter>,
     pub logins: Family<LoginLabels, Counter>,
     pub tokens_issued: Family<GrantLabels, Counter>,
     pub revocations: Family<RevocationLabels, Counter>,
@@ -57,6 +68,11 @@ pub struct AuthMetrics {
 impl AuthMetrics {
     /// Registers every family under the `tessera` prefix (the text encoder adds `_total`).
     pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "tessera_external_tokens",
+            "Logins and re-authentications with another issuer's token, by issuer and outcome",
+            self.external_logins.clone(),
+        );
         r.register(
             "tessera_authentications",
             "MQTT authentications (CONNECT and re-authentication) by method and result",
@@ -87,6 +103,15 @@ impl AuthMetrics {
     pub fn login(&self, method: &'static str, result: String) {
         self.logins
             .get_or_create(&LoginLabels { method, result })
+            .inc();
+    }
+
+    pub fn external(&self, issuer: &str, outcome: &'static str) {
+        self.external_logins
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.to_string(),
+                outcome,
+            })
             .inc();
     }
 

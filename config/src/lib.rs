@@ -10,6 +10,7 @@
 //! oauth, topic rules).
 
 mod cluster;
+mod issuers;
 mod listener;
 mod login;
 mod mqtt;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use cluster::ClusterConfig;
+pub use issuers::{ALGORITHMS, IntrospectionConfig, IssuerConfig};
 pub use listener::{ClientCertificates, Listener, TlsFiles, Transport};
 pub use login::{
     AccessRule, AccessRules, AuthConfig, CertificateLogin, ClientIdCheck, Effect, NamedRule,
@@ -218,6 +220,28 @@ impl Config {
         let nowhere = serde_saphyr::Location::UNKNOWN;
         if let Some(problem) = self.cluster.as_ref().and_then(ClusterConfig::problem) {
             return Err(err(nowhere, problem));
+        }
+        let issuers = &self.auth.issuers;
+        for (i, issuer) in issuers.iter().enumerate() {
+            if let Some(problem) = issuer.problem(i) {
+                return Err(err(nowhere, problem));
+            }
+            if issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
+                return Err(err(
+                    nowhere,
+                    format!(
+                        "field `auth.issuers[{i}].issuer`: {} is listed twice",
+                        issuer.issuer
+                    ),
+                ));
+            }
+        }
+        if issuers.iter().filter(|i| i.introspection.is_some()).count() > 1 {
+            // An opaque token says nothing of its issuer: it would be sent to every one.
+            return Err(err(
+                nowhere,
+                "field `auth.issuers`: at most one issuer introspects opaque tokens".into(),
+            ));
         }
         if self.listeners.is_empty() {
             return Err(err(

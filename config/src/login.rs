@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::issuers::IssuerConfig;
 use crate::listener::{ClientCertificates, TlsFiles};
 
 /// Who a topic rule admits: `all`, `none`, or a list of user names.
@@ -262,6 +263,8 @@ pub struct AuthConfig {
     pub password_login: bool,
     /// A verified client certificate as the login (see [`CertificateLogin`]).
     pub certificate_login: CertificateLogin,
+    /// Identity providers whose access tokens are taken beside Tessera's own.
+    pub issuers: Vec<IssuerConfig>,
 }
 
 impl Default for AuthConfig {
@@ -272,6 +275,7 @@ impl Default for AuthConfig {
             token_as_password: true,
             password_login: true,
             certificate_login: CertificateLogin::None,
+            issuers: Vec::new(),
         }
     }
 }

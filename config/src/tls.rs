@@ -170,10 +170,21 @@ impl Config {
         Ok(())
     }
 
-    /// Reads every certificate, key and CRL file the TLS servers name; an error names the
-    /// configuration's file, line and field, and the file. `serve` runs it at start and on
-    /// `tessera reload`; the other commands do not (their user need not read the server's key).
+    /// Reads every certificate, key and CRL file the TLS servers name, and the CAs of the
+    /// token issuers; an error names the configuration's file, line and field, and the file.
+    /// `serve` runs it at start; the other commands do not (their user need not read the
+    /// server's key).
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        for (i, issuer) in self.auth.issuers.iter().enumerate() {
+            if let Some(ca) = &issuer.ca {
+                read_pem(&ca.value, Pem::Certificates).map_err(|why| {
+                    self.error(
+                        ca.referenced,
+                        format!("field `auth.issuers[{i}].ca`: {why}"),
+                    )
+                })?;
+            }
+        }
         for (i, s) in self.tls_servers().into_iter().enumerate() {
             let is_oauth = i == self.listeners.len();
             let used = if is_oauth {

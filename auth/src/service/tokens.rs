@@ -239,6 +239,26 @@ impl TokenService {
         Ok(0)
     }
 
+    /// Revokes another issuer's token by its `jti`: stored under its label until `until_ms`
+    /// (every node of a cluster reads the same store, and its change ends the sessions using
+    /// it). Returns whether it was not revoked already.
+    pub fn revoke_external(&self, label: &str, until_ms: u64) -> ServiceResult<bool> {
+        let record = serde_json::json!({ "revoked_at_ms": now_ms() });
+        match self.create(Bucket::Revocations, label, &record, Some(until_ms)) {
+            Ok(_) => {
+                self.revoked("external", secrets::token_id(label), 1);
+                Ok(true)
+            }
+            Err(KvError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether another issuer's token (by its label) was revoked.
+    pub fn is_revoked_external(&self, label: &str) -> ServiceResult<bool> {
+        Ok(self.store.get(Bucket::Revocations, label)?.is_some())
+    }
+
     /// Revokes every token of `user`.
     pub fn revoke_user(&self, user: &str) -> ServiceResult<usize> {
         self.revoke_where("user", user, |t| t.user == user, |r| r.user == user)

@@ -279,6 +279,8 @@ pub async fn token_revoke(
     let req = AdminRequest::TokenRevoke {
         token: f.token.filter(|t| !t.is_empty()),
         user: f.user,
+        jti: None,
+        issuer: None,
     };
     back(&to, run(&state, &op, req).await)
 }
