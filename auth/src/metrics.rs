@@ -55,9 +55,19 @@ pub struct IssuerLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// The issuer as configured: a closed set.
+    pub issuer: String,
+    /// Keys: `fetched` or `failed`. Introspection: `active`, `inactive` or `failed`.
+    pub outcome: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct AuthMetrics {
     pub external_logins: Family<IssuerLabels, Counter>,
+    pub key_fetches: Family<FetchLabels, Counter>,
+    pub introspections: Family<FetchLabels, Counter>,
     pub logins: Family<LoginLabels, Counter>,
     pub tokens_issued: Family<GrantLabels, Counter>,
     pub revocations: Family<RevocationLabels, Counter>,
@@ -72,6 +82,16 @@ impl AuthMetrics {
             "tessera_external_tokens",
             "Logins and re-authentications with another issuer's token, by issuer and outcome",
             self.external_logins.clone(),
+        );
+        r.register(
+            "tessera_issuer_key_fetches",
+            "Fetches of another issuer's signing keys (JWKS), by issuer and outcome",
+            self.key_fetches.clone(),
+        );
+        r.register(
+            "tessera_issuer_introspections",
+            "RFC 7662 requests to another issuer (answers are cached), by issuer and outcome",
+            self.introspections.clone(),
         );
         r.register(
             "tessera_authentications",

@@ -4,6 +4,7 @@
 
 mod harness;
 mod https;
+mod idp;
 mod pki;
 mod raw;
 
@@ -18,6 +19,7 @@ mod console;
 mod crash;
 mod durability;
 mod features;
+mod issuers;
 mod js_clients;
 mod limits;
 mod metrics;

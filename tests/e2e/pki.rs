@@ -96,6 +96,32 @@ impl Ca {
         }
     }
 
+    /// A server certificate for `host` (a DNS name in its SAN), for a TLS server in a test.
+    pub fn issue_server(&self, host: &str) -> Device {
+        let serial = self.next_serial.get();
+        self.next_serial.set(serial + 1);
+        let mut params = CertificateParams::new(vec![host.to_string()]).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host);
+        params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{}-server-{serial}.pem", self.name)),
+            self.dir.join(format!("{}-server-{serial}.key", self.name)),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        write_private(&key_path, &key.serialize_pem());
+        Device {
+            cert: cert_path,
+            key: key_path,
+            serial,
+            thumbprint: thumbprint(cert.der()),
+        }
+    }
+
     /// A CRL of this CA revoking `devices`, written as PEM.
     pub fn crl(&self, devices: &[&Device]) -> PathBuf {
         let now = time::OffsetDateTime::now_utc();

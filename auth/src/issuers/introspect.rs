@@ -16,6 +16,9 @@ use tokio::sync::OnceCell;
 
 use super::fetch::{FetchError, Fetcher};
 use crate::clock::now_ms;
+use crate::metrics::FetchLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// How long a refusal (`active: false`) is remembered.
 const REFUSAL_TTL: Duration = Duration::from_secs(5);
@@ -37,23 +40,27 @@ pub struct Introspector {
     fetcher: Fetcher,
     cache: Mutex<HashMap<[u8; 32], (Introspected, Instant)>>,
     in_flight: Mutex<HashMap<[u8; 32], Arc<OnceCell<Answer>>>>,
-    /// Requests sent to the issuer (for tests and metrics).
-    pub requests: std::sync::atomic::AtomicU64,
+    /// Requests sent to the issuer, by outcome (`tessera_issuer_introspections_total`).
+    requests: Family<FetchLabels, Counter>,
 }
 
 impl Introspector {
-    pub fn new(config: IntrospectionConfig, fetcher: Fetcher) -> Introspector {
+    pub fn new(
+        config: IntrospectionConfig,
+        fetcher: Fetcher,
+        requests: Family<FetchLabels, Counter>,
+    ) -> Introspector {
         Introspector {
             config,
             fetcher,
             cache: Mutex::default(),
             in_flight: Mutex::default(),
-            requests: Default::default(),
+            requests,
         }
     }
 
-    /// What the issuer says of `token`, from the cache or asked once (within `within`).
-    pub async fn introspect(&self, token: &str, within: Duration) -> Answer {
+    /// What `issuer` says of `token`, from the cache or asked once (within `within`).
+    pub async fn introspect(&self, token: &str, within: Duration, issuer: &str) -> Answer {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some((answer, until)) = self.cache.lock().get(&key)
             && Instant::now() < *until
@@ -66,7 +73,7 @@ impl Introspector {
             .entry(key)
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
-        let asked = cell.get_or_init(|| self.ask(token, within));
+        let asked = cell.get_or_init(|| self.ask(token, within, issuer));
         let answer = match tokio::time::timeout(within, asked).await {
             Ok(a) => a.clone(),
             Err(_) => Err(FetchError::TimedOut),
@@ -84,9 +91,23 @@ impl Introspector {
         answer
     }
 
-    async fn ask(&self, token: &str, within: Duration) -> Answer {
+    async fn ask(&self, token: &str, within: Duration, issuer: &str) -> Answer {
+        let answer = self.ask_once(token, within).await;
+        let outcome = match &answer {
+            Ok(Introspected::Active(_)) => "active",
+            Ok(Introspected::Inactive) => "inactive",
+            Err(_) => "failed",
+        };
         self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .get_or_create(&FetchLabels {
+                issuer: issuer.to_string(),
+                outcome,
+            })
+            .inc();
+        answer
+    }
+
+    async fn ask_once(&self, token: &str, within: Duration) -> Answer {
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("token", token)
             .append_pair("token_type_hint", "access_token")

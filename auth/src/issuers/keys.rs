@@ -1,10 +1,11 @@
 //! One issuer's signing keys, cached by `kid`, off the login path:
 //! - fetched at start and again when the provider's `Cache-Control: max-age` runs out (kept
 //!   between `MIN_AGE` and `MAX_AGE`; `DEFAULT_AGE` without one), in the background;
-//! - a token naming a `kid` not in the cache causes one refresh (so a key the provider just
-//!   rotated in works at once), at most one per `REFRESH_EVERY` of those (so a stream of tokens
-//!   with made-up `kid`s cannot make the broker hammer the provider), and its login waits for
-//!   it (within the issuer's `timeout`); concurrent logins share that refresh;
+//! - a token naming a `kid` not in the cache causes a refresh, so a key the provider just
+//!   rotated in works at once, and its login waits for it (within the issuer's `timeout`);
+//!   concurrent logins share one refresh. Rate-limited, so a stream of tokens with made-up
+//!   `kid`s cannot make the broker hammer the provider: a `kid` a refresh found missing is not
+//!   asked about again for `ABSENT_FOR`, and refreshes on demand are `ON_DEMAND_GAP` apart;
 //! - a refresh that fails keeps the keys there are: a provider that is down stalls nothing
 //!   signed with a known key.
 //!
@@ -15,15 +16,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{info, warn};
 
 use super::fetch::{FetchError, Fetcher};
 use super::jws::Jwk;
+use crate::metrics::FetchLabels;
 
-/// A refresh for an unknown `kid` happens at most this often.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// A `kid` a refresh found missing is taken as missing this long.
+const ABSENT_FOR: Duration = Duration::from_secs(10);
+/// Refreshes asked for by unknown `kid`s are at least this far apart.
+const ON_DEMAND_GAP: Duration = Duration::from_secs(1);
+/// `kid`s remembered as missing, at most.
+const ABSENT_KEPT: usize = 1024;
 const DEFAULT_AGE: Duration = Duration::from_secs(300);
 const MIN_AGE: Duration = Duration::from_secs(60);
 const MAX_AGE: Duration = Duration::from_secs(3600);
@@ -42,6 +50,8 @@ struct Keys {
 
 pub struct KeySet {
     issuer: String,
+    /// Fetches of the keys, by outcome (`tessera_issuer_key_fetches_total`).
+    fetches: Family<FetchLabels, Counter>,
     configured_jwks_uri: Option<String>,
     fetcher: Fetcher,
     keys: RwLock<Keys>,
@@ -51,12 +61,16 @@ pub struct KeySet {
     refreshing: AsyncMutex<Attempts>,
 }
 
-/// When refreshes were last tried.
+/// When refreshes were last made, and what they found.
 #[derive(Default)]
 struct Attempts {
-    any: Option<Instant>,
-    /// Last one asked for by an unknown `kid` (the rate-limited kind).
+    /// When the last one ended, and how.
+    done: Option<Instant>,
+    failed: Option<FetchError>,
+    /// When the last one asked for by an unknown `kid` (the rate-limited kind) began.
     on_demand: Option<Instant>,
+    /// `kid`s a refresh found missing, and when.
+    absent: HashMap<String, Instant>,
 }
 
 /// What looking a key up came to.
@@ -67,9 +81,15 @@ pub enum Lookup {
 }
 
 impl KeySet {
-    pub fn new(issuer: &str, jwks_uri: Option<String>, fetcher: Fetcher) -> KeySet {
+    pub fn new(
+        issuer: &str,
+        jwks_uri: Option<String>,
+        fetcher: Fetcher,
+        fetches: Family<FetchLabels, Counter>,
+    ) -> KeySet {
         KeySet {
             issuer: issuer.to_string(),
+            fetches,
             configured_jwks_uri: jwks_uri,
             fetcher,
             keys: RwLock::default(),
@@ -103,13 +123,13 @@ impl KeySet {
         if let Some(k) = self.cached(kid, alg) {
             return Ok(Lookup::Found(k));
         }
-        let waited = tokio::time::timeout(within, self.refresh(false)).await;
-        match waited {
+        match tokio::time::timeout(within, self.refresh_for(kid)).await {
             Err(_) => return Err(FetchError::TimedOut),
-            Ok(Err(e)) if self.keys.read().fetched.is_none() => return Err(e),
-            // A failed refresh with keys in hand: they stand, and the token's key is not
-            // among them.
-            Ok(_) => {}
+            // The provider could not say whether it has this key (it may have just rotated
+            // it in): the login cannot be decided now.
+            Ok(Err(e)) => return Err(e),
+            // Fetched, or not asked again so soon: the keys in hand decide.
+            Ok(Ok(())) => {}
         }
         Ok(match self.cached(kid, alg) {
             Some(k) => Lookup::Found(k),
@@ -117,28 +137,63 @@ impl KeySet {
         })
     }
 
-    /// Fetches the keys: on demand (an unknown `kid`) unless another refresh ran while this
-    /// one waited or one on demand ran within `REFRESH_EVERY`; `scheduled`, always.
-    pub async fn refresh(&self, scheduled: bool) -> Result<(), FetchError> {
+    /// A refresh asked for by a token whose `kid` is not cached, unless the rate limits say
+    /// the keys in hand decide (then the last refresh's outcome is this one's).
+    async fn refresh_for(&self, kid: Option<&str>) -> Result<(), FetchError> {
         let asked = Instant::now();
         let mut last = self.refreshing.lock().await;
-        if !scheduled {
-            // Someone refreshed while this call waited for the lock: that is the refresh.
-            if last.any.is_some_and(|t| t >= asked) {
-                return Ok(());
-            }
-            if last.on_demand.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
-                return Ok(());
-            }
-            last.on_demand = Some(Instant::now());
+        // A refresh ended while this call waited for the lock: that is the refresh.
+        let just_done = last.done.is_some_and(|t| t >= asked);
+        let known_absent = kid
+            .and_then(|k| last.absent.get(k))
+            .is_some_and(|t| t.elapsed() < ABSENT_FOR);
+        let too_soon = last.on_demand.is_some_and(|t| t.elapsed() < ON_DEMAND_GAP);
+        if just_done || known_absent || too_soon {
+            return last.failed.clone().map_or(Ok(()), Err);
         }
-        last.any = Some(Instant::now());
-        let result = self.fetch().await;
-        match &result {
-            Ok(n) => info!(issuer = %self.issuer, keys = n, "issuer keys fetched"),
-            Err(e) => {
-                warn!(issuer = %self.issuer, error = %e, "fetching the issuer's keys failed; the cached ones stay")
+        last.on_demand = Some(Instant::now());
+        let result = self.fetch_now(&mut last).await;
+        if result.is_ok()
+            && let Some(k) = kid
+            && !self.keys.read().by_kid.contains_key(k)
+        {
+            if last.absent.len() >= ABSENT_KEPT {
+                last.absent.clear();
             }
+            last.absent.insert(k.to_string(), Instant::now());
+        }
+        result
+    }
+
+    /// A scheduled refresh: always made.
+    pub async fn refresh(&self) -> Result<(), FetchError> {
+        let mut last = self.refreshing.lock().await;
+        self.fetch_now(&mut last).await
+    }
+
+    /// Fetches the keys, holding the refresh lock, and records how it went.
+    async fn fetch_now(&self, last: &mut Attempts) -> Result<(), FetchError> {
+        let result = self.fetch().await;
+        let outcome = match &result {
+            Ok(n) => {
+                info!(issuer = %self.issuer, keys = n, "issuer keys fetched");
+                "fetched"
+            }
+            Err(e) => {
+                warn!(issuer = %self.issuer, error = %e, "fetching the issuer's keys failed; the cached ones stay");
+                "failed"
+            }
+        };
+        self.fetches
+            .get_or_create(&FetchLabels {
+                issuer: self.issuer.clone(),
+                outcome,
+            })
+            .inc();
+        last.done = Some(Instant::now());
+        last.failed = result.as_ref().err().cloned();
+        if result.is_ok() {
+            last.absent.clear();
         }
         result.map(|_| ())
     }
@@ -232,7 +287,7 @@ impl KeySet {
     /// Keeps the keys fresh for the life of the process.
     pub async fn keep_fresh(self: Arc<Self>) {
         loop {
-            let _ = self.refresh(true).await;
+            let _ = self.refresh().await;
             tokio::time::sleep(self.next_refresh().max(Duration::from_secs(1))).await;
         }
     }

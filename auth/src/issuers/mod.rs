@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tessera_config::IssuerConfig;
 
 use crate::clock::now_ms;
+use crate::metrics::AuthMetrics;
 use fetch::Fetcher;
 use introspect::{Introspected, Introspector};
 use jws::{Jwk, Key};
@@ -106,13 +107,20 @@ pub struct Issuers {
 }
 
 impl Issuers {
-    /// Reads each issuer's CA file; nothing is fetched until [`Issuers::start`].
-    pub fn new(configs: &[IssuerConfig]) -> std::io::Result<Issuers> {
+    /// Reads each issuer's CA file; nothing is fetched until [`Issuers::start`]. Requests to
+    /// the providers are counted in `metrics`.
+    pub fn new(configs: &[IssuerConfig], metrics: &AuthMetrics) -> std::io::Result<Issuers> {
         let mut list = Vec::new();
         for c in configs {
             let fetcher = Fetcher::new(c.ca.as_ref().map(|ca| ca.value.as_path()))?;
+            let keys = KeySet::new(
+                &c.issuer,
+                c.jwks_uri.clone(),
+                fetcher.clone(),
+                metrics.key_fetches.clone(),
+            );
             list.push(Arc::new(Issuer {
-                keys: Arc::new(KeySet::new(&c.issuer, c.jwks_uri.clone(), fetcher.clone())),
+                keys: Arc::new(keys),
                 secret: c.secret.as_ref().map(|s| Jwk {
                     kid: None,
                     alg: None,
@@ -121,7 +129,7 @@ impl Issuers {
                 introspector: c
                     .introspection
                     .clone()
-                    .map(|x| Introspector::new(x, fetcher.clone())),
+                    .map(|x| Introspector::new(x, fetcher.clone(), metrics.introspections.clone())),
                 timeout: Duration::from_secs_f64(c.timeout),
                 config: c.clone(),
             }));
@@ -250,7 +258,7 @@ impl Issuer {
         let Some(x) = &self.introspector else {
             return Verdict::NotExternal;
         };
-        let claims = match x.introspect(token, self.timeout).await {
+        let claims = match x.introspect(token, self.timeout, &self.config.issuer).await {
             Ok(Introspected::Active(m)) => m,
             Ok(Introspected::Inactive) => {
                 return Verdict::Refused {
