@@ -46,13 +46,15 @@ pub fn login(
     );
 }
 
-/// Another issuer's token presented for a login: whose it is (issuer, subject, `jti`), and why
-/// it was refused; never the token.
+/// Another issuer's token presented for a login, the first time it is verified (later logins
+/// with it carry its label as `token_id`), or refused: whose it is (issuer, subject, `jti`),
+/// and why it was refused; never the token.
 pub fn external_token(
     accepted: bool,
     issuer: Option<&str>,
     subject: Option<&str>,
     jti: Option<&str>,
+    token_id: Option<&str>,
     reason: &str,
 ) {
     let outcome = if accepted { "accepted" } else { "refused" };
@@ -63,6 +65,7 @@ pub fn external_token(
         issuer = issuer.unwrap_or(""),
         subject = subject.unwrap_or(""),
         jti = jti.unwrap_or(""),
+        token_id = token_id.unwrap_or(""),
         reason,
     );
 }

@@ -126,15 +126,6 @@ impl AuthMetrics {
             .inc();
     }
 
-    pub fn external(&self, issuer: &str, outcome: &'static str) {
-        self.external_logins
-            .get_or_create(&IssuerLabels {
-                issuer: issuer.to_string(),
-                outcome,
-            })
-            .inc();
-    }
-
     pub fn issued(&self, grant_type: &'static str) {
         self.tokens_issued
             .get_or_create(&GrantLabels { grant_type })

@@ -25,6 +25,20 @@ pub enum Login {
     XOAuth2 {
         token: String,
     },
+    /// As `XOAuth2`, client `i` with the token `i` of the list (modulo its length).
+    XOAuth2Each(std::sync::Arc<Vec<String>>),
+}
+
+impl Login {
+    /// How the `i`-th client of a scenario logs in.
+    pub fn for_client(&self, i: usize) -> Login {
+        match self {
+            Login::XOAuth2Each(tokens) if !tokens.is_empty() => Login::XOAuth2 {
+                token: tokens[i % tokens.len()].clone(),
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 pub struct Reader {
@@ -154,6 +168,11 @@ pub fn connect_packet(id: &str, login: &Login, version: Version, persistent: boo
         Login::XOAuth2 { token } => {
             c.properties.authentication_method = Some("X-OAUTH2".into());
             c.properties.authentication_data = Some(Bytes::from(token.clone()));
+        }
+        Login::XOAuth2Each(tokens) => {
+            c.properties.authentication_method = Some("X-OAUTH2".into());
+            let first = tokens.first().cloned().unwrap_or_default();
+            c.properties.authentication_data = Some(Bytes::from(first));
         }
     }
     c

@@ -28,6 +28,10 @@ struct Cli {
     /// Log in with X-OAUTH2 and this access token.
     #[arg(long)]
     token: Option<String>,
+    /// Log in with X-OAUTH2, each client with its own token from this file (one per line;
+    /// connect-storm takes them in turn).
+    #[arg(long)]
+    tokens: Option<std::path::PathBuf>,
     /// MQTT version of the clients: 5 or 3.1.1 (X-OAUTH2 needs 5).
     #[arg(long, default_value = "3.1.1")]
     mqtt: String,
@@ -142,7 +146,20 @@ fn main() -> ExitCode {
         eprintln!("error: loadgen only targets loopback addresses");
         return ExitCode::from(2);
     }
+    let tokens = match &cli.tokens {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.lines().map(str::to_string).collect::<Vec<_>>()),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let login = match (cli.password, cli.token) {
+        (None, None) if tokens.is_some() => {
+            Login::XOAuth2Each(std::sync::Arc::new(tokens.unwrap_or_default()))
+        }
         (Some(p), None) => match p.split_once(':') {
             Some((u, pw)) => Login::Password {
                 user: u.into(),
@@ -168,7 +185,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(login, Login::XOAuth2 { .. }) && version != Version::V5 {
+    if matches!(login, Login::XOAuth2 { .. } | Login::XOAuth2Each(_)) && version != Version::V5 {
         eprintln!("error: X-OAUTH2 needs --mqtt 5");
         return ExitCode::from(2);
     }

@@ -490,8 +490,9 @@ pub async fn connect_storm(
                     break;
                 }
                 let began = Instant::now();
+                let login = t.login.for_client(i as usize);
                 let (_r, mut w) =
-                    client::connect(t.addr, &format!("{k}-storm{i}"), &t.login, t.version).await?;
+                    client::connect(t.addr, &format!("{k}-storm{i}"), &login, t.version).await?;
                 lat.push(began.elapsed().as_nanos() as u64);
                 w.send(&Packet::Disconnect(Default::default())).await?;
             }

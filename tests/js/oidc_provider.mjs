@@ -7,6 +7,8 @@
 //   node oidc_provider.mjs keys KID            a private JWKS (RS256 and ES256 keys) on stdout
 //   node oidc_provider.mjs serve CONFIG.json   prints "ready ISSUER" once it listens
 //   node oidc_provider.mjs sign JWKS.json ALG HEADER.json PAYLOAD.json   a compact JWS
+//   node oidc_provider.mjs mint JWKS.json ALG ISSUER AUDIENCE CLIENT N   N access tokens as the
+//       provider issues them (RFC 9068, each its own jti), one per line (for load tests)
 //
 // CONFIG.json: { "port", "cert", "key" (PEM paths), "jwks" (path), "clients": [...],
 //   "resources": { "urn:...": { "scope", "audience", "format": "jwt"|"opaque", "ttl", "alg" } } }
@@ -38,6 +40,21 @@ if (mode === 'keys') {
     .setProtectedHeader({ alg, kid: jwk.kid, ...JSON.parse(fs.readFileSync(header, 'utf8')) })
     .sign(key);
   process.stdout.write(token);
+} else if (mode === 'mint') {
+  const [jwksPath, alg, issuer, audience, client, n] = args;
+  const { keys } = JSON.parse(fs.readFileSync(jwksPath, 'utf8'));
+  const jwk = keys.find((k) => k.alg === alg);
+  const key = await importJWK(jwk, alg);
+  const now = Math.floor(Date.now() / 1000);
+  const out = [];
+  for (let i = 0; i < Number(n); i += 1) {
+    out.push(await new SignJWT({ scope: 'mqtt', client_id: client })
+      .setProtectedHeader({ alg, kid: jwk.kid, typ: 'at+jwt' })
+      .setIssuer(issuer).setAudience(audience).setSubject(client)
+      .setIssuedAt(now).setExpirationTime(now + 86400).setJti(`mint-${now}-${i}`)
+      .sign(key));
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
 } else if (mode === 'serve') {
   const config = JSON.parse(fs.readFileSync(args[0], 'utf8'));
   const jwks = JSON.parse(fs.readFileSync(config.jwks, 'utf8'));

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -57,6 +58,9 @@ pub struct KeySet {
     keys: RwLock<Keys>,
     /// The JWKS URI once known.
     jwks_uri: RwLock<Option<String>>,
+    /// Grows each time a fetch brings another set of keys (a token verified under an older
+    /// set is verified again: `Issuers`' cache).
+    generation: AtomicU64,
     /// Held by the one refresh in progress.
     refreshing: AsyncMutex<Attempts>,
 }
@@ -94,6 +98,7 @@ impl KeySet {
             fetcher,
             keys: RwLock::default(),
             jwks_uri: RwLock::new(None),
+            generation: AtomicU64::new(0),
             refreshing: AsyncMutex::new(Attempts::default()),
         }
     }
@@ -225,7 +230,11 @@ impl KeySet {
             .filter_map(|k| Some((k.kid.clone()?, k.clone())))
             .collect();
         let n = all.len();
-        *self.keys.write() = Keys {
+        let mut keys = self.keys.write();
+        if keys.all != all {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        *keys = Keys {
             all,
             by_kid,
             fetched: Some(Instant::now()),
@@ -270,6 +279,11 @@ impl KeySet {
             }
         }
         Err(last)
+    }
+
+    /// Which set of keys is in force (see `generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// How long until the next scheduled refresh.

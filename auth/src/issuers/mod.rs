@@ -10,6 +10,7 @@
 //! | `jws.rs` | the compact JWS, the keys, RFC 8725's algorithm rules, the signature (ring) |
 //! | `keys.rs` | one issuer's keys: discovery, the JWKS cache by `kid`, its refreshes |
 //! | `introspect.rs` | RFC 7662 at the issuer, cached by the token's SHA-256, one request per token at a time |
+//! | `verified.rs` | JWTs already verified, by the token's SHA-256, while their claims and keys hold |
 //! | `fetch.rs` | the HTTPS client for all of them |
 //!
 //! The provider is kept off the login path: a token under a cached key needs no request, and
@@ -19,20 +20,23 @@ mod fetch;
 mod introspect;
 mod jws;
 mod keys;
+mod verified;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tessera_config::IssuerConfig;
 
 use crate::clock::now_ms;
-use crate::metrics::AuthMetrics;
+use crate::metrics::{AuthMetrics, IssuerLabels};
 use fetch::Fetcher;
 use introspect::{Introspected, Introspector};
 use jws::{Jwk, Key};
 use keys::{KeySet, Lookup};
+use verified::{Entry, Verified};
 
 pub use jws::looks_like_jwt;
 
@@ -50,6 +54,9 @@ pub struct ExternalToken {
     pub cnf: Option<String>,
     /// What names it in the grant and in revocations: see [`label`].
     pub label: String,
+    /// Checked just now, not found among the tokens verified before: its issuer, subject and
+    /// `jti` are worth an audit line (later logins with it are tied to that line by `label`).
+    pub first_seen: bool,
 }
 
 /// What the configured issuers say of a token Tessera did not issue.
@@ -98,12 +105,53 @@ struct Issuer {
     secret: Option<Jwk>,
     introspector: Option<Introspector>,
     timeout: Duration,
+    /// `tessera_external_tokens_total` of this issuer, by outcome: made once, so a login
+    /// counts with one atomic add.
+    counted: Outcomes,
+}
+
+/// One counter per outcome of a login with an issuer's token.
+#[derive(Default)]
+struct Outcomes {
+    accepted: Counter,
+    refused: Counter,
+    unavailable: Counter,
+}
+
+impl Outcomes {
+    fn new(metrics: &AuthMetrics, issuer: &str) -> Outcomes {
+        let c = |outcome| {
+            metrics
+                .external_logins
+                .get_or_create(&IssuerLabels {
+                    issuer: issuer.to_string(),
+                    outcome,
+                })
+                .clone()
+        };
+        Outcomes {
+            accepted: c("accepted"),
+            refused: c("refused"),
+            unavailable: c("unavailable"),
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        match outcome {
+            "accepted" => self.accepted.inc(),
+            "refused" => self.refused.inc(),
+            _ => self.unavailable.inc(),
+        };
+    }
 }
 
 /// Every configured issuer.
 #[derive(Default)]
 pub struct Issuers {
     list: Vec<Arc<Issuer>>,
+    verified: Verified,
+    /// Refusals of tokens naming no configured issuer (`issuer="unknown"`).
+    unknown: Outcomes,
 }
 
 impl Issuers {
@@ -131,10 +179,24 @@ impl Issuers {
                     .clone()
                     .map(|x| Introspector::new(x, fetcher.clone(), metrics.introspections.clone())),
                 timeout: Duration::from_secs_f64(c.timeout),
+                counted: Outcomes::new(metrics, &c.issuer),
                 config: c.clone(),
             }));
         }
-        Ok(Issuers { list })
+        Ok(Issuers {
+            list,
+            verified: Verified::default(),
+            unknown: Outcomes::new(metrics, "unknown"),
+        })
+    }
+
+    /// Counts a login with `issuer`'s token (`None`: a token naming no configured issuer):
+    /// `accepted`, `refused` or `unavailable`.
+    pub fn count(&self, issuer: Option<&str>, outcome: &'static str) {
+        let counted = issuer
+            .and_then(|name| self.list.iter().find(|i| i.config.issuer == name))
+            .map_or(&self.unknown, |i| &i.counted);
+        counted.count(outcome);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,6 +235,44 @@ impl Issuers {
     }
 
     async fn verify_jwt(&self, token: &str) -> Verdict {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now_s = now_ms() as f64 / 1000.0;
+        let generation = |i: usize| self.list[i].keys.generation();
+        let leeway = |i: usize| self.list[i].config.leeway as f64;
+        if let Some(mut t) = self.verified.get(&digest, now_s, generation, leeway) {
+            t.first_seen = false;
+            return Verdict::Accepted(t);
+        }
+        // The key sets as they are before verifying: an entry is never newer than its keys.
+        let generations: Vec<u64> = self.list.iter().map(|i| i.keys.generation()).collect();
+        let verdict = self.verify_jwt_fully(token).await;
+        if let (Verdict::Accepted(t), Some(i)) = (&verdict, self.place(&verdict))
+            && let Ok(jws) = jws::parse(token)
+            && let Some(exp) = jws.claims.get("exp").and_then(Value::as_f64)
+        {
+            let nbf = jws.claims.get("nbf").and_then(Value::as_f64);
+            let entry = Entry {
+                issuer: i,
+                generation: generations[i],
+                token: t.clone(),
+                exp,
+                nbf,
+            };
+            self.verified.insert(digest, entry, now_s);
+        }
+        verdict
+    }
+
+    /// Which issuer a verdict names (its place in `list`).
+    fn place(&self, verdict: &Verdict) -> Option<usize> {
+        let Verdict::Accepted(t) = verdict else {
+            return None;
+        };
+        self.list.iter().position(|i| i.config.issuer == t.issuer)
+    }
+
+    /// A JWT checked from scratch: its issuer, algorithm, key, signature and claims.
+    async fn verify_jwt_fully(&self, token: &str) -> Verdict {
         let refused = |issuer: Option<&str>, why: &str| Verdict::Refused {
             issuer: issuer.map(str::to_string),
             why: why.to_string(),
@@ -349,6 +449,7 @@ impl Issuer {
             expires_at_ms,
             jti,
             cnf,
+            first_seen: true,
         })
     }
 }

@@ -140,16 +140,15 @@ impl OAuthMechanism {
     /// Another issuer's token: verified or introspected, then checked against revocations
     /// by `jti`. Counted by issuer and outcome, and audited (issuer, subject, `jti`).
     async fn external(&self, token: &str) -> Result<Option<Presented>, AuthStep> {
-        let metrics = &self.service.metrics;
         match self.issuers.verify(token).await {
             Verdict::NotExternal => Ok(None),
             Verdict::Refused { issuer, why } => {
-                metrics.external(issuer.as_deref().unwrap_or("unknown"), "refused");
-                crate::audit::external_token(false, issuer.as_deref(), None, None, &why);
+                self.issuers.count(issuer.as_deref(), "refused");
+                crate::audit::external_token(false, issuer.as_deref(), None, None, None, &why);
                 Err(fail(ReasonCode::NOT_AUTHORIZED, &why))
             }
             Verdict::Unavailable { issuer, why } => {
-                metrics.external(&issuer, "unavailable");
+                self.issuers.count(Some(&issuer), "unavailable");
                 warn!(issuer, error = %why, "a login waited for its token's issuer in vain");
                 Err(fail(
                     ReasonCode::SERVER_UNAVAILABLE,
@@ -161,26 +160,30 @@ impl OAuthMechanism {
                     Ok(false) => {}
                     Ok(true) => {
                         let why = "the token was revoked";
-                        metrics.external(&t.issuer, "refused");
+                        self.issuers.count(Some(&t.issuer), "refused");
                         crate::audit::external_token(
                             false,
                             Some(&t.issuer),
                             Some(&t.user),
                             t.jti.as_deref(),
+                            Some(secrets::token_id(&t.label)),
                             why,
                         );
                         return Err(fail(ReasonCode::NOT_AUTHORIZED, why));
                     }
                     Err(e) => return Err(store_unavailable(e)),
                 }
-                metrics.external(&t.issuer, "accepted");
-                crate::audit::external_token(
-                    true,
-                    Some(&t.issuer),
-                    Some(&t.user),
-                    t.jti.as_deref(),
-                    "",
-                );
+                self.issuers.count(Some(&t.issuer), "accepted");
+                if t.first_seen {
+                    crate::audit::external_token(
+                        true,
+                        Some(&t.issuer),
+                        Some(&t.user),
+                        t.jti.as_deref(),
+                        Some(secrets::token_id(&t.label)),
+                        "",
+                    );
+                }
                 Ok(Some(t.into()))
             }
         }
