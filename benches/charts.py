@@ -39,6 +39,10 @@ CHARTS = [
      ["before", "issue 18"], "The cluster at one edge (issue 18), before and after"),
     ("## TLS and client certificates (issue 19)", "tls.svg", ["tessera", "mosquitto"],
      "TLS handshakes with and without client certificates, and an mTLS connection's memory"),
+    ("## Tokens from other issuers (issue 20)", "issuers.svg",
+     ["own token", "RS256 reconnecting", "ES256 reconnecting", "RS256 first login",
+      "ES256 first login", "mosquitto password"],
+     "Connect storms with a provider's JWTs, own tokens and mosquitto's password file"),
 ]
 COLORS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#718096"]
 LOWER = re.compile(r"\((us|µs|s|KiB|bytes)\b|p99|p50|latency|memory|instructions|RSS", re.I)

@@ -174,16 +174,16 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(label, key):
     v = [r[key] for r in rows if r["label"] == label and r.get(key) is not None]
     return statistics.median(v) if v else None
-labels = [("own", "Tessera, own token"), ("rs256", "RS256 JWT, reconnecting"),
-          ("es256", "ES256 JWT, reconnecting"), ("rs256_each", "RS256 JWT, first login"),
-          ("es256_each", "ES256 JWT, first login"), ("mosquitto", "mosquitto, password file")]
-print("| storm | CONNACKs/s | per broker CPU-second | p99 (us) | rate / own token |")
-print("|---|---|---|---|---|")
+labels = ["own", "rs256", "es256", "rs256_each", "es256_each", "mosquitto"]
+print("| figure | own token | RS256 reconnecting | ES256 reconnecting | RS256 first login | ES256 first login | mosquitto password |")
+print("|---|---|---|---|---|---|---|")
+fmt = lambda x: "-" if x is None else f"{x:,.0f}"
+for key, name in [("connacks_per_sec", "connect storm (CONNACKs/s)"),
+                  ("connacks_per_broker_cpu_sec", "CONNACKs per broker CPU-second"),
+                  ("p99_us", "connect storm p99 (us)")]:
+    print(f"| {name} | " + " | ".join(fmt(med(l, key)) for l in labels) + " |")
 own = med("own", "connacks_per_sec")
-for label, name in labels:
-    rate, cap, p99 = (med(label, k) for k in ("connacks_per_sec", "connacks_per_broker_cpu_sec", "p99_us"))
-    fmt = lambda x: "-" if x is None else f"{x:,.0f}"
-    ratio = "-" if rate is None or own is None else f"{rate / own:.2f}"
-    print(f"| {name} | {fmt(rate)} | {fmt(cap)} | {fmt(p99)} | {ratio} |")
+ratio = lambda l: "-" if own is None or med(l, "connacks_per_sec") is None else f"{med(l, 'connacks_per_sec') / own:.2f}"
+print("| rate / own token | " + " | ".join(ratio(l) for l in labels) + " |")
 print(f"\nrounds: {sys.argv[2]} | medians")
 PY
