@@ -285,7 +285,15 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                 let scopes = s.check_scopes(&scopes)?;
                 let t = s.issue(&local, None, scopes, ttl, false, bind_cert.as_deref())?;
                 s.metrics.issued("operator");
-                crate::audit::token_issued("operator", &local, None, &t.id, &t.scope, t.expires_in);
+                crate::audit::token_issued(
+                    "cli",
+                    "operator",
+                    &local,
+                    None,
+                    &t.id,
+                    &t.scope,
+                    t.expires_in,
+                );
                 ok(
                     format!("token for {local} (id {}), shown only now", t.id),
                     json!({

@@ -71,7 +71,9 @@ pub fn external_token(
 }
 
 /// A token issued over HTTPS (`grant_type`) or by an operator (`operator`).
+#[allow(clippy::too_many_arguments)]
 pub fn token_issued(
+    transport: &str,
     grant_type: &str,
     user: &str,
     client_id: Option<&str>,
@@ -82,6 +84,7 @@ pub fn token_issued(
     info!(
         target: TARGET,
         event = "token_issued",
+        transport,
         grant_type,
         user,
         client_id = client_id.unwrap_or(""),

@@ -114,6 +114,7 @@ pub fn x_oauth2(data: &[u8]) {
             data: (!two_step).then(|| auth_data.clone()),
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             transport: "tcp",
+            listener: SocketAddr::from(([127, 0, 0, 1], 1883)),
             version: Version::V5,
             certificate: None,
         };

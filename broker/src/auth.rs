@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -36,6 +36,8 @@ pub struct ConnectRequest {
     pub peer: SocketAddr,
     /// Listener kind: "tcp", "tls", "ws" or "wss".
     pub transport: &'static str,
+    /// The address the listener is bound to (a loopback one: only this machine can reach it).
+    pub listener: SocketAddr,
     pub version: Version,
     /// The client certificate the TLS handshake verified, if any.
     pub certificate: Option<Arc<ClientCertificate>>,
@@ -50,6 +52,9 @@ pub struct ReauthRequest {
     pub method: String,
     pub data: Option<Bytes>,
     pub peer: SocketAddr,
+    /// Listener kind and bound address, as in [`ConnectRequest`].
+    pub transport: &'static str,
+    pub listener: SocketAddr,
     /// The connection's client certificate (a token bound to one must match it).
     pub certificate: Option<Arc<ClientCertificate>>,
 }
@@ -90,6 +95,8 @@ pub struct Grant {
     pub identity: Option<String>,
     /// Authentication Data for the CONNACK or AUTH 0x00 that ends the exchange.
     pub data: Option<Bytes>,
+    /// User Properties for that CONNACK or AUTH 0x00 (MQTT 5 clients).
+    pub user_properties: Vec<(String, String)>,
     /// When the credential stops being valid: unless the client re-authenticates first, the
     /// broker then sends DISCONNECT 0xA0 (Maximum connect time).
     pub expires_at: Option<SystemTime>,
@@ -112,6 +119,7 @@ impl Grant {
         Grant {
             identity,
             data: None,
+            user_properties: Vec::new(),
             expires_at: None,
             credential: None,
             acl: Arc::new(AllowAll),
@@ -152,6 +160,13 @@ impl TopicAcl for AllowAll {
 pub trait AuthExchange: Send {
     /// The client's AUTH 0x18 carried `data`; decide the next step.
     fn step(self: Box<Self>, data: Option<Bytes>) -> BoxFuture<'static, AuthStep>;
+
+    /// How long the client may take to answer this challenge during CONNECT, if longer than
+    /// `mqtt.connect_timeout` (an exchange that waits for a person: device onboarding). The
+    /// connection has no keep-alive before CONNACK: this is its bound.
+    fn answer_within(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// An authentication mechanism (or a set of them) the broker consults.

@@ -111,9 +111,12 @@ pub fn connection(data: &[u8]) {
         let task = tokio::spawn(crate::connection::serve(
             broker.clone(),
             server,
-            peer,
-            "fuzz",
-            None,
+            crate::connection::Accepted {
+                peer,
+                transport: "fuzz",
+                listener: peer,
+                certificate: None,
+            },
         ));
         let (mut r, mut w) = tokio::io::split(client);
         let writer = async move {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::connection::serve;
+use crate::connection::{Accepted, serve};
 use crate::tls::{Purpose, TlsServer};
 use crate::websocket;
 
@@ -71,7 +71,8 @@ pub fn spawn_accept_loop(
                         // Plain TCP: the connection is the task itself, with no wrapper
                         // future and no second allocation per connection.
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve(broker.clone(), stream, peer, l.transport.name(), None));
+                        let accepted = l.accepted(peer, None);
+                        tokio::spawn(serve(broker.clone(), stream, accepted));
                     }
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
@@ -91,19 +92,31 @@ pub fn spawn_accept_loop(
 }
 
 impl BoundListener {
+    fn accepted(
+        &self,
+        peer: SocketAddr,
+        certificate: Option<Arc<crate::tls::ClientCertificate>>,
+    ) -> Accepted {
+        Accepted {
+            peer,
+            transport: self.transport.name(),
+            listener: self.local_addr,
+            certificate,
+        }
+    }
+
     /// Sets up a TLS and/or WebSocket connection, then serves it (plain TCP connections are
     /// spawned straight from the accept loop).
     async fn handle(&self, stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         // The connection is boxed, and only awaited once the match is over: a task's future is
         // as large as its largest state, and a plain TCP connection must carry neither the
         // size of a TLS WebSocket stream nor the transport setup's result while it lives.
-        let transport = self.transport.name();
         let setup = Duration::from_secs(broker.config.connect_timeout as u64);
         let max_size = broker.config.max_packet_size as usize;
         let connection: Pin<Box<dyn Future<Output = ()> + Send>> =
             match (&self.tls, self.transport.uses_websocket()) {
                 // Not reached from the accept loop, which spawns plain TCP directly.
-                (None, false) => Box::pin(serve(broker, stream, peer, transport, None)),
+                (None, false) => Box::pin(serve(broker, stream, self.accepted(peer, None))),
                 (Some(server), false) => {
                     // The configuration current now; a reload meanwhile is for later ones.
                     let tls = server.current();
@@ -112,14 +125,14 @@ impl BoundListener {
                         return;
                     };
                     let certificate = tls.client_certificate(s.get_ref().1);
-                    Box::pin(serve(broker, s, peer, transport, certificate))
+                    Box::pin(serve(broker, s, self.accepted(peer, certificate)))
                 }
                 (None, true) => {
                     let upgrade = Box::pin(websocket::accept(stream, &self.ws_path, max_size));
                     let Some(ws) = set_up(setup, peer, "WebSocket upgrade", upgrade).await else {
                         return;
                     };
-                    Box::pin(serve(broker, ws, peer, transport, None))
+                    Box::pin(serve(broker, ws, self.accepted(peer, None)))
                 }
                 (Some(server), true) => {
                     let tls = server.current();
@@ -134,7 +147,7 @@ impl BoundListener {
                     else {
                         return;
                     };
-                    Box::pin(serve(broker, ws, peer, transport, certificate))
+                    Box::pin(serve(broker, ws, self.accepted(peer, certificate)))
                 }
             };
         connection.await

@@ -188,6 +188,9 @@ pub struct OAuthConfig {
     pub scopes: Vec<String>,
     /// Failed logins per user or per IP address before answers are delayed (429).
     pub max_failures: u32,
+    /// Take refresh tokens and device onboarding in MQTT's Authentication Data also on plain
+    /// (not TLS) listeners bound to a non-loopback address.
+    pub in_band_over_plain: bool,
 }
 
 impl Default for OAuthConfig {
@@ -215,6 +218,7 @@ impl Default for OAuthConfig {
                 "mqtt:subscribe:*".to_string(),
             ],
             max_failures: 5,
+            in_band_over_plain: false,
         }
     }
 }

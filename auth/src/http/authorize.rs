@@ -347,6 +347,7 @@ async fn submit(
         };
         state.service.metrics.issued("implicit");
         crate::audit::token_issued(
+            "https",
             "implicit",
             &t.user,
             t.client_id.as_deref(),

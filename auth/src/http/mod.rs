@@ -25,13 +25,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 
 use tessera_broker::tls::{ClientCertificate, TlsServer};
-use tessera_config::{ClientIdCheck, OAuthConfig};
+use tessera_config::OAuthConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use crate::backoff::Backoff;
-use crate::model::{Client, ClientKind};
 use crate::service::TokenService;
 
 #[derive(Clone)]
@@ -54,6 +53,7 @@ impl AppState {
     fn issued(&self, grant_type: &'static str, t: &crate::service::Issued) -> Response {
         self.service.metrics.issued(grant_type);
         crate::audit::token_issued(
+            "https",
             grant_type,
             &t.user,
             t.client_id.as_deref(),
@@ -144,68 +144,23 @@ fn form_urldecode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Which client is asking, per `oauth_client_id_check`.
-pub enum ClientCheck {
-    /// `allow`: whatever id was given, unchecked.
-    Unchecked(Option<String>),
-    /// A registered client; `authenticated` if it proved its secret.
-    Registered { client: Client, authenticated: bool },
-}
-
-impl ClientCheck {
-    pub fn id(&self) -> Option<&str> {
-        match self {
-            ClientCheck::Unchecked(id) => id.as_deref(),
-            ClientCheck::Registered { client, .. } => Some(&client.id),
-        }
-    }
-}
+pub use crate::service::ClientCheck;
 
 /// Identifies and (for confidential clients) authenticates the client of a request: by its
-/// secret, or by the TLS client certificate of the request (RFC 8705 §2) if it registered one.
+/// secret, or by the TLS client certificate of the request (RFC 8705 §2) if it registered one
+/// (`TokenService::check_client`, also used for requests in MQTT's Authentication Data).
 pub async fn check_client(
     state: &AppState,
     id: Option<String>,
     secret: Option<String>,
     certificate: Option<&Arc<ClientCertificate>>,
 ) -> Result<ClientCheck, OAuthError> {
-    match state.config().oauth_client_id_check {
-        ClientIdCheck::Deny => Err(OAuthError::invalid_client("token requests are disabled")),
-        ClientIdCheck::Allow => Ok(ClientCheck::Unchecked(id)),
-        ClientIdCheck::Db => {
-            let Some(id) = id else {
-                return Err(OAuthError::invalid_client("client authentication required"));
-            };
-            let certificate = certificate.cloned();
-            let result = state
-                .blocking(move |service| match (secret, certificate) {
-                    (Some(secret), _) => service
-                        .authenticate_client(&id, &secret)
-                        .map(|c| c.map(|c| (c, true))),
-                    (None, Some(cert)) => match service.get_client(&id)? {
-                        Some(c) if c.tls_auth.is_some() => service
-                            .authenticate_client_by_certificate(&id, &cert)
-                            .map(|c| c.map(|c| (c, true))),
-                        other => Ok(other.map(|c| (c, false))),
-                    },
-                    (None, None) => service.get_client(&id).map(|c| c.map(|c| (c, false))),
-                })
-                .await?
-                .map_err(OAuthError::from)?;
-            match result {
-                Some((client, authenticated)) => {
-                    if client.kind == ClientKind::Confidential && !authenticated {
-                        return Err(OAuthError::invalid_client("client authentication failed"));
-                    }
-                    Ok(ClientCheck::Registered {
-                        client,
-                        authenticated,
-                    })
-                }
-                None => Err(OAuthError::invalid_client("client authentication failed")),
-            }
-        }
-    }
+    let certificate = certificate.cloned();
+    state
+        .blocking(move |service| service.check_client(id, secret, certificate.as_deref()))
+        .await?
+        .map_err(OAuthError::from)?
+        .map_err(|refused| OAuthError::invalid_client(refused.0))
 }
 
 /// The id of the checked client; flows that bind what they issue to a client need one.

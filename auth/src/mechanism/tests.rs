@@ -12,6 +12,7 @@ fn password_connect(user: &str, password: &str) -> ConnectRequest {
         data: None,
         peer: "192.0.2.7:50000".parse().unwrap(),
         transport: "tcp",
+        listener: "127.0.0.1:1883".parse().unwrap(),
         version: Version::V5,
         certificate: None,
     }

@@ -18,6 +18,9 @@ use crate::issuers::{ExternalToken, Verdict, looks_like_jwt};
 use crate::secrets;
 use crate::service::TokenInfo;
 
+/// The User Property of a token login's CONNACK / AUTH 0x00: whole seconds the token has left.
+pub const TOKEN_EXPIRES_IN: &str = "token-expires-in";
+
 /// A token that checked out, whoever issued it.
 pub(super) struct Presented {
     pub user: String,
@@ -82,9 +85,19 @@ impl OAuthMechanism {
             client_id,
             scopes,
         );
+        // Devices without a clock learn how long their token lasts from every CONNACK and
+        // AUTH 0x00 of a token login.
+        let user_properties = token
+            .and_then(|t| t.expires_at_ms)
+            .map(|ms| {
+                let left = ms.saturating_sub(crate::clock::now_ms()) / 1000;
+                vec![(TOKEN_EXPIRES_IN.to_string(), left.to_string())]
+            })
+            .unwrap_or_default();
         Grant {
             identity: user,
             data: None,
+            user_properties,
             expires_at: token
                 .and_then(|t| t.expires_at_ms)
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),

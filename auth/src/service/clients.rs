@@ -10,6 +10,28 @@ use crate::kv::{Bucket, KvError};
 use crate::model::{Client, ClientKind, TlsClientAuth};
 use crate::secrets;
 use tessera_broker::tls::ClientCertificate;
+use tessera_config::ClientIdCheck;
+
+/// Which client asks, per `oauth_client_id_check`.
+pub enum ClientCheck {
+    /// `allow`: whatever id was given, unchecked.
+    Unchecked(Option<String>),
+    /// A registered client; `authenticated` if it proved itself (secret or certificate).
+    Registered { client: Client, authenticated: bool },
+}
+
+impl ClientCheck {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ClientCheck::Unchecked(id) => id.as_deref(),
+            ClientCheck::Registered { client, .. } => Some(&client.id),
+        }
+    }
+}
+
+/// Why a token request's client is not let in (RFC 6749 `invalid_client`); said to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRefused(pub &'static str);
 
 /// A client as listed, without its secret hash.
 #[derive(Debug, Clone, Serialize)]
@@ -168,6 +190,49 @@ impl TokenService {
                 created_at: c.created_at,
             })
             .collect())
+    }
+
+    /// Identifies and (for confidential clients) authenticates the client of a token request,
+    /// per `oauth_client_id_check`: by its secret, or by the TLS client certificate of the
+    /// request (RFC 8705 §2) if it registered one. Slow on purpose with a secret (argon2):
+    /// call it on the blocking pool.
+    pub fn check_client(
+        &self,
+        id: Option<String>,
+        secret: Option<String>,
+        certificate: Option<&ClientCertificate>,
+    ) -> ServiceResult<Result<ClientCheck, ClientRefused>> {
+        let refused = |why| Ok(Err(ClientRefused(why)));
+        match self.config.oauth_client_id_check {
+            ClientIdCheck::Deny => return refused("token requests are disabled"),
+            ClientIdCheck::Allow => return Ok(Ok(ClientCheck::Unchecked(id))),
+            ClientIdCheck::Db => {}
+        }
+        let Some(id) = id else {
+            return refused("client authentication required");
+        };
+        let found = match (secret, certificate) {
+            (Some(secret), _) => self.authenticate_client(&id, &secret)?.map(|c| (c, true)),
+            (None, Some(cert)) => match self.get_client(&id)? {
+                Some(c) if c.tls_auth.is_some() => self
+                    .authenticate_client_by_certificate(&id, cert)?
+                    .map(|c| (c, true)),
+                other => other.map(|c| (c, false)),
+            },
+            (None, None) => self.get_client(&id)?.map(|c| (c, false)),
+        };
+        match found {
+            Some((client, authenticated)) => {
+                if client.kind == ClientKind::Confidential && !authenticated {
+                    return refused("client authentication failed");
+                }
+                Ok(Ok(ClientCheck::Registered {
+                    client,
+                    authenticated,
+                }))
+            }
+            None => refused("client authentication failed"),
+        }
     }
 
     /// The client if `certificate` authenticates it (RFC 8705 §2): one chaining to

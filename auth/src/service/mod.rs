@@ -16,6 +16,7 @@
 
 mod clients;
 mod codes;
+pub mod onboarding;
 mod scopes;
 mod tokens;
 mod users;
@@ -29,7 +30,7 @@ use tessera_config::OAuthConfig;
 use crate::kv::{Bucket, KvError, KvStore};
 use crate::metrics::AuthMetrics;
 
-pub use clients::{ClientInfo, NewClient, valid_redirect_uri};
+pub use clients::{ClientCheck, ClientInfo, ClientRefused, NewClient, valid_redirect_uri};
 pub use codes::{CodeRequest, DeviceAnswer, DeviceDecision, DeviceGrant, normalize_user_code};
 pub use scopes::CONSOLE_SCOPE;
 pub use tokens::{Issued, TokenInfo};
@@ -185,6 +186,8 @@ pub struct TokenService {
     pub config: OAuthConfig,
     /// Counters of logins, grants, revocations and requests (`/metrics`).
     pub metrics: Arc<AuthMetrics>,
+    /// Devices onboarding over MQTT, waiting for a person (`onboarding.rs`).
+    pub onboardings: Arc<onboarding::Onboardings>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -202,6 +205,7 @@ impl TokenService {
             store,
             config,
             metrics: Arc::default(),
+            onboardings: Arc::default(),
         }
     }
 

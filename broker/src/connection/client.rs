@@ -23,6 +23,8 @@ pub(crate) struct Endpoint {
     pub peer: SocketAddr,
     /// Listener kind: "tcp", "tls", "ws" or "wss".
     pub transport: &'static str,
+    /// The address its listener is bound to.
+    pub listener: SocketAddr,
     /// Orders from the broker (takeover, revocation, shutdown).
     pub control: Arc<ControlSlot>,
     /// The client certificate its TLS handshake verified, if any.

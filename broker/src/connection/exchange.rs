@@ -92,6 +92,11 @@ pub(crate) fn next(method: Option<&Method>, step: AuthStep) -> Result<Next, Refu
 }
 
 impl Challenge {
+    /// How long the client may take to answer, if the mechanism says more than the default.
+    pub(crate) fn answer_within(&self) -> Option<std::time::Duration> {
+        self.pending.answer_within()
+    }
+
     /// The AUTH 0x18 to send (its data is sent once).
     pub(crate) fn packet(&mut self) -> Packet {
         self.method

@@ -223,6 +223,7 @@ impl Handshake<'_> {
             data: c.properties.authentication_data.clone(),
             peer: self.endpoint.peer,
             transport: self.endpoint.transport,
+            listener: self.endpoint.listener,
             version: c.version,
             certificate: self.endpoint.certificate.clone(),
         };
@@ -233,6 +234,10 @@ impl Handshake<'_> {
                 Next::Granted(grant) => return Ok(grant),
                 Next::Challenge(challenge) => challenge,
             };
+            // A challenge that waits for a person (onboarding) extends the connect deadline.
+            if let Some(within) = challenge.answer_within() {
+                self.deadline = self.deadline.max(Instant::now() + within);
+            }
             let mut auth = challenge.packet();
             if !fit(&mut auth, c.version, max_packet_out(c)) {
                 return Err(Refusal::Close(
@@ -384,8 +389,23 @@ fn connack_properties(
         server_keep_alive: terms.server_keep_alive,
         authentication_method: method.map(|m| m.name().clone()),
         authentication_data: grant.data.clone(),
+        user_properties: user_properties(grant),
         ..Default::default()
     }
+}
+
+/// A grant's User Properties as the codec carries them.
+pub(crate) fn user_properties(
+    grant: &Grant,
+) -> Vec<(crate::codec::Utf8Bytes, crate::codec::Utf8Bytes)> {
+    grant
+        .user_properties
+        .iter()
+        .map(|(k, v)| {
+            let s = |x: &String| crate::codec::Utf8Bytes::from_string(x.clone());
+            (s(k), s(v))
+        })
+        .collect()
 }
 
 /// The client's Maximum Packet Size (unlimited when it sets none).

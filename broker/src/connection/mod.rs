@@ -118,13 +118,8 @@ pub(crate) struct Connection {
 }
 
 /// Serves one accepted stream until it closes.
-pub async fn serve<S>(
-    broker: Arc<Broker>,
-    stream: S,
-    peer: SocketAddr,
-    transport: &'static str,
-    certificate: Option<Arc<ClientCertificate>>,
-) where
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, accepted: Accepted)
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     broker
@@ -135,10 +130,11 @@ pub async fn serve<S>(
     let mut conn = Connection {
         endpoint: Endpoint {
             id: broker.next_id(),
-            peer,
-            transport,
+            peer: accepted.peer,
+            transport: accepted.transport,
+            listener: accepted.listener,
             control: Arc::default(),
-            certificate,
+            certificate: accepted.certificate,
         },
         wire: Wire::new(broker.config.max_packet_size as usize),
         high_water: broker.config.max_client_buffer as usize,
@@ -159,6 +155,17 @@ pub async fn serve<S>(
     let ending = conn.run(&mut client, &mut r, &mut w).await;
     // Boxed like the connect phase: only a closing connection needs its state.
     Box::pin(conn.finish(client, ending, &mut r, &mut w)).await;
+}
+
+/// What the listener knows of a connection it accepted.
+pub(crate) struct Accepted {
+    pub peer: SocketAddr,
+    /// "tcp", "tls", "ws" or "wss".
+    pub transport: &'static str,
+    /// The address the listener is bound to.
+    pub listener: SocketAddr,
+    /// The client certificate its TLS handshake verified.
+    pub certificate: Option<Arc<ClientCertificate>>,
 }
 
 fn far_future() -> Instant {
@@ -448,7 +455,13 @@ mod size_tests {
             }),
             crate::broker::Persistence::None,
         );
-        let f = super::serve(broker, s, addr, "tcp", None);
+        let accepted = super::Accepted {
+            peer: addr,
+            transport: "tcp",
+            listener: addr,
+            certificate: None,
+        };
+        let f = super::serve(broker, s, accepted);
         let size = std::mem::size_of_val(&f);
         eprintln!("connection future: {size} bytes");
         assert!(size <= 1400, "connection future grew to {size} bytes");

@@ -396,6 +396,8 @@ impl Connection {
                         method: method.name().to_string(),
                         data: auth.properties.authentication_data,
                         peer: self.endpoint.peer,
+                        transport: self.endpoint.transport,
+                        listener: self.endpoint.listener,
                         certificate: self.endpoint.certificate.clone(),
                     })
                     .await;
@@ -412,9 +414,12 @@ impl Connection {
                     grant.identity.clone(),
                     grant.credential.clone(),
                 );
-                let data = grant.data.clone();
+                let mut done = method.auth_packet(ReasonCode::SUCCESS, grant.data.clone());
+                if let Packet::Auth(a) = &mut done {
+                    a.properties.user_properties = super::handshake::user_properties(&grant);
+                }
                 c.renew(grant);
-                self.send(c, method.auth_packet(ReasonCode::SUCCESS, data));
+                self.send(c, done);
                 Ok(())
             }
             Ok(Next::Challenge(mut challenge)) => {

@@ -270,6 +270,7 @@ async fn callback(
             audit::console_sign_in(&t.user, true, "");
             state.service.metrics.issued("authorization_code");
             audit::token_issued(
+                "https",
                 "authorization_code",
                 &t.user,
                 Some(CLIENT_ID),
