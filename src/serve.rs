@@ -74,7 +74,10 @@ async fn serve(config: Config) -> ExitCode {
     };
     // Their keys are fetched in the background: a provider that is down delays no start.
     issuers.start();
+    // The OAuth endpoint's URL, known once it listens (in-band onboarding names its page).
+    let endpoint = Arc::new(std::sync::OnceLock::new());
     let mechanism = Arc::new(OAuthMechanism {
+        endpoint: endpoint.clone(),
         service: service.clone(),
         auth: config.auth.clone(),
         access_publish: config.access_publish.clone(),
@@ -107,8 +110,10 @@ async fn serve(config: Config) -> ExitCode {
     // Every TLS server of the process, for `tessera reload` and SIGHUP.
     let mut tls: Vec<Arc<TlsServer>> = server.tls_servers().to_vec();
     let http = if config.oauth.enabled {
-        match start_http(&config, service.clone(), backoff.clone(), server.handle()).await {
-            Ok((task, endpoint_tls)) => {
+        let http = start_http(&config, service.clone(), backoff.clone(), server.handle());
+        match http.await {
+            Ok((task, endpoint_tls, issuer)) => {
+                let _ = endpoint.set(issuer);
                 tls.extend(endpoint_tls);
                 Some(task)
             }
@@ -172,8 +177,8 @@ async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The OAuth endpoint's task, and its TLS server (none with `plain_http`).
-type Http = (tokio::task::JoinHandle<()>, Option<Arc<TlsServer>>);
+/// The OAuth endpoint's task, its TLS server (none with `plain_http`) and its issuer URL.
+type Http = (tokio::task::JoinHandle<()>, Option<Arc<TlsServer>>, String);
 
 async fn start_http(
     config: &Config,
@@ -200,7 +205,7 @@ async fn start_http(
     let state = http::AppState {
         service,
         backoff,
-        issuer,
+        issuer: issuer.clone(),
         csrf_key: http::csrf_key(),
         broker: Some(broker),
     };
@@ -213,7 +218,7 @@ async fn start_http(
         Ok(Err(e)) => return Err(std::io::Error::other(format!("console client: {e}"))),
         Err(e) => return Err(std::io::Error::other(e)),
     }
-    Ok((http::serve(state, listener, tls.clone()), tls))
+    Ok((http::serve(state, listener, tls.clone()), tls, issuer))
 }
 
 /// Waits for SIGINT or SIGTERM; on SIGHUP, reads the TLS files again and goes on waiting.

@@ -21,6 +21,7 @@ use tessera_broker::tls::TlsServer;
 
 use crate::model::{ClientKind, TlsClientAuth};
 use crate::secrets;
+use crate::service::onboarding::Onboardings;
 use crate::service::{ErrorKind, NewClient, ServiceError, TokenService};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,8 +347,13 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
             }
             AdminRequest::SessionList { user } => {
                 let broker = op.broker.ok_or(ServiceError::Usage(NO_BROKER))?;
-                let rows = sessions(broker, user.as_deref());
-                ok(format!("{} connection(s)", rows.len()), Value::Array(rows))
+                let rows = sessions(broker, &s.onboardings, user.as_deref());
+                let onboarding = rows.iter().filter(|r| r["state"] != "connected").count();
+                let message = match onboarding {
+                    0 => format!("{} connection(s)", rows.len()),
+                    n => format!("{} connection(s), {n} of them onboarding", rows.len()),
+                };
+                ok(message, Value::Array(rows))
             }
             AdminRequest::SessionKick { client_id } => {
                 let broker = op.broker.ok_or(ServiceError::Usage(NO_BROKER))?;
@@ -386,25 +392,50 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
 const NO_BROKER: &str = "sessions are the running server's: start `tessera serve` first";
 const NO_SERVER_TO_RELOAD: &str = "no server is running: nothing to reload";
 
-/// The live connections as rows (`tessera session list`, the console), oldest first.
-pub fn sessions(broker: &BrokerHandle, user: Option<&str>) -> Vec<Value> {
+/// The live connections as rows (`tessera session list`, the console), oldest first, then
+/// the devices onboarding in-band (no user yet: not listed when asked for a user's).
+pub fn sessions(
+    broker: &BrokerHandle,
+    onboardings: &Onboardings,
+    user: Option<&str>,
+) -> Vec<Value> {
     let mut conns = broker.connected_clients();
     conns.retain(|c| user.is_none_or(|u| c.identity.as_deref() == Some(u)));
     conns.sort_by_key(|c| (c.since, c.conn_id));
-    conns
-        .iter()
-        .map(|c| {
-            json!({
-                "client_id": &*c.client_id,
-                "user": c.identity,
-                "address": c.peer.to_string(),
-                "transport": c.transport,
-                "protocol": c.version.name(),
-                "connected_at": c.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                "token_id": c.credential.as_deref().map(secrets::token_id),
-            })
+    let connected = conns.iter().map(|c| {
+        json!({
+            "client_id": &*c.client_id,
+            "user": c.identity,
+            "address": c.peer.to_string(),
+            "transport": c.transport,
+            "protocol": c.version.name(),
+            "connected_at": c.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "token_id": c.credential.as_deref().map(secrets::token_id),
+            "state": "connected",
         })
-        .collect()
+    });
+    let onboarding = onboardings
+        .list()
+        .into_iter()
+        .filter(|_| user.is_none())
+        .map(|p| {
+            json!({
+                "client_id": p.client_id,
+                "user": null,
+                "address": p.peer.to_string(),
+                "transport": p.transport,
+                "protocol": "5.0",
+                "connected_at": p.started_ms / 1000,
+                "token_id": null,
+                "state": format!(
+                    "onboarding as {}, code {}, for {} s more",
+                    p.oauth_client,
+                    p.user_code,
+                    p.expires_ms.saturating_sub(crate::clock::now_ms()) / 1000
+                ),
+            })
+        });
+    connected.chain(onboarding).collect()
 }
 
 /// Where the admin socket of a data directory is. Its directory has mode 0700 and the socket

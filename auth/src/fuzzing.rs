@@ -70,6 +70,7 @@ fn mechanism() -> &'static (OAuthAuthenticator, String) {
             .expect("a token")
             .access_token;
         let mechanism = OAuthMechanism {
+            endpoint: Default::default(),
             service,
             auth: AuthConfig::default(),
             access_publish: AccessRules::default(),

@@ -5,6 +5,7 @@
 mod harness;
 mod https;
 mod idp;
+mod in_band;
 mod pki;
 mod raw;
 

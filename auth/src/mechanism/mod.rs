@@ -17,7 +17,7 @@
 //! user's token, another certificate) but never whether a user exists.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::audit;
 use crate::backoff::Backoff;
@@ -25,11 +25,11 @@ use crate::issuers::Issuers;
 use crate::secrets;
 use crate::service::TokenService;
 use bytes::Bytes;
+use in_band::Asker;
 use tessera_broker::auth::{
     AuthExchange, AuthFailure, AuthStep, Authenticator, BoxFuture, ConnectRequest, ReauthRequest,
 };
 use tessera_broker::codec::ReasonCode;
-use tessera_broker::tls::ClientCertificate;
 use tessera_config::{AccessRules, AuthConfig};
 
 pub const METHOD: &str = "X-OAUTH2";
@@ -42,6 +42,9 @@ pub struct OAuthMechanism {
     pub backoff: Arc<Backoff>,
     /// Other issuers whose tokens log in (`auth.issuers`).
     pub issuers: Arc<Issuers>,
+    /// The OAuth endpoint's issuer URL, set once it listens: in-band onboarding sends devices
+    /// to its verification page. Unset while the endpoint is off (`oauth.enabled: false`).
+    pub endpoint: Arc<OnceLock<String>>,
 }
 
 fn fail(reason: ReasonCode, why: &str) -> AuthStep {
@@ -129,37 +132,45 @@ fn method_label(r: &ConnectRequest, by_certificate: bool) -> &'static str {
     }
 }
 
-/// The second step of the two-step flow: the token arrives in the client's AUTH 0x18.
+impl OAuthMechanism {
+    /// Authentication Data under `X-OAUTH2`: an in-band OAuth request (`in_band.rs`) or a
+    /// token, the one `asker` logs in with.
+    async fn authentication_data(self: &Arc<Self>, data: &[u8], asker: &Asker) -> AuthStep {
+        if let Some(step) = self.in_band(data, asker).await {
+            return step;
+        }
+        self.check_token(
+            data,
+            asker.username.as_deref(),
+            &asker.client_id,
+            asker.certificate.as_deref(),
+        )
+        .await
+    }
+}
+
+/// The second step of the two-step flow: the token (or an in-band request) arrives in the
+/// client's AUTH 0x18.
 struct AwaitToken {
     mechanism: Arc<OAuthMechanism>,
-    username: Option<String>,
-    client_id: String,
+    asker: Asker,
     ip: String,
-    peer: IpAddr,
-    certificate: Option<Arc<ClientCertificate>>,
 }
 
 impl AuthExchange for AwaitToken {
     fn step(self: Box<Self>, data: Option<Bytes>) -> BoxFuture<'static, AuthStep> {
         Box::pin(async move {
             let step = match data {
-                Some(token) if !token.is_empty() => {
-                    self.mechanism
-                        .check_token(
-                            &token,
-                            self.username.as_deref(),
-                            &self.client_id,
-                            self.certificate.as_deref(),
-                        )
-                        .await
+                Some(data) if !data.is_empty() => {
+                    self.mechanism.authentication_data(&data, &self.asker).await
                 }
                 _ => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
             };
             let login = Login {
                 method: METHOD,
-                client_id: &self.client_id,
-                user: self.username.as_deref(),
-                peer: self.peer,
+                client_id: &self.asker.client_id,
+                user: self.asker.username.as_deref(),
+                peer: self.asker.peer.ip(),
             };
             self.mechanism.record(&step, &self.ip, &login);
             step
@@ -195,25 +206,17 @@ impl Authenticator for OAuthAuthenticator {
             }
             let step = match r.method.as_deref() {
                 Some(METHOD) if m.auth.x_oauth2 => match &r.data {
-                    Some(token) if !token.is_empty() => {
-                        m.check_token(
-                            token,
-                            r.username.as_deref(),
-                            &r.client_id,
-                            r.certificate.as_deref(),
-                        )
-                        .await
+                    // An onboarding device's wait is counted when its last poll ends.
+                    Some(data) if !data.is_empty() => {
+                        m.authentication_data(data, &Asker::from(&r)).await
                     }
                     _ => {
                         return AuthStep::Continue {
                             data: None,
                             exchange: Box::new(AwaitToken {
                                 mechanism: m.clone(),
-                                username: r.username.clone(),
-                                client_id: r.client_id.clone(),
+                                asker: Asker::from(&r),
                                 ip,
-                                peer: r.peer.ip(),
-                                certificate: r.certificate.clone(),
                             }),
                         };
                     }
@@ -262,16 +265,8 @@ impl Authenticator for OAuthAuthenticator {
             };
             let ip = crate::backoff::address_key(r.peer.ip());
             let step = match r.data.as_ref().filter(|d| !d.is_empty()) {
-                // The fresh token must belong to the same user.
-                Some(token) => {
-                    m.check_token(
-                        token,
-                        r.identity.as_deref(),
-                        &r.client_id,
-                        r.certificate.as_deref(),
-                    )
-                    .await
-                }
+                // The fresh token (or the refreshed one) must belong to the same user.
+                Some(data) => m.authentication_data(data, &Asker::from(&r)).await,
                 None => fail(ReasonCode::NOT_AUTHORIZED, "no token in AUTH"),
             };
             m.record(&step, &ip, &login);
@@ -280,6 +275,7 @@ impl Authenticator for OAuthAuthenticator {
     }
 }
 
+mod in_band;
 mod login;
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,7 @@ async fn a_store_outage_is_not_a_bad_password_and_counts_toward_no_backoff() {
         access_subscribe: AccessRules::default(),
         backoff: backoff.clone(),
         issuers: Arc::default(),
+        endpoint: Arc::default(),
     }));
     outage.fail(&[Bucket::Users]);
     for _ in 0..5 {

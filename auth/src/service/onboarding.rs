@@ -25,6 +25,8 @@ pub struct Pending {
     /// The OAuth client it onboards as.
     pub oauth_client: String,
     pub peer: IpAddr,
+    /// The listener kind it came over ("tls", "wss", ...).
+    pub transport: &'static str,
     /// The code a person types at the verification page.
     pub user_code: String,
     pub started_ms: u64,
@@ -50,6 +52,13 @@ impl Drop for Slot {
 }
 
 impl Onboardings {
+    /// Whether `address_key` may start one more: asked before any work, `begin` decides.
+    pub fn has_room(&self, address_key: &str) -> bool {
+        let pending = self.pending.lock();
+        pending.len() < IN_ALL
+            && pending.values().filter(|(k, _)| k == address_key).count() < PER_ADDRESS
+    }
+
     /// Takes a place for `p`, counted under `address_key`; `None` if its address or the broker
     /// has as many pending as allowed.
     pub fn begin(self: &Arc<Self>, address_key: String, p: Pending) -> Option<Slot> {
@@ -88,6 +97,7 @@ mod tests {
             client_id: client_id.into(),
             oauth_client: "tv".into(),
             peer: "192.0.2.1".parse().unwrap(),
+            transport: "tls",
             user_code: "ABCD-EFGH".into(),
             started_ms: 1,
             expires_ms: 2,

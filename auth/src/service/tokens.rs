@@ -158,6 +158,19 @@ impl TokenService {
             .map(|(t, _)| info(key, t)))
     }
 
+    /// Whose grant a refresh token carries, and its scopes, without spending it (`None`: no
+    /// such token). MQTT's in-band refresh checks that the new pair could log the connection
+    /// in before it rotates the pair.
+    pub fn refresh_grant_of(
+        &self,
+        refresh_token: &str,
+    ) -> ServiceResult<Option<(String, Vec<String>)>> {
+        let key = secrets::token_key(refresh_token);
+        Ok(self
+            .get::<RefreshToken>(Bucket::RefreshTokens, &key)?
+            .map(|(r, _)| (r.user, r.scopes)))
+    }
+
     /// Exchanges a refresh token for a new access token and a new refresh token (rotation).
     /// Presenting a spent refresh token revokes its whole family. `narrower` asks for fewer
     /// scopes than granted (RFC 6749 §6); the refresh token keeps the grant's scopes.

@@ -67,19 +67,24 @@ pub async fn home(
         })
         .collect();
     let rows = match &state.broker {
-        Some(b) => admin::sessions(b, None),
+        Some(b) => admin::sessions(b, &state.service.onboardings, None),
         None => Vec::new(),
     };
     let rows = rows
         .iter()
         .map(|r| {
             let client = r["client_id"].as_str().unwrap_or("");
-            let mut actions = button(
-                &op,
-                "/console/sessions/kick",
-                &[("client_id", client)],
-                "Kick",
-            );
+            // A device onboarding has no session yet: nothing to kick.
+            let mut actions = if r["state"] == "connected" {
+                button(
+                    &op,
+                    "/console/sessions/kick",
+                    &[("client_id", client)],
+                    "Kick",
+                )
+            } else {
+                String::new()
+            };
             if let Some(id) = r["token_id"].as_str() {
                 actions.push_str(&button(
                     &op,
@@ -95,6 +100,7 @@ pub async fn home(
                 cell(&r["transport"]),
                 cell(&r["protocol"]),
                 when(&r["connected_at"]),
+                cell(&r["state"]),
                 actions,
             ]
         })
@@ -110,6 +116,7 @@ pub async fn home(
                 "Transport",
                 "Protocol",
                 "Since",
+                "State",
                 ""
             ],
             rows
