@@ -54,9 +54,14 @@ struct MqttJs {
 
 impl MqttJs {
     fn start(args: &[&str]) -> MqttJs {
+        MqttJs::script("tests/js/mqttjs_in_band.mjs", args)
+    }
+
+    /// Any script; a line that is not JSON comes as a string.
+    fn script(path: &str, args: &[&str]) -> MqttJs {
         let mut child = tokio::process::Command::new("node")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("tests/js/mqttjs_in_band.mjs")
+            .arg(path)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -74,6 +79,23 @@ impl MqttJs {
             }
         });
         MqttJs { child, events }
+    }
+
+    /// The next line, whatever it is.
+    async fn line(&mut self) -> Option<Value> {
+        tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+            .await
+            .expect("the script printed nothing for 60 s")
+    }
+
+    /// The lines until the script exits, and whether it succeeded.
+    async fn finish(mut self) -> (Vec<String>, bool) {
+        let mut lines = Vec::new();
+        while let Some(v) = self.line().await {
+            lines.push(v.as_str().map(String::from).unwrap_or(v.to_string()));
+        }
+        let status = self.child.wait().await.unwrap();
+        (lines, status.success())
     }
 
     /// The next event; it must be `event`.
@@ -550,4 +572,97 @@ async fn http_refresh(b: &TestBroker, rt: &str) -> crate::https::Response {
         ],
     )
     .await
+}
+
+/// The device of docs/in-band.md (`examples/device.mjs`) through its life: first boot
+/// (onboarding, a person approving in Chromium), steady state (its token), back after its
+/// token ran out (the refresh token in CONNECT), and after its grant was revoked (onboarding
+/// again). It never speaks HTTPS.
+#[tokio::test]
+async fn the_example_device_lives_through_boot_steady_state_and_months_offline() {
+    let b = setup("oauth:\n  bind: 127.0.0.1:0\n  oauth_expire: 3\n");
+    let out = b.command(&["client", "add-public", "thermostat", "Thermostat"], "");
+    assert!(out.status.success(), "{out:?}");
+    let url = format!("mqtt://127.0.0.1:{}", b.tcp.port());
+    let state = b.dir.path().join("device-state.json");
+    let state_arg = state.display().to_string();
+    let run = || {
+        MqttJs::script(
+            "examples/device.mjs",
+            &[&url, "thermostat", &state_arg, "--once"],
+        )
+    };
+
+    // First boot: it shows where to approve it.
+    let mut first = run();
+    let shown = first.line().await.unwrap();
+    let shown = shown.as_str().unwrap().to_string();
+    let page = shown
+        .strip_prefix("onboarding: open ")
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("{shown}"))
+        .to_string();
+    let approved = tokio::task::spawn_blocking(move || {
+        node(&[
+            "tests/js/browser_login.mjs",
+            "device",
+            &page,
+            "alice",
+            "wonderland",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let (lines, ok) = first.finish().await;
+    assert!(
+        ok && lines.contains(&"connected (onboarding)".to_string()),
+        "{lines:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let pair: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+
+    // Steady state: its access token.
+    let (lines, ok) = run().finish().await;
+    assert!(ok && lines == ["connected (token)"], "{lines:?}");
+
+    // Back after its token ran out: the refresh token, in CONNECT, gives it a new pair.
+    // (The event awaited is the token's expiry: a time.)
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (lines, ok) = run().finish().await;
+    assert!(ok, "{lines:?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("connected (refresh)"),
+        "{lines:?}"
+    );
+    assert!(lines[0].starts_with("refused (token)"), "{lines:?}");
+    let rotated: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_ne!(rotated["refresh_token"], pair["refresh_token"]);
+
+    // Its grant revoked while it was away: both tokens refused, it onboards again.
+    let out = b.command(&["token", "revoke", "--user", "alice"], "");
+    assert!(out.status.success(), "{out:?}");
+    let mut again = run();
+    let mut seen = Vec::new();
+    while let Some(v) = again.line().await {
+        let line = v.as_str().unwrap_or("").to_string();
+        seen.push(line.clone());
+        if line.starts_with("onboarding: open ") {
+            break;
+        }
+    }
+    assert!(seen[0].starts_with("refused (token)"), "{seen:?}");
+    assert!(
+        seen[1].starts_with("refused (refresh): invalid_grant"),
+        "{seen:?}"
+    );
+    assert!(seen[2].starts_with("onboarding: open "), "{seen:?}");
+    assert!(!state.exists(), "the dead pair is forgotten");
 }
