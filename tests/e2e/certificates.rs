@@ -455,6 +455,34 @@ async fn the_endpoint_binds_tokens_to_the_client_certificate_and_authenticates_c
     }
     let (status, next) = curl(&b, Some(&dev1), "/oauth/token", &refresh_form);
     assert_eq!(status, 200, "{next}");
+    // In-band over MQTT (docs/in-band.md), the same rule: the rotated refresh token refreshes
+    // only over a TLS connection with dev-1's certificate, and another certificate's try
+    // does not spend it.
+    let in_band = crate::https::form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", next["refresh_token"].as_str().unwrap()),
+        ("client_id", "app"),
+        ("client_secret", "app-secret"),
+    ]);
+    let mut raw = open(&b, Some(&dev3)).await.unwrap();
+    let ack = raw.handshake(x(&in_band)).await;
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    let why = ack.properties.reason_string.unwrap().to_string();
+    assert!(why.starts_with("invalid_grant: "), "{why}");
+    let mut raw = open(&b, Some(&dev1)).await.unwrap();
+    let ack = raw.handshake(x(&in_band)).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+    let pair: Value =
+        serde_json::from_slice(ack.properties.authentication_data.as_deref().unwrap()).unwrap();
+    let rebound = pair["access_token"].as_str().unwrap();
+    assert_eq!(
+        connack(&b, Some(&dev1), x(rebound)).await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        connack(&b, Some(&dev3), x(rebound)).await,
+        ReasonCode::NOT_AUTHORIZED
+    );
     // Without a certificate, a grant is a bearer token, as before.
     let (status, plain) = curl(&b, None, "/oauth/token", &grant);
     assert_eq!(status, 200);
