@@ -75,9 +75,50 @@ pub struct AuthMetrics {
     pub backoff_refusals: Family<BackoffLabels, Counter>,
 }
 
+/// The label sets known in advance, exported at 0 from the start so that `rate()` and
+/// `increase()` work before the first event: every login method with the results a login
+/// can have, every grant, every kind of revocation, both sides of the backoff.
+const LOGIN_METHODS: [&str; 4] = ["X-OAUTH2", "password", "certificate", "anonymous"];
+const LOGIN_RESULTS: [&str; 7] = ["success", "0x86", "0x87", "0x88", "0x8c", "0x97", "0x9f"];
+const GRANTS: [&str; 8] = [
+    "password",
+    "client_credentials",
+    "refresh_token",
+    "authorization_code",
+    "implicit",
+    "device_code",
+    "operator",
+    "other",
+];
+const REVOCATIONS: [&str; 6] = ["token", "user", "client", "family", "password", "external"];
+
 impl AuthMetrics {
-    /// Registers every family under the `tessera` prefix (the text encoder adds `_total`).
+    /// Creates the label sets known in advance, at 0.
+    fn prime(&self) {
+        for method in LOGIN_METHODS {
+            for result in LOGIN_RESULTS {
+                self.logins.get_or_create(&LoginLabels {
+                    method,
+                    result: result.to_string(),
+                });
+            }
+        }
+        for grant_type in GRANTS {
+            self.tokens_issued
+                .get_or_create(&GrantLabels { grant_type });
+        }
+        for what in REVOCATIONS {
+            self.revocations.get_or_create(&RevocationLabels { what });
+        }
+        for on in ["mqtt", "http"] {
+            self.backoff_refusals.get_or_create(&BackoffLabels { on });
+        }
+    }
+
+    /// Registers every family under the `tessera` prefix (the text encoder adds `_total`),
+    /// with the label sets known in advance at 0.
     pub fn register(&self, r: &mut Registry) {
+        self.prime();
         r.register(
             "tessera_external_tokens",
             "Logins and re-authentications with another issuer's token, by issuer and outcome",
@@ -183,5 +224,15 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("tessera_tokens_issued_total{grant_type=\"password\"} 1"));
+        // Known label sets are there before their first event.
+        for line in [
+            "tessera_authentications_total{method=\"password\",result=\"0x86\"} 0",
+            "tessera_authentications_total{method=\"anonymous\",result=\"success\"} 0",
+            "tessera_tokens_issued_total{grant_type=\"device_code\"} 0",
+            "tessera_token_revocations_total{what=\"family\"} 0",
+            "tessera_backoff_refusals_total{on=\"http\"} 0",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
     }
 }

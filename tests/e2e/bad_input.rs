@@ -378,8 +378,42 @@ async fn connack_respects_the_clients_maximum_packet_size() {
     assert_eq!(ack.reason_code, ReasonCode::QOS_NOT_SUPPORTED);
     assert_eq!(ack.properties.reason_string, None);
     s.expect_closed().await;
-    // A successful CONNACK does not fit in 10 bytes: closed without it (MQTT-3.1.2-25).
-    let mut c = connect_v5("tiny");
+    // A successful CONNACK in less room: its optional properties go, the flags a client reads
+    // the same when absent first, then Topic Alias Maximum and Maximum Packet Size.
+    let sized = |max: u32| {
+        let mut c = connect_v5("small");
+        c.properties.maximum_packet_size = Some(max);
+        c
+    };
+    let size = |ack: &tessera_broker::codec::ConnAck| {
+        let mut buf = bytes::BytesMut::new();
+        let v5 = tessera_broker::codec::Version::V5;
+        tessera_broker::codec::encode(&Packet::ConnAck(ack.clone()), v5, &mut buf);
+        buf.len()
+    };
+    let (_, full) = Raw::connect(b.tcp, connect_v5("full")).await;
+    assert!(full.properties.maximum_packet_size.is_some());
+    assert_eq!(full.properties.retain_available, Some(1));
+    // Receive Maximum 100 and Maximum QoS 1 (this broker's) stay: 10 bytes at least.
+    for max in 10..=size(&full) as u32 {
+        let (_, ack) = Raw::connect(b.tcp, sized(max)).await;
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        assert!(size(&ack) <= max as usize, "{max}: {ack:?}");
+        let p = &ack.properties;
+        assert_eq!(
+            (p.receive_maximum, p.maximum_qos),
+            (Some(100), Some(1)),
+            "{max}"
+        );
+        if p.retain_available.is_some() || p.topic_alias_maximum.is_some() {
+            assert!(p.maximum_packet_size.is_some(), "{max}: {ack:?}");
+        }
+    }
+    let (_, ack) = Raw::connect(b.tcp, sized(10)).await;
+    assert_eq!(ack.properties.maximum_packet_size, None, "{ack:?}");
+    // An assigned client identifier must be sent: with no room for it, no CONNACK at all
+    // (MQTT-3.1.2-25), and nothing of that client stays.
+    let mut c = connect_v5("");
     c.properties.maximum_packet_size = Some(10);
     let mut raw = Raw::open(b.tcp).await;
     raw.send(&Packet::Connect(Box::new(c))).await;
@@ -387,8 +421,7 @@ async fn connack_respects_the_clients_maximum_packet_size() {
         raw.try_recv().await.is_none(),
         "no CONNACK larger than 10 bytes"
     );
-    // Nothing of that client stays: the same identifier connects normally.
-    let (_, ack) = Raw::connect(b.tcp, connect_v5("tiny")).await;
+    let (_, ack) = Raw::connect(b.tcp, connect_v5("small")).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     assert!(!ack.session_present);
 }

@@ -103,6 +103,24 @@ fn must(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn metrics_count_a_scripted_workload() {
     let b = setup("sys:\n  interval: 0\n");
+    // Before any event, the label sets known in advance are there at 0 (`rate()` works).
+    let fresh = scrape(&b).await;
+    for (name, labels) in [
+        (
+            "tessera_authentications_total",
+            &[("method", "X-OAUTH2"), ("result", "success")][..],
+        ),
+        (
+            "tessera_authentications_total",
+            &[("method", "password"), ("result", "0x86")][..],
+        ),
+        (
+            "tessera_tokens_issued_total",
+            &[("grant_type", "refresh_token")][..],
+        ),
+    ] {
+        assert_eq!(must(&fresh, name, labels), 0.0, "{name}{labels:?}");
+    }
     let tok = token(&b, "alice", "wonderland", "mqtt").await;
     let refused = password_grant(&b, "alice", "not-her-password", "mqtt", None).await;
     assert_eq!(refused.status, 400, "{}", refused.body);

@@ -187,7 +187,7 @@ impl Handshake<'_> {
             reason_code: ReasonCode::SUCCESS,
             properties,
         });
-        if !fit(&mut connack, c.version, max_packet_out(&c)) {
+        if !fit_connack(&mut connack, c.version, max_packet_out(&c)) {
             return Err(Refusal::Close(
                 "CONNACK exceeds the client's maximum packet size",
             ));
@@ -392,6 +392,46 @@ fn connack_properties(
         user_properties: user_properties(grant),
         ..Default::default()
     }
+}
+
+/// Fits a CONNACK into the client's Maximum Packet Size (MQTT-3.1.2-25) by shedding optional
+/// properties, least needed first: the Reason String and User Properties (`fit`); the
+/// availability flags that say 1, which a client reads the same when absent; Topic Alias
+/// Maximum (absent: 0, the client sends no aliases); Maximum Packet Size (absent: no limit, and
+/// the broker still refuses an oversized packet with 0x95). What stays changes what the client
+/// must do (an assigned identifier, the method and its data, expiry, keep-alive, Receive
+/// Maximum, Maximum QoS, a feature that is off): without room for it, no CONNACK.
+fn fit_connack(connack: &mut Packet, version: crate::codec::Version, max: usize) -> bool {
+    if fit(connack, version, max) {
+        return true;
+    }
+    let Packet::ConnAck(a) = connack else {
+        return false;
+    };
+    let p = &mut a.properties;
+    for flag in [
+        &mut p.retain_available,
+        &mut p.wildcard_subscription_available,
+        &mut p.subscription_identifier_available,
+        &mut p.shared_subscription_available,
+    ] {
+        if *flag == Some(1) {
+            *flag = None;
+        }
+    }
+    if fit(connack, version, max) {
+        return true;
+    }
+    if let Packet::ConnAck(a) = connack {
+        a.properties.topic_alias_maximum = None;
+    }
+    if fit(connack, version, max) {
+        return true;
+    }
+    if let Packet::ConnAck(a) = connack {
+        a.properties.maximum_packet_size = None;
+    }
+    fit(connack, version, max)
 }
 
 /// A grant's User Properties as the codec carries them.
