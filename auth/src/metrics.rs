@@ -97,21 +97,22 @@ impl AuthMetrics {
     fn prime(&self) {
         for method in LOGIN_METHODS {
             for result in LOGIN_RESULTS {
-                self.logins.get_or_create(&LoginLabels {
+                let _ = self.logins.get_or_create(&LoginLabels {
                     method,
                     result: result.to_string(),
                 });
             }
         }
         for grant_type in GRANTS {
-            self.tokens_issued
+            let _ = self
+                .tokens_issued
                 .get_or_create(&GrantLabels { grant_type });
         }
         for what in REVOCATIONS {
-            self.revocations.get_or_create(&RevocationLabels { what });
+            let _ = self.revocations.get_or_create(&RevocationLabels { what });
         }
         for on in ["mqtt", "http"] {
-            self.backoff_refusals.get_or_create(&BackoffLabels { on });
+            let _ = self.backoff_refusals.get_or_create(&BackoffLabels { on });
         }
     }
 
