@@ -2,9 +2,10 @@
 //! `<prefix>.q.>`, `cluster.replicas` replicas, kept an hour) holds every QoS 1/2 message a
 //! client publishes on any node, and the publisher's PUBACK / PUBREC waits for the stream's
 //! replicated acknowledgement (`PeerHandle::settle`): a message acknowledged to its
-//! publisher survives the death of its node and of a NATS server. When JetStream does not
-//! acknowledge (no quorum, NATS lost, a full queue) the publisher gets 0x80 with a Reason
-//! String: never a silent loss.
+//! publisher survives the death of its node and of a NATS server. A message JetStream did not
+//! acknowledge is sent again under its id (`outbound.rs`) until stored; when that does not
+//! happen within `cluster.store_within` (no quorum, NATS lost) or the queue is full, the
+//! publisher gets 0x80 with a Reason String: never a silent loss.
 //!
 //! Each node reads the stream through a durable consumer of its own (`<prefix>_qos_<node>`)
 //! filtered by the subjects of its subscriptions, routes what it reads (what has arrived,
@@ -31,10 +32,11 @@ use crate::{ClusterError, Nats};
 
 /// How long the stream keeps a message (a node down longer misses it).
 pub const KEPT_FOR: Duration = Duration::from_secs(3600);
+/// How long the streams remember a message id (`outbound.rs` sends again under it): longer
+/// than any `cluster.store_within`, short because the servers keep every id that long.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(tessera_config::DUPLICATE_WINDOW_SECS);
 /// Messages routed together before one sync and their acknowledgements.
 const BATCH: usize = 256;
-/// How long a publisher waits for JetStream's acknowledgement before it is told 0x80.
-pub const ACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// Creates the stream on first start (or finds it).
 pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
@@ -43,6 +45,7 @@ pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
         subjects: vec![format!("{}.>", nats.subject("q"))],
         num_replicas: nats.config.replicas,
         max_age: KEPT_FOR,
+        duplicate_window: DUPLICATE_WINDOW,
         storage: stream::StorageType::File,
         ..Default::default()
     };
@@ -56,7 +59,16 @@ pub(crate) fn create(nats: &Nats, config: stream::Config) -> Result<(), ClusterE
     let mut last = String::new();
     for _ in 0..50 {
         let (js, config) = (js.clone(), config.clone());
-        match nats.wait(async move { js.get_or_create_stream(config).await.map(|_| ()) }) {
+        // A stream made by an older version gets the duplicate window it now needs.
+        let made = async move {
+            let stream = js.get_or_create_stream(config.clone()).await?;
+            let window = stream.cached_info().config.duplicate_window;
+            if window != config.duplicate_window && !config.duplicate_window.is_zero() {
+                js.update_stream(&config).await?;
+            }
+            Ok::<_, async_nats::Error>(())
+        };
+        match nats.wait(made) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => last = e.to_string(),
             Err(e) => last = e.to_string(),

@@ -26,6 +26,7 @@ pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
         subjects: vec![format!("{}.>", nats.subject("r"))],
         num_replicas: nats.config.replicas,
         max_messages_per_subject: 1,
+        duplicate_window: crate::qos::DUPLICATE_WINDOW,
         storage: stream::StorageType::File,
         ..Default::default()
     };

@@ -35,7 +35,20 @@ pub struct ClusterConfig {
     pub tls_certificate: Option<PathBuf>,
     #[serde(default)]
     pub tls_private_key: Option<PathBuf>,
+    /// Seconds a QoS 1/2 publish is sent again into the stream (under one message id, which
+    /// the stream de-duplicates) before its publisher gets 0x80: a NATS server dying or a
+    /// stream leader electing is waited out, not passed on to the client.
+    #[serde(default = "default_store_within")]
+    pub store_within: u64,
 }
+
+fn default_store_within() -> u64 {
+    10
+}
+
+/// The streams' duplicate window: longer than any `store_within`, so that a message sent again
+/// is recognised.
+pub const DUPLICATE_WINDOW_SECS: u64 = 30;
 
 fn default_replicas() -> usize {
     3
@@ -65,6 +78,13 @@ impl ClusterConfig {
         }
         if !(1..=5).contains(&self.replicas) {
             return Some("field `cluster.replicas`: 1 to 5 (JetStream's limit)".into());
+        }
+        if !(1..DUPLICATE_WINDOW_SECS).contains(&self.store_within) {
+            return Some(format!(
+                "field `cluster.store_within`: 1 to {} seconds (the streams' duplicate window \
+                 is {DUPLICATE_WINDOW_SECS} s)",
+                DUPLICATE_WINDOW_SECS - 1
+            ));
         }
         if self.user.is_some() != self.password.is_some() {
             return Some("field `cluster.user`: `user` and `password` go together".into());

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, DUPLICATE_WINDOW_SECS};
 pub use issuers::{ALGORITHMS, IntrospectionConfig, IssuerConfig};
 pub use listener::{ClientCertificates, Listener, TlsFiles, Transport};
 pub use login::{

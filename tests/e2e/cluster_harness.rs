@@ -131,6 +131,29 @@ impl NatsCluster {
         }
     }
 
+    /// Starts server `i` again on its configuration and store (after `kill`), and waits until
+    /// it takes connections. JetStream catches its replicas up after that, on its own.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let conf = self._dir.path().join(format!("n{i}.conf"));
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH");
+        self.servers[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {i} did not come back"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends an empty request to `subject` through server `i` (NATS's text protocol) and
     /// returns the reply's payload, `None` without one within 2 s (JetStream's API does not
     /// answer for a stream that is electing its leader): a leader step-down, say.
@@ -231,8 +254,16 @@ pub(crate) fn three_nodes_with(nats: &NatsCluster, extra: &str) -> Vec<TestBroke
 /// Nodes `a` (NATS servers 0, then 1) and `b` (1, then 2), user bob added through a, and an
 /// access token of bob's.
 pub(crate) fn two_nodes(nats: &NatsCluster) -> (TestBroker, TestBroker, String) {
-    let a = TestBroker::start_secure(&nats.node_config("a", &[0, 1]));
-    let b = TestBroker::start_secure(&nats.node_config("b", &[1, 2]));
+    two_nodes_with(nats, "")
+}
+
+/// `two_nodes`, with `cluster_fields` (indented) in both nodes' `cluster:` sections.
+pub(crate) fn two_nodes_with(
+    nats: &NatsCluster,
+    cluster_fields: &str,
+) -> (TestBroker, TestBroker, String) {
+    let a = TestBroker::start_secure(&(nats.node_config("a", &[0, 1]) + cluster_fields));
+    let b = TestBroker::start_secure(&(nats.node_config("b", &[1, 2]) + cluster_fields));
     let out = a.command(&["user", "add", "bob"], "builder\n");
     assert!(out.status.success(), "{out:?}");
     let token = crate::oauth::cli_token(&a, "bob", "3600", "mqtt");
