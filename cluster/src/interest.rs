@@ -125,9 +125,15 @@ pub(crate) fn spawn(
                     tokio::spawn(async move {
                         // Bounded: without JetStream the SUBACK still goes (the subscription
                         // works here; QoS 1/2 from other nodes follow once it is back).
-                        let _ =
+                        let waited =
                             tokio::time::timeout(SETTLE_WITHIN, applied.wait_for(|g| *g >= want))
                                 .await;
+                        if waited.is_err() {
+                            tracing::warn!(
+                                "SUBACK sent before this node's QoS 1/2 consumer took the new \
+                                 filters: other nodes' messages published meanwhile may miss it"
+                            );
+                        }
                         broker.settle(ticket, true);
                     });
                 }
