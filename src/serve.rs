@@ -106,6 +106,7 @@ async fn serve(config: Config) -> ExitCode {
         error!("{e}");
         return ExitCode::FAILURE;
     }
+    server.open();
     let watcher = revocation::spawn(service.clone(), server.handle());
     // Every TLS server of the process, for `tessera reload` and SIGHUP.
     let mut tls: Vec<Arc<TlsServer>> = server.tls_servers().to_vec();

@@ -59,10 +59,15 @@ pub async fn bind(l: &Listener, data_dir: &Path) -> io::Result<BoundListener> {
 pub fn spawn_accept_loop(
     l: BoundListener,
     broker: Arc<Broker>,
+    mut open: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let l = Arc::new(l);
     tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.changed() => return,
+            opened = open.wait_for(|o| *o) => if opened.is_err() { return },
+        }
         loop {
             tokio::select! {
                 _ = stop.changed() => break,

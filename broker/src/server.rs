@@ -27,6 +27,8 @@ pub struct Server {
     /// The TLS listeners' servers, for `tessera reload`.
     tls: Vec<Arc<TlsServer>>,
     stop: watch::Sender<bool>,
+    /// Whether the listeners accept connections (they are bound from the start).
+    open: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -74,11 +76,17 @@ impl Server {
             bound.push(listener::bind(&l.value, &config.data_dir).await?);
         }
         let (stop, stop_rx) = watch::channel(false);
+        // A node of a cluster accepts clients once it has joined (`Server::open`): before,
+        // what they publish would not reach the other nodes, nor would a SUBACK mean their
+        // messages reach it. Connections wait in the sockets' backlog meanwhile.
+        let (open, open_rx) = watch::channel(config.cluster.is_none());
         let addrs = bound.iter().map(|b| (b.transport, b.local_addr)).collect();
         let tls = bound.iter().filter_map(|b| b.tls.clone()).collect();
         let mut tasks: Vec<JoinHandle<()>> = bound
             .into_iter()
-            .map(|b| listener::spawn_accept_loop(b, broker.clone(), stop_rx.clone()))
+            .map(|b| {
+                listener::spawn_accept_loop(b, broker.clone(), open_rx.clone(), stop_rx.clone())
+            })
             .collect();
         tasks.extend(sys::spawn(
             broker.clone(),
@@ -97,8 +105,15 @@ impl Server {
             addrs,
             tls,
             stop,
+            open,
             tasks,
         })
+    }
+
+    /// Starts accepting clients, if the listeners were held (a node of a cluster, until it
+    /// has joined).
+    pub fn open(&self) {
+        self.open.send_replace(true);
     }
 
     /// The first bound address of a transport.

@@ -118,10 +118,16 @@ pub(crate) fn spawn(
                     let _ = reply.send(generation);
                 }
                 Interest::Settle(ticket) => {
-                    if restored {
+                    // Before the restore the consumer has no filters yet (on a first start it
+                    // does not even exist: it will deliver only what is published after it
+                    // is made): the SUBACK waits for the first generation, which has them all.
+                    let want = if restored {
                         update_filters(&filters, &mut generation, &followed, &durable);
-                    }
-                    let (mut applied, broker, want) = (applied.clone(), broker.clone(), generation);
+                        generation
+                    } else {
+                        generation + 1
+                    };
+                    let (mut applied, broker) = (applied.clone(), broker.clone());
                     tokio::spawn(async move {
                         // Bounded: without JetStream the SUBACK still goes (the subscription
                         // works here; QoS 1/2 from other nodes follow once it is back).
