@@ -416,7 +416,11 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
         result["received"] = json!(on_time);
         result["exact"] = json!(on_time == accepted);
         result["late"] = json!(received - on_time);
-        result["late_ms"] = json!(if received > on_time { late_by.as_millis() as u64 } else { 0 });
+        result["late_ms"] = json!(if received > on_time {
+            late_by.as_millis() as u64
+        } else {
+            0
+        });
         result["all_in_the_end"] = json!(received >= accepted);
         // Publish to PUBACK: what a durable broker's acknowledgement costs the publisher.
         result["ack_p50_us"] = json!(percentile(&a, 0.5));
