@@ -67,7 +67,13 @@ cluster:
 YML
   "$TESSERA" serve --config "$DIR/t$i.yml" > "$DIR/t$i.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"${MP[$i]}") 2>/dev/null && break; sleep 0.1; done
+  # Ready: its metrics endpoint answers /readyz once it has joined (NO_WAIT: its MQTT port
+  # answers, while it may still be joining).
+  for _ in $(seq 300); do
+    if [ -n "${NO_WAIT:-}" ]; then (exec 3<>/dev/tcp/127.0.0.1/"${MP[$i]}") 2>/dev/null && break
+    else curl -sf "http://127.0.0.1:${XP[$i]}/readyz" >/dev/null && break; fi
+    sleep 0.1
+  done
 done
 LG() { "$BIN/loadgen" --addr "127.0.0.1:${MP[0]}" "$@"; }
 [ -n "${FAULTS_ONLY:-}" ] && ROUNDS=0

@@ -63,8 +63,14 @@ impl Durable {
     /// The id the stream de-duplicates by: the frame's origin and sequence, unique in the
     /// cluster (the origin is random per process).
     fn id(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let head = &self.frame[..16.min(self.frame.len())];
-        head.iter().map(|b| format!("{b:02x}")).collect()
+        let mut id = String::with_capacity(32);
+        for b in head {
+            id.push(HEX[usize::from(b >> 4)] as char);
+            id.push(HEX[usize::from(b & 15)] as char);
+        }
+        id
     }
 
     fn message(&self) -> PublishMessage {

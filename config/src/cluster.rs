@@ -48,7 +48,7 @@ fn default_store_within() -> u64 {
 
 /// The streams' duplicate window: longer than any `store_within`, so that a message sent again
 /// is recognised.
-pub const DUPLICATE_WINDOW_SECS: u64 = 30;
+pub const DUPLICATE_WINDOW_SECS: u64 = 15;
 
 fn default_replicas() -> usize {
     3
