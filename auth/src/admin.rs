@@ -285,16 +285,7 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                 }
                 let scopes = s.check_scopes(&scopes)?;
                 let t = s.issue(&local, None, scopes, ttl, false, bind_cert.as_deref())?;
-                s.metrics.issued("operator");
-                crate::audit::token_issued(
-                    "cli",
-                    "operator",
-                    &local,
-                    None,
-                    &t.id,
-                    &t.scope,
-                    t.expires_in,
-                );
+                s.record_issued("cli", "operator", &t);
                 ok(
                     format!("token for {local} (id {}), shown only now", t.id),
                     json!({

@@ -327,13 +327,7 @@ async fn no_publish_refused_or_lost_through_five_nats_server_kills() {
                 Some(Packet::PubAck(ack)) => ack.reason_code,
                 Some(Packet::PubRec(rec)) => {
                     if rec.reason_code == ReasonCode::SUCCESS {
-                        publisher
-                            .send(&Packet::PubRel(PubResp {
-                                packet_id: pid,
-                                ..Default::default()
-                            }))
-                            .await;
-                        assert!(matches!(publisher.recv().await, Some(Packet::PubComp(_))));
+                        publisher.release(pid).await;
                     }
                     rec.reason_code
                 }

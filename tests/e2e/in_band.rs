@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::harness::TestBroker;
-use crate::js_clients::node;
+use crate::js_clients::person_at_device_page;
 use crate::oauth::{CLIENT, SECRET, login, password_grant, setup, x_oauth2};
 use crate::raw::Raw;
 
@@ -98,6 +98,19 @@ impl MqttJs {
         (lines, status.success())
     }
 
+    /// The first event that is not a poll's answer (an onboarding device's end).
+    async fn after_polls(&mut self) -> Value {
+        loop {
+            let v = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+                .await
+                .expect("no end to the polls within 30 s")
+                .expect("MQTT.js ended while polling");
+            if v["event"] != "challenge" {
+                return v;
+            }
+        }
+    }
+
     /// The next event; it must be `event`.
     async fn next(&mut self, event: &str) -> Value {
         let v = tokio::time::timeout(Duration::from_secs(60), self.events.recv())
@@ -130,6 +143,16 @@ async fn rumqttc_connect(
             Err(e) => panic!("rumqttc: {e:?}"),
         }
     }
+}
+
+/// Whether the audit log has a token issued over MQTT by `grant_type`.
+fn issued_over_mqtt(b: &TestBroker, grant_type: &str) -> bool {
+    let grant = format!("grant_type=\"{grant_type}\"");
+    b.lines().iter().any(|l| {
+        l.contains("event=\"token_issued\"")
+            && l.contains("transport=\"mqtt\"")
+            && l.contains(&grant)
+    })
 }
 
 fn json(data: &Option<Bytes>) -> Value {
@@ -200,13 +223,7 @@ async fn refresh_in_connect_rotates_the_pair_with_rumqttc_and_mqttjs() {
     let (_r, ack) = Raw::connect(b.tcp, x_oauth2("a1-after", None, Some(&a1))).await;
     assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
     // Audited as issued over MQTT.
-    assert!(
-        b.lines()
-            .iter()
-            .any(|l| l.contains("event=\"token_issued\"")
-                && l.contains("transport=\"mqtt\"")
-                && l.contains("grant_type=\"refresh_token\""))
-    );
+    assert!(issued_over_mqtt(&b, "refresh_token"));
 }
 
 #[tokio::test]
@@ -375,32 +392,14 @@ async fn a_device_onboards_over_mqtt_approved_in_chromium_or_denied() {
     );
 
     // A person opens the page in a browser and approves as Bob.
-    let approved = tokio::task::spawn_blocking(move || {
-        node(&[
-            "tests/js/browser_login.mjs",
-            "device",
-            &page,
-            "bob",
-            "builder",
-        ])
-    })
-    .await
-    .unwrap();
+    let approved = person_at_device_page("device", page, "bob", "builder").await;
     let text = String::from_utf8_lossy(&approved.stdout).to_string();
     assert!(
         approved.status.success() && text.contains("Device approved"),
         "{text}{}",
         String::from_utf8_lossy(&approved.stderr)
     );
-    let connack = loop {
-        let v = tokio::time::timeout(Duration::from_secs(30), device.events.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if v["event"] != "challenge" {
-            break v;
-        }
-    };
+    let connack = device.after_polls().await;
     assert_eq!(connack["event"], "connack", "{connack}");
     assert_eq!(connack["code"], 0, "{connack}");
     let token = connack["data"]["access_token"].as_str().unwrap();
@@ -410,13 +409,7 @@ async fn a_device_onboards_over_mqtt_approved_in_chromium_or_denied() {
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     let out = b.command(&["--json", "session", "list"], "");
     assert!(!String::from_utf8_lossy(&out.stdout).contains(user_code));
-    assert!(
-        b.lines()
-            .iter()
-            .any(|l| l.contains("event=\"token_issued\"")
-                && l.contains("transport=\"mqtt\"")
-                && l.contains("grant_type=\"device_code\""))
-    );
+    assert!(issued_over_mqtt(&b, "device_code"));
 
     // Another device: the person denies it; CONNACK 0x87 access_denied.
     let mut device = MqttJs::start(&["onboard", &url, &device_form("tv")]);
@@ -425,31 +418,13 @@ async fn a_device_onboards_over_mqtt_approved_in_chromium_or_denied() {
         .as_str()
         .unwrap()
         .to_string();
-    let denied = tokio::task::spawn_blocking(move || {
-        node(&[
-            "tests/js/browser_login.mjs",
-            "device-deny",
-            &page,
-            "bob",
-            "builder",
-        ])
-    })
-    .await
-    .unwrap();
+    let denied = person_at_device_page("device-deny", page, "bob", "builder").await;
     assert!(
         denied.status.success(),
         "{}",
         String::from_utf8_lossy(&denied.stderr)
     );
-    let refused = loop {
-        let v = tokio::time::timeout(Duration::from_secs(30), device.events.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if v["event"] != "challenge" {
-            break v;
-        }
-    };
+    let refused = device.after_polls().await;
     assert_eq!(refused["event"], "refused", "{refused}");
     assert_eq!(refused["code"], 0x87, "{refused}");
     assert!(
@@ -602,17 +577,7 @@ async fn the_example_device_lives_through_boot_steady_state_and_months_offline()
         .and_then(|s| s.split(' ').next())
         .unwrap_or_else(|| panic!("{shown}"))
         .to_string();
-    let approved = tokio::task::spawn_blocking(move || {
-        node(&[
-            "tests/js/browser_login.mjs",
-            "device",
-            &page,
-            "alice",
-            "wonderland",
-        ])
-    })
-    .await
-    .unwrap();
+    let approved = person_at_device_page("device", page, "alice", "wonderland").await;
     assert!(
         approved.status.success(),
         "{}",

@@ -17,6 +17,21 @@ pub(crate) fn node(args: &[&str]) -> std::process::Output {
         .expect("node must be installed (and `npm ci` run)")
 }
 
+/// A person at the device verification `page` in headless Chromium signs in and presses
+/// Approve (`device`) or Deny (`device-deny`); the browser script's output.
+pub(crate) async fn person_at_device_page(
+    mode: &'static str,
+    page: String,
+    user: &'static str,
+    password: &'static str,
+) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        node(&["tests/js/browser_login.mjs", mode, &page, user, password])
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn mqttjs_completes_the_two_step_exchange() {
     let b = setup("");
@@ -160,17 +175,7 @@ async fn a_person_in_chromium_logs_in_for_the_code_flow_and_approves_a_device() 
     .json();
     let device_code = d["device_code"].as_str().unwrap().to_string();
     let page = d["verification_uri_complete"].as_str().unwrap().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        node(&[
-            "tests/js/browser_login.mjs",
-            "device",
-            &page,
-            "bob",
-            "builder",
-        ])
-    })
-    .await
-    .unwrap();
+    let out = person_at_device_page("device", page, "bob", "builder").await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success() && text.contains("Device approved"),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tessera_broker::codec::{Packet, PubResp, QoS, ReasonCode};
+use tessera_broker::codec::{Packet, QoS, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::TestBroker;
@@ -149,13 +149,7 @@ async fn metrics_count_a_scripted_workload() {
             .publish("w/2", &[b'c'; 30], QoS::ExactlyOnce, pid)
             .await;
         assert!(matches!(publisher.recv().await, Some(Packet::PubRec(_))));
-        publisher
-            .send(&Packet::PubRel(PubResp {
-                packet_id: pid,
-                ..Default::default()
-            }))
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubComp(_))));
+        publisher.release(pid).await;
     }
     let mut retained = publish("r/x", b"abc", QoS::AtMostOnce, 0);
     retained.retain = true;

@@ -196,6 +196,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             .await;
     }
 
+    /// The second half of a QoS 2 publish: PUBREL for `pid`, then its PUBCOMP.
+    pub async fn release(&mut self, pid: u16) {
+        self.send(&Packet::PubRel(PubResp {
+            packet_id: pid,
+            ..Default::default()
+        }))
+        .await;
+        assert!(matches!(self.recv().await, Some(Packet::PubComp(_))));
+    }
+
     /// The next PUBLISH, acknowledged if QoS 1.
     pub async fn next_publish(&mut self) -> Publish {
         loop {

@@ -345,16 +345,7 @@ async fn submit(
                 "the token store is unavailable",
             );
         };
-        state.service.metrics.issued("implicit");
-        crate::audit::token_issued(
-            "https",
-            "implicit",
-            &t.user,
-            t.client_id.as_deref(),
-            &t.id,
-            &t.scope,
-            t.expires_in,
-        );
+        state.service.record_issued("https", "implicit", &t);
         let expires = t.expires_in.to_string();
         let mut params = vec![
             ("access_token", t.access_token.as_str()),

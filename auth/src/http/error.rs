@@ -141,6 +141,7 @@ impl From<ServiceError> for OAuthError {
             | RefreshOtherCertificate
             | RefreshReused
             | RefreshRace
+            | RefreshNotForThis(_)
             | ScopeExceedsGrant
             | CodeUnknown
             | CodeUsed

@@ -51,16 +51,7 @@ impl AppState {
 
     /// A token issued by `grant_type`, counted and audited, as its JSON answer.
     fn issued(&self, grant_type: &'static str, t: &crate::service::Issued) -> Response {
-        self.service.metrics.issued(grant_type);
-        crate::audit::token_issued(
-            "https",
-            grant_type,
-            &t.user,
-            t.client_id.as_deref(),
-            &t.id,
-            &t.scope,
-            t.expires_in,
-        );
+        self.service.record_issued("https", grant_type, t);
         token::issued_json(t)
     }
 

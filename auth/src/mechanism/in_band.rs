@@ -254,31 +254,30 @@ impl OAuthMechanism {
         let bound_to = asker.thumbprint();
         let username = asker.username.clone();
         // The new pair must be able to log this connection in: checked before the refresh
-        // token is spent, so a mistaken request costs the device nothing.
+        // token is spent (`refresh_for`), so a mistaken request costs the device nothing.
         let issued = blocking(&self.service, move |s| {
-            if let Some((user, scopes)) = s.refresh_grant_of(&refresh_token)? {
-                let scopes = narrower.as_ref().unwrap_or(&scopes);
+            let serves = |user: &str, scopes: &[String]| {
                 if let Some(name) = username.as_deref().filter(|n| !n.is_empty())
-                    && s.local_user(name) != Some(user.as_str())
+                    && s.local_user(name) != Some(user)
                 {
-                    return Ok(Err("the refresh token belongs to another user"));
+                    return Err("the refresh token belongs to another user");
                 }
                 if !scopes.iter().any(|s| s == "sasl_auth" || s == "mqtt") {
-                    return Ok(Err("the refresh token's scopes do not include mqtt"));
+                    return Err("the refresh token's scopes do not include mqtt");
                 }
-            }
-            s.refresh(
+                Ok(())
+            };
+            s.refresh_for(
                 &refresh_token,
                 client_id.as_deref(),
                 narrower,
                 bound_to.as_deref(),
+                serves,
             )
-            .map(Ok)
         })
         .await;
         match issued {
-            Ok(Ok(t)) => self.log_in_with("refresh_token", t, asker),
-            Ok(Err(why)) => fail(ReasonCode::NOT_AUTHORIZED, &format!("invalid_grant: {why}")),
+            Ok(t) => self.log_in_with("refresh_token", t, asker),
             Err(e) => refused(e),
         }
     }
@@ -286,16 +285,7 @@ impl OAuthMechanism {
     /// Newly issued tokens: counted, audited with `transport=mqtt`, and the connection logged
     /// in with the access token; the grant carries their RFC 6749 §5.1 JSON.
     fn log_in_with(&self, grant_type: &'static str, t: Issued, asker: &Asker) -> AuthStep {
-        self.service.metrics.issued(grant_type);
-        crate::audit::token_issued(
-            "mqtt",
-            grant_type,
-            &t.user,
-            t.client_id.as_deref(),
-            &t.id,
-            &t.scope,
-            t.expires_in,
-        );
+        self.service.record_issued("mqtt", grant_type, &t);
         let token = match self.service.validate(&t.access_token) {
             Ok(Some(info)) => info,
             Ok(None) => {

@@ -75,6 +75,9 @@ pub enum ServiceError {
     RefreshRace,
     /// A refresh asked for scopes beyond the original grant (RFC 6749 §6).
     ScopeExceedsGrant,
+    /// The new tokens could not serve the one asking (MQTT in-band: another user's, or not
+    /// for MQTT); the refresh token is not spent.
+    RefreshNotForThis(&'static str),
     /// A bound refresh token presented without its certificate (RFC 8705 §3).
     RefreshOtherCertificate,
     CodeUnknown,
@@ -154,6 +157,7 @@ impl std::fmt::Display for ServiceError {
             RefreshReused => f.write_str("refresh token reused; its grant is revoked"),
             RefreshRace => f.write_str("refresh token already used"),
             ScopeExceedsGrant => f.write_str("the requested scope exceeds the original grant"),
+            RefreshNotForThis(why) => f.write_str(why),
             CodeUnknown => f.write_str("unknown or expired code"),
             CodeUsed => f.write_str("code already used"),
             CodeOtherClient => f.write_str("code issued to another client"),

@@ -54,17 +54,14 @@ impl Drop for Slot {
 impl Onboardings {
     /// Whether `address_key` may start one more: asked before any work, `begin` decides.
     pub fn has_room(&self, address_key: &str) -> bool {
-        let pending = self.pending.lock();
-        pending.len() < IN_ALL
-            && pending.values().filter(|(k, _)| k == address_key).count() < PER_ADDRESS
+        room(&self.pending.lock(), address_key)
     }
 
     /// Takes a place for `p`, counted under `address_key`; `None` if its address or the broker
     /// has as many pending as allowed.
     pub fn begin(self: &Arc<Self>, address_key: String, p: Pending) -> Option<Slot> {
         let mut pending = self.pending.lock();
-        let from_here = pending.values().filter(|(k, _)| *k == address_key).count();
-        if from_here >= PER_ADDRESS || pending.len() >= IN_ALL {
+        if !room(&pending, &address_key) {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -86,6 +83,12 @@ impl Onboardings {
         all.sort_by_key(|p| p.started_ms);
         all
     }
+}
+
+/// The caps: fewer than `PER_ADDRESS` pending from `address_key`, `IN_ALL` in all.
+fn room(pending: &HashMap<u64, (String, Pending)>, address_key: &str) -> bool {
+    pending.len() < IN_ALL
+        && pending.values().filter(|(k, _)| k == address_key).count() < PER_ADDRESS
 }
 
 #[cfg(test)]

@@ -158,19 +158,6 @@ impl TokenService {
             .map(|(t, _)| info(key, t)))
     }
 
-    /// Whose grant a refresh token carries, and its scopes, without spending it (`None`: no
-    /// such token). MQTT's in-band refresh checks that the new pair could log the connection
-    /// in before it rotates the pair.
-    pub fn refresh_grant_of(
-        &self,
-        refresh_token: &str,
-    ) -> ServiceResult<Option<(String, Vec<String>)>> {
-        let key = secrets::token_key(refresh_token);
-        Ok(self
-            .get::<RefreshToken>(Bucket::RefreshTokens, &key)?
-            .map(|(r, _)| (r.user, r.scopes)))
-    }
-
     /// Exchanges a refresh token for a new access token and a new refresh token (rotation).
     /// Presenting a spent refresh token revokes its whole family. `narrower` asks for fewer
     /// scopes than granted (RFC 6749 §6); the refresh token keeps the grant's scopes.
@@ -182,6 +169,22 @@ impl TokenService {
         client_id: Option<&str>,
         narrower: Option<Vec<String>>,
         certificate: Option<&str>,
+    ) -> ServiceResult<Issued> {
+        self.refresh_for(refresh_token, client_id, narrower, certificate, |_, _| {
+            Ok(())
+        })
+    }
+
+    /// `refresh`, where `serves(user, scopes)` says whether the new tokens (that user's, with
+    /// those scopes) can serve the one asking. Asked after the reuse check (a spent token
+    /// still revokes its family) and before the token is spent: a refusal costs nothing.
+    pub fn refresh_for(
+        &self,
+        refresh_token: &str,
+        client_id: Option<&str>,
+        narrower: Option<Vec<String>>,
+        certificate: Option<&str>,
+        serves: impl FnOnce(&str, &[String]) -> Result<(), &'static str>,
     ) -> ServiceResult<Issued> {
         let key = secrets::token_key(refresh_token);
         let Some((mut r, rev)) = self.get::<RefreshToken>(Bucket::RefreshTokens, &key)? else {
@@ -204,6 +207,8 @@ impl TokenService {
         {
             return Err(ServiceError::ScopeExceedsGrant);
         }
+        serves(&r.user, narrower.as_deref().unwrap_or(&r.scopes))
+            .map_err(ServiceError::RefreshNotForThis)?;
         r.spent = true;
         // Compare-and-set: of two concurrent refreshes, one wins and the other is a reuse.
         match self.update(Bucket::RefreshTokens, &key, &r, Some(r.expires_at_ms), rev) {
@@ -224,6 +229,21 @@ impl TokenService {
             Some(r.family),
             certificate,
         )
+    }
+
+    /// Counts a token issued by `grant_type` and writes its audit line; `transport` is how it
+    /// was asked for (`https`, `mqtt`, `cli`).
+    pub fn record_issued(&self, transport: &str, grant_type: &'static str, t: &Issued) {
+        self.metrics.issued(grant_type);
+        crate::audit::token_issued(
+            transport,
+            grant_type,
+            &t.user,
+            t.client_id.as_deref(),
+            &t.id,
+            &t.scope,
+            t.expires_in,
+        );
     }
 
     /// Revokes an access or refresh token given as the token itself or an access token's id.

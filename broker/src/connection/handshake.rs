@@ -401,35 +401,31 @@ fn connack_properties(
 /// the broker still refuses an oversized packet with 0x95). What stays changes what the client
 /// must do (an assigned identifier, the method and its data, expiry, keep-alive, Receive
 /// Maximum, Maximum QoS, a feature that is off): without room for it, no CONNACK.
-fn fit_connack(connack: &mut Packet, version: crate::codec::Version, max: usize) -> bool {
-    if fit(connack, version, max) {
-        return true;
-    }
-    let Packet::ConnAck(a) = connack else {
-        return false;
-    };
-    let p = &mut a.properties;
-    for flag in [
-        &mut p.retain_available,
-        &mut p.wildcard_subscription_available,
-        &mut p.subscription_identifier_available,
-        &mut p.shared_subscription_available,
-    ] {
-        if *flag == Some(1) {
-            *flag = None;
+fn fit_connack(connack: &mut Packet, version: Version, max: usize) -> bool {
+    let sheds: [fn(&mut Properties); 3] = [
+        |p| {
+            for flag in [
+                &mut p.retain_available,
+                &mut p.wildcard_subscription_available,
+                &mut p.subscription_identifier_available,
+                &mut p.shared_subscription_available,
+            ] {
+                if *flag == Some(1) {
+                    *flag = None;
+                }
+            }
+        },
+        |p| p.topic_alias_maximum = None,
+        |p| p.maximum_packet_size = None,
+    ];
+    for shed in sheds {
+        if fit(connack, version, max) {
+            return true;
         }
-    }
-    if fit(connack, version, max) {
-        return true;
-    }
-    if let Packet::ConnAck(a) = connack {
-        a.properties.topic_alias_maximum = None;
-    }
-    if fit(connack, version, max) {
-        return true;
-    }
-    if let Packet::ConnAck(a) = connack {
-        a.properties.maximum_packet_size = None;
+        let Packet::ConnAck(a) = connack else {
+            return false;
+        };
+        shed(&mut a.properties);
     }
     fit(connack, version, max)
 }

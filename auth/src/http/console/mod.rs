@@ -268,16 +268,9 @@ async fn callback(
     match issued {
         Ok(Ok(t)) => {
             audit::console_sign_in(&t.user, true, "");
-            state.service.metrics.issued("authorization_code");
-            audit::token_issued(
-                "https",
-                "authorization_code",
-                &t.user,
-                Some(CLIENT_ID),
-                &t.id,
-                &t.scope,
-                t.expires_in,
-            );
+            state
+                .service
+                .record_issued("https", "authorization_code", &t);
             let mut resp = redirect("/console/");
             set_cookie(&mut resp, SESSION_COOKIE, &t.access_token, t.expires_in);
             set_cookie(&mut resp, LOGIN_COOKIE, "", 0);
