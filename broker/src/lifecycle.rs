@@ -53,16 +53,27 @@ impl Broker {
             link,
         );
         let mut durable_at = None;
-        if let Some(j) = self.journal() {
+        let will = will.map(|w| {
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            (Message::from_will(w.clone()), delay)
+        });
+        {
             let mut st = session.state.lock();
-            if st.persisted || expiry_interval > 0 || will.is_some() {
+            if let Some(j) = self.journal()
+                && (st.persisted || expiry_interval > 0 || will.is_some())
+            {
                 st.persisted = true;
-                let will = will.map(|w| StoredWill {
-                    message: StoredMessage::from_message(&Message::from_will(w.clone())),
-                    delay: w.properties.will_delay_interval.unwrap_or(0),
+                let will = will.as_ref().map(|(m, delay)| StoredWill {
+                    message: StoredMessage::from_message(m),
+                    delay: *delay,
                 });
                 durable_at = Some(j.append(Record::Session(Box::new(head(&session, &st, will)))));
             }
+            // An attached connection's will waits the smaller of its delay and the expiry.
+            let will = will
+                .as_ref()
+                .map(|(m, d)| (m, (*d).min(expiry_interval), None));
+            self.report_will(&session, &mut st, will);
         }
         let present = present || moved.is_some();
         if let Some(moved) = moved {
@@ -140,6 +151,7 @@ impl Broker {
             st.inflight.clear();
             st.unsent.clear();
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            self.report_will(session, &mut st, None);
             (subs, st.pending_will.take())
         };
         {
@@ -200,6 +212,14 @@ impl Broker {
                 }
                 // Taken over while the session continues: a delayed will is cancelled.
             }
+            if was_attached {
+                let pending = st.pending_will.clone();
+                let will = stored_will
+                    .as_ref()
+                    .zip(pending.as_deref())
+                    .map(|(s, m)| (m, s.delay, Some(SystemTime::now())));
+                self.report_will(session, &mut st, will);
+            }
             let mut end_now = false;
             if was_attached && !ended {
                 match st.expiry_interval {
@@ -239,6 +259,7 @@ impl Broker {
             let will = {
                 let mut st = session.state.lock();
                 let will = st.pending_will.take();
+                broker.report_will(session, &mut st, None);
                 if will.is_some()
                     && st.persisted
                     && let Some(j) = broker.journal()
@@ -251,6 +272,27 @@ impl Broker {
                 broker.publish(w);
             }
         });
+    }
+
+    /// Tells the cluster the session's will now: the connection's (attached, `lost_at`
+    /// `None`), a pending one, or none. Under the session's lock, so one client id's reports
+    /// keep the order of its changes; "none" only after a will was reported.
+    fn report_will(
+        &self,
+        session: &Session,
+        st: &mut SessionState,
+        will: Option<(&Message, u32, Option<SystemTime>)>,
+    ) {
+        if will.is_none() && !st.will_reported {
+            return;
+        }
+        st.will_reported = will.is_some();
+        let (message, delay, lost_at) = match will {
+            Some((m, d, at)) => (Some(m), d, at),
+            None => (None, 0, None),
+        };
+        self.cluster
+            .will(&session.client_id, message, delay, lost_at);
     }
 
     /// Ends the session after `delay` unless it is no longer in the detachment `detached`.

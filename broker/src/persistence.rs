@@ -71,8 +71,16 @@ pub(crate) fn journal_start(state: &StoredState) -> (MessageRefs, u64, Vec<u64>)
 
 impl Broker {
     /// Rebuilds retained messages and sessions from the store (at start, before listening).
-    /// `orphans` are message bodies to drop (see [`journal_start`]).
-    pub(crate) fn restore(self: &Arc<Self>, state: StoredState, orphans: Vec<u64>) {
+    /// `orphans` are message bodies to drop (see [`journal_start`]). `wills_to_cluster`: this
+    /// node is one of a cluster, whose record of every will (`Event::Will`) is the one that
+    /// counts: a will left here by a crash is published by whichever node claims that record
+    /// first (this one once it joins, or another while it was down), not from here.
+    pub(crate) fn restore(
+        self: &Arc<Self>,
+        state: StoredState,
+        orphans: Vec<u64>,
+        wills_to_cluster: bool,
+    ) {
         let now = SystemTime::now();
         let journal = self.journal();
         if let Some(j) = journal {
@@ -102,6 +110,7 @@ impl Broker {
         let down_since = state.last_alive.unwrap_or(now);
         let (mut restored, mut ended) = (0, 0);
         let mut wills_now = Vec::new();
+        let mut left_to_cluster = 0;
         for rec in state.sessions {
             let head_rec = rec.head;
             let expiry = head_rec.expiry_interval;
@@ -120,6 +129,13 @@ impl Broker {
                 };
                 (Arc::new(w.message.to_message()), delay)
             });
+            let will = match will {
+                Some(_) if wills_to_cluster => {
+                    left_to_cluster += 1;
+                    None
+                }
+                will => will,
+            };
             let will_delay = will.as_ref().map_or(0, |(_, d)| *d);
             let elapsed = now.duration_since(since).unwrap_or_default();
             let left = match expiry {
@@ -252,6 +268,7 @@ impl Broker {
                 sessions = restored,
                 ended,
                 wills,
+                wills_left_to_cluster = left_to_cluster,
                 retained = self.retained_count(),
                 "restored state from the store"
             );

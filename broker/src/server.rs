@@ -55,7 +55,7 @@ impl Server {
                 let interval = (config.storage.snapshot_interval > 0)
                     .then(|| Duration::from_secs(config.storage.snapshot_interval as u64));
                 let broker = Broker::new(mqtt, auth, Persistence::Snapshots { store, interval });
-                broker.restore(state, Vec::new());
+                broker.restore(state, Vec::new(), config.cluster.is_some());
                 broker
             }
             Durability::Durable => {
@@ -63,7 +63,7 @@ impl Server {
                 let (refs, next_message_id, orphans) = journal_start(&state);
                 let journal = Journal::start(store.clone(), refs, next_message_id)?;
                 let broker = Broker::new(mqtt, auth, Persistence::Journal { store, journal });
-                broker.restore(state, orphans);
+                broker.restore(state, orphans, config.cluster.is_some());
                 broker
             }
         };

@@ -180,6 +180,8 @@ pub struct SessionState {
     pub unsent: VecDeque<(u16, u64)>,
     /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
     pub pending_will: Option<Arc<Message>>,
+    /// The cluster was last told of a will of this session (`Broker::report_will`).
+    pub will_reported: bool,
     /// The attached connection left messages in `pending` because the client is not taking
     /// them (its socket is full or its Receive Maximum is reached), as opposed to its task not
     /// having run yet. Set by the connection each time it drains the queue.
@@ -240,6 +242,7 @@ impl Session {
                 next_packet_id: 1,
                 incoming_qos2: BTreeSet::new(),
                 pending_will: None,
+                will_reported: false,
                 persisted: false,
                 next_seq: 1,
                 unsent: VecDeque::new(),

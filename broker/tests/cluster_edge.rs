@@ -424,3 +424,92 @@ async fn the_cluster_counts_reach_the_metrics() {
     assert_eq!(n.server.handle().metrics().cluster, Some(counts));
     n.server.shutdown().await;
 }
+
+/// The reports of `client`'s will, in order: whether there was one and its connection was
+/// gone, and its delay.
+fn will_reports(log: &[Recorded], client: &str) -> Vec<Option<(bool, u32)>> {
+    log.iter()
+        .filter_map(|r| match r {
+            Recorded::Will { client_id, will } if client_id == client => {
+                Some(will.as_ref().map(|(_, delay, lost)| (*lost, *delay)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_will_is_reported_while_it_may_be_published_and_cleared_once_it_was() {
+    let n = node().await;
+    let connect = |clean: bool, delay: u32| {
+        let mut will = codec::Will {
+            topic: "wills/w".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        };
+        will.properties.will_delay_interval = Some(delay);
+        Packet::Connect(Box::new(codec::Connect {
+            version: Version::V5,
+            clean_start: clean,
+            keep_alive: 0,
+            properties: Properties {
+                session_expiry_interval: Some(60),
+                ..Default::default()
+            },
+            client_id: "w".into(),
+            will: Some(will),
+            username: None,
+            password: None,
+        }))
+    };
+    // Connected with a will of 1 s: reported attached, with its delay and the PUBLISH the
+    // other nodes would send.
+    let mut c = Raw::open(n.addr).await;
+    c.send(connect(true, 1)).await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    let r = n
+        .peers
+        .wait_for(|r| matches!(r, Recorded::Will { .. }))
+        .await;
+    let Recorded::Will {
+        will: Some((packet, 1, false)),
+        ..
+    } = &r
+    else {
+        panic!("{r:?}")
+    };
+    let Ok(Some(Packet::Publish(p))) =
+        codec::decode(&mut BytesMut::from(&packet[..]), Version::V5, usize::MAX)
+    else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("wills/w", &b"gone"[..])
+    );
+    // Its connection dropped: pending, then published after 1 s and cleared.
+    drop(c);
+    n.peers
+        .wait_until(|log| (will_reports(log, "w").len() >= 3).then_some(()))
+        .await;
+    assert_eq!(
+        will_reports(&n.peers.log(), "w"),
+        [Some((false, 1)), Some((true, 1)), None]
+    );
+    // Back with a will, then a normal DISCONNECT: attached, then cleared.
+    let mut c = Raw::open(n.addr).await;
+    c.send(connect(false, 30)).await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    c.send(Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(c.recv().await, None);
+    n.peers
+        .wait_until(|log| (will_reports(log, "w").len() >= 5).then_some(()))
+        .await;
+    assert_eq!(
+        will_reports(&n.peers.log(), "w")[3..],
+        [Some((false, 30)), None]
+    );
+    n.server.shutdown().await;
+}

@@ -23,12 +23,15 @@
 //!   - `sessions.rs`: persistent sessions' records (one owner, compare-and-set), moving a
 //!     session to the node its client connects on, and replaying its queued messages there
 //!     (the broker's half of a move is its `cluster/sessions.rs`);
+//!   - `wills.rs`: every will a node holds, recorded where the others see it; a node that
+//!     dies has its clients' wills published by another, once;
 //!   - `nodes.rs`: each node's heartbeat in a bucket of its own (with its connection count),
-//!     read back for the cluster's counts and by `tessera cluster status`.
+//!     read back for the cluster's counts, for the wills of nodes that are down, and by
+//!     `tessera cluster status`.
 //!
 //! Names (with the default prefix `tessera`): buckets `tessera_users`, `tessera_clients`,
 //! `tessera_access_tokens`, `tessera_refresh_tokens`, `tessera_auth_codes`,
-//! `tessera_device_codes`, `tessera_nodes`, `tessera_sessions`; streams `tessera_qos`,
+//! `tessera_device_codes`, `tessera_nodes`, `tessera_sessions`, `tessera_wills`; streams `tessera_qos`,
 //! `tessera_retained`; subjects `tessera.revoked`, `tessera.m.<topic>`, `tessera.q.<topic>`,
 //! `tessera.r.<topic>`, `tessera.takeover`, `tessera.handoff.<node>` (docs/cluster.md).
 //!
@@ -49,10 +52,12 @@ mod outbound;
 mod peers;
 mod qos;
 mod retained;
+mod scan;
 mod sessions;
 mod shared;
 mod subjects;
 mod takeover;
+mod wills;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Each node's heartbeat: a record in the `<prefix>_nodes` bucket (key: the escaped node name),
-//! rewritten every `BEAT` with the node's connection count, and read back on the same beat for
-//! the cluster's counts (`$SYS/cluster/...`, `/metrics`) and by `tessera cluster status`.
+//! rewritten every `BEAT` with the node's connection count and its run (`boot`), and read back
+//! on the same beat for the cluster's counts (`$SYS/cluster/...`, `/metrics`), for the wills
+//! of nodes that are down (`wills.rs`), and by `tessera cluster status`.
 //! The token store's readiness probe writes its own key in the bucket (`probe_key`), which no
 //! node name can take.
 
@@ -29,6 +30,9 @@ const BEAT: Duration = Duration::from_secs(2);
 pub struct NodeStatus {
     pub node: String,
     pub version: String,
+    /// This run of the node (random at each start).
+    #[serde(default)]
+    pub boot: String,
     /// Milliseconds since the epoch of its last heartbeat.
     pub seen_at_ms: u64,
     /// MQTT connections it served then.
@@ -45,8 +49,14 @@ pub(crate) fn probe_key(node: &str) -> String {
 }
 
 /// Writes this node's heartbeat every `BEAT` (a replicated write: it fails while JetStream
-/// cannot write) and reads every node's into `peers`' counts, for the life of the process.
-pub(crate) fn spawn_heartbeat(nats: &Arc<Nats>, broker: PeerHandle, peers: Arc<NatsPeers>) {
+/// cannot write) and reads every node's into `peers`' counts and wills, for the life of the
+/// process.
+pub(crate) fn spawn_heartbeat(
+    nats: &Arc<Nats>,
+    broker: PeerHandle,
+    peers: Arc<NatsPeers>,
+    boot: String,
+) {
     let (js, bucket, node) = (
         nats.jetstream.clone(),
         nats.name("nodes"),
@@ -55,16 +65,20 @@ pub(crate) fn spawn_heartbeat(nats: &Arc<Nats>, broker: PeerHandle, peers: Arc<N
     nats.spawn(async move {
         let mut tick = tokio::time::interval(BEAT);
         let mut failing = false;
+        // Since when every heartbeat has been written.
+        let mut writing_since: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
             let status = NodeStatus {
                 node: node.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                boot: boot.clone(),
                 seen_at_ms: now_ms(),
                 connections: broker.connections() as u64,
                 up: true,
             };
-            match beat(&js, &bucket, &status).await {
+            let written = beat(&js, &bucket, &status).await;
+            match &written {
                 Ok(()) if failing => {
                     info!("heartbeat to NATS written again");
                     failing = false;
@@ -75,7 +89,13 @@ pub(crate) fn spawn_heartbeat(nats: &Arc<Nats>, broker: PeerHandle, peers: Arc<N
                 }
                 _ => {}
             }
+            writing_since = match written {
+                Ok(()) => writing_since.or(Some(std::time::Instant::now())),
+                Err(_) => None,
+            };
             if let Ok(nodes) = read_nodes(js.clone(), bucket.clone()).await {
+                let writing_for = writing_since.map_or(Duration::ZERO, |t| t.elapsed());
+                peers.wills.seen(&nodes, writing_for);
                 let up = nodes.iter().filter(|n| n.up);
                 let c = &peers.counts;
                 c.nodes_up
@@ -118,6 +138,17 @@ pub fn node_statuses(nats: &Nats) -> Result<Vec<NodeStatus>, ClusterError> {
             what: "the nodes bucket".into(),
             reason: e,
         })
+}
+
+/// The heartbeat `node` last wrote, if any (this node's previous run's, before its first).
+pub(crate) async fn read_node(
+    js: async_nats::jetstream::Context,
+    bucket: String,
+    node: String,
+) -> Option<NodeStatus> {
+    let store: Store = js.get_key_value(bucket).await.ok()?;
+    let value = store.get(escape(&node)).await.ok()??;
+    serde_json::from_slice(&value).ok()
 }
 
 /// `node_statuses`, on the NATS runtime.

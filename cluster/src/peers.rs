@@ -8,6 +8,7 @@
 //! | `Interest`, `InterestTicket` | the interest task | `interest.rs` |
 //! | `Connected` | the publishing task, as a takeover | `takeover.rs` |
 //! | `claim`, `Resumed`, `SessionChanged` | the session records | `sessions.rs` |
+//! | `Will` | the will records | `wills.rs` |
 //!
 //! and back into the engine through its `PeerHandle`: messages from core NATS (`inbound.rs`),
 //! from the QoS 1/2 stream (`qos.rs`), retained values (`retained.rs`), shared groups
@@ -26,6 +27,7 @@ use crate::interest::Interest;
 use crate::outbound::Out;
 use crate::sessions::{Position, Sessions};
 use crate::subjects::topic_subject;
+use crate::wills::Wills;
 use crate::{ClusterError, Nats};
 
 pub struct NatsPeers {
@@ -34,6 +36,8 @@ pub struct NatsPeers {
     interest: mpsc::UnboundedSender<Interest>,
     /// Persistent sessions' records and moves (`sessions.rs`).
     sessions: Arc<Sessions>,
+    /// Wills where every node sees them (`wills.rs`).
+    pub(crate) wills: Arc<Wills>,
     subjects: Subjects,
     /// This process's random id: its messages carry it, so it can drop its own.
     origin: u64,
@@ -132,6 +136,13 @@ impl Peers for NatsPeers {
             }
             Event::Resumed { client_id } => self.sessions.resumed(client_id),
             Event::SessionChanged { client_id } => self.sessions.changed(client_id),
+            Event::Will { client_id, will } => self.wills.changed(
+                client_id,
+                will.map(|w| {
+                    let lost_at = w.lost_at.map(crate::sessions::ms);
+                    (Bytes::copy_from_slice(w.packet), w.delay, lost_at)
+                }),
+            ),
         }
     }
 
@@ -175,12 +186,15 @@ pub fn connect(nats: Arc<Nats>, broker: PeerHandle) -> Result<Arc<NatsPeers>, Cl
         position.clone(),
         interest.clone(),
     )?;
+    let boot = format!("{origin:016x}");
+    let wills = Wills::start(nats.clone(), broker.clone(), sessions.clone(), boot.clone())?;
     let out = crate::outbound::spawn(&nats, broker.clone());
     let peers = Arc::new(NatsPeers {
         out,
         broker: broker.clone(),
         interest: interest.clone(),
         sessions,
+        wills: wills.clone(),
         subjects: Subjects {
             messages: nats.subject("m"),
             durable: nats.subject("q"),
@@ -197,10 +211,12 @@ pub fn connect(nats: Arc<Nats>, broker: PeerHandle) -> Result<Arc<NatsPeers>, Cl
     crate::qos::spawn_consumer(&nats, broker.clone(), origin, filters, position);
     crate::retained::spawn_follower(&nats, broker.clone(), origin);
     crate::takeover::spawn_follower(&nats, broker.clone(), origin);
-    crate::nodes::spawn_heartbeat(&nats, broker.clone(), peers.clone());
+    crate::nodes::spawn_heartbeat(&nats, broker.clone(), peers.clone(), boot);
     follow_connection(&nats, broker.clone());
     broker.join(peers.clone());
     let _ = interest.send(Interest::Restored);
+    // Joined: a will left by this node's previous run is published to every node.
+    wills.claim_left_behind();
     Ok(peers)
 }
 

@@ -118,7 +118,7 @@ fn subs_of(snapshot: &SessionSnapshot) -> Vec<Sub> {
         .collect()
 }
 
-fn ms(t: SystemTime) -> u64 {
+pub(crate) fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -309,6 +309,60 @@ impl Sessions {
             }));
         }
         Err("the session's record kept changing".into())
+    }
+
+    /// The node whose client is connected to `client_id`'s session now, as its record says.
+    pub(crate) async fn online_owner(&self, client_id: &str) -> Option<String> {
+        let entry = self.store.entry(escape(client_id)).await.ok()??;
+        let r: Record = serde_json::from_slice(&entry.value).ok()?;
+        (entry.operation == Operation::Put && r.offline_since_ms.is_none()).then_some(r.owner)
+    }
+
+    /// Ends what the sessions of dead nodes (name → last heartbeat, ms) say: a session still
+    /// marked online lost its connection at its node's last heartbeat, and its expiry counts
+    /// from then; one whose expiry has passed is deleted. Compare-and-set: a session taken
+    /// meanwhile is left to its new owner.
+    pub(crate) async fn end_orphaned(&self, dead: &HashMap<String, u64>) -> Result<(), String> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let bucket = self.nats.name("sessions");
+        let now = now_ms();
+        let (mut offline, mut ended) = (0, 0);
+        for r in crate::scan::scan(&self.nats.jetstream, &bucket, "").await? {
+            let Ok(mut record) = serde_json::from_slice::<Record>(&r.value) else {
+                continue;
+            };
+            let Some(&last_seen) = dead.get(&record.owner) else {
+                continue;
+            };
+            if record.offline_since_ms.is_none() {
+                record.offline_since_ms = Some(last_seen);
+            }
+            if record.expired(now) {
+                if self
+                    .store
+                    .delete_expect_revision(&r.key, Some(r.revision))
+                    .await
+                    .is_ok()
+                {
+                    ended += 1;
+                }
+            } else if r.value != serde_json::to_vec(&record).unwrap_or_default() {
+                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                if self.store.update(&r.key, value, r.revision).await.is_ok() {
+                    offline += 1;
+                }
+            }
+        }
+        if offline + ended > 0 {
+            info!(
+                offline,
+                ended,
+                "sessions of nodes that are down: marked offline, or ended past their expiry"
+            );
+        }
+        Ok(())
     }
 
     /// Asks `owner` to let the session go; its last record, if it answered with one.

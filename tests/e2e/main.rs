@@ -16,6 +16,7 @@ mod cluster;
 mod cluster_harness;
 mod cluster_sessions;
 mod cluster_shared;
+mod cluster_wills;
 mod console;
 mod crash;
 mod durability;

@@ -97,6 +97,15 @@ impl PeerHandle {
         Ok(())
     }
 
+    /// Publishes the will of a client of a node that died (the bytes [`Peers::forward`] was
+    /// given there, from an [`Event::Will`](super::Event::Will)) as this node's own: routed
+    /// here and forwarded to the other nodes, as the dead node would have.
+    pub fn publish_will(&self, packet: Bytes) -> Result<(), PeerPacketError> {
+        let message = Arc::new(decode(packet, 0)?);
+        self.0.publish(message);
+        Ok(())
+    }
+
     /// Keeps a retained message another node published, without routing it (the cluster's
     /// state a node takes when it starts): as its retained value, or, empty, none.
     pub fn retain(&self, packet: Bytes) -> Result<(), PeerPacketError> {

@@ -95,6 +95,26 @@ pub enum Event<'a> {
     /// A session's subscriptions or presence changed, or it ended (read it with
     /// [`PeerHandle::session_snapshot`]).
     SessionChanged { client_id: &'a str },
+    /// The will `client_id`'s session has here now, `None` once there is none (published,
+    /// discarded, or the connection had none): the other nodes publish it if this node dies
+    /// before it does (`PeerHandle::publish_will` there). Reported under the session's lock,
+    /// so the events of one client id come in the order of its changes.
+    Will {
+        client_id: &'a str,
+        will: Option<ClusterWill<'a>>,
+    },
+}
+
+/// A will as the other nodes keep it while its connection's node is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterWill<'a> {
+    /// The will as an MQTT 5 PUBLISH (the bytes [`Peers::forward`] would be given).
+    pub packet: &'a [u8],
+    /// Seconds it waits after its connection is gone: the smaller of its Will Delay and the
+    /// session's expiry.
+    pub delay: u32,
+    /// When its connection went; `None` while it is attached.
+    pub lost_at: Option<SystemTime>,
 }
 
 /// The whole cluster at a glance, from the nodes' heartbeats.
@@ -191,6 +211,30 @@ impl Cluster {
         if let Some(peers) = self.peers() {
             peers.event(Event::Resumed { client_id });
         }
+    }
+
+    /// The session's will now (see [`Event::Will`]); call it under the session's lock.
+    pub(crate) fn will(
+        &self,
+        client_id: &str,
+        will: Option<&Message>,
+        delay: u32,
+        lost_at: Option<SystemTime>,
+    ) {
+        let Some(peers) = self.peers() else {
+            return;
+        };
+        // `$` topics stay on their node, wills too.
+        let will = will.filter(|w| !w.topic.as_str().starts_with('$'));
+        let packet = will.map(|w| encode(w, Instant::now()));
+        peers.event(Event::Will {
+            client_id,
+            will: packet.as_deref().map(|packet| ClusterWill {
+                packet,
+                delay,
+                lost_at,
+            }),
+        });
     }
 
     pub(crate) fn session_changed(&self, client_id: &str) {

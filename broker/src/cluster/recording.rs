@@ -40,6 +40,11 @@ pub enum Recorded {
     },
     Resumed(String),
     SessionChanged(String),
+    /// `will`: the PUBLISH, its delay, and whether its connection was gone.
+    Will {
+        client_id: String,
+        will: Option<(Bytes, u32, bool)>,
+    },
 }
 
 impl Recorded {
@@ -138,6 +143,13 @@ impl Peers for RecordingPeers {
             },
             Event::Resumed { client_id } => Recorded::Resumed(client_id.to_string()),
             Event::SessionChanged { client_id } => Recorded::SessionChanged(client_id.to_string()),
+            Event::Will { client_id, will } => Recorded::Will {
+                client_id: client_id.to_string(),
+                will: will.map(|w| {
+                    let packet = Bytes::copy_from_slice(w.packet);
+                    (packet, w.delay, w.lost_at.is_some())
+                }),
+            },
         });
     }
 
