@@ -118,6 +118,9 @@ pub(crate) enum Record {
     IncomingRemove(Arc<str>, u16),
     /// A stored message body nothing references (found at start).
     DropMessage(u64),
+    /// The other nodes' QoS 1/2 messages are routed through this stream sequence
+    /// ([`Batch::peers_routed`](crate::store::Batch::peers_routed)).
+    PeersRouted(u64),
 }
 
 struct Pending {

@@ -107,6 +107,8 @@ impl Broker {
                 (*id, Arc::new(message))
             })
             .collect();
+        self.cluster
+            .restore_peers_routed(state.peers_routed.unwrap_or(0));
         let down_since = state.last_alive.unwrap_or(now);
         let (mut restored, mut ended) = (0, 0);
         let mut wills_now = Vec::new();
@@ -339,11 +341,15 @@ impl Broker {
         let Some(store) = self.store() else {
             return Ok(());
         };
+        // Read first: a message routed meanwhile may be in the snapshot and come again
+        // (at least once), but none routed after it is skipped as if it were in it.
+        let routed = self.cluster.peers_routed();
         let changes = self.snapshot();
         let n = changes.len();
         store.commit(&Batch {
             changes,
             alive_at: Some(SystemTime::now()),
+            peers_routed: (routed > 0).then_some(routed),
         })?;
         info!(records = n, "state snapshot written");
         Ok(())

@@ -136,7 +136,8 @@ pub(crate) fn spawn_consumer(
         }
         loop {
             let (generation, subjects) = filters.borrow_and_update().clone();
-            let opened = open_session(&js, &stream_name, &durable, subjects, &position).await;
+            let opened =
+                open_session(&broker, &js, &stream_name, &durable, subjects, &position).await;
             let (stream, mut messages) = match opened {
                 Ok(opened) => opened,
                 Err(e) => {
@@ -198,16 +199,31 @@ fn consumer_config(durable: &str, subjects: Vec<String>) -> pull::Config {
 /// (whatever an earlier session or process was sent and did not acknowledge comes again) and
 /// starts pulling.
 async fn open_session(
+    broker: &PeerHandle,
     js: &async_nats::jetstream::Context,
     stream_name: &str,
     durable: &str,
     subjects: Vec<String>,
     position: &Position,
 ) -> Result<(stream::Stream, Pulled), String> {
-    let stream = js
+    let mut stream = js
         .get_stream(stream_name)
         .await
         .map_err(|e| e.to_string())?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    if broker.peers_routed() > last {
+        // Routed through a sequence this stream never reached: it is a new stream.
+        warn!(
+            routed = broker.peers_routed(),
+            last, "the QoS 1/2 stream is newer than what this node routed; reading it all"
+        );
+        broker.routed_through(0);
+    }
     let config = consumer_config(durable, subjects);
     let consumer = match stream.update_consumer(config.clone()).await {
         Ok(c) => {
@@ -238,6 +254,11 @@ async fn open_session(
 
 /// Routes what has arrived together, makes it durable with one sync, then acknowledges its
 /// last message. `Err` (why) when the session must end: see `spawn_consumer`'s invariant.
+///
+/// A message at or below `PeerHandle::peers_routed` is taken without routing: it was
+/// routed here before and JetStream delivers it again (its acknowledgement did not land
+/// before a crash, or the reading session started again from the acknowledgement floor).
+/// That sequence is journaled with each batch, so a QoS 2 message is not queued twice.
 async fn take_batch(
     broker: &PeerHandle,
     origin: u64,
@@ -248,6 +269,8 @@ async fn take_batch(
     let mut broken = None;
     // The last message taken: its acknowledgement covers the ones before it.
     let mut last = None;
+    let routed_before = broker.peers_routed();
+    let mut routed_through = routed_before;
     for item in batch {
         let m = match item {
             Ok(m) => m,
@@ -271,13 +294,19 @@ async fn take_batch(
             break;
         }
         *last_delivery = Some(info.consumer_sequence);
-        route(
-            broker,
-            origin,
-            m.payload.clone(),
-            crate::stream_ms(info.published),
-        );
+        if info.stream_sequence > routed_through {
+            route(
+                broker,
+                origin,
+                m.payload.clone(),
+                crate::stream_ms(info.published),
+            );
+            routed_through = info.stream_sequence;
+        }
         last = Some(m);
+    }
+    if routed_through != routed_before {
+        broker.routed_through(routed_through);
     }
     if let Some(last) = last {
         broker

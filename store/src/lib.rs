@@ -3,7 +3,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `schema_version`, `last_alive` (ms since the epoch) | u64 |
+//! | `meta` | `schema_version`, `last_alive` (ms since the epoch), `peers_routed` (a stream sequence) | u64 |
 //! | `retained` | topic | message |
 //! | `messages` | message id | message |
 //! | `sessions` | client id | session head |
@@ -189,6 +189,24 @@ impl RedbBrokerStore {
     }
 }
 
+/// What a batch says besides its changes, in the `meta` table (in the batch's transaction).
+fn write_meta(tx: &redb::WriteTransaction, batch: &Batch) -> Result<(), StoreError> {
+    let values = [
+        ("last_alive", batch.alive_at.map(millis)),
+        ("peers_routed", batch.peers_routed),
+    ];
+    if values.iter().all(|(_, v)| v.is_none()) {
+        return Ok(());
+    }
+    let mut meta = tx.open_table(META).map_err(|e| failed("write", e))?;
+    for (key, value) in values {
+        if let Some(v) = value {
+            meta.insert(key, v).map_err(|e| failed("write", e))?;
+        }
+    }
+    Ok(())
+}
+
 impl Open {
     /// Appends `batch` to the log as one row.
     fn log(&mut self, batch: &Batch, record: &[u8]) -> Result<(), StoreError> {
@@ -197,11 +215,7 @@ impl Open {
             let mut log = tx.open_table(LOG).map_err(|e| failed("write", e))?;
             log.insert(self.next_row, record)
                 .map_err(|e| failed("write", e))?;
-            if let Some(t) = batch.alive_at {
-                let mut meta = tx.open_table(META).map_err(|e| failed("write", e))?;
-                meta.insert("last_alive", millis(t))
-                    .map_err(|e| failed("write", e))?;
-            }
+            write_meta(&tx, batch)?;
         }
         tx.commit().map_err(|e| failed("commit", e))?;
         for c in &batch.changes {
@@ -223,11 +237,7 @@ impl Open {
                 for c in &batch.changes {
                     t.apply(c)?;
                 }
-                if let Some(at) = batch.alive_at {
-                    let mut meta = tx.open_table(META).map_err(|e| failed("write", e))?;
-                    meta.insert("last_alive", millis(at))
-                        .map_err(|e| failed("write", e))?;
-                }
+                write_meta(&tx, batch)?;
             }
         }
         tx.delete_table(LOG).map_err(|e| failed("write", e))?;

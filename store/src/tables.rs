@@ -211,6 +211,10 @@ pub(crate) fn read(tx: &ReadTransaction) -> Result<StoredState, StoreError> {
         .get("last_alive")
         .map_err(|e| failed("meta", e))?
         .map(|v| UNIX_EPOCH + Duration::from_millis(v.value()));
+    state.peers_routed = meta
+        .get("peers_routed")
+        .map_err(|e| failed("meta", e))?
+        .map(|v| v.value());
     let retained = tx.open_table(RETAINED).map_err(|e| failed("retained", e))?;
     for row in retained.iter().map_err(|e| failed("retained", e))? {
         let (k, v) = row.map_err(|e| failed("retained", e))?;

@@ -47,6 +47,7 @@ fn batch(changes: Vec<Change>) -> Batch {
     Batch {
         changes,
         alive_at: Some(SystemTime::now()),
+        peers_routed: None,
     }
 }
 
@@ -397,4 +398,36 @@ fn the_log_and_its_checkpoints_keep_the_state_exactly() {
             "seed {seed}, at the end"
         );
     }
+}
+
+#[test]
+fn the_peers_routed_sequence_lands_with_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.redb");
+    let store = RedbBrokerStore::open(&path).unwrap();
+    let routed = |store: &RedbBrokerStore, seq: Option<u64>, changes: Vec<Change>| {
+        store
+            .commit(&Batch {
+                changes,
+                alive_at: None,
+                peers_routed: seq,
+            })
+            .unwrap();
+    };
+    routed(&store, Some(40), session_changes("a"));
+    checkpoint(&store);
+    // In the log only, then a batch without one: the last one given stands.
+    routed(
+        &store,
+        Some(57),
+        vec![Change::PutEntry("a".into(), entry(3, 7))],
+    );
+    routed(&store, None, vec![Change::DeleteEntry("a".into(), 3)]);
+    assert_eq!(store.load().unwrap().peers_routed, Some(57));
+    drop(store);
+    let state = RedbBrokerStore::open(&path).unwrap().load().unwrap();
+    assert_eq!(state.peers_routed, Some(57));
+    // A store that never had one says so.
+    let other = RedbBrokerStore::open(&dir.path().join("other.redb")).unwrap();
+    assert_eq!(other.load().unwrap().peers_routed, None);
 }

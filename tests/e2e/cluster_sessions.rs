@@ -177,7 +177,7 @@ async fn a_will_fires_once_from_the_node_that_held_the_connection() {
 }
 
 /// A pseudo-random delay in `[lo, hi)` ms (printed, so a failing run can be replayed).
-fn random_ms(lo: u64, hi: u64) -> u64 {
+pub(crate) fn random_ms(lo: u64, hi: u64) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -14,6 +14,7 @@ mod certificates;
 mod clients;
 mod cluster;
 mod cluster_harness;
+mod cluster_qos2;
 mod cluster_sessions;
 mod cluster_shared;
 mod cluster_wills;

@@ -97,6 +97,26 @@ impl PeerHandle {
         Ok(())
     }
 
+    /// Every message of the QoS 1/2 stream through sequence `seq` has been routed here (call
+    /// it after routing them, before [`PeerHandle::sync`]): journaled with the routed
+    /// messages' queue entries, so after a crash [`PeerHandle::peers_routed`] says which
+    /// messages JetStream delivers again were routed already. Lower than before only when
+    /// the stream is a new one.
+    pub fn routed_through(&self, seq: u64) {
+        let c = &self.0.cluster;
+        if c.peers_routed.swap(seq, Ordering::Relaxed) != seq
+            && let Some(j) = self.0.journal()
+        {
+            j.append(crate::journal::Record::PeersRouted(seq));
+        }
+    }
+
+    /// The stream sequence through which the other nodes' QoS 1/2 messages were routed here,
+    /// as of the last [`PeerHandle::routed_through`] (kept across restarts when durable).
+    pub fn peers_routed(&self) -> u64 {
+        self.0.cluster.peers_routed()
+    }
+
     /// Publishes the will of a client of a node that died (the bytes [`Peers::forward`] was
     /// given there, from an [`Event::Will`](super::Event::Will)) as this node's own: routed
     /// here and forwarded to the other nodes, as the dead node would have.

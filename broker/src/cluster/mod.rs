@@ -26,7 +26,7 @@ mod inbound;
 mod recording;
 mod sessions;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::{Instant, SystemTime};
@@ -139,6 +139,9 @@ pub(crate) struct Cluster {
     /// False while the cluster cannot pick a shared group's member (NATS lost): this node
     /// routes to its own members, as when alone.
     groups_across_nodes: AtomicBool,
+    /// The stream sequence through which the other nodes' QoS 1/2 messages are routed here
+    /// ([`PeerHandle::routed_through`]); journaled, and loaded at start.
+    peers_routed: AtomicU64,
 }
 
 impl Default for Cluster {
@@ -147,6 +150,7 @@ impl Default for Cluster {
             peers: OnceLock::new(),
             tickets: Tickets::default(),
             groups_across_nodes: AtomicBool::new(true),
+            peers_routed: AtomicU64::new(0),
         }
     }
 }
@@ -262,6 +266,14 @@ impl Cluster {
         self.peers().is_none()
             || topic.starts_with('$')
             || !self.groups_across_nodes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn peers_routed(&self) -> u64 {
+        self.peers_routed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn restore_peers_routed(&self, seq: u64) {
+        self.peers_routed.store(seq, Ordering::Relaxed);
     }
 
     pub(crate) fn counts(&self) -> Option<ClusterCounts> {

@@ -93,12 +93,23 @@ impl Writer {
                 p.batch = self.shared.tickets.issue();
                 (batch, std::mem::take(&mut p.records), p.stop)
             };
+            let peers_routed = records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::PeersRouted(seq) => Some(*seq),
+                    _ => None,
+                })
+                .max();
             let (changes, bodies) = self.build(records);
             let alive_at = last_alive
                 .is_none_or(|t| t.elapsed() >= ALIVE_EVERY)
                 .then(SystemTime::now);
             let started = Instant::now();
-            let result = self.store.commit(&Batch { changes, alive_at });
+            let result = self.store.commit(&Batch {
+                changes,
+                alive_at,
+                peers_routed,
+            });
             last_commit = Instant::now();
             self.shared.commit_latency.observe(last_commit - started);
             self.shared.last_ok.store(result.is_ok(), Ordering::Relaxed);
@@ -235,6 +246,7 @@ impl Writer {
                     .changes
                     .push(Slot::Ready(Change::DeleteIncoming(client.clone(), pid))),
                 Record::DropMessage(id) => b.changes.push(Slot::Ready(Change::DeleteMessage(id))),
+                Record::PeersRouted(_) => {} // the batch's, above
             }
         }
         let bodies = b.new_bodies.keys().copied().collect();

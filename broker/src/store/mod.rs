@@ -150,6 +150,9 @@ pub struct StoredState {
     pub sessions: Vec<StoredSession>,
     /// The wall-clock time of the last batch.
     pub last_alive: Option<SystemTime>,
+    /// In a cluster: every message of the QoS 1/2 stream up to this sequence number has been
+    /// routed here (see [`Batch::peers_routed`]).
+    pub peers_routed: Option<u64>,
 }
 
 /// One change of a batch. A session's changes name it by its client id, shared with the
@@ -190,6 +193,10 @@ pub struct Batch {
     /// When the batch was made, to record as [`StoredState::last_alive`]; the journal sends it
     /// about once a second, not with every batch.
     pub alive_at: Option<SystemTime>,
+    /// In a cluster: the stream sequence through which the other nodes' QoS 1/2 messages are
+    /// routed, with this batch's queue entries (the same transaction), so a node back from a
+    /// crash does not route again what JetStream delivers again.
+    pub peers_routed: Option<u64>,
 }
 
 /// Why a backend failed; the broker answers publishers waiting on the batch with it.
@@ -247,6 +254,7 @@ struct MemoryState {
     entries: BTreeMap<(String, u64), StoredEntry>,
     incoming: BTreeMap<(String, u16), ()>,
     last_alive: Option<SystemTime>,
+    peers_routed: Option<u64>,
 }
 
 impl Store for MemoryStore {
@@ -286,6 +294,7 @@ impl Store for MemoryStore {
             messages: st.messages.clone(),
             sessions,
             last_alive: st.last_alive,
+            peers_routed: st.peers_routed,
         })
     }
 
@@ -345,6 +354,9 @@ impl Store for MemoryStore {
         }
         if batch.alive_at.is_some() {
             st.last_alive = batch.alive_at;
+        }
+        if batch.peers_routed.is_some() {
+            st.peers_routed = batch.peers_routed;
         }
         Ok(())
     }
