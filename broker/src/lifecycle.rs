@@ -133,11 +133,23 @@ impl Broker {
     /// is deleted, and a will waiting on its delay is published now (the session ended,
     /// §3.1.2.5).
     pub(crate) fn end_session(&self, session: &Arc<Session>) {
-        let (subs, will) = {
+        self.end_session_with(session, |_| {});
+    }
+
+    /// `end_session`; `last` sees the session just before it ends, under the subscription
+    /// tree's write lock and the session's lock (nothing is routed to it meanwhile).
+    pub(crate) fn end_session_with(
+        &self,
+        session: &Arc<Session>,
+        last: impl FnOnce(&SessionState),
+    ) {
+        let mut tree = self.subscriptions.write();
+        let will = {
             let mut st = session.state.lock();
             if st.attachment.is_ended() {
                 return;
             }
+            last(&st);
             if std::mem::take(&mut st.persisted)
                 && let Some(j) = self.journal()
             {
@@ -150,20 +162,18 @@ impl Broker {
             st.pending.clear();
             st.inflight.clear();
             st.unsent.clear();
-            let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            self.report_will(session, &mut st, None);
-            (subs, st.pending_will.take())
-        };
-        {
-            let mut tree = self.subscriptions.write();
-            for f in &subs {
-                let (group, filter) = split_shared(f);
+            st.moved_seen = None;
+            for (f, _) in st.subscriptions.drain() {
+                let (group, filter) = split_shared(&f);
                 if tree.remove(filter, group, session.id) {
                     self.cluster.interest(filter, group, false);
                 }
             }
             session.set_subscription_count(0);
-        }
+            self.report_will(session, &mut st, None);
+            st.pending_will.take()
+        };
+        drop(tree);
         {
             let mut sessions = self.sessions.lock();
             if sessions

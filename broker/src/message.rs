@@ -35,9 +35,40 @@ pub struct Message {
     /// session moving to another node is replayed (`cluster/sessions.rs`). 0: not known (QoS
     /// 0, restored from the store).
     pub published_ms: AtomicU64,
+    /// Its name in a cluster, once it has one (see [`ClusterId`]).
+    pub cluster_id: OnceLock<ClusterId>,
+}
+
+/// A message's name between the nodes of a cluster: the node it was published on (`origin`,
+/// 0 for this node) and its number there, and for one read here from the QoS 1/2 stream, its
+/// sequence in the stream (0 otherwise). A moved session's replay skips by it what the
+/// session already has (`cluster/sessions.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ClusterId {
+    pub origin: u64,
+    pub seq: u64,
+    pub stream_seq: u64,
 }
 
 impl Message {
+    /// The stand-in for a QoS 2 message the client has had, of which only the PUBCOMP is
+    /// awaited (a moved session's released entry): nothing to send again.
+    pub(crate) fn delivered() -> Message {
+        Message {
+            topic: Utf8Bytes::from(""),
+            payload: Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            publisher: 0,
+            encoded_properties: Default::default(),
+            stored_id: Default::default(),
+            published_ms: Default::default(),
+            cluster_id: Default::default(),
+        }
+    }
+
     pub fn from_publish(p: Publish, topic: Utf8Bytes, publisher: u64) -> Message {
         let expires_at = p
             .properties
@@ -59,6 +90,7 @@ impl Message {
             encoded_properties: OnceLock::new(),
             stored_id: OnceLock::new(),
             published_ms: Default::default(),
+            cluster_id: Default::default(),
         }
     }
 
@@ -81,6 +113,7 @@ impl Message {
             encoded_properties: OnceLock::new(),
             stored_id: OnceLock::new(),
             published_ms: Default::default(),
+            cluster_id: Default::default(),
         }
     }
 

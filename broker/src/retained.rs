@@ -215,6 +215,7 @@ mod tests {
             encoded_properties: Default::default(),
             stored_id: Default::default(),
             published_ms: Default::default(),
+            cluster_id: Default::default(),
         })
     }
 

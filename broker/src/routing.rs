@@ -147,6 +147,7 @@ impl Broker {
                 encoded_properties: Default::default(),
                 stored_id: Default::default(),
                 published_ms: Default::default(),
+                cluster_id: Default::default(),
             })));
         }
         true
@@ -211,7 +212,7 @@ impl Broker {
                 retained_at = Some(j.append(Record::Retained(message.clone())));
             }
         }
-        let mut routed = self.route(std::slice::from_ref(&message));
+        let mut routed = self.route(std::slice::from_ref(&message), origin);
         routed.durable.journal = routed.durable.journal.max(retained_at.unwrap_or(0));
         if origin == Origin::Client {
             routed.durable.cluster = self.cluster.forward(std::slice::from_ref(&message));
@@ -233,13 +234,18 @@ impl Broker {
         self.stats
             .payload_received
             .add(QoS::AtMostOnce, bytes as u64);
-        let routed = self.route(run);
+        let routed = self.route(run, Origin::Client);
         self.cluster.forward(run);
         routed
     }
 
     /// Routes `messages`, which share one topic and one publisher, in order.
-    fn route(&self, messages: &[Arc<Message>]) -> Routed {
+    ///
+    /// In a cluster, under the tree's read lock: a client's message is numbered for the other
+    /// nodes before it reaches any session, and a message read from the QoS 1/2 stream moves
+    /// this node's stream position once it reached them. A session leaving for another node
+    /// reads both under the write lock (`Cluster::cut`): exactly what was routed to it.
+    fn route(&self, messages: &[Arc<Message>], origin: Origin) -> Routed {
         let Some(message) = messages.first() else {
             return Routed::default();
         };
@@ -251,6 +257,9 @@ impl Broker {
             shared: bool,
         }
         let tree = self.subscriptions.read();
+        if origin == Origin::Client {
+            self.cluster.number(messages);
+        }
         let mut targets: Vec<Target<'_>> = Vec::new();
         let groups = self.cluster.routes_groups_here(message.topic.as_str());
         tree.for_each_match_of(message.topic.as_bytes(), groups, &mut |m| {
@@ -332,6 +341,10 @@ impl Broker {
                 }
             }
         }
+        if origin == Origin::Peer {
+            self.cluster.routed_from_stream(messages);
+        }
+        drop(tree);
         routed
     }
 }

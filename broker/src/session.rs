@@ -8,7 +8,7 @@
 //!
 //! Lock order: the subscription tree, then a session's state. Never the reverse.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::cluster::Cut;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::journal::{Journal, Record};
 use crate::message::{Delivery, Message, Stored, StoredRef};
@@ -147,6 +148,12 @@ impl Pending {
         self.queue.push_back(d);
     }
 
+    pub fn pop_back(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_back()?;
+        self.bytes -= d.message.payload.len();
+        Some(d)
+    }
+
     pub fn pop_front(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.bytes -= d.message.payload.len();
@@ -182,6 +189,14 @@ pub struct SessionState {
     pub pending_will: Option<Arc<Message>>,
     /// The cluster was last told of a will of this session (`Broker::report_will`).
     pub will_reported: bool,
+    /// A session moved here from a live node, while its replay runs: the cluster names of
+    /// the messages queued to it since it opened here, which the replay does not queue again
+    /// (`cluster/sessions.rs`).
+    pub moved_seen: Option<HashSet<(u64, u64)>>,
+    /// A session handed over by a live node: that node (its `ClusterId::origin`) and the
+    /// cut of what it routed to the session, which this node does not queue to it again
+    /// (its consumer may be behind that node's).
+    pub moved_from: Option<(u64, Cut)>,
     /// The attached connection left messages in `pending` because the client is not taking
     /// them (its socket is full or its Receive Maximum is reached), as opposed to its task not
     /// having run yet. Set by the connection each time it drains the queue.
@@ -243,6 +258,8 @@ impl Session {
                 incoming_qos2: BTreeSet::new(),
                 pending_will: None,
                 will_reported: false,
+                moved_seen: None,
+                moved_from: None,
                 persisted: false,
                 next_seq: 1,
                 unsent: VecDeque::new(),
@@ -303,6 +320,19 @@ impl Session {
             Attachment::Offline { .. } => false,
         };
         if !online && d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
+            return (Enqueued::Skipped, None);
+        }
+        if let (Some((from, cut)), Some(id)) = (state.moved_from, d.message.cluster_id.get())
+            && ((id.origin != 0 && id.origin == from && id.seq < cut.next_seq)
+                || (id.stream_seq != 0 && id.stream_seq <= cut.peers_routed))
+        {
+            // Routed to it on the node it came from.
+            return (Enqueued::Skipped, None);
+        }
+        if let (Some(seen), Some(id)) = (state.moved_seen.as_mut(), d.message.cluster_id.get())
+            && !seen.insert((id.origin, id.seq))
+        {
+            // Given to it here already, live or by the replay.
             return (Enqueued::Skipped, None);
         }
         let size = d.message.payload.len();
@@ -444,6 +474,7 @@ mod tests {
                 encoded_properties: Default::default(),
                 stored_id: Default::default(),
                 published_ms: Default::default(),
+                cluster_id: Default::default(),
             }),
             qos,
             retain: false,

@@ -115,6 +115,7 @@ fn publish(b: &Broker, topic: &'static str, value: String) {
         encoded_properties: Default::default(),
         stored_id: Default::default(),
         published_ms: Default::default(),
+        cluster_id: Default::default(),
     };
     // $SYS updates are not counted as received messages.
     b.publish_sys(Arc::new(message));

@@ -15,12 +15,14 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use tessera_broker::Server;
 use tessera_broker::auth::AnonymousOnly;
-use tessera_broker::cluster::{ClusterCounts, MovedSession, PeerHandle, Recorded, RecordingPeers};
+use tessera_broker::cluster::{
+    ClusterCounts, ClusterId, MovedSession, PeerHandle, Recorded, RecordingPeers,
+};
 use tessera_broker::codec::{
     self, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
     Unsubscribe, Version,
 };
-use tessera_broker::store::StoredSubscription;
+use tessera_broker::store::{EntryState, StoredSubscription};
 use tessera_config::Transport;
 
 struct Node {
@@ -64,6 +66,15 @@ fn publish(topic: &str, qos: QoS, pid: u16, payload: &'static str) -> Packet {
     })
 }
 
+/// The cluster name of message `seq` of another node, read from the stream at `seq`.
+fn peer_id(seq: u64) -> ClusterId {
+    ClusterId {
+        origin: 77,
+        seq,
+        stream_seq: seq,
+    }
+}
+
 /// A PUBLISH as another node forwards it.
 fn from_peer(topic: &str, qos: QoS, payload: &'static str) -> Bytes {
     let mut b = BytesMut::new();
@@ -72,6 +83,10 @@ fn from_peer(topic: &str, qos: QoS, payload: &'static str) -> Bytes {
 }
 
 fn subscribe(pid: u16, filters: &[&str]) -> Packet {
+    subscribe_at(pid, filters, QoS::AtLeastOnce)
+}
+
+fn subscribe_at(pid: u16, filters: &[&str], qos: QoS) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: pid,
         properties: Properties::default(),
@@ -81,7 +96,7 @@ fn subscribe(pid: u16, filters: &[&str]) -> Packet {
                 (
                     (*f).into(),
                     SubscriptionOptions {
-                        qos: QoS::AtLeastOnce,
+                        qos,
                         ..Default::default()
                     },
                 )
@@ -92,8 +107,12 @@ fn subscribe(pid: u16, filters: &[&str]) -> Packet {
 
 /// Subscribes and waits for the SUBACK, settling its ticket as the other nodes would.
 async fn subscribed(n: &Node, c: &mut Raw, pid: u16, filters: &[&str]) {
+    subscribed_at(n, c, pid, filters, QoS::AtLeastOnce).await;
+}
+
+async fn subscribed_at(n: &Node, c: &mut Raw, pid: u16, filters: &[&str], qos: QoS) {
     let before = interest_tickets(&n.peers.log()).len();
-    c.send(subscribe(pid, filters)).await;
+    c.send(subscribe_at(pid, filters, qos)).await;
     let t = n
         .peers
         .wait_until(|log| interest_tickets(log).get(before).copied())
@@ -198,6 +217,7 @@ async fn a_message_from_another_node_is_routed_here_and_never_forwarded_again() 
         .publish(
             from_peer("x/1", QoS::AtLeastOnce, "remote"),
             1_700_000_000_000,
+            peer_id(1),
         )
         .unwrap();
     assert_eq!(next_payload(&mut sub).await, "remote");
@@ -205,7 +225,7 @@ async fn a_message_from_another_node_is_routed_here_and_never_forwarded_again() 
     // Not a PUBLISH: refused, nothing routed.
     let mut b = BytesMut::new();
     codec::encode(&Packet::PingReq, Version::V5, &mut b);
-    assert!(n.handle.publish(b.freeze(), 0).is_err());
+    assert!(n.handle.publish(b.freeze(), 0, peer_id(2)).is_err());
     n.server.shutdown().await;
 }
 
@@ -322,6 +342,7 @@ async fn a_session_claimed_from_another_node_opens_here_with_its_subscriptions()
                 },
                 subscription_id: None,
             }],
+            carried: None,
         },
     );
     let (mut dev, present) = Raw::connect(n.addr, "dev", false, 60).await;
@@ -352,12 +373,22 @@ async fn a_session_claimed_from_another_node_opens_here_with_its_subscriptions()
     // The replay: a message queued for it elsewhere reaches it alone.
     assert!(
         n.handle
-            .deliver_to("dev", from_peer("a/1", QoS::AtLeastOnce, "replayed"), 5)
+            .deliver_to(
+                "dev",
+                from_peer("a/1", QoS::AtLeastOnce, "replayed"),
+                5,
+                peer_id(3)
+            )
             .unwrap()
     );
     assert!(
         !n.handle
-            .deliver_to("dev", from_peer("b/1", QoS::AtLeastOnce, "not matched"), 5)
+            .deliver_to(
+                "dev",
+                from_peer("b/1", QoS::AtLeastOnce, "not matched"),
+                5,
+                peer_id(4)
+            )
             .unwrap()
     );
     assert_eq!(next_payload(&mut dev).await, "replayed");
@@ -384,7 +415,11 @@ async fn a_snapshot_names_when_the_oldest_unacknowledged_message_was_published()
     // From another node, at the stream's time, and from a client here, at the time it is
     // published: the older one counts.
     n.handle
-        .publish(from_peer("k", QoS::AtLeastOnce, "remote"), 1_000)
+        .publish(
+            from_peer("k", QoS::AtLeastOnce, "remote"),
+            1_000,
+            peer_id(5),
+        )
         .unwrap();
     let (mut p, _) = Raw::connect(n.addr, "p", true, 0).await;
     p.send(publish("k", QoS::AtLeastOnce, 1, "local")).await;
@@ -512,4 +547,128 @@ async fn a_will_is_reported_while_it_may_be_published_and_cleared_once_it_was() 
         [Some((false, 30)), None]
     );
     n.server.shutdown().await;
+}
+
+fn resp(packet_id: u16) -> codec::PubResp {
+    codec::PubResp {
+        packet_id,
+        ..Default::default()
+    }
+}
+
+/// The next PUBLISH's packet identifier, payload and DUP flag.
+async fn next_publish(c: &mut Raw) -> (u16, String, bool) {
+    loop {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => {
+                let payload = String::from_utf8(p.payload.to_vec()).unwrap();
+                return (p.packet_id.unwrap_or(0), payload, p.dup);
+            }
+            Some(_) => continue,
+            None => panic!("connection closed"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_session_handed_over_carries_its_queue_its_qos2_states_and_what_was_routed() {
+    let a = node().await;
+    let (mut c, _) = Raw::connect(a.addr, "mover", true, 60).await;
+    subscribed_at(&a, &mut c, 1, &["m/#"], QoS::ExactlyOnce).await;
+    for (seq, payload) in [(1, "released"), (2, "sent")] {
+        a.handle
+            .publish(from_peer("m/x", QoS::ExactlyOnce, payload), 0, peer_id(seq))
+            .unwrap();
+    }
+    // The first is released (PUBREC; the PUBREL is not completed), the second only sent.
+    let (p1, first, _) = next_publish(&mut c).await;
+    assert_eq!(first, "released");
+    let (p2, second, _) = next_publish(&mut c).await;
+    assert_eq!(second, "sent");
+    c.send(Packet::PubRec(resp(p1))).await;
+    assert!(matches!(c.recv().await, Some(Packet::PubRel(r)) if r.packet_id == p1));
+    // The client's own QoS 2 message, received and not released.
+    c.send(publish("up", QoS::ExactlyOnce, 9, "up")).await;
+    let t = forwarded(&a, "up").await.unwrap();
+    a.handle.settle(t, true);
+    assert!(matches!(c.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 9));
+    // Gone; one more is queued for it.
+    drop(c);
+    a.peers
+        .wait_for(|r| matches!(r, Recorded::SessionChanged(id) if id == "mover"))
+        .await;
+    a.handle
+        .publish(from_peer("m/x", QoS::ExactlyOnce, "queued"), 0, peer_id(3))
+        .unwrap();
+
+    let last = a.handle.release_session("mover", false).unwrap();
+    let carried = last.carried.unwrap();
+    assert_eq!(carried.incoming_qos2, [9]);
+    assert_eq!(carried.cut.peers_routed, 3);
+    let states: Vec<_> = carried.entries.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            EntryState::Released(p1),
+            EntryState::Sent(p2),
+            EntryState::Queued
+        ]
+    );
+
+    // Opened on node b: the in-flight message again under its identifier (DUP), the
+    // release again, then the queued one; the client's release of 9 is known there.
+    let b = node().await;
+    b.peers.offer(
+        "mover",
+        MovedSession {
+            expiry_interval: 60,
+            subscriptions: last.subscriptions,
+            carried: Some(carried),
+        },
+    );
+    let (mut c, present) = Raw::connect(b.addr, "mover", false, 60).await;
+    assert!(present);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => got.push(format!(
+                "{} {} dup={}",
+                String::from_utf8_lossy(&p.payload),
+                p.packet_id == Some(p2),
+                p.dup
+            )),
+            Some(Packet::PubRel(r)) => got.push(format!("pubrel {}", r.packet_id == p1)),
+            other => panic!("{other:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "pubrel true",
+            "queued false dup=false",
+            "sent true dup=true"
+        ]
+    );
+    c.send(Packet::PubRel(resp(9))).await;
+    let Some(Packet::PubComp(done)) = c.recv().await else {
+        panic!("no PUBCOMP")
+    };
+    assert_eq!(done.reason_code, ReasonCode::SUCCESS);
+
+    // While its replay runs, what it was given here is not given again.
+    b.handle
+        .publish(from_peer("m/x", QoS::AtLeastOnce, "live"), 0, peer_id(4))
+        .unwrap();
+    assert_eq!(next_payload(&mut c).await, "live");
+    let again = from_peer("m/x", QoS::AtLeastOnce, "live");
+    assert!(!b.handle.deliver_to("mover", again, 0, peer_id(4)).unwrap());
+    let missed = from_peer("m/x", QoS::AtLeastOnce, "missed");
+    assert!(b.handle.deliver_to("mover", missed, 0, peer_id(5)).unwrap());
+    assert_eq!(next_payload(&mut c).await, "missed");
+    b.handle.replayed("mover");
+    let after = from_peer("m/x", QoS::AtLeastOnce, "after");
+    assert!(b.handle.deliver_to("mover", after, 0, peer_id(4)).unwrap());
+    a.server.shutdown().await;
+    b.server.shutdown().await;
 }

@@ -11,6 +11,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tessera_broker::cluster::ClusterId;
 
 /// The header of a message between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,15 @@ impl Frame {
         b.put_u64(self.seq);
         b.put_slice(packet);
         b.freeze()
+    }
+
+    /// The message's name for the broker: `own` (this process's origin) is 0 there.
+    pub fn id(self, own: u64, stream_seq: u64) -> ClusterId {
+        ClusterId {
+            origin: if self.origin == own { 0 } else { self.origin },
+            seq: self.seq,
+            stream_seq,
+        }
     }
 
     /// The header and the PUBLISH after it; `None` if too short to be a frame.

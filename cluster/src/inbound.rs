@@ -44,7 +44,7 @@ pub(crate) fn spawn(nats: &Nats, broker: PeerHandle, origin: u64) -> Feed {
                 set.remove(&old);
             }
             // QoS 0 (core NATS): no stream time, and never replayed.
-            if let Err(e) = broker.publish(packet, 0) {
+            if let Err(e) = broker.publish(packet, 0, frame.id(origin, 0)) {
                 warn!(error = %e, "a message from another node could not be read");
             }
         }

@@ -68,15 +68,21 @@ pub(crate) struct Counts {
 }
 
 impl Peers for NatsPeers {
-    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>) {
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>, seq: u64) {
         let base = match (retain, ticket) {
             (true, _) => &self.subjects.retained,
             (false, Some(_)) => &self.subjects.durable,
             (false, None) => &self.subjects.messages,
         };
+        // The broker numbers its messages; one it did not (it was joining) gets a number of
+        // another range, so the other nodes do not take it for a copy.
+        let seq = match seq {
+            0 => self.seq.fetch_add(1, Ordering::Relaxed) | 1 << 63,
+            seq => seq,
+        };
         let frame = Frame {
             origin: self.origin,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            seq,
         }
         .wrap(&packet);
         let subject = topic_subject(base, topic);
@@ -185,6 +191,7 @@ pub fn connect(nats: Arc<Nats>, broker: PeerHandle) -> Result<Arc<NatsPeers>, Cl
         broker.clone(),
         position.clone(),
         interest.clone(),
+        origin,
     )?;
     let boot = format!("{origin:016x}");
     let wills = Wills::start(nats.clone(), broker.clone(), sessions.clone(), boot.clone())?;

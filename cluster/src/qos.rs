@@ -222,7 +222,7 @@ async fn open_session(
             routed = broker.peers_routed(),
             last, "the QoS 1/2 stream is newer than what this node routed; reading it all"
         );
-        broker.routed_through(0);
+        broker.reset_peers_routed();
     }
     let config = consumer_config(durable, subjects);
     let consumer = match stream.update_consumer(config.clone()).await {
@@ -300,6 +300,7 @@ async fn take_batch(
                 origin,
                 m.payload.clone(),
                 crate::stream_ms(info.published),
+                info.stream_sequence,
             );
             routed_through = info.stream_sequence;
         }
@@ -330,14 +331,14 @@ async fn take_batch(
 }
 
 /// Routes one message from the stream (not this node's own).
-fn route(broker: &PeerHandle, origin: u64, bytes: Bytes, published_ms: u64) {
+fn route(broker: &PeerHandle, origin: u64, bytes: Bytes, published_ms: u64, stream_seq: u64) {
     let Some((frame, packet)) = Frame::parse(&bytes) else {
         return;
     };
     if frame.origin == origin {
         return;
     }
-    if let Err(e) = broker.publish(packet, published_ms) {
+    if let Err(e) = broker.publish(packet, published_ms, frame.id(origin, stream_seq)) {
         warn!(error = %e, "a message from another node could not be read");
     }
 }

@@ -73,7 +73,8 @@ pub(crate) fn spawn_follower(nats: &Nats, broker: PeerHandle, origin: u64) {
                     let done = if replay {
                         broker.retain(packet)
                     } else {
-                        broker.publish(packet, published_ms)
+                        // Not the QoS 1/2 stream: no stream position.
+                        broker.publish(packet, published_ms, frame.id(origin, 0))
                     };
                     if let Err(e) = done {
                         warn!(error = %e, "a retained message from another node could not be read");

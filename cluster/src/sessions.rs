@@ -23,7 +23,10 @@
 //! sweep at start drops every restored session whose record names another owner: a node back
 //! from a crash does not resurrect sessions that moved on while it was down.
 
+mod handoff;
 mod replay;
+
+use handoff::Answer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,11 +35,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tessera_auth::clock::now_ms;
-use tessera_broker::cluster::{MovedSession, PeerHandle, SessionSnapshot};
+use tessera_broker::cluster::{Cut, MovedSession, PeerHandle, SessionSnapshot};
 use tessera_broker::codec::{QoS, RetainHandling, SubscriptionOptions};
 use tessera_broker::store::StoredSubscription;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -146,17 +148,18 @@ impl Position {
 }
 
 /// A record this node owns: the revision it last wrote.
+/// What a session moved here is replayed from: its record's floor, or, when its owner
+/// handed it over, the owner's origin and cut (only what the owner did not route to it).
+struct Replay {
+    record: Record,
+    cut: Option<(u64, Cut)>,
+}
+
 struct Owned {
     revision: u64,
     record: Record,
     /// Messages from the previous owner are still being replayed: the floor stays.
     replaying: bool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct HandoffRequest {
-    client_id: String,
-    clean: bool,
 }
 
 pub(crate) struct Sessions {
@@ -166,7 +169,9 @@ pub(crate) struct Sessions {
     nats: Arc<Nats>,
     owned: Mutex<HashMap<String, Owned>>,
     /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
-    replays: Mutex<HashMap<String, Record>>,
+    replays: Mutex<HashMap<String, Replay>>,
+    /// This process's origin (`Frame::origin`).
+    origin: u64,
     changed: mpsc::UnboundedSender<String>,
     position: Arc<Position>,
     /// The interest task, asked for the filter generation that includes every change so far.
@@ -180,6 +185,7 @@ impl Sessions {
         broker: PeerHandle,
         position: Arc<Position>,
         interest: mpsc::UnboundedSender<Interest>,
+        origin: u64,
     ) -> Result<Arc<Sessions>, ClusterError> {
         let store = crate::kv::open_bucket(&nats, &nats.name("sessions"))?;
         let (changed, changed_rx) = mpsc::unbounded_channel();
@@ -190,6 +196,7 @@ impl Sessions {
             nats: nats.clone(),
             owned: Mutex::default(),
             replays: Mutex::default(),
+            origin,
             changed,
             position,
             interest,
@@ -244,6 +251,8 @@ impl Sessions {
             return Ok(None);
         }
         let key = escape(client_id);
+        // The owner's answer, kept across tries: it lets the session go once.
+        let mut answered: Option<Option<Answer>> = None;
         for _ in 0..3 {
             let now = now_ms();
             let entry = self.store.entry(&key).await.map_err(|e| e.to_string())?;
@@ -271,7 +280,18 @@ impl Sessions {
                     (fresh, None)
                 }
                 Some((_, r)) => {
-                    let last = self.handoff(&r.owner, client_id, false).await.unwrap_or(r);
+                    let answer = match &answered {
+                        Some(a) => a.clone(),
+                        None => {
+                            let a = self.handoff(&r.owner, client_id, false).await;
+                            answered = Some(a.clone());
+                            a
+                        }
+                    };
+                    let (last, carried) = match answer {
+                        Some(a) => (a.record, a.carried.map(|c| (a.origin, c))),
+                        None => (r, None),
+                    };
                     let moved = Record {
                         owner: self.node.clone(),
                         expiry,
@@ -279,7 +299,7 @@ impl Sessions {
                         floor_ms: last.floor_ms,
                         offline_since_ms: None,
                     };
-                    (moved.clone(), Some(moved))
+                    (moved.clone(), Some((moved, carried)))
                 }
                 None => (fresh, None),
             };
@@ -299,12 +319,16 @@ impl Sessions {
                     replaying: moved.is_some(),
                 },
             );
-            return Ok(moved.map(|m| {
+            return Ok(moved.map(|(m, carried)| {
                 let session = MovedSession {
                     expiry_interval: expiry,
                     subscriptions: m.subscriptions(),
+                    carried: carried.as_ref().map(|(_, c)| c.clone()),
                 };
-                self.replays.lock().insert(client_id.to_string(), m);
+                let cut = carried.map(|(origin, c)| (origin, c.cut));
+                self.replays
+                    .lock()
+                    .insert(client_id.to_string(), Replay { record: m, cut });
                 session
             }));
         }
@@ -363,62 +387,6 @@ impl Sessions {
             );
         }
         Ok(())
-    }
-
-    /// Asks `owner` to let the session go; its last record, if it answered with one.
-    async fn handoff(&self, owner: &str, client_id: &str, clean: bool) -> Option<Record> {
-        let request = HandoffRequest {
-            client_id: client_id.to_string(),
-            clean,
-        };
-        let subject = format!("{}.{}", self.nats.subject("handoff"), escape(owner));
-        let body = Bytes::from(serde_json::to_vec(&request).ok()?);
-        let asked = self.nats.client.request(subject, body);
-        match tokio::time::timeout(HANDOFF_WITHIN, asked).await {
-            Ok(Ok(reply)) => serde_json::from_slice::<Option<Record>>(&reply.payload).ok()?,
-            Ok(Err(e)) => {
-                debug!(owner, error = %e, "the session's owner did not answer (down?)");
-                None
-            }
-            Err(_) => {
-                info!(
-                    owner,
-                    client_id,
-                    "the session's owner did not answer in time; its last record is used"
-                );
-                None
-            }
-        }
-    }
-
-    async fn respond_to_handoffs(self: Arc<Self>) {
-        let subject = format!("{}.{}", self.nats.subject("handoff"), escape(&self.node));
-        let mut sub = match self.nats.client.subscribe(subject).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot answer session handoffs on NATS");
-                return;
-            }
-        };
-        while let Some(m) = sub.next().await {
-            let Some(reply) = m.reply else { continue };
-            let Ok(req) = serde_json::from_slice::<HandoffRequest>(&m.payload) else {
-                continue;
-            };
-            // Forgotten first: the session's end below must not delete the record.
-            let owned = self.owned.lock().remove(&req.client_id);
-            let last = self
-                .broker
-                .release_session(&req.client_id, req.clean)
-                .map(|s| {
-                    let inherited = owned.filter(|o| o.replaying).map(|o| o.record.floor_ms);
-                    self.record_of(&s, inherited)
-                });
-            let body = Bytes::from(serde_json::to_vec(&last).unwrap_or_default());
-            if let Err(e) = self.nats.client.publish(reply, body).await {
-                debug!(error = %e, "answering a session handoff");
-            }
-        }
     }
 
     /// The record for a session as it is here now.

@@ -22,6 +22,7 @@ use crate::raw::Raw;
 struct Receiver {
     awaiting_release: HashSet<u16>,
     got: BTreeMap<String, u32>,
+    log: Vec<String>,
 }
 
 impl Receiver {
@@ -34,8 +35,24 @@ impl Receiver {
                 _ => return,
             };
             match p {
+                Packet::Publish(p) if p.qos == QoS::AtLeastOnce => {
+                    // The routing probes (QoS 1): acknowledged, not counted.
+                    let ack = PubResp {
+                        packet_id: p.packet_id.unwrap_or(0),
+                        ..Default::default()
+                    };
+                    if !sub.try_send(&Packet::PubAck(ack)).await {
+                        return;
+                    }
+                }
                 Packet::Publish(p) => {
                     let Some(id) = p.packet_id else { continue };
+                    self.log.push(format!(
+                        "{} pid={id} dup={} new={}",
+                        String::from_utf8_lossy(&p.payload),
+                        p.dup,
+                        !self.awaiting_release.contains(&id)
+                    ));
                     if self.awaiting_release.insert(id) {
                         *self
                             .got
@@ -63,6 +80,49 @@ impl Receiver {
                 _ => {}
             }
         }
+    }
+}
+
+impl Receiver {
+    /// Takes the rest: every one of `completed` arrives (within 30 s), none twice.
+    async fn all_once(&mut self, sub: &mut Raw, completed: BTreeSet<String>) {
+        assert!(completed.len() > 100, "only {} completed", completed.len());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while completed.iter().any(|p| !self.got.contains_key(p)) && Instant::now() < deadline {
+            self.take(sub, Duration::from_millis(500)).await;
+        }
+        self.take(sub, Duration::from_secs(1)).await;
+        let missing: Vec<&String> = completed
+            .iter()
+            .filter(|p| !self.got.contains_key(*p))
+            .collect();
+        let twice: Vec<(&String, &u32)> = self.got.iter().filter(|(_, n)| **n > 1).collect();
+        println!(
+            "{} completed, {} received, {} missing, {} more than once",
+            completed.len(),
+            self.got.len(),
+            missing.len(),
+            twice.len()
+        );
+        assert!(missing.is_empty(), "missing: {missing:?}");
+        if !twice.is_empty() {
+            let first = twice[0].0.clone();
+            let mut round = "start".to_string();
+            for (i, l) in self.log.iter().enumerate() {
+                if l.starts_with("round") {
+                    round = l.clone();
+                }
+                if l.starts_with(&format!("{first} ")) {
+                    println!("{i} ({round}): {l}");
+                }
+            }
+            println!("{}", self.log.len());
+        }
+        assert!(
+            twice.is_empty(),
+            "more than once: {:?}",
+            &twice[..twice.len().min(5)]
+        );
     }
 }
 
@@ -134,25 +194,109 @@ async fn qos2_messages_reach_a_subscriber_once_through_kills_of_its_node() {
     stop.store(true, Ordering::Relaxed);
     publishing.await.unwrap();
     let completed = std::mem::take(&mut *completed.lock().unwrap());
-    assert!(completed.len() > 100, "only {} completed", completed.len());
-    // Everything still to come arrives; nothing comes twice.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while completed.iter().any(|p| !receiver.got.contains_key(p)) && Instant::now() < deadline {
-        receiver.take(&mut sub, Duration::from_millis(500)).await;
+    receiver.all_once(&mut sub, completed).await;
+}
+
+#[tokio::test]
+async fn qos2_messages_reach_a_subscriber_once_through_moves_between_live_nodes() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut publisher = login(&nodes[2], "pub", &token).await;
+    let (mut sub, _) = Raw::connect(nodes[0].tcp, keeper(&token, true)).await;
+    sub.subscribe("load/#", QoS::ExactlyOnce).await;
+    until_routed(&mut publisher, &mut sub, "load/probe").await;
+    let mut receiver = Receiver::default();
+    receiver.take(&mut sub, Duration::from_millis(500)).await;
+    receiver.got.clear();
+
+    let completed = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = {
+        let (completed, stop) = (completed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("q2 {i}");
+                if publish_exactly_once(&mut publisher, &payload, (i % 60_000 + 1) as u16).await {
+                    completed.lock().unwrap().insert(payload);
+                }
+                i += 1;
+            }
+        })
+    };
+    // The session moves between nodes a and b while messages flow, its client taking them
+    // until the moment it connects to the other node.
+    let mut at = 0;
+    for round in 0..6 {
+        let run = crate::cluster_sessions::random_ms(100, 800);
+        receiver.take(&mut sub, Duration::from_millis(run)).await;
+        at = 1 - at;
+        let started = Instant::now();
+        let (s, ack) = Raw::connect(nodes[at].tcp, keeper(&token, false)).await;
+        assert!(ack.session_present, "round {round}: {ack:?}");
+        println!(
+            "round {round}: moved to node {at} after {run} ms, CONNACK in {} ms",
+            started.elapsed().as_millis()
+        );
+        receiver.log.push(format!("round {round}"));
+        sub = s;
     }
-    receiver.take(&mut sub, Duration::from_secs(1)).await;
-    let missing: Vec<&String> = completed
-        .iter()
-        .filter(|p| !receiver.got.contains_key(*p))
-        .collect();
-    let twice: Vec<(&String, &u32)> = receiver.got.iter().filter(|(_, n)| **n > 1).collect();
-    println!(
-        "{} completed, {} received, {} missing, {} more than once",
-        completed.len(),
-        receiver.got.len(),
-        missing.len(),
-        twice.len()
-    );
-    assert!(missing.is_empty(), "missing: {missing:?}");
-    assert!(twice.is_empty(), "more than once: {twice:?}");
+    stop.store(true, Ordering::Relaxed);
+    publishing.await.unwrap();
+    for n in &nodes[..2] {
+        for line in n.log_text().lines().filter(|l| l.contains("moved here")) {
+            println!("{line}");
+        }
+    }
+    let completed = std::mem::take(&mut *completed.lock().unwrap());
+    receiver.all_once(&mut sub, completed).await;
+}
+
+#[tokio::test]
+async fn a_publisher_moving_mid_qos2_releases_its_message_on_the_new_node_once() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut watcher = login(&nodes[2], "watcher", &token).await;
+    watcher.subscribe("moving/#", QoS::AtLeastOnce).await;
+    let mut probe = login(&nodes[0], "probe", &token).await;
+    until_routed(&mut probe, &mut watcher, "moving/probe").await;
+    let mover = |clean| {
+        let mut c = x_oauth2("mover", None, Some(&token));
+        c.clean_start = clean;
+        c.properties.session_expiry_interval = Some(3600);
+        c
+    };
+    let (mut on_a, _) = Raw::connect(nodes[0].tcp, mover(true)).await;
+    on_a.publish("moving/m", b"once", QoS::ExactlyOnce, 7).await;
+    assert!(matches!(on_a.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7));
+    // It did not see the PUBREC (say), so on node b it sends the PUBLISH again, then
+    // releases it: PUBREC and PUBCOMP there, and the message reaches the watcher once.
+    let (mut on_b, ack) = Raw::connect(nodes[1].tcp, mover(false)).await;
+    assert!(ack.session_present);
+    let mut again = crate::raw::publish("moving/m", b"once", QoS::ExactlyOnce, 7);
+    again.dup = true;
+    on_b.send(&Packet::Publish(again)).await;
+    assert!(matches!(on_b.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7));
+    on_b.send(&Packet::PubRel(PubResp {
+        packet_id: 7,
+        ..Default::default()
+    }))
+    .await;
+    let Some(Packet::PubComp(done)) = on_b.recv().await else {
+        panic!("no PUBCOMP")
+    };
+    assert_eq!(done.reason_code, ReasonCode::SUCCESS);
+    let mut seen = 0;
+    while let Ok(Some(p)) =
+        crate::cluster_harness::recv_acking(&mut watcher, Duration::from_secs(2)).await
+    {
+        if let Packet::Publish(p) = p
+            && &p.payload[..] == b"once"
+        {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 1);
 }

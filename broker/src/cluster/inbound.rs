@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
-use super::Peers;
+use super::{ClusterId, Peers};
 use crate::broker::{Broker, BrokerHandle};
 use crate::codec::{self, DecodeError, Packet, ReasonCode, Version, topic::split_shared};
 use crate::message::{Delivery, Message};
@@ -90,24 +90,40 @@ impl PeerHandle {
     }
 
     /// Routes a message another node forwarded (the bytes [`Peers::forward`] was given
-    /// there). `published_ms`: when it was published (the stream's time), 0 if not known.
-    pub fn publish(&self, packet: Bytes, published_ms: u64) -> Result<(), PeerPacketError> {
-        let message = Arc::new(decode(packet, published_ms)?);
+    /// there), named `id` in the cluster. `published_ms`: when it was published (the
+    /// stream's time), 0 if not known.
+    pub fn publish(
+        &self,
+        packet: Bytes,
+        published_ms: u64,
+        id: ClusterId,
+    ) -> Result<(), PeerPacketError> {
+        let message = decode(packet, published_ms)?;
+        let _ = message.cluster_id.set(id);
+        let message = Arc::new(message);
         self.0.publish_from(message, Origin::Peer);
         Ok(())
     }
 
-    /// Every message of the QoS 1/2 stream through sequence `seq` has been routed here (call
-    /// it after routing them, before [`PeerHandle::sync`]): journaled with the routed
-    /// messages' queue entries, so after a crash [`PeerHandle::peers_routed`] says which
-    /// messages JetStream delivers again were routed already. Lower than before only when
-    /// the stream is a new one.
+    /// Every message of the QoS 1/2 stream through sequence `seq` has been taken here
+    /// (routed, or this node's own; call it after them, before [`PeerHandle::sync`]):
+    /// journaled with the routed messages' queue entries, so after a crash
+    /// [`PeerHandle::peers_routed`] says which messages JetStream delivers again were routed
+    /// already.
     pub fn routed_through(&self, seq: u64) {
         let c = &self.0.cluster;
-        if c.peers_routed.swap(seq, Ordering::Relaxed) != seq
-            && let Some(j) = self.0.journal()
-        {
-            j.append(crate::journal::Record::PeersRouted(seq));
+        c.peers_routed.fetch_max(seq, Ordering::Relaxed);
+        if let Some(j) = self.0.journal() {
+            j.append(crate::journal::Record::PeersRouted(c.peers_routed()));
+        }
+    }
+
+    /// The QoS 1/2 stream is a new one (its last sequence is below what was routed): its
+    /// position starts again from 0.
+    pub fn reset_peers_routed(&self) {
+        self.0.cluster.restore_peers_routed(0);
+        if let Some(j) = self.0.journal() {
+            j.append(crate::journal::Record::PeersRouted(0));
         }
     }
 

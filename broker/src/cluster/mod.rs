@@ -35,20 +35,22 @@ use bytes::{Bytes, BytesMut};
 
 use crate::auth::BoxFuture;
 use crate::codec::{self, Packet, Publish, QoS, Version};
+pub use crate::message::ClusterId;
 use crate::message::Message;
 use crate::tickets::Tickets;
 
 pub use inbound::{PeerHandle, PeerPacketError};
 pub use recording::{Recorded, RecordingPeers};
-pub use sessions::{MovedSession, SessionSnapshot};
+pub use sessions::{Carried, CarriedEntry, MovedSession, SessionSnapshot};
 
 /// The other nodes of one broker, as the engine sees them. Every method is called on the
 /// engine's paths, some under its locks: none may block.
 pub trait Peers: Send + Sync + 'static {
-    /// A message published on this node; `packet` is an MQTT 5 PUBLISH. With `ticket`, the
-    /// publisher's PUBACK / PUBREC waits until the implementation settles it
-    /// ([`PeerHandle::settle`], exactly once): stored for the other nodes, or not.
-    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>);
+    /// A message published on this node; `packet` is an MQTT 5 PUBLISH, `seq` its number
+    /// here ([`ClusterId::seq`], in the order routed). With `ticket`, the publisher's
+    /// PUBACK / PUBREC waits until the implementation settles it ([`PeerHandle::settle`],
+    /// exactly once): stored for the other nodes, or not.
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>, seq: u64);
     /// Something the other nodes must learn (see [`Event`]).
     fn event(&self, event: Event<'_>);
     /// A client is about to open its session here (its CONNECT is authenticated): the
@@ -140,8 +142,21 @@ pub(crate) struct Cluster {
     /// routes to its own members, as when alone.
     groups_across_nodes: AtomicBool,
     /// The stream sequence through which the other nodes' QoS 1/2 messages are routed here
-    /// ([`PeerHandle::routed_through`]); journaled, and loaded at start.
+    /// (moved under the subscription tree's read lock; journaled by
+    /// [`PeerHandle::routed_through`], loaded at start).
     peers_routed: AtomicU64,
+    /// The number the next message a client publishes here gets (`ClusterId::seq`).
+    next_seq: AtomicU64,
+}
+
+/// Where a session's move cut the cluster's messages (read under the subscription tree's
+/// write lock as the session leaves): every message of the QoS 1/2 stream through
+/// `peers_routed`, and every message of this node numbered below `next_seq`, was routed to
+/// the session before it left, and none after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cut {
+    pub peers_routed: u64,
+    pub next_seq: u64,
 }
 
 impl Default for Cluster {
@@ -151,6 +166,7 @@ impl Default for Cluster {
             tickets: Tickets::default(),
             groups_across_nodes: AtomicBool::new(true),
             peers_routed: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
         }
     }
 }
@@ -174,7 +190,8 @@ impl Cluster {
         {
             let ticket = (m.qos != QoS::AtMostOnce).then(|| self.tickets.issue());
             last = last.max(ticket.unwrap_or(0));
-            peers.forward(m.topic.as_str(), m.retain, encode(m, now), ticket);
+            let seq = m.cluster_id.get().map_or(0, |id| id.seq);
+            peers.forward(m.topic.as_str(), m.retain, encode(m, now), ticket, seq);
         }
         last
     }
@@ -268,6 +285,43 @@ impl Cluster {
             || !self.groups_across_nodes.load(Ordering::Relaxed)
     }
 
+    /// Numbers a client's messages for the other nodes (under the tree's read lock, before
+    /// routing); `$` topics stay here unnumbered.
+    pub(crate) fn number(&self, messages: &[Arc<Message>]) {
+        if self.peers().is_none() {
+            return;
+        }
+        for m in messages {
+            if !m.topic.as_str().starts_with('$') {
+                m.cluster_id.get_or_init(|| ClusterId {
+                    origin: 0,
+                    seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                    stream_seq: 0,
+                });
+            }
+        }
+    }
+
+    /// Messages from the QoS 1/2 stream reached their sessions (under the tree's read lock).
+    pub(crate) fn routed_from_stream(&self, messages: &[Arc<Message>]) {
+        let last = messages
+            .iter()
+            .filter_map(|m| m.cluster_id.get())
+            .map(|id| id.stream_seq)
+            .max();
+        if let Some(seq) = last.filter(|s| *s > 0) {
+            self.peers_routed.fetch_max(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// See [`Cut`]; under the tree's write lock.
+    pub(crate) fn cut(&self) -> Cut {
+        Cut {
+            peers_routed: self.peers_routed.load(Ordering::Relaxed),
+            next_seq: self.next_seq.load(Ordering::Relaxed),
+        }
+    }
+
     pub(crate) fn peers_routed(&self) -> u64 {
         self.peers_routed.load(Ordering::Relaxed)
     }
@@ -296,7 +350,7 @@ impl Cluster {
 }
 
 /// A message as the other nodes get it: an MQTT 5 PUBLISH with its remaining expiry.
-fn encode(m: &Message, now: Instant) -> Bytes {
+pub(crate) fn encode(m: &Message, now: Instant) -> Bytes {
     let mut properties = m.properties().clone();
     properties.message_expiry_interval = m.remaining_expiry(now);
     let packet = Packet::Publish(Publish {

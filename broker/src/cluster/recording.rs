@@ -112,7 +112,7 @@ impl RecordingPeers {
 }
 
 impl Peers for RecordingPeers {
-    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>) {
+    fn forward(&self, topic: &str, retain: bool, packet: Bytes, ticket: Option<u64>, _seq: u64) {
         self.record(Recorded::Forward {
             topic: topic.to_string(),
             retain,

@@ -7,24 +7,34 @@
 //!   oldest message not acknowledged, presence);
 //! - [`PeerHandle::release_session`]: the node a session leaves ends its connection (0x8E)
 //!   and drops the session without its pending will (the session goes on elsewhere, which
-//!   cancels a delayed will as a reconnect does), returning its last snapshot;
+//!   cancels a delayed will as a reconnect does), returning its last snapshot with what it
+//!   [`Carried`]: its queue, what was in flight and in which state, the QoS 2 identifiers its
+//!   client has not released, and the [`Cut`](super::Cut) (taken as it ended, with nothing
+//!   routed meanwhile) of the messages routed to it here;
 //! - a [`MovedSession`] from [`Peers::claim`](super::Peers::claim) opens the session here with
-//!   its subscriptions and Session Present (`Broker::open_session`, then `Broker::adopt`);
+//!   its subscriptions, what it carried (journaled: this node's now) and Session Present
+//!   (`Broker::open_session`, then `Broker::adopt`);
 //! - [`PeerHandle::deliver_to`]: a message queued for the session elsewhere, delivered to it
-//!   alone, as its subscriptions here would have matched it (the replay).
+//!   alone, as its subscriptions here would have matched it (the replay); one it was given
+//!   here since it opened (by its cluster name) is not given twice, and
+//!   [`PeerHandle::replayed`] ends that.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
 use super::inbound::{PeerHandle, PeerPacketError, decode};
+use super::{ClusterId, Cut};
 use crate::broker::Broker;
 use crate::codec::topic::{matches, split_shared};
 use crate::codec::{QoS, ReasonCode};
-use crate::message::Delivery;
-use crate::session::{Attachment, Control, Inflight, Session, SessionState};
+use crate::journal::Record;
+use crate::message::{Delivery, Message};
+use crate::session::{Attachment, Control, Enqueued, Inflight, Session, SessionState};
+use crate::store::EntryState;
 use crate::store::StoredSubscription;
 
 /// A persistent session as the cluster's record of it needs.
@@ -38,6 +48,8 @@ pub struct SessionSnapshot {
     pub oldest_unacked_ms: Option<u64>,
     /// When its connection went, `None` while one is attached.
     pub offline_since: Option<SystemTime>,
+    /// What it holds, when it is leaving for another node ([`PeerHandle::release_session`]).
+    pub carried: Option<Carried>,
 }
 
 /// A session another node held, to be opened here.
@@ -45,6 +57,34 @@ pub struct SessionSnapshot {
 pub struct MovedSession {
     pub expiry_interval: u32,
     pub subscriptions: Vec<StoredSubscription>,
+    /// What it held there, if that node let it go (`None`: it did not answer).
+    pub carried: Option<Carried>,
+}
+
+/// What a session held when it left a live node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// In flight first (by packet identifier), then queued, in order.
+    pub entries: Vec<CarriedEntry>,
+    /// QoS 2 packet identifiers its client published and has not released (PUBREL).
+    pub incoming_qos2: Vec<u16>,
+    /// What had been routed to it there.
+    pub cut: Cut,
+    /// The node it left, as the cluster names it (`ClusterId::origin`; the cluster sets it,
+    /// 0 where it is made).
+    pub origin: u64,
+}
+
+/// One queue entry of a [`Carried`] session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedEntry {
+    /// The message as an MQTT 5 PUBLISH; empty for `Released` (delivered, only its PUBCOMP
+    /// is awaited).
+    pub packet: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub state: EntryState,
 }
 
 impl PeerHandle {
@@ -72,7 +112,7 @@ impl PeerHandle {
     pub fn release_session(&self, client_id: &str, clean: bool) -> Option<SessionSnapshot> {
         let b = &self.0;
         let session = b.sessions.lock().get(client_id).cloned()?;
-        let snapshot = b.session_snapshot(client_id);
+        let mut snapshot = b.session_snapshot(client_id);
         {
             let mut st = session.state.lock();
             if let Attachment::Online(link) = &st.attachment {
@@ -87,8 +127,24 @@ impl PeerHandle {
                 st.pending_will = None;
             }
         }
-        b.end_session(&session);
+        let mut carried = None;
+        b.end_session_with(&session, |st| {
+            if !clean {
+                carried = Some(b.carried(st));
+            }
+        });
+        if let Some(s) = snapshot.as_mut() {
+            s.carried = carried;
+        }
         snapshot
+    }
+
+    /// The replay of the session moved here is over, and this node's consumer has passed
+    /// what it read: what is queued to it from now on is not compared with what it was given.
+    pub fn replayed(&self, client_id: &str) {
+        if let Some(session) = self.0.sessions.lock().get(client_id).cloned() {
+            session.state.lock().moved_seen = None;
+        }
     }
 
     /// Queues a message that was waiting for `client_id`'s session on another node (the
@@ -100,8 +156,11 @@ impl PeerHandle {
         client_id: &str,
         packet: Bytes,
         published_ms: u64,
+        id: ClusterId,
     ) -> Result<bool, PeerPacketError> {
-        let message = Arc::new(decode(packet, published_ms)?);
+        let message = decode(packet, published_ms)?;
+        let _ = message.cluster_id.set(id);
+        let message = Arc::new(message);
         let b = &self.0;
         let Some(session) = b.sessions.lock().get(client_id).cloned() else {
             return Ok(false);
@@ -157,14 +216,106 @@ impl Broker {
                 Attachment::Offline { since, .. } => Some(since),
                 _ => None,
             },
+            carried: None,
         })
     }
 
-    /// Gives a session moved from another node its subscriptions (journaled: it is this
-    /// node's now).
+    /// What a session leaving for another node holds (under the tree's write lock).
+    fn carried(&self, st: &SessionState) -> Carried {
+        let now = Instant::now();
+        let entry = |d: &Delivery, state| CarriedEntry {
+            packet: super::encode(&d.message, now),
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids.clone(),
+            state,
+        };
+        let inflight = st.inflight.iter().map(|(pid, i)| match i {
+            Inflight::Published(d) => entry(d, EntryState::Sent(*pid)),
+            Inflight::Released(_) => CarriedEntry {
+                packet: Bytes::new(),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+                state: EntryState::Released(*pid),
+            },
+        });
+        let queued = st
+            .pending
+            .iter()
+            .filter(|d| !d.message.is_expired(now))
+            .map(|d| entry(d, EntryState::Queued));
+        Carried {
+            entries: inflight.chain(queued).collect(),
+            incoming_qos2: st.incoming_qos2.iter().copied().collect(),
+            cut: self.cluster.cut(),
+            origin: 0,
+        }
+    }
+
+    /// Gives a session moved from another node its subscriptions and what it carried
+    /// (journaled: it is this node's now). With something carried, its replay skips what the
+    /// session is given here meanwhile.
     pub(crate) fn adopt(&self, session: &Arc<Session>, moved: MovedSession) {
         for s in moved.subscriptions {
             self.add_subscription(session, &s.filter, s.options, s.subscription_id, true);
+        }
+        let Some(carried) = moved.carried else {
+            return;
+        };
+        let journal = self.journal();
+        let mut st = session.state.lock();
+        st.moved_seen = Some(HashSet::new());
+        st.moved_from = Some((carried.origin, carried.cut));
+        for pid in carried.incoming_qos2 {
+            if st.incoming_qos2.insert(pid)
+                && let Some(j) = journal
+            {
+                j.append(Record::IncomingAdd(session.client_id.clone(), pid));
+            }
+        }
+        for e in carried.entries {
+            let message = match e.state {
+                EntryState::Released(_) => Message::delivered(),
+                _ => match decode(e.packet, 0) {
+                    Ok(m) => m,
+                    Err(_) => continue,
+                },
+            };
+            let d = Delivery {
+                message: Arc::new(message),
+                qos: e.qos,
+                retain: e.retain,
+                subscription_ids: e.subscription_ids,
+                stored: None,
+            };
+            // Queued as any delivery (journaled, within the queue's bounds); one that was in
+            // flight goes back under its packet identifier, so the client gets it again as
+            // the same message (DUP), or, released, only its PUBREL.
+            let (queued, _) = session.enqueue(&mut st, d, &self.limits, journal, false);
+            if matches!(queued, Enqueued::Rejected | Enqueued::Skipped) {
+                continue;
+            }
+            let pid = match e.state {
+                EntryState::Sent(pid) | EntryState::Released(pid) => pid,
+                EntryState::Queued => continue,
+            };
+            let Some(d) = st.pending.pop_back() else {
+                continue;
+            };
+            let stored = d.stored_ref();
+            if let (Some(j), Some(s)) = (journal, stored) {
+                j.append(Record::Entry {
+                    client: session.client_id.clone(),
+                    seq: s.seq,
+                    state: e.state,
+                });
+            }
+            let inflight = match e.state {
+                EntryState::Released(_) => Inflight::Released(stored),
+                _ => Inflight::Published(d),
+            };
+            st.inflight.insert(pid, inflight);
         }
     }
 }

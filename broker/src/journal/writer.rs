@@ -99,7 +99,7 @@ impl Writer {
                     Record::PeersRouted(seq) => Some(*seq),
                     _ => None,
                 })
-                .max();
+                .next_back();
             let (changes, bodies) = self.build(records);
             let alive_at = last_alive
                 .is_none_or(|t| t.elapsed() >= ALIVE_EVERY)

@@ -64,6 +64,7 @@ impl StoredMessage {
             encoded_properties: Default::default(),
             stored_id: Default::default(),
             published_ms: Default::default(),
+            cluster_id: Default::default(),
         }
     }
 }

@@ -1,6 +1,12 @@
 //! A moved session's replay: once the new node has opened the session (`Peers::resumed`),
-//! every QoS 1/2 message its subscriptions match published since the record's floor is read
-//! from the stream through a short-lived consumer and queued to it.
+//! the QoS 1/2 messages its subscriptions match that it did not have are read from the stream
+//! through a short-lived consumer and queued to it:
+//! - handed over by a live owner (`handoff.rs`): only what the owner never routed to it,
+//!   by the owner's cut: stream messages after the owner's position, and of the owner's own
+//!   messages those it numbered after the session left. Exactly once: what the session was
+//!   given here since it opened is skipped by name (`PeerHandle::deliver_to`);
+//! - from the last record of an owner that did not answer: everything published since the
+//!   record's floor (at least once: the client may have had some of it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{Record, Sessions};
+use super::{Replay, Sessions};
 use crate::frame::Frame;
 use crate::interest::Interest;
 use crate::qos::consumer_filters;
@@ -19,7 +25,7 @@ use crate::subjects::filter_subjects;
 impl Sessions {
     /// `Peers::resumed`: replays what the moved session had not had.
     pub(crate) fn resumed(self: &Arc<Self>, client_id: &str) {
-        let Some(record) = self.replays.lock().remove(client_id) else {
+        let Some(replay) = self.replays.lock().remove(client_id) else {
             return;
         };
         let this = self.clone();
@@ -28,21 +34,31 @@ impl Sessions {
             let started = std::time::Instant::now();
             this.consumer_follows_moved_subscriptions().await;
             // A failed replay is started again from the floor (at least once): twice more.
-            let mut replayed = this.replay(&client_id, &record).await;
+            let mut replayed = this.replay(&client_id, &replay).await;
             for _ in 0..2 {
                 let Err(e) = &replayed else { break };
                 warn!(client_id, error = %e, "replaying a moved session's messages; again");
-                replayed = this.replay(&client_id, &record).await;
+                replayed = this.replay(&client_id, &replay).await;
             }
+            let read_to = replayed.as_ref().map_or(0, |(_, to)| *to);
+            let replayed = replayed.map(|(n, _)| n);
             match replayed {
                 Ok(n) => info!(
                     client_id,
                     messages = n,
+                    after_stream_seq = replay.cut.map(|(_, c)| c.peers_routed),
                     ms = started.elapsed().as_millis() as u64,
                     "session moved here; its messages replayed"
                 ),
                 Err(e) => warn!(client_id, error = %e, "replaying a moved session's messages"),
             }
+            // This node's consumer may be behind what the replay read: until it has passed
+            // it (or for 5 s), the session keeps skipping what it was given.
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while this.broker.peers_routed() < read_to && std::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            this.broker.replayed(&client_id);
             if let Some(o) = this.owned.lock().get_mut(&client_id) {
                 o.replaying = false;
             }
@@ -66,8 +82,10 @@ impl Sessions {
         }
     }
 
-    /// Queues to the session every message its subscriptions match from the record's floor.
-    async fn replay(&self, client_id: &str, record: &Record) -> Result<usize, String> {
+    /// Queues to the session every message its subscriptions match that it did not have;
+    /// how many, and the stream sequence it read to.
+    async fn replay(&self, client_id: &str, replay: &Replay) -> Result<(usize, u64), String> {
+        let record = &replay.record;
         let base = self.nats.subject("q");
         let subjects: Vec<String> = record
             .subs
@@ -76,11 +94,19 @@ impl Sessions {
             .flat_map(|s| filter_subjects(&base, &s.filter))
             .collect();
         if subjects.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
-        let start =
-            time::OffsetDateTime::from_unix_timestamp_nanos(record.floor_ms as i128 * 1_000_000)
-                .map_err(|e| e.to_string())?;
+        let deliver_policy = match replay.cut {
+            Some((_, cut)) => DeliverPolicy::ByStartSequence {
+                start_sequence: cut.peers_routed + 1,
+            },
+            None => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    record.floor_ms as i128 * 1_000_000,
+                )
+                .map_err(|e| e.to_string())?,
+            },
+        };
         let stream = self
             .nats
             .jetstream
@@ -90,7 +116,7 @@ impl Sessions {
         let mut consumer = stream
             .create_consumer(pull::Config {
                 filter_subjects: consumer_filters(&base, subjects),
-                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+                deliver_policy,
                 ack_policy: AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
@@ -103,7 +129,7 @@ impl Sessions {
             .map_err(|e| e.to_string())?
             .num_pending;
         let name = consumer.cached_info().name.clone();
-        let mut delivered = 0;
+        let (mut delivered, mut read_to) = (0, 0);
         if pending > 0 {
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             let mut next_delivery = 1;
@@ -119,15 +145,25 @@ impl Sessions {
                 }
                 next_delivery += 1;
                 pending = info.pending;
+                read_to = info.stream_sequence;
                 let published_ms = crate::stream_ms(info.published);
-                if let Some((_, packet)) = Frame::parse(&m.payload)
-                    && let Ok(true) = self.broker.deliver_to(client_id, packet, published_ms)
+                let Some((frame, packet)) = Frame::parse(&m.payload) else {
+                    continue;
+                };
+                // The owner routed its own messages numbered before the cut to the session.
+                if let Some((owner, cut)) = replay.cut
+                    && frame.origin == owner
+                    && frame.seq < cut.next_seq
                 {
+                    continue;
+                }
+                let id = frame.id(self.origin, info.stream_sequence);
+                if let Ok(true) = self.broker.deliver_to(client_id, packet, published_ms, id) {
                     delivered += 1;
                 }
             }
         }
         let _ = stream.delete_consumer(&name).await;
-        Ok(delivered)
+        Ok((delivered, read_to))
     }
 }

@@ -16,6 +16,7 @@ fn message(id: u64) -> Arc<Message> {
         encoded_properties: Default::default(),
         stored_id: Default::default(),
         published_ms: Default::default(),
+        cluster_id: Default::default(),
     };
     let _ = m.stored_id.set(id);
     Arc::new(m)
