@@ -300,3 +300,40 @@ async fn a_publisher_moving_mid_qos2_releases_its_message_on_the_new_node_once()
     }
     assert_eq!(seen, 1);
 }
+
+#[tokio::test]
+async fn a_new_subscription_gets_no_message_published_before_it_on_another_node() {
+    let nats = NatsCluster::start();
+    let nodes = three_nodes(&nats);
+    let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
+    let mut publisher = login(&nodes[0], "pub", &token).await;
+    // Node b's consumer is in use (another filter), then 50 messages go to a topic nobody
+    // follows yet.
+    let mut other = login(&nodes[1], "other", &token).await;
+    other.subscribe("elsewhere/#", QoS::AtLeastOnce).await;
+    until_routed(&mut publisher, &mut other, "elsewhere/probe").await;
+    for i in 0..50u16 {
+        publisher
+            .publish("early/t", b"before", QoS::AtLeastOnce, i + 1)
+            .await;
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    }
+    let mut sub = login(&nodes[1], "late", &token).await;
+    sub.subscribe("early/#", QoS::AtLeastOnce).await;
+    until_routed(&mut publisher, &mut sub, "early/probe").await;
+    publisher
+        .publish("early/t", b"after", QoS::AtLeastOnce, 99)
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    let mut got = Vec::new();
+    while let Ok(Some(p)) =
+        crate::cluster_harness::recv_acking(&mut sub, Duration::from_secs(2)).await
+    {
+        if let Packet::Publish(p) = p
+            && &p.payload[..] != b"probe"
+        {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    assert_eq!(got, ["after"]);
+}
