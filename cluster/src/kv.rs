@@ -58,13 +58,21 @@ fn encode(expires_at_ms: Option<u64>, value: &[u8]) -> Bytes {
 }
 
 fn decode(e: &kv::Entry) -> Option<Entry> {
-    if e.operation != Operation::Put || e.value.len() < 8 {
+    if e.operation != Operation::Put {
         return None;
     }
-    let exp = u64::from_be_bytes(e.value[..8].try_into().ok()?);
+    decode_value(&e.value, e.revision)
+}
+
+/// A stored value: its expiry (ms since the epoch, 0 for none, 8 bytes) then the record.
+fn decode_value(value: &[u8], revision: u64) -> Option<Entry> {
+    if value.len() < 8 {
+        return None;
+    }
+    let exp = u64::from_be_bytes(value[..8].try_into().ok()?);
     Some(Entry {
-        value: e.value[8..].to_vec(),
-        revision: e.revision,
+        value: value[8..].to_vec(),
+        revision,
         expires_at_ms: (exp != 0).then_some(exp),
     })
 }
@@ -201,23 +209,20 @@ impl NatsKv {
     }
 
     /// Every entry of `bucket` whose escaped key starts with `prefix`, read in one request.
-    fn entries(&self, bucket: Bucket, prefix: String) -> KvResult<Vec<(String, kv::Entry)>> {
-        let store = self.store(bucket)?;
-        self.nats
-            .wait(async move {
-                let mut keys = store.keys().await.map_err(failed)?;
-                let mut found = Vec::new();
-                while let Some(k) = keys.next().await {
-                    let k = k.map_err(failed)?;
-                    if k.starts_with(&prefix)
-                        && let Some(e) = store.entry(k.clone()).await.map_err(failed)?
-                    {
-                        found.push((k, e));
-                    }
-                }
-                Ok(found)
-            })
+    /// Every live key of `bucket` starting with `prefix` (escaped), read in batches
+    /// (`scan.rs`), with its stored value.
+    fn entries(&self, bucket: Bucket, prefix: String) -> KvResult<Vec<(String, Entry)>> {
+        let name = self.store(bucket)?.name.clone();
+        let js = self.nats.jetstream.clone();
+        let scanned = self
+            .nats
+            .wait(async move { crate::scan::scan(&js, &name, &prefix).await })
             .map_err(lost)?
+            .map_err(failed)?;
+        Ok(scanned
+            .into_iter()
+            .filter_map(|s| Some((s.key, decode_value(&s.value, s.revision)?)))
+            .collect())
     }
 
     /// Follows every bucket's changes and the fast revocation subject, into `changes`.
@@ -429,7 +434,7 @@ impl KvStore for NatsKv {
         let mut out: Vec<(String, Entry)> = self
             .entries(bucket, escape(prefix))?
             .into_iter()
-            .filter_map(|(k, e)| Some((unescape(&k)?, decode(&e)?)))
+            .filter_map(|(k, e)| Some((unescape(&k)?, e)))
             .filter(|(k, e)| live(e, now) && !self.tombstoned(bucket, k))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -442,11 +447,8 @@ impl KvStore for NatsKv {
             let expired: Vec<(String, u64)> = self
                 .entries(b, String::new())?
                 .into_iter()
-                .filter_map(|(k, e)| {
-                    decode(&e)
-                        .filter(|d| !live(d, now))
-                        .map(|d| (k, d.revision))
-                })
+                .filter(|(_, e)| !live(e, now))
+                .map(|(k, e)| (k, e.revision))
                 .collect();
             // A few hundred per request, each request within the deadline.
             for chunk in expired.chunks(256) {

@@ -31,6 +31,15 @@ async fn a_token_issued_on_one_node_logs_in_on_every_node() {
     let out = nodes[2].command(&["--json", "token", "list", "--user", "alice"], "");
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    // Read through the bucket's stream (its last value per key): a revoked token is gone
+    // from the list, another one issued since is there.
+    let second = crate::oauth::cli_token(&nodes[0], "alice", "3600", "mqtt");
+    let out = nodes[1].command(&["token", "revoke", &token], "");
+    assert!(out.status.success(), "{out:?}");
+    let out = nodes[2].command(&["--json", "token", "list", "--user", "alice"], "");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(!second.is_empty());
     let out = nodes[2].command(&["--json", "cluster", "status"], "");
     assert!(out.status.success(), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
