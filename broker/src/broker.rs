@@ -117,6 +117,10 @@ impl Broker {
             drop_oldest: config.queue_full == QueueFullPolicy::DropOldest,
             queue_qos0_offline: config.queue_qos0_offline,
         };
+        let cluster = Cluster::default();
+        if let Persistence::Journal { journal, .. } = &persistence {
+            journal.follow_peers_routed(cluster.peers_routed_position());
+        }
         Arc::new(Broker {
             config,
             limits,
@@ -128,7 +132,7 @@ impl Broker {
             subscriptions: RwLock::new(SubscriptionTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             connections: Registry::default(),
-            cluster: Cluster::default(),
+            cluster,
             next_id: AtomicU64::new(1),
         })
     }

@@ -21,8 +21,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -118,9 +118,6 @@ pub(crate) enum Record {
     IncomingRemove(Arc<str>, u16),
     /// A stored message body nothing references (found at start).
     DropMessage(u64),
-    /// The other nodes' QoS 1/2 messages are routed through this stream sequence
-    /// ([`Batch::peers_routed`](crate::store::Batch::peers_routed)).
-    PeersRouted(u64),
 }
 
 struct Pending {
@@ -164,6 +161,9 @@ struct Shared {
     last_ok: AtomicBool,
     /// How long each commit took (the fsync included).
     commit_latency: Histogram,
+    /// In a cluster, the stream position routing moves (`Cluster::peers_routed`), written
+    /// with the batch that holds what was routed up to it (`Batch::peers_routed`).
+    peers_routed: OnceLock<Arc<AtomicU64>>,
 }
 
 impl Shared {
@@ -183,6 +183,7 @@ impl Shared {
             commits: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_ok: AtomicBool::new(true),
+            peers_routed: OnceLock::new(),
             commit_latency: Histogram::default(),
         }
     }
@@ -271,6 +272,11 @@ impl Journal {
         *message
             .stored_id
             .get_or_init(|| self.shared.next_message_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Writes `position` (the cluster's stream position) with every batch it moved in.
+    pub(crate) fn follow_peers_routed(&self, position: Arc<AtomicU64>) {
+        let _ = self.shared.peers_routed.set(position);
     }
 
     /// Waits until everything appended so far is committed.

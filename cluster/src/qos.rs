@@ -258,7 +258,8 @@ async fn open_session(
 /// A message at or below `PeerHandle::peers_routed` is taken without routing: it was
 /// routed here before and JetStream delivers it again (its acknowledgement did not land
 /// before a crash, or the reading session started again from the acknowledgement floor).
-/// That sequence is journaled with each batch, so a QoS 2 message is not queued twice.
+/// That sequence is written with the journal batch that holds what was routed up to it, so a
+/// QoS 2 message is not queued twice.
 async fn take_batch(
     broker: &PeerHandle,
     origin: u64,

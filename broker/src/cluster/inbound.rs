@@ -106,25 +106,21 @@ impl PeerHandle {
     }
 
     /// Every message of the QoS 1/2 stream through sequence `seq` has been taken here
-    /// (routed, or this node's own; call it after them, before [`PeerHandle::sync`]):
-    /// journaled with the routed messages' queue entries, so after a crash
-    /// [`PeerHandle::peers_routed`] says which messages JetStream delivers again were routed
-    /// already.
+    /// (routed, or this node's own; call it after them, before [`PeerHandle::sync`]). Routing
+    /// moves the position itself; the journal writes it with the batch holding what was
+    /// routed up to it, so after a crash [`PeerHandle::peers_routed`] says which messages
+    /// JetStream delivers again were routed already.
     pub fn routed_through(&self, seq: u64) {
-        let c = &self.0.cluster;
-        c.peers_routed.fetch_max(seq, Ordering::Relaxed);
-        if let Some(j) = self.0.journal() {
-            j.append(crate::journal::Record::PeersRouted(c.peers_routed()));
-        }
+        self.0
+            .cluster
+            .peers_routed
+            .fetch_max(seq, Ordering::Release);
     }
 
     /// The QoS 1/2 stream is a new one (its last sequence is below what was routed): its
     /// position starts again from 0.
     pub fn reset_peers_routed(&self) {
         self.0.cluster.restore_peers_routed(0);
-        if let Some(j) = self.0.journal() {
-            j.append(crate::journal::Record::PeersRouted(0));
-        }
     }
 
     /// The stream sequence through which the other nodes' QoS 1/2 messages were routed here,

@@ -144,7 +144,7 @@ pub(crate) struct Cluster {
     /// The stream sequence through which the other nodes' QoS 1/2 messages are routed here
     /// (moved under the subscription tree's read lock; journaled by
     /// [`PeerHandle::routed_through`], loaded at start).
-    peers_routed: AtomicU64,
+    peers_routed: Arc<AtomicU64>,
     /// The number the next message a client publishes here gets (`ClusterId::seq`).
     next_seq: AtomicU64,
 }
@@ -165,7 +165,7 @@ impl Default for Cluster {
             peers: OnceLock::new(),
             tickets: Tickets::default(),
             groups_across_nodes: AtomicBool::new(true),
-            peers_routed: AtomicU64::new(0),
+            peers_routed: Arc::default(),
             next_seq: AtomicU64::new(1),
         }
     }
@@ -310,7 +310,8 @@ impl Cluster {
             .map(|id| id.stream_seq)
             .max();
         if let Some(seq) = last.filter(|s| *s > 0) {
-            self.peers_routed.fetch_max(seq, Ordering::Relaxed);
+            // Release: the journal's writer reads it before taking records (see there).
+            self.peers_routed.fetch_max(seq, Ordering::Release);
         }
     }
 
@@ -327,7 +328,12 @@ impl Cluster {
     }
 
     pub(crate) fn restore_peers_routed(&self, seq: u64) {
-        self.peers_routed.store(seq, Ordering::Relaxed);
+        self.peers_routed.store(seq, Ordering::Release);
+    }
+
+    /// The position, for the journal to write with its batches.
+    pub(crate) fn peers_routed_position(&self) -> Arc<AtomicU64> {
+        self.peers_routed.clone()
     }
 
     pub(crate) fn counts(&self) -> Option<ClusterCounts> {

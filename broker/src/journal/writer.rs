@@ -65,6 +65,8 @@ impl Writer {
     pub(super) fn run(mut self) {
         let mut last_commit = Instant::now();
         let mut last_alive: Option<Instant> = None;
+        // The stream position last written (`Batch::peers_routed`).
+        let mut written_routed: Option<u64> = None;
         loop {
             // On a busy core, connection threads are ready to run: letting them go first makes
             // the batch bigger, and most of a commit's cost (its fsync above all) is per commit,
@@ -72,7 +74,7 @@ impl Writer {
             // messages per commit, 3.2 -> 2.7 µs of CPU per message). With nothing else ready to
             // run this returns at once.
             std::thread::yield_now();
-            let (batch, records, stop) = {
+            let (batch, records, stop, routed) = {
                 let mut p = self.shared.pending.lock();
                 loop {
                     if p.pins > 0 {
@@ -91,15 +93,17 @@ impl Writer {
                 }
                 let batch = p.batch;
                 p.batch = self.shared.tickets.issue();
-                (batch, std::mem::take(&mut p.records), p.stop)
+                // Read before the records are taken: routing appends a message's records
+                // before it moves the position (Release), so every message at or below
+                // what is read here has its records in this batch or an earlier one.
+                let routed = self
+                    .shared
+                    .peers_routed
+                    .get()
+                    .map(|p| p.load(Ordering::Acquire));
+                (batch, std::mem::take(&mut p.records), p.stop, routed)
             };
-            let peers_routed = records
-                .iter()
-                .filter_map(|r| match r {
-                    Record::PeersRouted(seq) => Some(*seq),
-                    _ => None,
-                })
-                .next_back();
+            let peers_routed = routed.filter(|r| Some(*r) != written_routed);
             let (changes, bodies) = self.build(records);
             let alive_at = last_alive
                 .is_none_or(|t| t.elapsed() >= ALIVE_EVERY)
@@ -118,6 +122,9 @@ impl Writer {
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     if alive_at.is_some() {
                         last_alive = Some(last_commit);
+                    }
+                    if peers_routed.is_some() {
+                        written_routed = peers_routed;
                     }
                     for id in bodies {
                         if let Some(r) = self.refs.refs.get_mut(&id) {
@@ -246,7 +253,6 @@ impl Writer {
                     .changes
                     .push(Slot::Ready(Change::DeleteIncoming(client.clone(), pid))),
                 Record::DropMessage(id) => b.changes.push(Slot::Ready(Change::DeleteMessage(id))),
-                Record::PeersRouted(_) => {} // the batch's, above
             }
         }
         let bodies = b.new_bodies.keys().copied().collect();
