@@ -51,14 +51,13 @@ pub struct ClusterId {
 }
 
 impl Message {
-    /// The stand-in for a QoS 2 message the client has had, of which only the PUBCOMP is
-    /// awaited (a moved session's released entry): nothing to send again.
-    pub(crate) fn delivered() -> Message {
+    /// A message of the broker's own: no properties, no expiry, no publishing session.
+    pub(crate) fn plain(topic: Utf8Bytes, payload: Bytes, qos: QoS, retain: bool) -> Message {
         Message {
-            topic: Utf8Bytes::from(""),
-            payload: Bytes::new(),
-            qos: QoS::ExactlyOnce,
-            retain: false,
+            topic,
+            payload,
+            qos,
+            retain,
             properties: None,
             expires_at: None,
             publisher: 0,
@@ -67,6 +66,12 @@ impl Message {
             published_ms: Default::default(),
             cluster_id: Default::default(),
         }
+    }
+
+    /// The stand-in for a QoS 2 message the client has had, of which only the PUBCOMP is
+    /// awaited (a moved session's released entry): nothing to send again.
+    pub(crate) fn delivered() -> Message {
+        Message::plain(Utf8Bytes::from(""), Bytes::new(), QoS::ExactlyOnce, false)
     }
 
     pub fn from_publish(p: Publish, topic: Utf8Bytes, publisher: u64) -> Message {

@@ -195,8 +195,8 @@ impl RetainedTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::QoS;
     use crate::codec::topic::matches;
-    use crate::codec::{QoS, Utf8Bytes};
     use bytes::Bytes;
 
     fn msg(topic: &str) -> Arc<Message> {
@@ -204,19 +204,8 @@ mod tests {
     }
 
     fn sized(topic: &str, payload: usize) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Utf8Bytes::from(topic),
-            payload: Bytes::from(vec![b'x'; payload]),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: None,
-            expires_at: None,
-            publisher: 0,
-            encoded_properties: Default::default(),
-            stored_id: Default::default(),
-            published_ms: Default::default(),
-            cluster_id: Default::default(),
-        })
+        let payload = Bytes::from(vec![b'x'; payload]);
+        Arc::new(Message::plain(topic.into(), payload, QoS::AtMostOnce, true))
     }
 
     #[test]

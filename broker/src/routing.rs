@@ -136,19 +136,8 @@ impl Broker {
             return false;
         }
         if let Some(j) = self.journal() {
-            j.append(Record::Retained(Arc::new(Message {
-                topic,
-                payload: Bytes::new(),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: None,
-                expires_at: None,
-                publisher: 0,
-                encoded_properties: Default::default(),
-                stored_id: Default::default(),
-                published_ms: Default::default(),
-                cluster_id: Default::default(),
-            })));
+            let cleared = Message::plain(topic, Bytes::new(), QoS::AtMostOnce, true);
+            j.append(Record::Retained(Arc::new(cleared)));
         }
         true
     }

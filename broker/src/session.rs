@@ -463,19 +463,12 @@ mod tests {
 
     fn delivery(qos: QoS, n: usize) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: Utf8Bytes::from("t"),
-                payload: Bytes::from(vec![0u8; n]),
+            message: Arc::new(Message::plain(
+                Utf8Bytes::from("t"),
+                Bytes::from(vec![0u8; n]),
                 qos,
-                retain: false,
-                properties: None,
-                expires_at: None,
-                publisher: 0,
-                encoded_properties: Default::default(),
-                stored_id: Default::default(),
-                published_ms: Default::default(),
-                cluster_id: Default::default(),
-            }),
+                false,
+            )),
             qos,
             retain: false,
             subscription_ids: Vec::new(),

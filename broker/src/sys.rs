@@ -104,19 +104,8 @@ fn publish_all(b: &Broker) {
 }
 
 fn publish(b: &Broker, topic: &'static str, value: String) {
-    let message = Message {
-        topic: Utf8Bytes::from_static(topic),
-        payload: Bytes::from(value),
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: None,
-        expires_at: None,
-        publisher: 0,
-        encoded_properties: Default::default(),
-        stored_id: Default::default(),
-        published_ms: Default::default(),
-        cluster_id: Default::default(),
-    };
+    let topic = Utf8Bytes::from_static(topic);
+    let message = Message::plain(topic, Bytes::from(value), QoS::AtMostOnce, true);
     // $SYS updates are not counted as received messages.
     b.publish_sys(Arc::new(message));
 }

@@ -372,11 +372,15 @@ impl Sessions {
                 {
                     ended += 1;
                 }
-            } else if r.value != serde_json::to_vec(&record).unwrap_or_default() {
-                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-                if self.store.update(&r.key, value, r.revision).await.is_ok() {
-                    offline += 1;
-                }
+            } else if let Ok(value) = serde_json::to_vec(&record)
+                && r.value != value
+                && self
+                    .store
+                    .update(&r.key, value.into(), r.revision)
+                    .await
+                    .is_ok()
+            {
+                offline += 1;
             }
         }
         if offline + ended > 0 {

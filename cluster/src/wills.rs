@@ -144,13 +144,13 @@ impl Wills {
     /// as this node's, to every node), then follows the heartbeats. Blocking.
     pub(crate) fn claim_left_behind(self: &Arc<Self>) {
         let this = self.clone();
-        match self
+        let claimed = self
             .nats
-            .wait(async move { this.claim_orphans(false).await })
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "reading the wills this node left; tried again"),
-            Err(e) => warn!(error = %e, "reading the wills this node left; tried again"),
+            .wait(async move { this.claim_orphans(false).await });
+        if let Err(e) = claimed.map_err(|e| e.to_string()).and_then(|r| r) {
+            warn!(error = %e, "reading the wills this node left; tried again");
+            // The scanner claims this node's earlier records too, again until it can.
+            self.rescan.notify_one();
         }
         self.nats.spawn(self.clone().scan_when_told());
     }
@@ -186,21 +186,15 @@ impl Wills {
     /// Claims every orphaned record (`others`: of other nodes too, not only this node's
     /// earlier runs) and ends the sessions of dead nodes.
     async fn claim_orphans(self: &Arc<Self>, others: bool) -> Result<(), String> {
-        let (down, dead, may_judge) = {
+        let (dead, may_judge) = {
             let view = self.view.lock();
-            let down: BTreeSet<String> = view
-                .nodes
-                .values()
-                .filter(|n| !n.up)
-                .map(|n| n.node.clone())
-                .collect();
             let dead: HashMap<String, u64> = view
                 .nodes
                 .values()
                 .filter(|n| !n.up)
                 .map(|n| (n.node.clone(), n.seen_at_ms))
                 .collect();
-            (down, dead, view.may_judge)
+            (dead, view.may_judge)
         };
         let others = others && may_judge;
         let now = now_ms();
@@ -247,7 +241,7 @@ impl Wills {
         }
         if others {
             self.sessions.end_orphaned(&dead).await?;
-            self.view.lock().scanned_down = Some(down);
+            self.view.lock().scanned_down = Some(dead.into_keys().collect());
         }
         Ok(())
     }

@@ -151,6 +151,58 @@ async fn publish_exactly_once(publisher: &mut Raw, payload: &str, pid: u16) -> b
     matches!(publisher.recv().await, Some(Packet::PubComp(_)))
 }
 
+/// `keeper2` subscribed to `load/#` (QoS 2) on `node`, the way from `publisher` to it proven,
+/// and its receiver (the probes not counted).
+async fn subscribed_keeper(node: &TestBroker, publisher: &mut Raw, token: &str) -> (Raw, Receiver) {
+    let (mut sub, _) = Raw::connect(node.tcp, keeper(token, true)).await;
+    sub.subscribe("load/#", QoS::ExactlyOnce).await;
+    until_routed(publisher, &mut sub, "load/probe").await;
+    let mut receiver = Receiver::default();
+    receiver.take(&mut sub, Duration::from_millis(500)).await;
+    receiver.got.clear();
+    (sub, receiver)
+}
+
+/// A publisher sending `q2 <i>` at QoS 2, one exchange after another, until `finish`.
+struct Publishing {
+    completed: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publishing {
+    fn start(mut publisher: Raw) -> Publishing {
+        let completed = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (completed, stop) = (completed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let payload = format!("q2 {i}");
+                    let pid = (i % 60_000 + 1) as u16;
+                    if publish_exactly_once(&mut publisher, &payload, pid).await {
+                        completed.lock().unwrap().insert(payload);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        Publishing {
+            completed,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops after the exchange under way; the messages whose exchange completed.
+    async fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        std::mem::take(&mut *self.completed.lock().unwrap())
+    }
+}
+
 #[tokio::test]
 async fn qos2_messages_reach_a_subscriber_once_through_kills_of_its_node() {
     let nats = NatsCluster::start();
@@ -159,28 +211,9 @@ async fn qos2_messages_reach_a_subscriber_once_through_kills_of_its_node() {
     let a = nodes[0].as_ref().unwrap();
     let token = cli_token(a, "bob", "3600", "mqtt");
     let mut publisher = login(a, "pub", &token).await;
-    let (mut sub, _) = Raw::connect(nodes[1].as_ref().unwrap().tcp, keeper(&token, true)).await;
-    sub.subscribe("load/#", QoS::ExactlyOnce).await;
-    until_routed(&mut publisher, &mut sub, "load/probe").await;
-    let mut receiver = Receiver::default();
-    receiver.take(&mut sub, Duration::from_millis(500)).await;
-    receiver.got.clear();
-
-    let completed = Arc::new(Mutex::new(BTreeSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publishing = {
-        let (completed, stop) = (completed.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let payload = format!("q2 {i}");
-                if publish_exactly_once(&mut publisher, &payload, (i % 60_000 + 1) as u16).await {
-                    completed.lock().unwrap().insert(payload);
-                }
-                i += 1;
-            }
-        })
-    };
+    let (mut sub, mut receiver) =
+        subscribed_keeper(nodes[1].as_ref().unwrap(), &mut publisher, &token).await;
+    let publishing = Publishing::start(publisher);
     for round in 0..4 {
         let run = crate::cluster_sessions::random_ms(200, 1500);
         println!("round {round}: node b killed after {run} ms");
@@ -191,9 +224,7 @@ async fn qos2_messages_reach_a_subscriber_once_through_kills_of_its_node() {
         assert!(ack.session_present, "round {round}: {ack:?}");
         sub = s;
     }
-    stop.store(true, Ordering::Relaxed);
-    publishing.await.unwrap();
-    let completed = std::mem::take(&mut *completed.lock().unwrap());
+    let completed = publishing.finish().await;
     receiver.all_once(&mut sub, completed).await;
 }
 
@@ -203,28 +234,8 @@ async fn qos2_messages_reach_a_subscriber_once_through_moves_between_live_nodes(
     let nodes = three_nodes(&nats);
     let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let mut publisher = login(&nodes[2], "pub", &token).await;
-    let (mut sub, _) = Raw::connect(nodes[0].tcp, keeper(&token, true)).await;
-    sub.subscribe("load/#", QoS::ExactlyOnce).await;
-    until_routed(&mut publisher, &mut sub, "load/probe").await;
-    let mut receiver = Receiver::default();
-    receiver.take(&mut sub, Duration::from_millis(500)).await;
-    receiver.got.clear();
-
-    let completed = Arc::new(Mutex::new(BTreeSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publishing = {
-        let (completed, stop) = (completed.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let payload = format!("q2 {i}");
-                if publish_exactly_once(&mut publisher, &payload, (i % 60_000 + 1) as u16).await {
-                    completed.lock().unwrap().insert(payload);
-                }
-                i += 1;
-            }
-        })
-    };
+    let (mut sub, mut receiver) = subscribed_keeper(&nodes[0], &mut publisher, &token).await;
+    let publishing = Publishing::start(publisher);
     // The session moves between nodes a and b while messages flow, its client taking them
     // until the moment it connects to the other node.
     let mut at = 0;
@@ -242,14 +253,12 @@ async fn qos2_messages_reach_a_subscriber_once_through_moves_between_live_nodes(
         receiver.log.push(format!("round {round}"));
         sub = s;
     }
-    stop.store(true, Ordering::Relaxed);
-    publishing.await.unwrap();
+    let completed = publishing.finish().await;
     for n in &nodes[..2] {
         for line in n.log_text().lines().filter(|l| l.contains("moved here")) {
             println!("{line}");
         }
     }
-    let completed = std::mem::take(&mut *completed.lock().unwrap());
     receiver.all_once(&mut sub, completed).await;
 }
 

@@ -5,19 +5,13 @@ use crate::store::MemoryStore;
 use bytes::Bytes;
 
 fn message(id: u64) -> Arc<Message> {
-    let m = Message {
-        topic: "t".into(),
-        payload: Bytes::from_static(b"x"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-        expires_at: None,
-        publisher: 1,
-        encoded_properties: Default::default(),
-        stored_id: Default::default(),
-        published_ms: Default::default(),
-        cluster_id: Default::default(),
-    };
+    let mut m = Message::plain(
+        "t".into(),
+        Bytes::from_static(b"x"),
+        QoS::AtLeastOnce,
+        false,
+    );
+    m.publisher = 1;
     let _ = m.stored_id.set(id);
     Arc::new(m)
 }
