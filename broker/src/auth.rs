@@ -114,6 +114,15 @@ impl Grant {
         !topic.as_bytes().starts_with(b"$SYS") && self.acl.can_publish(topic)
     }
 
+    /// What a connection keeps of the grant once the CONNACK or AUTH 0x00 that carries its
+    /// Authentication Data and User Properties is built: those are sent once, and would
+    /// otherwise stay with every idle connection (a token login's are three allocations).
+    pub fn kept(mut self) -> Grant {
+        self.data = None;
+        self.user_properties = Vec::new();
+        self
+    }
+
     /// Everything allowed, no deadline.
     pub fn allow_all(identity: Option<String>) -> Grant {
         Grant {

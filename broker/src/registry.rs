@@ -34,13 +34,16 @@ pub struct ConnectionInfo {
 
 #[derive(Default)]
 pub(crate) struct Registry {
-    connections: Mutex<HashMap<u64, ConnectionInfo>>,
+    /// Boxed: a map's spare slots (up to half of them after it grows) would each be the size
+    /// of a whole record, about 150 bytes, where a box is 8.
+    connections: Mutex<HashMap<u64, Box<ConnectionInfo>>>,
 }
 
 impl Registry {
     /// Adds a connection; returns whether it was new.
     pub(crate) fn register(&self, info: ConnectionInfo) -> bool {
-        self.connections.lock().insert(info.conn_id, info).is_none()
+        let id = info.conn_id;
+        self.connections.lock().insert(id, Box::new(info)).is_none()
     }
 
     /// Records the identity and credential of a re-authentication.
@@ -58,7 +61,7 @@ impl Registry {
 
     /// Removes a connection; returns it if it was registered.
     pub(crate) fn unregister(&self, conn_id: u64) -> Option<ConnectionInfo> {
-        self.connections.lock().remove(&conn_id)
+        self.connections.lock().remove(&conn_id).map(|c| *c)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -66,7 +69,11 @@ impl Registry {
     }
 
     pub(crate) fn list(&self) -> Vec<ConnectionInfo> {
-        self.connections.lock().values().cloned().collect()
+        self.connections
+            .lock()
+            .values()
+            .map(|c| ConnectionInfo::clone(c))
+            .collect()
     }
 
     /// Leaves DISCONNECT `reason` for every connection `pred` selects; returns how many.

@@ -332,7 +332,9 @@ async fn no_publish_refused_or_lost_through_five_nats_server_kills() {
             publisher
                 .publish("load/m", n.to_string().as_bytes(), qos, pid)
                 .await;
-            let code = match publisher.recv().await {
+            // The node may take up to `store_within` (14 s) to answer, not the usual 10.
+            let answer = publisher.recv_within(Duration::from_secs(20)).await;
+            let code = match answer.expect("no answer within store_within and a margin") {
                 Some(Packet::PubAck(ack)) => ack.reason_code,
                 Some(Packet::PubRec(rec)) => {
                     if rec.reason_code == ReasonCode::SUCCESS {

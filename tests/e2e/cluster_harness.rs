@@ -333,8 +333,10 @@ pub(crate) async fn receive_all_within(
     while !missing.is_empty() {
         assert!(
             Instant::now() < deadline,
-            "{} of {total} acknowledged messages never arrived",
-            missing.len()
+            "{} of {total} acknowledged messages never arrived (first {:?}, last {:?})",
+            missing.len(),
+            missing.first(),
+            missing.last()
         );
         if let Ok(Some(Packet::Publish(p))) = recv_acking(sub, Duration::from_secs(1)).await {
             missing.remove(String::from_utf8_lossy(&p.payload).as_ref());

@@ -19,6 +19,9 @@ pub struct Raw<S = TcpStream> {
     pub stream: S,
     buf: BytesMut,
     pub version: Version,
+    /// PUBLISH packets that came before the SUBACK `subscribe_with` waited for (the standard
+    /// lets a server send them first, MQTT 5.0 §3.8.4), returned by the next receive.
+    early: std::collections::VecDeque<Packet>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
@@ -28,6 +31,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             stream,
             buf: BytesMut::new(),
             version: Version::V5,
+            early: Default::default(),
         }
     }
 
@@ -48,6 +52,7 @@ impl Raw {
             stream: TcpStream::connect(addr).await.unwrap(),
             buf: BytesMut::new(),
             version: Version::V5,
+            early: Default::default(),
         }
     }
 
@@ -57,6 +62,7 @@ impl Raw {
             stream: TcpStream::connect(addr).await?,
             buf: BytesMut::new(),
             version: Version::V5,
+            early: Default::default(),
         })
     }
 
@@ -120,6 +126,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 
     /// `Err` on timeout; `Ok(None)` when closed.
     pub async fn recv_within(&mut self, t: Duration) -> Result<Option<Packet>, ()> {
+        if let Some(p) = self.early.pop_front() {
+            return Ok(Some(p));
+        }
         let deadline = tokio::time::Instant::now() + t;
         loop {
             if let Some(p) = codec::decode(&mut self.buf, self.version, 1 << 24).unwrap() {
@@ -185,10 +194,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             filters: vec![(filter.into(), options)],
         }))
         .await;
-        match self.recv().await {
-            Some(Packet::SubAck(a)) => a.reason_codes,
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
+        let mut early = std::collections::VecDeque::new();
+        let codes = loop {
+            match self.recv().await {
+                Some(Packet::SubAck(a)) => break a.reason_codes,
+                Some(p @ Packet::Publish(_)) => early.push_back(p),
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        };
+        self.early.extend(early);
+        codes
     }
 
     pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, pid: u16) {

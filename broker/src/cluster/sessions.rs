@@ -19,7 +19,6 @@
 //!   here since it opened (by its cluster name) is not given twice, and
 //!   [`PeerHandle::replayed`] ends that.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -265,8 +264,8 @@ impl Broker {
         };
         let journal = self.journal();
         let mut st = session.state.lock();
-        st.moved_seen = Some(HashSet::new());
-        st.moved_from = Some((carried.origin, carried.cut));
+        st.moved_seen = Some(Box::default());
+        st.moved_from = Some(Box::new((carried.origin, carried.cut)));
         for pid in carried.incoming_qos2 {
             if st.incoming_qos2.insert(pid)
                 && let Some(j) = journal

@@ -33,6 +33,12 @@ impl Utf8Bytes {
         }
     }
 
+    /// A copy that owns its bytes: a value kept for a connection's life made from a packet
+    /// would otherwise keep the whole read buffer the packet was decoded from.
+    pub fn detached(&self) -> Utf8Bytes {
+        Utf8Bytes(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn as_str(&self) -> &str {
         // Every constructor checked the bytes, so this cannot fail. Checking again instead of
         // `from_utf8_unchecked` keeps the workspace free of `unsafe` (`unsafe_code = "forbid"`);

@@ -78,7 +78,7 @@ impl Client {
     /// Takes a new grant (re-authentication): new rights, new deadline.
     pub(crate) fn renew(&mut self, grant: Grant) {
         self.credential_deadline = deadline_from(grant.expires_at);
-        self.grant = grant;
+        self.grant = grant.kept();
     }
 }
 

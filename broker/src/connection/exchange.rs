@@ -16,8 +16,9 @@ use crate::codec::{Auth, Packet, Properties, ReasonCode, Utf8Bytes};
 pub(crate) struct Method(Utf8Bytes);
 
 impl Method {
-    pub(crate) fn new(name: Utf8Bytes) -> Method {
-        Method(name)
+    /// Kept for the connection's life: its own copy, not a slice of the CONNECT's buffer.
+    pub(crate) fn new(name: &Utf8Bytes) -> Method {
+        Method(name.detached())
     }
 
     pub(crate) fn name(&self) -> &Utf8Bytes {

@@ -24,7 +24,7 @@ use super::client::{Client, Endpoint, deadline_from};
 use super::delivery::fit;
 use super::exchange::{self, Method, Next, Refused};
 use super::violation::Violation;
-use super::wire::{ReadError, Reader, Wire, Writer};
+use super::wire::{ReadError, Wire};
 use crate::auth::{AuthFailure, ConnectRequest, Grant};
 use crate::broker::Broker;
 use crate::codec::{ConnAck, Connect, DecodeError, Packet, Properties, ReasonCode, Version};
@@ -35,12 +35,12 @@ use tessera_config::MqttConfig;
 
 /// Runs the connect phase. `None` means the connection is to be closed (whatever answer was
 /// due is already in the write buffer).
-pub(crate) async fn connect<S: AsyncRead + AsyncWrite>(
+pub(crate) async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     broker: &Arc<Broker>,
     wire: &mut Wire,
     endpoint: &Endpoint,
-    r: &mut Reader<S>,
-    w: &mut Writer<S>,
+    r: &mut R,
+    w: &mut W,
 ) -> Option<Client> {
     let deadline = Instant::now() + Duration::from_secs(broker.config.connect_timeout as u64);
     let first = match wire.read_packet(r, deadline, &broker.stats).await {
@@ -160,11 +160,11 @@ struct Handshake<'a> {
 
 impl Handshake<'_> {
     /// The five steps, in order.
-    async fn accept<S: AsyncRead + AsyncWrite>(
+    async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         c: Connect,
-        r: &mut Reader<S>,
-        w: &mut Writer<S>,
+        r: &mut R,
+        w: &mut W,
     ) -> Result<Client, Refusal> {
         let config = &self.broker.config;
         let id = identify(&c, config)?;
@@ -174,7 +174,7 @@ impl Handshake<'_> {
                 "the broker's connection limit is reached",
             ));
         }
-        let method = c.properties.authentication_method.clone().map(Method::new);
+        let method = c.properties.authentication_method.as_ref().map(Method::new);
         let grant = self.authenticate(&c, &id, method.as_ref(), r, w).await?;
         check_will(&c, &grant, config)?;
         let terms = Terms::negotiate(&c, config);
@@ -207,13 +207,13 @@ impl Handshake<'_> {
     }
 
     /// Step 2: the mechanism's verdict, after as many AUTH round trips as it asks for.
-    async fn authenticate<S: AsyncRead + AsyncWrite>(
+    async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         c: &Connect,
         id: &Identified,
         method: Option<&Method>,
-        r: &mut Reader<S>,
-        w: &mut Writer<S>,
+        r: &mut R,
+        w: &mut W,
     ) -> Result<Grant, Refusal> {
         let request = ConnectRequest {
             client_id: id.client_id.to_string(),
@@ -353,7 +353,7 @@ impl Handshake<'_> {
             problem_info: c.properties.request_problem_information.unwrap_or(1) == 1,
             will: c.will.map(Box::new),
             credential_deadline: deadline_from(grant.expires_at),
-            grant,
+            grant: grant.kept(),
             auth_method: method,
             challenge: None,
             expiry_zero_at_connect: terms.requested_expiry == 0,

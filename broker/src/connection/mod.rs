@@ -32,7 +32,7 @@ use tracing::{debug, info};
 use self::client::{Client, Endpoint};
 use self::protocol::Handled;
 use self::violation::Violation;
-use self::wire::{Reader, Wire, Writer};
+use self::wire::{Split, Wire};
 use crate::broker::Broker;
 use crate::codec::{self, DecodeError, Disconnect, Packet, Properties, ReasonCode, Utf8Bytes};
 use crate::message::Message;
@@ -117,16 +117,22 @@ pub(crate) struct Connection {
     pub rate: Option<Box<rate::RateLimit>>,
 }
 
-/// Serves one accepted stream until it closes.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, accepted: Accepted)
+/// Serves one accepted stream until it closes. The connection's state is built here, outside
+/// the future: a future keeps its arguments apart from the locals made of them for its whole
+/// life, and this one is every idle connection's task (224 bytes of it were copies).
+pub fn serve<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    accepted: Accepted,
+) -> impl Future<Output = ()> + Send + 'static
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Split,
 {
     broker
         .stats
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let (mut r, mut w) = tokio::io::split(stream);
+    let (mut r, mut w) = stream.split();
     let mut conn = Connection {
         endpoint: Endpoint {
             id: broker.next_id(),
@@ -144,17 +150,22 @@ where
         rate: rate::RateLimit::new(&broker.config),
         broker,
     };
-    // The connect phase is boxed so its state is freed once the client is connected.
-    let handshake =
-        handshake::connect(&conn.broker, &mut conn.wire, &conn.endpoint, &mut r, &mut w);
-    let Some(mut client) = Box::pin(handshake).await else {
-        conn.close(&mut w).await;
-        conn.wire.linger(&mut r).await;
-        return;
-    };
-    let ending = conn.run(&mut client, &mut r, &mut w).await;
-    // Boxed like the connect phase: only a closing connection needs its state.
-    Box::pin(conn.finish(client, ending, &mut r, &mut w)).await;
+    // The three phases: connect, connected, close. `conn`, `r` and `w` are used in place, not
+    // moved into the block's locals (nor passed to an async fn, which would keep its arguments
+    // twice).
+    async move {
+        // The connect phase is boxed so its state is freed once the client is connected.
+        let handshake =
+            handshake::connect(&conn.broker, &mut conn.wire, &conn.endpoint, &mut r, &mut w);
+        let Some(mut client) = Box::pin(handshake).await else {
+            conn.close(&mut w).await;
+            conn.wire.linger(&mut r).await;
+            return;
+        };
+        let ending = conn.run(&mut client, &mut r, &mut w).await;
+        // Boxed like the connect phase: only a closing connection needs its state.
+        Box::pin(conn.finish(client, ending, &mut r, &mut w)).await;
+    }
 }
 
 /// What the listener knows of a connection it accepted.
@@ -173,98 +184,108 @@ fn far_future() -> Instant {
 }
 
 impl Connection {
-    /// The connected phase: until the client, the broker or the network ends it.
-    async fn run<S: AsyncRead + AsyncWrite>(
-        &mut self,
-        c: &mut Client,
-        r: &mut Reader<S>,
-        w: &mut Writer<S>,
-    ) -> Ending {
-        let mut keep_alive_deadline = c.keep_alive_window.map(|d| Instant::now() + d);
-        // TLS and WebSocket streams buffer inside; they must be flushed once the buffer empties.
-        let mut needs_flush = false;
-        // Set while the inbound rate limit holds reading back.
-        let mut paused_until: Option<Instant> = None;
-        // Packets the client sent right behind its CONNECT were read with it: they are handled
-        // now, not when the client next sends something (found by the connection fuzz target).
-        if !self.wire.rbuf.is_empty()
-            && let Err(end) = self
-                .handle_read(c, &mut keep_alive_deadline, &mut paused_until)
-                .await
-        {
-            return end;
-        }
-        loop {
-            if let Err(end) = self.release_acks(c) {
+    /// The connected phase: until the client, the broker or the network ends it. An async
+    /// block rather than an async fn, whose arguments would be kept twice in every idle
+    /// connection's future.
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &'a mut self,
+        c: &'a mut Client,
+        r: &'a mut R,
+        w: &'a mut W,
+    ) -> impl Future<Output = Ending> + 'a {
+        async move {
+            let mut keep_alive_deadline = c.keep_alive_window.map(|d| Instant::now() + d);
+            // TLS and WebSocket streams buffer inside; they must be flushed once the buffer empties.
+            let mut needs_flush = false;
+            // Set while the inbound rate limit holds reading back.
+            let mut paused_until: Option<Instant> = None;
+            // Packets the client sent right behind its CONNECT were read with it: they are handled
+            // now, not when the client next sends something (found by the connection fuzz target).
+            if !self.wire.rbuf.is_empty()
+                && let Err(end) = self
+                    .handle_read(c, &mut keep_alive_deadline, &mut paused_until)
+                    .await
+            {
                 return end;
             }
-            if let Err(end) = self.fill(c) {
-                return end;
-            }
-            let want_read = self.wire.out.len() < self.high_water && paused_until.is_none();
-            let spare = if want_read {
-                self.wire.ready_to_read()
-            } else {
-                0
-            };
-            let timer = [keep_alive_deadline, c.credential_deadline, paused_until]
-                .into_iter()
-                .flatten()
-                .min();
-            tokio::select! {
-                biased;
-                order = self.endpoint.control.recv() => {
-                    let Control::Disconnect { reason, reason_string } = order;
+            loop {
+                if let Some(Control::Disconnect {
+                    reason,
+                    reason_string,
+                }) = self.endpoint.control.take()
+                {
                     return Ending::server(reason, reason_string.unwrap_or_default());
                 }
-                res = r.read_buf(&mut self.wire.rbuf), if want_read => {
-                    match res {
-                        Ok(0) => return Ending::Transport("connection closed by client".into()),
-                        Err(e) => return Ending::Transport(e.to_string()),
-                        Ok(n) => {
-                            self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                            self.wire.read_done(n, spare);
-                        }
-                    }
-                    if let Err(end) = self.handle_read(c, &mut keep_alive_deadline, &mut paused_until).await {
-                        return end;
-                    }
+                if let Err(end) = self.release_acks(c) {
+                    return end;
                 }
-                // One branch both writes and, once the buffer is empty, flushes.
-                res = poll_fn(|cx| {
-                    if self.wire.out.is_empty() {
-                        std::pin::Pin::new(&mut *w).poll_flush(cx).map_ok(|()| None)
-                    } else {
-                        self.wire.out.poll_write(cx, w).map_ok(Some)
-                    }
-                }), if !self.wire.out.is_empty() || needs_flush => {
-                    match res {
-                        Ok(Some(n)) => {
-                            self.broker.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                            needs_flush = true;
-                        }
-                        Ok(None) => needs_flush = false,
-                        Err(e) => return Ending::Transport(e.to_string()),
-                    }
+                if let Err(end) = self.fill(c) {
+                    return end;
                 }
-                _ = c.session.notify.notified(), if self.wire.out.len() < self.high_water => {}
-                // One timer for every deadline (a timer is over a hundred bytes of every idle
-                // connection): the rate limit's pause resumes reading; keep-alive or credential
-                // expiry, whichever has passed, ends the connection. select! builds a disabled
-                // branch's future too, so without a timer it gets a far one.
-                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
-                    if paused_until.is_some_and(|p| p <= Instant::now()) {
-                        // What the pause left in the read buffer comes before the next read.
-                        paused_until = None;
+                let want_read = self.wire.out.len() < self.high_water && paused_until.is_none();
+                let spare = if want_read {
+                    self.wire.ready_to_read()
+                } else {
+                    0
+                };
+                let timer = [keep_alive_deadline, c.credential_deadline, paused_until]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                tokio::select! {
+                    biased;
+                    // An order: taken at the top of the loop.
+                    _ = self.endpoint.control.notified() => {}
+                    res = r.read_buf(&mut self.wire.rbuf), if want_read => {
+                        match res {
+                            Ok(0) => return Ending::Transport("connection closed by client".into()),
+                            Err(e) => return Ending::Transport(e.to_string()),
+                            Ok(n) => {
+                                self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                                self.wire.read_done(n, spare);
+                            }
+                        }
                         if let Err(end) = self.handle_read(c, &mut keep_alive_deadline, &mut paused_until).await {
                             return end;
                         }
-                        continue;
                     }
-                    if c.credential_deadline.is_some_and(|d| d <= Instant::now()) {
-                        return Ending::server(ReasonCode::MAXIMUM_CONNECT_TIME, "credential expired; re-authenticate before expiry to stay connected");
+                    // One branch both writes and, once the buffer is empty, flushes.
+                    res = poll_fn(|cx| {
+                        if self.wire.out.is_empty() {
+                            std::pin::Pin::new(&mut *w).poll_flush(cx).map_ok(|()| None)
+                        } else {
+                            self.wire.out.poll_write(cx, w).map_ok(Some)
+                        }
+                    }), if !self.wire.out.is_empty() || needs_flush => {
+                        match res {
+                            Ok(Some(n)) => {
+                                self.broker.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                                needs_flush = true;
+                            }
+                            Ok(None) => needs_flush = false,
+                            Err(e) => return Ending::Transport(e.to_string()),
+                        }
                     }
-                    return Ending::server(ReasonCode::KEEP_ALIVE_TIMEOUT, "no packet within 1.5 times the keep-alive");
+                    _ = c.session.notify.notified(), if self.wire.out.len() < self.high_water => {}
+                    // One timer for every deadline (a timer is over a hundred bytes of every idle
+                    // connection): the rate limit's pause resumes reading; keep-alive or credential
+                    // expiry, whichever has passed, ends the connection. select! builds a disabled
+                    // branch's future too, so without a timer it gets a far one.
+                    _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
+                        if paused_until.is_some_and(|p| p <= Instant::now()) {
+                            // What the pause left in the read buffer comes before the next read.
+                            paused_until = None;
+                            if let Err(end) = self.handle_read(c, &mut keep_alive_deadline, &mut paused_until).await {
+                                return end;
+                            }
+                            continue;
+                        }
+                        if c.credential_deadline.is_some_and(|d| d <= Instant::now()) {
+                            return Ending::server(ReasonCode::MAXIMUM_CONNECT_TIME, "credential expired; re-authenticate before expiry to stay connected");
+                        }
+                        return Ending::server(ReasonCode::KEEP_ALIVE_TIMEOUT, "no packet within 1.5 times the keep-alive");
+                    }
                 }
             }
         }
@@ -372,12 +393,12 @@ impl Connection {
 
     /// Ends the connected phase: DISCONNECT if the broker ends it, the will, the session; then
     /// the lingering close, once the session no longer waits for this connection.
-    async fn finish<S: AsyncRead + AsyncWrite>(
+    async fn finish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         c: Client,
         ending: Ending,
-        r: &mut Reader<S>,
-        w: &mut Writer<S>,
+        r: &mut R,
+        w: &mut W,
     ) {
         match (&ending, ending.disconnect()) {
             (Ending::ClientDisconnect { .. }, _) => {
@@ -431,7 +452,7 @@ impl Connection {
     }
 
     /// Writes what is buffered (bounded in time) and closes the write side.
-    async fn close<S: AsyncRead + AsyncWrite>(&mut self, w: &mut Writer<S>) {
+    async fn close<W: AsyncWrite + Unpin>(&mut self, w: &mut W) {
         if !self.wire.flush_and_close(w).await {
             debug!(conn = self.endpoint.id, "flush on close timed out");
         }

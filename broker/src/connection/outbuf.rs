@@ -20,6 +20,11 @@ const INLINE_PAYLOAD_MAX: usize = 2048;
 const MAX_IOVECS: usize = 64;
 /// An empty buffer larger than this is released, so idle connections hold little memory.
 const KEEP_CAPACITY: usize = 16 * 1024;
+/// An empty buffer with less room left than this is released too: it held a few small
+/// packets (a CONNACK, a PUBACK), and a quiet connection then waits holding none. A busy
+/// connection's buffer has grown past it and is kept (a written-out `BytesMut` reuses its
+/// room from the front).
+const KEEP_SPARE_MIN: usize = 256;
 
 #[derive(Default)]
 pub struct OutBuf {
@@ -102,7 +107,7 @@ impl OutBuf {
                 n = 0;
             }
         }
-        if self.len == 0 && self.tail.capacity() > KEEP_CAPACITY {
+        if self.len == 0 && !(KEEP_SPARE_MIN..=KEEP_CAPACITY).contains(&self.tail.capacity()) {
             self.tail = BytesMut::new();
         }
     }

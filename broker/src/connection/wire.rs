@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
@@ -14,8 +14,41 @@ use super::outbuf::OutBuf;
 use crate::codec::{self, DecodeError, Packet, Version};
 use crate::stats::Stats;
 
-pub(crate) type Reader<S> = ReadHalf<S>;
-pub(crate) type Writer<S> = WriteHalf<S>;
+/// A stream a connection reads and writes at once, split into its two halves. A TCP socket
+/// splits into two handles on one socket (`into_split`: a 48-byte allocation); the others
+/// through tokio's lock around the stream (152 bytes for TCP, were it split that way).
+pub trait Split: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    type Read: AsyncRead + Send + Unpin + 'static;
+    type Write: AsyncWrite + Send + Unpin + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// Streams split through tokio's lock.
+macro_rules! split_with_lock {
+    ($($stream:ty),*) => {$(
+        impl Split for $stream {
+            type Read = ReadHalf<$stream>;
+            type Write = WriteHalf<$stream>;
+            fn split(self) -> (Self::Read, Self::Write) {
+                tokio::io::split(self)
+            }
+        }
+    )*};
+}
+split_with_lock!(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    crate::websocket::WsStream<tokio::net::TcpStream>,
+    crate::websocket::WsStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    tokio::io::DuplexStream
+);
 
 /// Read buffer growth: a read asks for `read_size` spare bytes, which doubles (up to the
 /// maximum) while reads fill the buffer and halves when they do not. An idle connection thus
@@ -71,6 +104,20 @@ impl Wire {
         codec::decode(&mut self.rbuf, self.version, self.max_packet_in)
     }
 
+    /// Like [`Wire::decode`], but from a copy of just the packet's bytes: what a connection
+    /// keeps of its CONNECT (the will) then holds those bytes, not the first read buffer
+    /// (whose spare room is most of it). For the connect phase, where it costs one small copy.
+    fn decode_alone(&mut self) -> Result<Option<Packet>, DecodeError> {
+        let total = match codec::peek_fixed_header(&self.rbuf)? {
+            Some(h) if h.total() <= self.max_packet_in && h.total() <= self.rbuf.len() => h.total(),
+            // Not complete yet, or too large: `decode` says which.
+            _ => return self.decode(),
+        };
+        let mut alone = BytesMut::from(&self.rbuf[..total]);
+        self.rbuf.advance(total);
+        codec::decode(&mut alone, self.version, self.max_packet_in)
+    }
+
     /// Queues a packet for the socket, in the connection's version.
     pub(crate) fn packet(&mut self, packet: &Packet) {
         self.out.packet(packet, self.version);
@@ -115,9 +162,9 @@ impl Wire {
     }
 
     /// Reads until one packet is decoded, or `deadline` passes (the connect phase).
-    pub(crate) async fn read_packet<S: AsyncRead + AsyncWrite>(
+    pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
         &mut self,
-        r: &mut Reader<S>,
+        r: &mut R,
         deadline: Instant,
         stats: &Stats,
     ) -> Result<Packet, ReadError> {
@@ -125,7 +172,7 @@ impl Wire {
             if self.rbuf.first() == Some(&0x10) {
                 self.connect_level = sniff_connect_level(&self.rbuf);
             }
-            match self.decode() {
+            match self.decode_alone() {
                 Ok(Some(p)) => return Ok(p),
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::Decode(e)),
@@ -143,9 +190,9 @@ impl Wire {
     }
 
     /// Writes everything buffered now (the connect phase, when nothing else runs).
-    pub(crate) async fn write_all<S: AsyncRead + AsyncWrite>(
+    pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
         &mut self,
-        w: &mut Writer<S>,
+        w: &mut W,
         stats: &Stats,
     ) -> std::io::Result<()> {
         while !self.out.is_empty() {
@@ -157,10 +204,7 @@ impl Wire {
 
     /// Writes what is buffered (bounded in time) and closes the write side; false if that
     /// took too long.
-    pub(crate) async fn flush_and_close<S: AsyncRead + AsyncWrite>(
-        &mut self,
-        w: &mut Writer<S>,
-    ) -> bool {
+    pub(crate) async fn flush_and_close<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> bool {
         let flush = async {
             while !self.out.is_empty() {
                 if poll_fn(|cx| self.out.poll_write(cx, w)).await.is_err() {
@@ -180,7 +224,7 @@ impl Wire {
     /// Closing a socket with unread bytes makes the kernel answer with a reset, which can
     /// destroy the DISCONNECT or CONNACK still in flight: a client flooding QoS 2 would read
     /// a broken pipe instead of 0x93, a device a reset instead of 0x87 or 0xA0.
-    pub(crate) async fn linger<S: AsyncRead>(&mut self, r: &mut Reader<S>) {
+    pub(crate) async fn linger<R: AsyncRead + Unpin>(&mut self, r: &mut R) {
         let drain = async {
             let mut read = 0;
             while read < LINGER_BYTES {
