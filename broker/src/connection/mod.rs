@@ -463,7 +463,9 @@ impl Connection {
 mod size_tests {
     /// Every idle connection carries its task's future: keep it small (4.9 KB before the
     /// connect phase and the will were boxed, 3.2 KB before packets were handled outside it
-    /// and the two timers became one; 1.1 KB now, debug build).
+    /// and the two timers became one, 1.1 KB before its arguments stopped being kept twice;
+    /// 992 bytes now). tokio rounds a task up to a multiple of 128 bytes: past about 1,030
+    /// bytes of future an idle connection costs 128 more.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -485,6 +487,6 @@ mod size_tests {
         let f = super::serve(broker, s, accepted);
         let size = std::mem::size_of_val(&f);
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1400, "connection future grew to {size} bytes");
+        assert!(size <= 1024, "connection future grew to {size} bytes");
     }
 }
