@@ -16,8 +16,7 @@ use crate::stats::Stats;
 
 /// A stream a connection reads and writes at once, split into its two halves. A TCP socket
 /// splits into two handles on one socket (`into_split`: a 48-byte allocation); the others
-/// through tokio's lock around the stream (64 bytes for TCP, were it split that way; the
-/// lock's writes are not vectored unless the stream's are).
+/// through tokio's lock around the stream (64 bytes for TCP, were it split that way).
 pub trait Split: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     type Read: AsyncRead + Send + Unpin + 'static;
     type Write: AsyncWrite + Send + Unpin + 'static;
