@@ -48,22 +48,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Raw {
-        Raw {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-            version: Version::V5,
-            early: Default::default(),
-        }
+        Raw::on(TcpStream::connect(addr).await.unwrap())
     }
 
     /// `open` for a broker that may be gone.
     pub async fn try_open(addr: SocketAddr) -> std::io::Result<Raw> {
-        Ok(Raw {
-            stream: TcpStream::connect(addr).await?,
-            buf: BytesMut::new(),
-            version: Version::V5,
-            early: Default::default(),
-        })
+        Ok(Raw::on(TcpStream::connect(addr).await?))
     }
 
     /// Opens a connection and completes CONNECT / CONNACK.
@@ -126,9 +116,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 
     /// `Err` on timeout; `Ok(None)` when closed.
     pub async fn recv_within(&mut self, t: Duration) -> Result<Option<Packet>, ()> {
-        if let Some(p) = self.early.pop_front() {
-            return Ok(Some(p));
+        match self.early.pop_front() {
+            Some(p) => Ok(Some(p)),
+            None => self.read_within(t).await,
         }
+    }
+
+    /// The next packet off the stream, past any kept in `early`.
+    async fn read_within(&mut self, t: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
             if let Some(p) = codec::decode(&mut self.buf, self.version, 1 << 24).unwrap() {
@@ -194,16 +189,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             filters: vec![(filter.into(), options)],
         }))
         .await;
-        let mut early = std::collections::VecDeque::new();
-        let codes = loop {
-            match self.recv().await {
-                Some(Packet::SubAck(a)) => break a.reason_codes,
-                Some(p @ Packet::Publish(_)) => early.push_back(p),
+        loop {
+            match self
+                .read_within(WAIT)
+                .await
+                .expect("timed out waiting for a packet")
+            {
+                Some(Packet::SubAck(a)) => return a.reason_codes,
+                Some(p @ Packet::Publish(_)) => self.early.push_back(p),
                 other => panic!("expected SUBACK, got {other:?}"),
             }
-        };
-        self.early.extend(early);
-        codes
+        }
     }
 
     pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, pid: u16) {
