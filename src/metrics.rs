@@ -250,13 +250,13 @@ impl Collector for BrokerCollector {
         gauge(
             &mut e,
             "tessera_queued_bytes",
-            "Payload and topic bytes waiting in session queues",
+            "Payload bytes waiting in session queues",
             m.queued_bytes,
         )?;
         gauge(
             &mut e,
             "tessera_queue_longest_messages",
-            "The longest single session queue",
+            "The longest single session queue, to a power of two (5 to 7 reads 7; a full queue its bound)",
             m.longest_queue,
         )?;
         gauge(

@@ -11,7 +11,7 @@ use tessera_broker::codec::{
     self, Packet, Properties, PublishHead, QoS, SubscriptionOptions, Version,
     encode_message_properties,
 };
-use tessera_broker::{Session, Subscriber, SubscriptionTree};
+use tessera_broker::{Session, SessionGauges, Subscriber, SubscriptionTree};
 
 fn main() {
     divan::main();
@@ -72,8 +72,9 @@ fn encode_publish_head_v5(bencher: divan::Bencher) {
 /// 100,000 subscriptions: one exact and one `+` filter per device, and some `#` filters.
 fn tree() -> SubscriptionTree {
     let mut t = SubscriptionTree::default();
+    let gauges = Arc::new(SessionGauges::default());
     for i in 0..50_000u64 {
-        let s = Session::new(i, format!("c{i}").into(), 0, 0);
+        let s = Session::new(i, format!("c{i}").into(), 0, 0, &gauges);
         let sub = |session: &Arc<Session>| Subscriber {
             session: session.clone(),
             options: SubscriptionOptions::default(),
@@ -83,7 +84,7 @@ fn tree() -> SubscriptionTree {
         t.insert(&format!("devices/d{i}/+/status"), None, sub(&s));
     }
     for i in 0..10u64 {
-        let s = Session::new(1_000_000 + i, format!("w{i}").into(), 0, 0);
+        let s = Session::new(1_000_000 + i, format!("w{i}").into(), 0, 0, &gauges);
         t.insert(
             &format!("devices/d{i}/#"),
             None,

@@ -28,6 +28,7 @@ use tessera_config::{MqttConfig, QueueFullPolicy};
 use crate::auth::Authenticator;
 use crate::cluster::Cluster;
 use crate::codec::ReasonCode;
+use crate::gauges::SessionGauges;
 use crate::journal::Journal;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::retained::RetainedTree;
@@ -43,6 +44,8 @@ pub struct Broker {
     /// How the state outlives the process.
     pub(crate) persistence: Persistence,
     pub stats: Stats,
+    /// What the sessions hold, summed (`gauges.rs`).
+    pub(crate) gauges: Arc<SessionGauges>,
     pub started: Instant,
     /// Client identifier → its session.
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
@@ -127,6 +130,7 @@ impl Broker {
             auth,
             persistence,
             stats: Stats::default(),
+            gauges: Arc::default(),
             started: Instant::now(),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTree::default()),

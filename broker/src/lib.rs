@@ -19,6 +19,7 @@ pub mod store;
 mod broker;
 mod clock;
 mod connection;
+mod gauges;
 mod journal;
 mod lifecycle;
 mod limits;
@@ -46,6 +47,8 @@ pub use server::Server;
 pub use stats::HistogramValues;
 pub use sys::VERSION;
 
-/// The subscription index and the session it points to, for the matching micro-benchmark.
+/// The subscription index and the session it points to (counted in gauges), for the matching
+/// micro-benchmark.
+pub use gauges::SessionGauges;
 pub use session::Session;
 pub use subscriptions::{Subscriber, SubscriptionTree};

@@ -101,7 +101,7 @@ impl Broker {
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.state.lock();
-            if !clean_start && !st.attachment.is_ended() {
+            if !clean_start && !st.attachment().is_ended() {
                 let old_link = st.attach(link);
                 st.expiry_interval = expiry_interval;
                 // A reconnect before the will delay elapsed cancels the will (§3.1.3.2.2).
@@ -109,7 +109,7 @@ impl Broker {
                 drop(st);
                 return (existing, true, old_link);
             }
-            let old_link = match &st.attachment {
+            let old_link = match &st.attachment() {
                 Attachment::Online(l) => Some(l.clone()),
                 _ => None,
             };
@@ -118,12 +118,24 @@ impl Broker {
             drop(sessions);
             self.end_session(&existing);
             sessions = self.sessions.lock();
-            let session = Session::new(self.next_id(), client_id.into(), expiry_interval, 0);
+            let session = Session::new(
+                self.next_id(),
+                client_id.into(),
+                expiry_interval,
+                0,
+                &self.gauges,
+            );
             session.state.lock().attach(link);
             sessions.insert(session.client_id.clone(), session.clone());
             return (session, false, old_link);
         }
-        let session = Session::new(self.next_id(), client_id.into(), expiry_interval, 0);
+        let session = Session::new(
+            self.next_id(),
+            client_id.into(),
+            expiry_interval,
+            0,
+            &self.gauges,
+        );
         session.state.lock().attach(link);
         sessions.insert(session.client_id.clone(), session.clone());
         (session, false, None)
@@ -146,7 +158,7 @@ impl Broker {
         let mut tree = self.subscriptions.write();
         let will = {
             let mut st = session.state.lock();
-            if st.attachment.is_ended() {
+            if st.attachment().is_ended() {
                 return;
             }
             last(&st);
@@ -158,11 +170,7 @@ impl Broker {
                     messages: st.stored_messages(),
                 });
             }
-            st.attachment = Attachment::Ended;
-            st.pending.clear();
-            st.inflight.clear();
-            st.unsent.clear();
-            st.moved_seen = None;
+            st.end();
             for (f, _) in st.subscriptions.drain() {
                 let (group, filter) = split_shared(&f);
                 if tree.remove(filter, group, session.id) {
@@ -204,7 +212,7 @@ impl Broker {
             let mut st = session.state.lock();
             let detached = self.next_id();
             let was_attached = st.detach(conn_id, detached);
-            let ended = st.attachment.is_ended();
+            let ended = st.attachment().is_ended();
             let mut publish_now = None;
             let mut stored_will = None;
             if let Some(w) = will {
@@ -336,7 +344,7 @@ impl Broker {
             };
             {
                 let st = session.state.lock();
-                if !matches!(st.attachment, Attachment::Offline { detached: d, .. } if d == detached)
+                if !matches!(st.attachment(), Attachment::Offline { detached: d, .. } if *d == detached)
                 {
                     return;
                 }
@@ -353,9 +361,9 @@ fn secs(s: u32) -> Duration {
 /// The session's head as the store keeps it. `will`: the attached connection's will when
 /// online, the pending will when offline.
 pub(crate) fn head(session: &Session, st: &SessionState, will: Option<StoredWill>) -> SessionHead {
-    let presence = match st.attachment {
+    let presence = match st.attachment() {
         Attachment::Online(_) => Presence::Online,
-        Attachment::Offline { since, .. } => Presence::Offline { since },
+        Attachment::Offline { since, .. } => Presence::Offline { since: *since },
         Attachment::Ended => Presence::Offline {
             since: SystemTime::now(),
         },

@@ -18,7 +18,7 @@ use crate::broker::Broker;
 use crate::journal::{MessageRefs, Record};
 use crate::lifecycle::head;
 use crate::message::{Delivery, Message, Stored, StoredRef};
-use crate::session::{Attachment, Inflight, Session};
+use crate::session::{Inflight, Session};
 use crate::store::{
     Batch, Change, EntryState, Presence, StoreError, StoredEntry, StoredMessage, StoredState,
     StoredSubscription, StoredWill,
@@ -165,11 +165,17 @@ impl Broker {
                 continue;
             }
             let detached = self.next_id();
-            let session = Session::new(self.next_id(), client.clone(), expiry, detached);
+            let session = Session::new(
+                self.next_id(),
+                client.clone(),
+                expiry,
+                detached,
+                &self.gauges,
+            );
             let mut will_left = None;
             {
                 let mut st = session.state.lock();
-                st.attachment = Attachment::Offline { detached, since };
+                st.set_offline(detached, since);
                 st.persisted = true;
                 for e in &rec.entries {
                     let shared = e.body.is_none();
@@ -189,7 +195,7 @@ impl Broker {
                             continue;
                         }
                         if let EntryState::Released(pid) = e.state {
-                            st.inflight.insert(pid, Inflight::Released(None));
+                            st.insert_inflight(pid, Inflight::Released(None));
                         }
                         continue;
                     };
@@ -200,7 +206,7 @@ impl Broker {
                                 seq: s.seq,
                                 message: shared.then_some(e.message_id),
                             });
-                            st.inflight.insert(pid, Inflight::Released(r));
+                            st.insert_inflight(pid, Inflight::Released(r));
                         }
                         state => {
                             let d = Delivery {
@@ -212,9 +218,9 @@ impl Broker {
                             };
                             match state {
                                 EntryState::Sent(pid) => {
-                                    st.inflight.insert(pid, Inflight::Published(d));
+                                    st.insert_inflight(pid, Inflight::Published(d));
                                 }
-                                _ => st.pending.push_back(d),
+                                _ => st.push_pending(d),
                             }
                         }
                     }
@@ -293,7 +299,7 @@ impl Broker {
         let mut bodies = Bodies::default();
         for session in sessions {
             let st = session.state.lock();
-            if st.attachment.is_ended() || st.expiry_interval == 0 {
+            if st.attachment().is_ended() || st.expiry_interval == 0 {
                 continue;
             }
             let client = session.client_id.clone();
@@ -312,11 +318,11 @@ impl Broker {
                     },
                 ));
             }
-            let inflight = st.inflight.iter().map(|(pid, i)| match i {
+            let inflight = st.inflight().iter().map(|(pid, i)| match i {
                 Inflight::Published(d) => (Some(d), EntryState::Sent(*pid)),
                 Inflight::Released(_) => (None, EntryState::Released(*pid)),
             });
-            let queued = st.pending.iter().map(|d| (Some(d), EntryState::Queued));
+            let queued = st.pending().iter().map(|d| (Some(d), EntryState::Queued));
             for (seq, (d, state)) in (1..).zip(inflight.chain(queued)) {
                 let entry = StoredEntry {
                     seq,

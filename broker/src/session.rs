@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::cluster::Cut;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::gauges::{Presence, SessionGauges};
 use crate::journal::{Journal, Record};
 use crate::message::{Delivery, Message, Stored, StoredRef};
 
@@ -116,7 +117,8 @@ impl Attachment {
 }
 
 /// Messages waiting for the client, in order, with their payload bytes counted: the queue's
-/// bound is in messages and in bytes, and this type is the only place that counts them.
+/// bound is in messages and in bytes, and this type is the only place that counts them. Only
+/// `SessionState` changes it, keeping the broker's gauges with it.
 #[derive(Debug, Default)]
 pub struct Pending {
     queue: VecDeque<Delivery>,
@@ -145,37 +147,41 @@ impl Pending {
         self.queue.iter()
     }
 
-    pub fn push_back(&mut self, d: Delivery) {
+    fn push_back(&mut self, d: Delivery) {
         self.bytes += d.message.payload.len();
         self.queue.push_back(d);
     }
 
-    pub fn pop_back(&mut self) -> Option<Delivery> {
+    fn pop_back(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_back()?;
         self.bytes -= d.message.payload.len();
         Some(d)
     }
 
-    pub fn pop_front(&mut self) -> Option<Delivery> {
+    fn pop_front(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.bytes -= d.message.payload.len();
         Some(d)
     }
 
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.queue.clear();
         self.bytes = 0;
     }
 }
 
+/// Invariant: the broker's [`SessionGauges`] count this session's attachment, queue and
+/// in-flight messages as they are. So those three fields change only through the methods
+/// below, and dropping the state takes back what it was counted for.
 pub struct SessionState {
-    pub attachment: Attachment,
+    attachment: Attachment,
     /// Seconds the session outlives its connection; `u32::MAX` = forever.
     pub expiry_interval: u32,
     /// Full filter (with any `$share/group/` prefix) → options.
     pub subscriptions: HashMap<String, SubRecord>,
-    pub pending: Pending,
-    pub inflight: BTreeMap<u16, Inflight>,
+    pending: Pending,
+    inflight: BTreeMap<u16, Inflight>,
+    gauges: Arc<SessionGauges>,
     next_packet_id: u16,
     /// Incoming QoS 2 packet identifiers received and not yet released (PUBREL).
     pub incoming_qos2: BTreeSet<u16>,
@@ -245,7 +251,15 @@ pub struct Session {
 
 impl Session {
     /// A session with no connection; `detached` names that state (see [`Attachment`]).
-    pub fn new(id: u64, client_id: Arc<str>, expiry_interval: u32, detached: u64) -> Arc<Session> {
+    /// `gauges`: the broker's, which count it from now until it is dropped.
+    pub fn new(
+        id: u64,
+        client_id: Arc<str>,
+        expiry_interval: u32,
+        detached: u64,
+        gauges: &Arc<SessionGauges>,
+    ) -> Arc<Session> {
+        gauges.moved(Presence::Gone, Presence::Offline);
         Arc::new(Session {
             id,
             client_id,
@@ -258,6 +272,7 @@ impl Session {
                 subscriptions: HashMap::new(),
                 pending: Pending::default(),
                 inflight: BTreeMap::new(),
+                gauges: gauges.clone(),
                 next_packet_id: 1,
                 incoming_qos2: BTreeSet::new(),
                 pending_will: None,
@@ -276,7 +291,7 @@ impl Session {
 
     #[cfg(test)]
     pub fn new_for_test(id: u64) -> Arc<Session> {
-        Session::new(id, format!("test-{id}").into(), 0, 0)
+        Session::new(id, format!("test-{id}").into(), 0, 0, &Arc::default())
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -303,7 +318,7 @@ impl Session {
 
     /// Whether a connection is attached now (takes the state lock: tree, then session).
     pub fn is_online(&self) -> bool {
-        self.state.lock().attachment.is_online()
+        self.state.lock().attachment().is_online()
     }
 
     /// Queues a delivery for the client and wakes its connection. With a journal, a delivery
@@ -350,7 +365,7 @@ impl Session {
             if !limits.drop_oldest {
                 return (Enqueued::Rejected, None);
             }
-            if let Some(old) = state.pending.pop_front()
+            if let Some(old) = state.pop_pending_front()
                 && let (Some(j), Some(r)) = (journal, old.stored_ref())
             {
                 j.append(Record::Remove {
@@ -380,7 +395,7 @@ impl Session {
             }));
         }
         let was_empty = state.pending.is_empty();
-        state.pending.push_back(d);
+        state.push_pending(d);
         // A wake-up is needed only when the queue stops being empty: a connection that left
         // messages queued comes back for them by itself (after a write or an acknowledgement).
         if online && was_empty {
@@ -407,10 +422,37 @@ impl std::task::Wake for Session {
     }
 }
 
+fn presence(a: &Attachment) -> Presence {
+    match a {
+        Attachment::Online(_) => Presence::Online,
+        Attachment::Offline { .. } => Presence::Offline,
+        Attachment::Ended => Presence::Gone,
+    }
+}
+
 impl SessionState {
+    pub fn attachment(&self) -> &Attachment {
+        &self.attachment
+    }
+
+    /// Messages waiting for the client.
+    pub fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// Outgoing QoS 1/2 messages awaiting their acknowledgement, by packet identifier.
+    pub fn inflight(&self) -> &BTreeMap<u16, Inflight> {
+        &self.inflight
+    }
+
+    fn set_attachment(&mut self, to: Attachment) -> Attachment {
+        self.gauges.moved(presence(&self.attachment), presence(&to));
+        std::mem::replace(&mut self.attachment, to)
+    }
+
     /// Attaches a connection; returns the one it replaced, if any.
     pub fn attach(&mut self, link: ConnLink) -> Option<ConnLink> {
-        match std::mem::replace(&mut self.attachment, Attachment::Online(link)) {
+        match self.set_attachment(Attachment::Online(link)) {
             Attachment::Online(old) => Some(old),
             _ => None,
         }
@@ -422,11 +464,65 @@ impl SessionState {
         if !self.attachment.is_attached(conn_id) {
             return false;
         }
-        self.attachment = Attachment::Offline {
-            detached,
-            since: SystemTime::now(),
-        };
+        self.set_offline(detached, SystemTime::now());
         true
+    }
+
+    /// Offline since `since` (a session loaded from the store).
+    pub(crate) fn set_offline(&mut self, detached: u64, since: SystemTime) {
+        self.set_attachment(Attachment::Offline { detached, since });
+    }
+
+    /// Ends the session: nothing is queued or in flight any more.
+    pub(crate) fn end(&mut self) {
+        self.set_attachment(Attachment::Ended);
+        self.gauges
+            .queue_changed(self.pending.len(), 0, -(self.pending.bytes() as i64));
+        self.pending.clear();
+        self.gauges.inflight(-(self.inflight.len() as i64));
+        self.inflight.clear();
+        self.unsent.clear();
+        self.moved_seen = None;
+    }
+
+    pub(crate) fn push_pending(&mut self, d: Delivery) {
+        let bytes = d.message.payload.len() as i64;
+        self.pending.push_back(d);
+        let len = self.pending.len();
+        self.gauges.queue_changed(len - 1, len, bytes);
+    }
+
+    pub(crate) fn pop_pending_front(&mut self) -> Option<Delivery> {
+        let len = self.pending.len();
+        let d = self.pending.pop_front()?;
+        self.gauges
+            .queue_changed(len, len - 1, -(d.message.payload.len() as i64));
+        Some(d)
+    }
+
+    pub(crate) fn pop_pending_back(&mut self) -> Option<Delivery> {
+        let len = self.pending.len();
+        let d = self.pending.pop_back()?;
+        self.gauges
+            .queue_changed(len, len - 1, -(d.message.payload.len() as i64));
+        Some(d)
+    }
+
+    /// Puts `i` in flight under `pid`; returns what was there.
+    pub(crate) fn insert_inflight(&mut self, pid: u16, i: Inflight) -> Option<Inflight> {
+        let old = self.inflight.insert(pid, i);
+        if old.is_none() {
+            self.gauges.inflight(1);
+        }
+        old
+    }
+
+    pub(crate) fn remove_inflight(&mut self, pid: u16) -> Option<Inflight> {
+        let old = self.inflight.remove(&pid);
+        if old.is_some() {
+            self.gauges.inflight(-1);
+        }
+        old
     }
 
     /// The shared message bodies referenced by the session's journaled entries (queued and
@@ -457,6 +553,16 @@ impl SessionState {
     /// Counts outgoing QoS 1/2 messages toward the client's Receive Maximum.
     pub fn inflight_count(&self) -> usize {
         self.inflight.len()
+    }
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        self.gauges
+            .moved(presence(&self.attachment), Presence::Gone);
+        self.gauges
+            .queue_changed(self.pending.len(), 0, -(self.pending.bytes() as i64));
+        self.gauges.inflight(-(self.inflight.len() as i64));
     }
 }
 
@@ -584,7 +690,7 @@ mod tests {
         let mut st = s.state.lock();
         st.next_packet_id = u16::MAX;
         assert_eq!(st.allocate_packet_id(), Some(u16::MAX));
-        st.inflight.insert(1, Inflight::Released(None));
+        st.insert_inflight(1, Inflight::Released(None));
         assert_eq!(st.allocate_packet_id(), Some(2));
     }
 }

@@ -38,7 +38,7 @@ impl Broker {
         let (group, inner) = split_shared(filter);
         let mut tree = self.subscriptions.write();
         let mut st = session.state.lock();
-        if st.attachment.is_ended() {
+        if st.attachment().is_ended() {
             return false;
         }
         // Not waited for: a message acknowledged later is in a later batch, which commits

@@ -327,3 +327,68 @@ async fn wait_readyz(b: &TestBroker, want: u16) -> (u16, String) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The session gauges are kept as sessions change, not counted at each scrape: they must follow
+/// a persistent subscriber through offline queueing, a resume with a small Receive Maximum, and
+/// the end of its session.
+#[tokio::test]
+async fn session_gauges_follow_a_persistent_subscriber() {
+    let b = TestBroker::start();
+    let keeper = |clean_start: bool| {
+        let mut c = crate::raw::connect_v5("keeper");
+        c.clean_start = clean_start;
+        c.properties.session_expiry_interval = Some(3600);
+        c.properties.receive_maximum = Some(2);
+        c
+    };
+    let gauges = |m: &[Sample]| {
+        [
+            must(m, "tessera_sessions", &[("state", "online")]),
+            must(m, "tessera_sessions", &[("state", "offline")]),
+            must(m, "tessera_queued_messages", &[]),
+            must(m, "tessera_queued_bytes", &[]),
+            must(m, "tessera_queue_longest_messages", &[]),
+            must(m, "tessera_inflight_messages", &[]),
+        ]
+    };
+    let mut k = Raw::connect(b.tcp, keeper(true)).await.0;
+    k.subscribe("g/#", QoS::AtLeastOnce).await;
+    k.send(&Packet::Disconnect(Default::default())).await;
+    k.expect_closed().await;
+    let mut p = Raw::v5(b.tcp, "gauge-pub").await;
+    // The keeper's DISCONNECT may still be on its way through the broker: a PING from the
+    // publisher cannot order it, so wait for the gauge to show it offline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while must(
+        &scrape(&b).await,
+        "tessera_sessions",
+        &[("state", "offline")],
+    ) != 1.0
+    {
+        assert!(Instant::now() < deadline, "the keeper never went offline");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pid in 1..=5 {
+        p.publish("g/1", &[b'x'; 10], QoS::AtLeastOnce, pid).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    // online, offline, queued, bytes, longest (5 reads 7), in flight
+    assert_eq!(gauges(&scrape(&b).await), [1.0, 1.0, 5.0, 50.0, 7.0, 0.0]);
+
+    // Resumed with Receive Maximum 2 and nothing acknowledged: two in flight, three queued.
+    let (mut k, ack) = Raw::connect(b.tcp, keeper(false)).await;
+    assert!(ack.session_present);
+    for _ in 0..2 {
+        let got = k.recv().await;
+        assert!(matches!(got, Some(Packet::Publish(_))), "{got:?}");
+    }
+    k.send(&Packet::PingReq).await;
+    let pong = k.recv().await;
+    assert!(matches!(pong, Some(Packet::PingResp)), "{pong:?}");
+    assert_eq!(gauges(&scrape(&b).await), [2.0, 0.0, 3.0, 30.0, 3.0, 2.0]);
+
+    // A clean start ends that session: its queue and what was in flight are gone.
+    let (_k, ack) = Raw::connect(b.tcp, keeper(true)).await;
+    assert!(!ack.session_present);
+    assert_eq!(gauges(&scrape(&b).await), [2.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+}

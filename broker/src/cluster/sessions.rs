@@ -99,7 +99,7 @@ impl PeerHandle {
             .into_iter()
             .filter(|s| {
                 let st = s.state.lock();
-                st.expiry_interval > 0 && !st.attachment.is_ended()
+                st.expiry_interval > 0 && !st.attachment().is_ended()
             })
             .map(|s| s.client_id.clone())
             .collect()
@@ -114,7 +114,7 @@ impl PeerHandle {
         let mut snapshot = b.session_snapshot(client_id);
         {
             let mut st = session.state.lock();
-            if let Attachment::Online(link) = &st.attachment {
+            if let Attachment::Online(link) = &st.attachment() {
                 link.control.send(Control::Disconnect {
                     reason: ReasonCode::SESSION_TAKEN_OVER,
                     reason_string: Some(
@@ -194,7 +194,7 @@ impl Broker {
     fn session_snapshot(&self, client_id: &str) -> Option<SessionSnapshot> {
         let session = self.sessions.lock().get(client_id).cloned()?;
         let st = session.state.lock();
-        if st.attachment.is_ended() || st.expiry_interval == 0 {
+        if st.attachment().is_ended() || st.expiry_interval == 0 {
             return None;
         }
         let mut subscriptions: Vec<_> = st
@@ -211,8 +211,8 @@ impl Broker {
             expiry_interval: st.expiry_interval,
             subscriptions,
             oldest_unacked_ms: oldest_unacked_ms(&st),
-            offline_since: match st.attachment {
-                Attachment::Offline { since, .. } => Some(since),
+            offline_since: match st.attachment() {
+                Attachment::Offline { since, .. } => Some(*since),
                 _ => None,
             },
             carried: None,
@@ -229,7 +229,7 @@ impl Broker {
             subscription_ids: d.subscription_ids.clone(),
             state,
         };
-        let inflight = st.inflight.iter().map(|(pid, i)| match i {
+        let inflight = st.inflight().iter().map(|(pid, i)| match i {
             Inflight::Published(d) => entry(d, EntryState::Sent(*pid)),
             Inflight::Released(_) => CarriedEntry {
                 packet: Bytes::new(),
@@ -240,7 +240,7 @@ impl Broker {
             },
         });
         let queued = st
-            .pending
+            .pending()
             .iter()
             .filter(|d| !d.message.is_expired(now))
             .map(|d| entry(d, EntryState::Queued));
@@ -299,7 +299,7 @@ impl Broker {
                 EntryState::Sent(pid) | EntryState::Released(pid) => pid,
                 EntryState::Queued => continue,
             };
-            let Some(d) = st.pending.pop_back() else {
+            let Some(d) = st.pop_pending_back() else {
                 continue;
             };
             let stored = d.stored_ref();
@@ -314,7 +314,7 @@ impl Broker {
                 EntryState::Released(_) => Inflight::Released(stored),
                 _ => Inflight::Published(d),
             };
-            st.inflight.insert(pid, inflight);
+            st.insert_inflight(pid, inflight);
         }
     }
 }
@@ -322,8 +322,8 @@ impl Broker {
 /// See [`SessionSnapshot::oldest_unacked_ms`]. QoS 0 ones are not counted: they are not
 /// replayed.
 fn oldest_unacked_ms(st: &SessionState) -> Option<u64> {
-    let queued = st.pending.iter().filter(|d| d.qos != QoS::AtMostOnce);
-    let inflight = st.inflight.values().filter_map(|i| match i {
+    let queued = st.pending().iter().filter(|d| d.qos != QoS::AtMostOnce);
+    let inflight = st.inflight().values().filter_map(|i| match i {
         Inflight::Published(d) => Some(d),
         // Delivered; only its PUBCOMP is awaited.
         Inflight::Released(_) => None,

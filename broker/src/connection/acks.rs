@@ -136,7 +136,7 @@ impl Connection {
         if !retained.is_empty() {
             let mut st = c.session.state.lock();
             for d in retained {
-                st.pending.push_back(d);
+                st.push_pending(d);
             }
         }
     }

@@ -27,7 +27,7 @@ impl Connection {
     pub(crate) fn fill(&mut self, c: &mut Client) -> Result<(), Ending> {
         let session = c.session.clone();
         let mut st = session.state.lock();
-        if !st.attachment.is_attached(self.endpoint.id) {
+        if !st.attachment().is_attached(self.endpoint.id) {
             return Err(Ending::server(
                 ReasonCode::SESSION_TAKEN_OVER,
                 "session taken over",
@@ -42,13 +42,13 @@ impl Connection {
         let judged = c.grant.acl.judges_deliveries();
         if c.resend {
             c.resend = false;
-            let ids: Vec<u16> = st.inflight.keys().copied().collect();
+            let ids: Vec<u16> = st.inflight().keys().copied().collect();
             for pid in ids {
                 if st.unsent.iter().any(|(p, _)| *p == pid) {
                     // Never written; it goes out in order below, once durable.
                     continue;
                 }
-                match st.inflight.get(&pid) {
+                match st.inflight().get(&pid) {
                     Some(Inflight::Published(d)) => {
                         let d = d.clone();
                         self.write_publish(c, &d, Some(pid), true, now, &mut sent);
@@ -70,24 +70,24 @@ impl Connection {
                     break;
                 }
                 st.unsent.pop_front();
-                let Some(Inflight::Published(d)) = st.inflight.get(&pid) else {
+                let Some(Inflight::Published(d)) = st.inflight().get(&pid) else {
                     continue;
                 };
                 let d = d.clone();
                 if !self.write_publish(c, &d, Some(pid), false, now, &mut sent) {
-                    st.inflight.remove(&pid);
+                    st.remove_inflight(pid);
                     self.discard(&session, &d, Dropped::TooLarge);
                 }
             }
         }
         while self.wire.out.len() < self.high_water {
-            let Some(front) = st.pending.front() else {
+            let Some(front) = st.pending().front() else {
                 break;
             };
             if front.qos != QoS::AtMostOnce && st.inflight_count() >= c.receive_maximum {
                 break;
             }
-            let Some(d) = st.pending.pop_front() else {
+            let Some(d) = st.pop_pending_front() else {
                 break;
             };
             if d.message.is_expired(now) {
@@ -114,13 +114,13 @@ impl Connection {
                         j.wake_after(ticket, &session.waker());
                     }
                     st.unsent.push_back((pid, ticket));
-                    st.inflight.insert(pid, Inflight::Published(d));
+                    st.insert_inflight(pid, Inflight::Published(d));
                     continue;
                 }
             }
             if self.write_publish(c, &d, pid, false, now, &mut sent) {
                 if let Some(pid) = pid {
-                    st.inflight.insert(pid, Inflight::Published(d));
+                    st.insert_inflight(pid, Inflight::Published(d));
                 }
             } else {
                 // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
@@ -128,7 +128,7 @@ impl Connection {
             }
         }
         // Whatever is left waits for the client (a full buffer or its Receive Maximum).
-        st.stalled_by_client = !st.pending.is_empty();
+        st.stalled_by_client = !st.pending().is_empty();
         Ok(())
     }
 

@@ -44,8 +44,8 @@ impl Connection {
             Packet::Publish(p) => self.on_publish(c, p)?,
             Packet::PubAck(r) => {
                 let mut st = c.session.state.lock();
-                if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::AtLeastOnce)
-                    && let Some(Inflight::Published(d)) = st.inflight.remove(&r.packet_id)
+                if matches!(st.inflight().get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::AtLeastOnce)
+                    && let Some(Inflight::Published(d)) = st.remove_inflight(r.packet_id)
                 {
                     self.forget(&c.session, d.stored_ref());
                 }
@@ -53,15 +53,15 @@ impl Connection {
             Packet::PubRec(r) => {
                 let reply = {
                     let mut st = c.session.state.lock();
-                    match st.inflight.get(&r.packet_id) {
+                    match st.inflight().get(&r.packet_id) {
                         Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce => {
                             let stored = d.stored_ref();
                             if r.reason_code.is_error() {
-                                st.inflight.remove(&r.packet_id);
+                                st.remove_inflight(r.packet_id);
                                 self.forget(&c.session, stored);
                                 None
                             } else {
-                                st.inflight.insert(r.packet_id, Inflight::Released(stored));
+                                st.insert_inflight(r.packet_id, Inflight::Released(stored));
                                 // PUBREL lets the client forget the identifier: it leaves once
                                 // the release is durable, or a crash would make the broker send
                                 // the PUBLISH again, now a duplicate to the client.
@@ -116,8 +116,8 @@ impl Connection {
             }
             Packet::PubComp(r) => {
                 let mut st = c.session.state.lock();
-                if matches!(st.inflight.get(&r.packet_id), Some(Inflight::Released(_)))
-                    && let Some(Inflight::Released(stored)) = st.inflight.remove(&r.packet_id)
+                if matches!(st.inflight().get(&r.packet_id), Some(Inflight::Released(_)))
+                    && let Some(Inflight::Released(stored)) = st.remove_inflight(r.packet_id)
                 {
                     self.forget(&c.session, stored);
                 }
