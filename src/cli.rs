@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::Value;
 use tessera_auth::admin::{self, AdminRequest, AdminResponse};
 use tessera_auth::model::{ClientKind, TlsClientAuth};
-use tessera_auth::service::TokenService;
+use tessera_auth::service::{Page, TokenService};
 use tessera_config::Config;
 
 use crate::Command;
@@ -32,8 +32,31 @@ pub enum UserCmd {
     },
     /// Delete a user; every token of the user is revoked.
     Del { name: String },
-    /// List users.
-    List,
+    /// List users, in name order, a page at a time.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// Which page of a long list (`user list`, `token list`).
+#[derive(clap::Args)]
+pub struct PageArgs {
+    /// At most this many (0: all).
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Start after this one (the last of the page before: a user name, a token id).
+    #[arg(long)]
+    after: Option<String>,
+}
+
+impl PageArgs {
+    fn page(self) -> Page {
+        Page {
+            after: self.after,
+            limit: self.limit,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -111,10 +134,12 @@ pub enum TokenCmd {
         #[arg(long)]
         bind_cert: Option<std::path::PathBuf>,
     },
-    /// List tokens: ids and metadata, never the token.
+    /// List tokens: ids and metadata, never the token; in id order, a page at a time.
     List {
         #[arg(long)]
         user: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Revoke a token (the token or its id), every token of --user, or another issuer's
     /// token by --jti and --issuer (held out until it could have expired, on every node).
@@ -202,7 +227,7 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             name,
         },
         Command::User(UserCmd::Del { name }) => AdminRequest::UserDel { name },
-        Command::User(UserCmd::List) => AdminRequest::UserList,
+        Command::User(UserCmd::List { page }) => AdminRequest::UserList { page: page.page() },
         Command::Client(ClientCmd::AddPassword {
             id,
             name,
@@ -313,8 +338,15 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             bind_cert: None,
         },
         Command::Reload => AdminRequest::Reload,
-        Command::Token(TokenCmd::List { user }) => AdminRequest::TokenList { user },
-        Command::OauthListTokens => AdminRequest::TokenList { user: None },
+        Command::Token(TokenCmd::List { user, page }) => AdminRequest::TokenList {
+            user,
+            page: page.page(),
+        },
+        // ejabberd's command lists them all.
+        Command::OauthListTokens => AdminRequest::TokenList {
+            user: None,
+            page: Page::default(),
+        },
         Command::Token(TokenCmd::Revoke {
             token,
             user,
@@ -356,6 +388,10 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
         return ExitCode::from(2);
     }
     let ejabberd_style = matches!(request, AdminRequest::TokenIssue { .. });
+    let page_limit = match &request {
+        AdminRequest::UserList { page } | AdminRequest::TokenList { page, .. } => page.limit,
+        _ => 0,
+    };
     let socket = admin::socket_path(&config.data_dir);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -402,6 +438,10 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
                 println!("{data}");
             } else {
                 print_human(&message, &data, ejabberd_style);
+            }
+            // A full page: how to get the next, on stderr (stdout stays the table or JSON).
+            if page_limit > 0 && data.as_array().is_some_and(|a| a.len() >= page_limit) {
+                eprintln!("{message}");
             }
             ExitCode::SUCCESS
         }

@@ -22,7 +22,7 @@ use tessera_broker::tls::TlsServer;
 use crate::model::{ClientKind, TlsClientAuth};
 use crate::secrets;
 use crate::service::onboarding::Onboardings;
-use crate::service::{ErrorKind, NewClient, ServiceError, TokenService};
+use crate::service::{ErrorKind, NewClient, Page, ServiceError, TokenService};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -41,7 +41,10 @@ pub enum AdminRequest {
     UserDel {
         name: String,
     },
-    UserList,
+    UserList {
+        #[serde(default)]
+        page: Page,
+    },
     ClientAdd {
         id: String,
         name: String,
@@ -67,6 +70,8 @@ pub enum AdminRequest {
     },
     TokenList {
         user: Option<String>,
+        #[serde(default)]
+        page: Page,
     },
     TokenRevoke {
         token: Option<String>,
@@ -119,7 +124,7 @@ impl AdminRequest {
             ),
             AdminRequest::SessionKick { client_id } => ("session_kick", client_id.clone()),
             AdminRequest::Reload => ("reload", "tls".into()),
-            AdminRequest::UserList
+            AdminRequest::UserList { .. }
             | AdminRequest::ClientList
             | AdminRequest::TokenList { .. }
             | AdminRequest::SessionList { .. } => return None,
@@ -143,6 +148,16 @@ pub struct Operator<'a> {
 pub enum AdminResponse {
     Ok { message: String, data: Value },
     Error { message: String, exit_code: u8 },
+}
+
+/// "12 token(s)", and when the page is full, how to ask for the next one.
+fn listed(n: usize, what: &str, page: &Page, last: Option<&str>) -> String {
+    match last {
+        Some(last) if page.is_full(n) => {
+            format!("{n} {what}(s), a page: the next with --after {last}")
+        }
+        _ => format!("{n} {what}(s)"),
+    }
 }
 
 fn err(e: ServiceError) -> AdminResponse {
@@ -215,13 +230,14 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     json!({ "user": name, "revoked": n }),
                 )
             }
-            AdminRequest::UserList => {
-                let users = s.list_users()?;
+            AdminRequest::UserList { page } => {
+                let users = s.list_users(&page)?;
                 let data: Vec<Value> = users
                     .iter()
                     .map(|(n, c, admin)| json!({ "name": n, "admin": admin, "created_at": c }))
                     .collect();
-                ok(format!("{} user(s)", users.len()), Value::Array(data))
+                let last = users.last().map(|(n, ..)| n.as_str());
+                ok(listed(users.len(), "user", &page, last), Value::Array(data))
             }
             AdminRequest::ClientAdd {
                 id,
@@ -297,10 +313,11 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                     }),
                 )
             }
-            AdminRequest::TokenList { user } => {
-                let tokens = s.list_tokens(user.as_deref())?;
+            AdminRequest::TokenList { user, page } => {
+                let tokens = s.list_tokens(user.as_deref(), &page)?;
+                let last = tokens.last().map(|t| t.id.as_str());
                 ok(
-                    format!("{} token(s)", tokens.len()),
+                    listed(tokens.len(), "token", &page, last),
                     serde_json::to_value(&tokens).unwrap_or(Value::Null),
                 )
             }

@@ -10,6 +10,7 @@
 //! Keys are strings; values are opaque bytes (the service stores JSON records).
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use tokio::sync::broadcast;
 
@@ -131,6 +132,25 @@ pub trait KvStore: Send + Sync + 'static {
     fn delete(&self, bucket: Bucket, key: &str, expected: Option<u64>) -> KvResult<bool>;
     /// Live entries whose key starts with `prefix`, in key order.
     fn scan(&self, bucket: Bucket, prefix: &str) -> KvResult<Vec<(String, Entry)>>;
+    /// Live entries with keys after `after` (all when `None`), in key order, each given to
+    /// `visit` until it answers `Break`: a page of a list without reading the rest. This
+    /// default reads the whole bucket; a store with ordered keys starts at `after` instead.
+    fn scan_from(
+        &self,
+        bucket: Bucket,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, Entry) -> ControlFlow<()>,
+    ) -> KvResult<()> {
+        for (k, e) in self.scan(bucket, "")? {
+            if after.is_some_and(|a| k.as_str() <= a) {
+                continue;
+            }
+            if visit(&k, e).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Removes entries whose expiry is at or before `now`; returns how many.
     fn purge_expired(&self, now: u64) -> KvResult<usize>;
     /// Changes from now on, after they are durable.

@@ -6,6 +6,7 @@
 //! one redb transaction, committed (fsync) before the call returns, and only then announced on
 //! the watch channel.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -364,6 +365,32 @@ impl KvStore for RedbStore {
         Ok(out)
     }
 
+    fn scan_from(
+        &self,
+        bucket: Bucket,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, Entry) -> ControlFlow<()>,
+    ) -> KvResult<()> {
+        use std::ops::Bound;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(table(bucket)).map_err(storage)?;
+        let now = now_ms();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for item in t
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            if let Some(e) = decode(v.value()).filter(|e| live(e, now))
+                && visit(k.value(), e).is_break()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn purge_expired(&self, now: u64) -> KvResult<usize> {
         let r = self.purge_once(now);
         self.wrote(r)
@@ -406,6 +433,31 @@ mod tests {
         assert!(s.delete(Bucket::Users, "a", Some(r2)).unwrap());
         assert!(!s.delete(Bucket::Users, "a", None).unwrap());
         assert!(s.get(Bucket::Users, "a").unwrap().is_none());
+    }
+
+    #[test]
+    fn scan_from_starts_after_a_key_skips_expired_entries_and_stops_when_told() {
+        let (_d, s) = store();
+        for k in ["a", "b", "bb", "c", "d"] {
+            s.put(Bucket::Users, k, k.as_bytes(), None).unwrap();
+        }
+        s.put(Bucket::Users, "ca", b"x", Some(now_ms() - 1)).unwrap();
+        let page = |after: Option<&str>, n: usize| {
+            let mut seen = Vec::new();
+            s.scan_from(Bucket::Users, after, &mut |k, _| {
+                seen.push(k.to_string());
+                if seen.len() == n {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(page(None, 2), ["a", "b"]);
+        assert_eq!(page(Some("b"), 3), ["bb", "c", "d"]);
+        assert_eq!(page(Some("d"), 3), Vec::<String>::new());
     }
 
     #[test]

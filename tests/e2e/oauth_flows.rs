@@ -574,3 +574,70 @@ async fn publishing_when_denied_at_qos0_is_dropped_silently() {
     .await;
     assert_eq!(&s.next_publish().await.payload[..], b"yes");
 }
+
+/// `token list` and `user list` come a page at a time: `--limit`, then `--after` the last one
+/// shown, until a page is not full; the pages hold every entry once.
+#[tokio::test]
+async fn token_and_user_lists_come_a_page_at_a_time() {
+    let b = setup("");
+    for u in ["carol", "dave"] {
+        assert!(b.command(&["user", "add", u], "pw\n").status.success());
+    }
+    for i in 0..5 {
+        cli_token(&b, if i % 2 == 0 { "alice" } else { "bob" }, "600", "mqtt");
+    }
+    let list = |args: &[&str]| -> (Vec<Value>, String) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = b.command(&all, "");
+        assert!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v.as_array().unwrap().clone(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ids = |v: &[Value], key: &str| -> Vec<String> {
+        v.iter()
+            .map(|t| t[key].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (everything, _) = list(&["token", "list", "--limit", "0"]);
+    assert_eq!(everything.len(), 5);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["token", "list", "--limit", "2"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let (page, notice) = list(&args);
+        paged.extend(ids(&page, "id"));
+        if page.len() < 2 {
+            assert!(notice.is_empty(), "{notice}");
+            break;
+        }
+        let last = ids(&page, "id").pop().unwrap();
+        assert!(notice.contains(&format!("--after {last}")), "{notice}");
+        after = Some(last);
+    }
+    assert_eq!(
+        paged,
+        ids(&everything, "id"),
+        "the pages, in order, are the whole list"
+    );
+    // A user's tokens: the filter fills the page from further on.
+    let (bobs, _) = list(&["token", "list", "--user", "bob", "--limit", "1"]);
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0]["user"], "bob");
+
+    let (first, _) = list(&["user", "list", "--limit", "3"]);
+    assert_eq!(ids(&first, "name"), ["alice", "bob", "carol"]);
+    let (rest, _) = list(&["user", "list", "--limit", "3", "--after", "carol"]);
+    assert_eq!(ids(&rest, "name"), ["dave"]);
+    let text = b.command(&["user", "list", "--limit", "2"], "");
+    assert!(
+        String::from_utf8_lossy(&text.stderr).contains("the next with --after bob"),
+        "{text:?}"
+    );
+}

@@ -21,10 +21,11 @@ mod scopes;
 mod tokens;
 mod users;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tessera_config::OAuthConfig;
 
 use crate::kv::{Bucket, KvError, KvStore};
@@ -194,6 +195,24 @@ pub struct TokenService {
     pub onboardings: Arc<onboarding::Onboardings>,
 }
 
+/// One page of a list, in key order: the entries after `after` (the last one of the page
+/// before, as the list names it), at most `limit` of them (0: all). A page costs what it
+/// holds, not what the store holds (`KvStore::scan_from`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub limit: usize,
+}
+
+impl Page {
+    /// Whether a list of `n` entries filled the page (so more may follow).
+    pub fn is_full(&self, n: usize) -> bool {
+        self.limit > 0 && n >= self.limit
+    }
+}
+
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialize")
 }
@@ -218,6 +237,38 @@ impl TokenService {
         match self.store.get(b, key)? {
             Some(e) => Ok(Some((from_json(b.name(), &e.value)?, e.revision))),
             None => Ok(None),
+        }
+    }
+
+    /// The records of a bucket after the key `after`, in key order, that `keep` keeps, up to
+    /// `limit` of them (0: all).
+    fn scan_page<T: DeserializeOwned>(
+        &self,
+        b: Bucket,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> ServiceResult<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        let mut failed = None;
+        self.store.scan_from(b, after, &mut |k, e| {
+            match from_json::<T>(b.name(), &e.value) {
+                Ok(v) if keep(&v) => out.push((k.to_string(), v)),
+                Ok(_) => {}
+                Err(err) => {
+                    failed = Some(err);
+                    return ControlFlow::Break(());
+                }
+            }
+            if limit > 0 && out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
     }
 

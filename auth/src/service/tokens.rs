@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::{CONSOLE_SCOPE, ServiceError, ServiceResult, TokenService};
+use super::{CONSOLE_SCOPE, Page, ServiceError, ServiceResult, TokenService};
 use crate::clock::{now_ms, now_secs};
 use crate::kv::{Bucket, KvError};
 use crate::model::{AccessToken, RefreshToken};
@@ -338,11 +338,17 @@ impl TokenService {
         }
     }
 
-    pub fn list_tokens(&self, user: Option<&str>) -> ServiceResult<Vec<TokenInfo>> {
+    /// Access tokens (of `user`, if given) in id order, one page: `page.after` is the id of
+    /// the last token of the page before.
+    pub fn list_tokens(&self, user: Option<&str>, page: &Page) -> ServiceResult<Vec<TokenInfo>> {
+        // Keys are hex and an id is the first 16 digits of one: every key beginning with the
+        // id sorts before the id followed by `~`, every later key after it.
+        let after = page.after.as_ref().map(|id| format!("{id}~"));
         Ok(self
-            .scan::<AccessToken>(Bucket::AccessTokens)?
+            .scan_page::<AccessToken>(Bucket::AccessTokens, after.as_deref(), page.limit, |t| {
+                user.is_none_or(|u| t.user == u)
+            })?
             .into_iter()
-            .filter(|(_, t)| user.is_none_or(|u| t.user == u))
             .map(|(k, t)| info(k, t))
             .collect())
     }

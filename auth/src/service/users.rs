@@ -2,7 +2,7 @@
 //! configured hosts (`user@host`, as ejabberd's clients send them); passwords are argon2id
 //! hashes, checked in the same time whether or not the user exists.
 
-use super::{ServiceError, ServiceResult, TokenService};
+use super::{Page, ServiceError, ServiceResult, TokenService};
 use crate::clock::now_secs;
 use crate::kv::{Bucket, KvError};
 use crate::model::User;
@@ -79,9 +79,10 @@ impl TokenService {
     }
 
     /// Every user: name, creation time (seconds since the epoch), whether an operator.
-    pub fn list_users(&self) -> ServiceResult<Vec<(String, u64, bool)>> {
+    /// Users in name order, one page: `page.after` is the last name of the page before.
+    pub fn list_users(&self, page: &Page) -> ServiceResult<Vec<(String, u64, bool)>> {
         Ok(self
-            .scan::<User>(Bucket::Users)?
+            .scan_page::<User>(Bucket::Users, page.after.as_deref(), page.limit, |_| true)?
             .into_iter()
             .map(|(_, u)| (u.name, u.created_at, u.admin))
             .collect())

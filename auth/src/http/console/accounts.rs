@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::html::{Notice, button, cell, csrf_input, page, table, when};
+use super::html::{Notice, button, cell, csrf_input, next_page, page, page_of, table, when};
 use super::{back, csrf_ok, data, operator, run, urlencode};
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::http::AppState;
@@ -21,11 +21,16 @@ pub async fn users(
     Query(n): Query<Notice>,
 ) -> Response {
     let op = signed_in!(state, headers);
-    let list = data(run(&state, &op, AdminRequest::UserList).await).unwrap_or_default();
+    let req = AdminRequest::UserList { page: page_of(&n) };
+    let list = data(run(&state, &op, req).await).unwrap_or_default();
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    let more = next_page(
+        "/console/users",
+        "",
+        list.len(),
+        list.last().and_then(|u| u["name"].as_str()),
+    );
     let rows = list
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
         .iter()
         .map(|u| {
             let name = u["name"].as_str().unwrap_or("");
@@ -46,7 +51,7 @@ pub async fn users(
         })
         .collect();
     let body = format!(
-        "{}{}<h2>Add a user</h2><form method=\"post\" action=\"/console/users/add\">{}\
+        "{}{}{more}<h2>Add a user</h2><form method=\"post\" action=\"/console/users/add\">{}\
          <label for=\"name\">Name</label><input id=\"name\" name=\"name\" required>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" required>\
          <label><input type=\"checkbox\" name=\"admin\" value=\"on\"> Operator (may use this console)</label>\
@@ -217,12 +222,22 @@ pub async fn tokens(
 ) -> Response {
     let op = signed_in!(state, headers);
     let user = n.user.clone().filter(|u| !u.is_empty());
-    let list = data(run(&state, &op, AdminRequest::TokenList { user: user.clone() }).await)
-        .unwrap_or_default();
+    let req = AdminRequest::TokenList {
+        user: user.clone(),
+        page: page_of(&n),
+    };
+    let list = data(run(&state, &op, req).await).unwrap_or_default();
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    let more = next_page(
+        "/console/tokens",
+        &user
+            .as_deref()
+            .map(|u| format!("user={}&amp;", esc(&urlencode(u))))
+            .unwrap_or_default(),
+        list.len(),
+        list.last().and_then(|t| t["id"].as_str()),
+    );
     let rows = list
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
         .iter()
         .map(|t| {
             let id = t["id"].as_str().unwrap_or("");
@@ -247,7 +262,7 @@ pub async fn tokens(
     };
     let body = format!(
         "{}<form method=\"get\" action=\"/console/tokens\"><label for=\"user\">User</label>\
-         <input id=\"user\" name=\"user\" value=\"{}\"><button>List</button></form>{}{all}",
+         <input id=\"user\" name=\"user\" value=\"{}\"><button>List</button></form>{}{more}{all}",
         n.html(),
         esc(user.as_deref().unwrap_or("")),
         table(&["Id", "User", "Client", "Scopes", "Expires", ""], rows),

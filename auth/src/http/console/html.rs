@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Operator;
+use super::{Operator, urlencode};
 use crate::http::pages::esc;
+use crate::service::Page;
 
 const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
                    img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -166,13 +167,37 @@ pub fn when(v: &Value) -> String {
 }
 
 #[derive(Deserialize, Default)]
-/// A page's query: the outcome of the action that led to it, and the filters of the tokens
-/// (`user`) and retained (`prefix`) pages.
+/// A page's query: the outcome of the action that led to it, the filters of the tokens
+/// (`user`) and retained (`prefix`) pages, and where a paged list goes on from (`after`).
 pub struct Notice {
     ok: Option<String>,
     error: Option<String>,
     pub user: Option<String>,
     pub prefix: Option<String>,
+    pub after: Option<String>,
+}
+
+/// Rows of a paged list (users, tokens) on one console page.
+pub const PAGE_ROWS: usize = 100;
+
+/// The page of a list the query asks for.
+pub fn page_of(n: &Notice) -> Page {
+    Page {
+        after: n.after.clone().filter(|a| !a.is_empty()),
+        limit: PAGE_ROWS,
+    }
+}
+
+/// A link to the next page of a list of `shown` rows ending at `last`, when the page is full;
+/// `query` is the rest of the list's query (already escaped for a URL).
+pub fn next_page(path: &str, query: &str, shown: usize, last: Option<&str>) -> String {
+    match last {
+        Some(last) if shown >= PAGE_ROWS => format!(
+            "<p><a href=\"{path}?{query}after={}\">Next {PAGE_ROWS}</a></p>",
+            esc(&urlencode(last))
+        ),
+        _ => String::new(),
+    }
 }
 
 impl Notice {
