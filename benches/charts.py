@@ -10,7 +10,8 @@ updating a table and commit both. No dependencies beyond Python 3.
 
 Each chart is one table: a group of horizontal bars per figure (row), one bar per broker or
 build (column), each group scaled to its own largest value, the value written at the bar's
-end. Rows whose unit is a time or a size are marked "lower is better".
+end. Rows whose unit is a time or a size are marked "lower is better". A cost-curve table
+(columns are sizes, rows "figure — series") is drawn as small line charts, one per figure.
 """
 import re
 import sys
@@ -43,6 +44,12 @@ CHARTS = [
      ["own token", "RS256 reconnecting", "ES256 reconnecting", "RS256 first login",
       "ES256 first login", "mosquitto password"],
      "Connect storms with a provider's JWTs, own tokens and mosquitto's password file"),
+]
+# (heading, output file, title): tables whose columns are sizes (10k, 100k, 1M) and whose rows
+# are "figure — series"; drawn as one small line chart per figure, a line per series.
+CURVES = [
+    ("## Cost curves (issue 23)", "scale.svg",
+     "Cost curves: what one entry or one operation costs as the state grows"),
 ]
 COLORS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#718096"]
 LOWER = re.compile(r"\((us|µs|s|KiB|bytes)\b|p99|p50|latency|memory|instructions|RSS", re.I)
@@ -119,16 +126,71 @@ def chart(title, header, rows, columns):
     return "\n".join(svg) + "\n"
 
 
+def curves(title, header, rows):
+    """Small multiples: per figure, its series against the sizes (evenly spaced: they grow
+    tenfold), each panel scaled from 0 to its largest value."""
+    sizes = header[1:]
+    panels = {}
+    for r in rows:
+        name, _, series = r[0].partition(" — ")
+        vals = [number(c) if c.strip() != "-" else None for c in r[1:]]
+        panels.setdefault(name, []).append((series or name, vals))
+    cols, pw, ph = 3, 250, 110
+    cell_w, cell_h = pw + 60, ph + 70
+    n_rows = (len(panels) + cols - 1) // cols
+    width, height = cols * cell_w + 20, 50 + n_rows * cell_h
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">',
+           f'<rect width="{width}" height="{height}" fill="#fff"/>',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(title)}</text>']
+    series_names = []
+    for lines in panels.values():
+        for s, _ in lines:
+            if s not in series_names:
+                series_names.append(s)
+    x = 10
+    for k, n in enumerate(series_names):
+        svg.append(f'<rect x="{x}" y="30" width="10" height="10" fill="{COLORS[k % len(COLORS)]}"/>')
+        svg.append(f'<text x="{x + 14}" y="39">{escape(n)}</text>')
+        x += 24 + 6 * len(n)
+    for i, (name, lines) in enumerate(panels.items()):
+        ox = 10 + (i % cols) * cell_w + 40
+        oy = 50 + (i // cols) * cell_h + 20
+        top = max((v for _, vals in lines for v in vals if v is not None), default=0) or 1
+        svg.append(f'<text x="{ox - 30}" y="{oy - 6}" font-weight="bold">{escape(name[:52])}</text>')
+        svg.append(f'<line x1="{ox}" y1="{oy + ph}" x2="{ox + pw}" y2="{oy + ph}" stroke="#999"/>')
+        svg.append(f'<line x1="{ox}" y1="{oy}" x2="{ox}" y2="{oy + ph}" stroke="#999"/>')
+        step = pw / max(1, len(sizes) - 1) if len(sizes) > 1 else 0
+        for j, size in enumerate(sizes):
+            svg.append(f'<text x="{ox + j * step:.1f}" y="{oy + ph + 13}" text-anchor="middle">'
+                       f'{escape(size)}</text>')
+        for series, vals in lines:
+            k = series_names.index(series)
+            color = COLORS[k % len(COLORS)]
+            pts = [(ox + j * step, oy + ph - ph * v / top, v)
+                   for j, v in enumerate(vals) if v is not None]
+            if len(pts) > 1:
+                path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in pts)
+                svg.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+            for x, y, v in pts:
+                svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
+                svg.append(f'<text x="{x + 4:.1f}" y="{y - 4:.1f}" fill="{color}">{fmt(v)}</text>')
+    svg.append("</svg>")
+    return "\n".join(svg) + "\n"
+
+
 def main():
     found = tables(DOC.read_text())
     OUT.mkdir(exist_ok=True)
     stale = []
-    for heading, file, columns, title in CHARTS:
+    jobs = [(h, f, lambda hd, rs, c=c, t=t: chart(t, hd, rs, c)) for h, f, c, t in CHARTS]
+    jobs += [(h, f, lambda hd, rs, t=t: curves(t, hd, rs)) for h, f, t in CURVES]
+    for heading, file, draw in jobs:
         match = next((h for h in found if h.startswith(heading)), None)
         if match is None:
             sys.exit(f"{DOC}: no table under {heading!r}")
         header, rows = found[match]
-        svg = chart(title, header, rows, columns)
+        svg = draw(header, rows)
         path = OUT / file
         if "--check" in sys.argv:
             if not path.exists() or path.read_text() != svg:

@@ -441,7 +441,8 @@ mod tests {
         for k in ["a", "b", "bb", "c", "d"] {
             s.put(Bucket::Users, k, k.as_bytes(), None).unwrap();
         }
-        s.put(Bucket::Users, "ca", b"x", Some(now_ms() - 1)).unwrap();
+        s.put(Bucket::Users, "ca", b"x", Some(now_ms() - 1))
+            .unwrap();
         let page = |after: Option<&str>, n: usize| {
             let mut seen = Vec::new();
             s.scan_from(Bucket::Users, after, &mut |k, _| {
