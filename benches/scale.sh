@@ -109,7 +109,8 @@ done
 
 # The in-process curves, up to the largest size asked for.
 max=$(echo "$SIZES" | tr ' ' '\n' | sort -n | tail -1)
-SCALE_MAX=$max cargo bench -q -p tessera-bench --bench scale 2>/dev/null | tee "$WORK/divan.txt" >&2
+SCALE_MAX=$max cargo bench -q -p tessera-bench --bench scale 2>"$WORK/bench.err" | tee "$WORK/divan.txt" >&2
+grep '^token store:' "$WORK/bench.err" >>"$WORK/divan.txt" || true
 
 python3 - "$RESULTS" "$WORK/divan.txt" <<'PY'
 import json, os, re, sys
@@ -122,6 +123,10 @@ for line in open(sys.argv[2]):
     m = re.match(r"^[│├╰\s─]*([a-z_]+)\s+│", line)
     if m:
         bench = m.group(1)
+        continue
+    m = re.match(r"^token store: (\d+) tokens, (\d+) bytes", line)
+    if m:
+        micro[("token_disk", int(m.group(1)))] = int(m.group(2)) / int(m.group(1))
         continue
     m = re.match(r"^[│├╰\s─]*(\d+)\s+(.*)$", line)
     if m and bench:
@@ -159,7 +164,8 @@ for b in ["tessera", "mosquitto"]:
 for name, bench in [("subscription match per PUBLISH (us)", "match_topic"),
                     ("token validation (us)", "validate_token"),
                     ("token issuance, durable (us)", "issue_token"),
-                    ("token list, first page of 1,000 (us)", "token_list_first_page")]:
+                    ("token list, first page of 1,000 (us)", "token_list_first_page"),
+                    ("token store on disk (bytes per token)", "token_disk")]:
     figures.append((f"{name} — tessera", {n: micro.get((bench, n)) for n in sizes}))
 
 table = ["| figure | " + " | ".join(label(n) for n in sizes) + " |",

@@ -102,6 +102,9 @@ fn tokens(n: usize) -> Arc<Tokens> {
                     sample.push(t);
                 }
             }
+            // For the Sizing table: what a token costs on disk (scale.sh reads this line).
+            let bytes = std::fs::metadata(dir.path().join("scale.redb")).map_or(0, |m| m.len());
+            eprintln!("token store: {n} tokens, {bytes} bytes");
             Arc::new(Tokens {
                 _dir: dir,
                 service,

@@ -317,6 +317,9 @@ impl Broker {
                 let (enqueued, ticket) =
                     t.session.enqueue(&mut st, d, &self.limits, journal, shared);
                 routed.durable.journal = routed.durable.journal.max(ticket.unwrap_or(0));
+                if !matches!(enqueued, Enqueued::Skipped | Enqueued::Rejected) {
+                    self.note_queued(t.session, &mut st);
+                }
                 match enqueued {
                     Enqueued::Queued | Enqueued::Skipped => {}
                     Enqueued::QueuedBehind => routed.subscribers_behind = true,

@@ -197,6 +197,9 @@ pub struct SessionState {
     pub pending_will: Option<Arc<Message>>,
     /// The cluster was last told of a will of this session (`Broker::report_will`).
     pub will_reported: bool,
+    /// A message was queued to it since the cluster last read it (`session_snapshot`): the
+    /// floor of its cluster record is behind (`Broker::note_queued`).
+    pub record_behind: bool,
     /// A session moved here from a live node, while its replay runs: the cluster names of
     /// the messages queued to it since it opened here, which the replay does not queue again
     /// (`cluster/sessions.rs`).
@@ -277,6 +280,7 @@ impl Session {
                 incoming_qos2: BTreeSet::new(),
                 pending_will: None,
                 will_reported: false,
+                record_behind: false,
                 moved_seen: None,
                 moved_from: None,
                 persisted: false,

@@ -19,9 +19,20 @@
 //!   written (at least once; QoS 2 too across a move).
 //!
 //! Records are written when a session opens, subscribes, unsubscribes, goes offline or ends
-//! (`Event::SessionChanged`, coalesced) and every `SWEEP_EVERY` (the floor moves on). The
-//! sweep at start drops every restored session whose record names another owner: a node back
-//! from a crash does not resurrect sessions that moved on while it was down.
+//! (`Event::SessionChanged`, coalesced), and every `SWEEP_EVERY` for the sessions that had a
+//! message queued since their record was written (the floor moves on). An idle session's
+//! record is not rewritten: its floor stays right, only older (a replay from it finds
+//! nothing of its own that it has not had, since anything matching it would have been
+//! queued to it and marked it), so a node with 100,000 idle persistent sessions writes none
+//! of them each sweep.
+//!
+//! At start one scan of the bucket (not a request per session) adopts the records this node
+//! owns and drops every restored session whose record names another owner: a node back from
+//! a crash does not resurrect sessions that moved on while it was down.
+//!
+//! A persistent CONNECT costs one KV round trip when the session stays where its record
+//! says (an update at the revision this node wrote) or is new (a create); a read comes first
+//! only when that write loses, and a move adds the handoff.
 
 mod handoff;
 mod replay;
@@ -251,6 +262,9 @@ impl Sessions {
             return Ok(None);
         }
         let key = escape(client_id);
+        if self.claim_in_one_write(client_id, &key, expiry).await {
+            return Ok(None);
+        }
         // The owner's answer, kept across tries: it lets the session go once.
         let mut answered: Option<Option<Answer>> = None;
         for _ in 0..3 {
@@ -335,6 +349,51 @@ impl Sessions {
         Err("the session's record kept changing".into())
     }
 
+    /// The claim in one KV round trip, when nothing moved: the record this node wrote last is
+    /// updated at its revision (the session is here, or its client comes back here), or, with
+    /// none known, a record is created (a new client). False when that write lost (another
+    /// node wrote, or a record exists): the caller reads the record and goes the long way.
+    async fn claim_in_one_write(&self, client_id: &str, key: &str, expiry: u32) -> bool {
+        let known = self
+            .owned
+            .lock()
+            .get(client_id)
+            .map(|o| (o.revision, o.record.clone()));
+        let (record, written) = match known {
+            Some((revision, mut r)) => {
+                r.expiry = expiry;
+                r.offline_since_ms = None;
+                let value = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
+                let written = self.store.update(key, value, revision).await.ok();
+                (r, written)
+            }
+            None => {
+                let r = Record {
+                    owner: self.node.clone(),
+                    expiry,
+                    subs: Vec::new(),
+                    floor_ms: now_ms().saturating_sub(MARGIN),
+                    offline_since_ms: None,
+                };
+                let value = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
+                let written = self.store.create(key, value).await.ok();
+                (r, written)
+            }
+        };
+        let Some(revision) = written else {
+            return false;
+        };
+        self.owned.lock().insert(
+            client_id.to_string(),
+            Owned {
+                revision,
+                record,
+                replaying: false,
+            },
+        );
+        true
+    }
+
     /// The node whose client is connected to `client_id`'s session now, as its record says.
     pub(crate) async fn online_owner(&self, client_id: &str) -> Option<String> {
         let entry = self.store.entry(escape(client_id)).await.ok()??;
@@ -414,9 +473,17 @@ impl Sessions {
         }
     }
 
-    /// Writes the records of sessions that changed, and every record each sweep.
+    /// Adopts the records at start (`adopt`), then writes the records of sessions that
+    /// changed, and each sweep those whose floor moved on.
     async fn write_records(self: Arc<Self>, mut changed: mpsc::UnboundedReceiver<String>) {
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        if let Err(e) = self.adopt().await {
+            warn!(error = %e, "reading the session records at start; writing each one instead");
+            for id in self.broker.persistent_sessions() {
+                let _ = self.write(&id).await;
+            }
+        }
+        let mut sweep =
+            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
         loop {
             let mut due: HashSet<String> = HashSet::new();
             tokio::select! {
@@ -428,8 +495,8 @@ impl Sessions {
                     }
                 }
                 _ = sweep.tick() => {
-                    due.extend(self.broker.persistent_sessions().iter().map(|s| s.to_string()));
-                    due.extend(self.owned.lock().keys().cloned());
+                    // (A replay's end is a change of its own: `replay.rs` reports it.)
+                    due.extend(self.broker.take_records_behind().iter().map(|s| s.to_string()));
                 }
             }
             for id in due {
@@ -438,6 +505,60 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// Reads every record in one scan: the ones of sessions here that this node owns become
+    /// `owned` (written again only if the session differs from them in more than its floor),
+    /// a session whose record names another live owner is dropped here, and one without a
+    /// record gets one.
+    async fn adopt(&self) -> Result<(), String> {
+        let bucket = self.nats.name("sessions");
+        let mut records: HashMap<String, (u64, Record)> = HashMap::new();
+        for r in crate::scan::scan(&self.nats.jetstream, &bucket, "").await? {
+            if let Ok(record) = serde_json::from_slice::<Record>(&r.value) {
+                records.insert(r.key, (r.revision, record));
+            }
+        }
+        let now = now_ms();
+        let (mut adopted, mut dropped, mut written) = (0, 0, 0);
+        for id in self.broker.persistent_sessions() {
+            match records.remove(&escape(&id)) {
+                Some((_, r)) if r.owner != self.node && !r.expired(now) => {
+                    info!(
+                        client_id = %id,
+                        "the session moved to another node while this one was away; dropped here"
+                    );
+                    self.broker.release_session(&id, false);
+                    dropped += 1;
+                }
+                Some((revision, record)) if record.owner == self.node => {
+                    let current = self.broker.session_snapshot(&id).map(|s| Record {
+                        floor_ms: record.floor_ms,
+                        ..self.record_of(&s, None)
+                    });
+                    let same = current.as_ref() == Some(&record);
+                    self.owned.lock().insert(
+                        id.to_string(),
+                        Owned {
+                            revision,
+                            record,
+                            replaying: false,
+                        },
+                    );
+                    adopted += 1;
+                    if !same {
+                        let _ = self.write(&id).await;
+                        written += 1;
+                    }
+                }
+                _ => {
+                    let _ = self.write(&id).await;
+                    written += 1;
+                }
+            }
+        }
+        info!(adopted, dropped, written, "session records read at start");
+        Ok(())
     }
 
     async fn write(&self, client_id: &str) -> Result<(), String> {

@@ -158,6 +158,11 @@ impl NatsCluster {
     /// returns the reply's payload, `None` without one within 2 s (JetStream's API does not
     /// answer for a stream that is electing its leader): a leader step-down, say.
     pub fn request(&self, i: usize, subject: &str) -> Option<String> {
+        self.request_with(i, subject, "")
+    }
+
+    /// `request` with a payload.
+    pub fn request_with(&self, i: usize, subject: &str, payload: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.ports[i])).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
@@ -165,7 +170,8 @@ impl NatsCluster {
         r.read_line(&mut line).ok()?; // INFO
         write!(
             s,
-            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test 0\r\n\r\n"
+            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test {}\r\n{payload}\r\n",
+            payload.len()
         )
         .unwrap();
         loop {
@@ -183,6 +189,24 @@ impl NatsCluster {
                 assert!(!line.starts_with("-ERR"), "{subject}: {line}");
             }
         }
+    }
+
+    /// The record of `client_id`'s session in the cluster's KV bucket (default prefix), with
+    /// its revision; `None` without one.
+    pub fn session_record(&self, client_id: &str) -> Option<(u64, serde_json::Value)> {
+        use base64::Engine;
+        let subject = format!("$KV.tessera_sessions.{client_id}");
+        let reply = self.request_with(
+            0,
+            "$JS.API.STREAM.MSG.GET.KV_tessera_sessions",
+            &format!("{{\"last_by_subj\":\"{subject}\"}}"),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&reply).ok()?;
+        let m = v.get("message")?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(m["data"].as_str()?)
+            .ok()?;
+        Some((m["seq"].as_u64()?, serde_json::from_slice(&data).ok()?))
     }
 
     /// Asks JetStream (through server `i`) for a leader step-down until it says it did: an

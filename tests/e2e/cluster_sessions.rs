@@ -10,7 +10,9 @@ use bytes::Bytes;
 
 use tessera_broker::codec::{Connect, Packet, QoS, ReasonCode, Will};
 
-use crate::cluster_harness::{NatsCluster, receive_all, recv_acking, three_nodes, until_routed};
+use crate::cluster_harness::{
+    NatsCluster, receive_all, recv_acking, three_nodes, two_nodes, until_routed,
+};
 use crate::harness::TestBroker;
 use crate::metrics::scrape;
 use crate::oauth::{cli_token, login, x_oauth2};
@@ -254,4 +256,54 @@ async fn acknowledged_messages_survive_kills_of_the_sessions_node_at_random_mome
         missing.len()
     );
     receive_all(&mut sub, missing).await;
+}
+
+/// The session's record once `ready` says it is, polled for up to `within`.
+async fn record_when(
+    nats: &NatsCluster,
+    within: Duration,
+    ready: impl Fn(u64, &serde_json::Value) -> bool,
+) -> (u64, serde_json::Value) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = nats.session_record("keeper");
+        if let Some((seq, v)) = &r
+            && ready(*seq, v)
+        {
+            return r.unwrap();
+        }
+        assert!(Instant::now() < deadline, "keeper's record: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An idle session's record is written when the session changes, not at every sweep: a node
+/// with 100,000 idle persistent sessions does not rewrite them every 10 s. A message queued
+/// to it moves its floor on at the next sweep.
+#[tokio::test]
+async fn an_idle_sessions_record_is_left_alone_until_a_message_is_queued_to_it() {
+    let nats = NatsCluster::start();
+    let (a, b, token) = two_nodes(&nats);
+    let mut publisher = login(&b, "pub", &token).await;
+    let sub = subscribed_keeper(&a, &mut publisher, &token).await;
+    drop(sub);
+    let (seq, offline) = record_when(&nats, Duration::from_secs(10), |_, r| {
+        !r["offline_since_ms"].is_null()
+    })
+    .await;
+    // Longer than a sweep (10 s): nothing rewrites it.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(nats.session_record("keeper").map(|r| r.0), Some(seq));
+    // Queued to it while it is away: its floor moves up to that message.
+    publish_acked(&mut publisher, "load/idle", 1).await;
+    let (_, moved) = record_when(&nats, Duration::from_secs(15), |s, _| s > seq).await;
+    assert!(
+        moved["floor_ms"].as_u64() > offline["floor_ms"].as_u64(),
+        "{offline} then {moved}"
+    );
+    assert!(!moved["offline_since_ms"].is_null(), "{moved}");
+    // And it resumes on the other node with that message.
+    let (mut sub, ack) = Raw::connect(b.tcp, keeper(&token, false)).await;
+    assert!(ack.session_present, "{ack:?}");
+    receive_all(&mut sub, ["load/idle 0".to_string()].into()).await;
 }

@@ -206,7 +206,20 @@ impl Broker {
         d: Delivery,
     ) -> bool {
         let (enqueued, _) = session.enqueue(st, d, &self.limits, self.journal(), false);
-        !matches!(enqueued, Enqueued::Skipped | Enqueued::Rejected)
+        let queued = !matches!(enqueued, Enqueued::Skipped | Enqueued::Rejected);
+        if queued {
+            self.note_queued(session, st);
+        }
+        queued
+    }
+
+    /// A message was queued to `session`: a persistent one's cluster record is now behind.
+    /// The cluster rewrites only such records (`take_records_behind`), not every session's.
+    pub(crate) fn note_queued(&self, session: &Session, st: &mut SessionState) {
+        if st.expiry_interval > 0 && !st.record_behind {
+            st.record_behind = true;
+            self.cluster.record_behind(&session.client_id);
+        }
     }
 }
 

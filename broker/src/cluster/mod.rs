@@ -147,6 +147,9 @@ pub(crate) struct Cluster {
     peers_routed: Arc<AtomicU64>,
     /// The number the next message a client publishes here gets (`ClusterId::seq`).
     next_seq: AtomicU64,
+    /// Persistent sessions that had a message queued since their record was last written:
+    /// only these have a floor to move on (`PeerHandle::take_records_behind`).
+    records_behind: parking_lot::Mutex<Vec<Arc<str>>>,
 }
 
 /// Where a session's move cut the cluster's messages (read under the subscription tree's
@@ -167,6 +170,7 @@ impl Default for Cluster {
             groups_across_nodes: AtomicBool::new(true),
             peers_routed: Arc::default(),
             next_seq: AtomicU64::new(1),
+            records_behind: Default::default(),
         }
     }
 }
@@ -256,6 +260,18 @@ impl Cluster {
                 lost_at,
             }),
         });
+    }
+
+    /// `client_id`'s record is behind (see `records_behind`). Once per session between two
+    /// reads of it: `SessionState::record_behind` guards the call.
+    pub(crate) fn record_behind(&self, client_id: &Arc<str>) {
+        if self.peers().is_some() {
+            self.records_behind.lock().push(client_id.clone());
+        }
+    }
+
+    pub(crate) fn take_records_behind(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *self.records_behind.lock())
     }
 
     pub(crate) fn session_changed(&self, client_id: &str) {

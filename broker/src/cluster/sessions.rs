@@ -92,6 +92,20 @@ impl PeerHandle {
         self.0.session_snapshot(client_id)
     }
 
+    /// The persistent sessions here that had a message queued since their record was last
+    /// read (`session_snapshot`), each once; taken out.
+    pub fn take_records_behind(&self) -> Vec<Arc<str>> {
+        let mut ids = self.0.cluster.take_records_behind();
+        // A session read since it was marked (a change wrote its record) is not behind.
+        let sessions = self.0.sessions.lock();
+        ids.retain(|id| {
+            sessions
+                .get(id)
+                .is_some_and(|s| s.state.lock().record_behind)
+        });
+        ids
+    }
+
     /// The client ids of every persistent session here.
     pub fn persistent_sessions(&self) -> Vec<Arc<str>> {
         let sessions: Vec<_> = self.0.sessions.lock().values().cloned().collect();
@@ -193,10 +207,12 @@ impl PeerHandle {
 impl Broker {
     fn session_snapshot(&self, client_id: &str) -> Option<SessionSnapshot> {
         let session = self.sessions.lock().get(client_id).cloned()?;
-        let st = session.state.lock();
+        let mut st = session.state.lock();
         if st.attachment().is_ended() || st.expiry_interval == 0 {
             return None;
         }
+        // Read now: a message queued from here on marks it again (under this lock).
+        st.record_behind = false;
         let mut subscriptions: Vec<_> = st
             .subscriptions
             .iter()
