@@ -16,7 +16,7 @@
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
 # skips the flat-out pairs. FAULTS_ONLY=1: only the step-down and the server kill;
-# PAIRS_ONLY=1: only the pairs.
+# PAIRS_ONLY=1: only the pairs. SESSIONS=N: only the persistent sessions at scale (below).
 # TESSERA=path: the nodes run that binary (a build from before a change), with this loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +76,57 @@ YML
   done
 done
 LG() { "$BIN/loadgen" --addr "127.0.0.1:${MP[0]}" "$@"; }
+# JetStream's counters, through server 0: the session bucket's last sequence (every record
+# write is one) and the account's JetStream API requests so far.
+jscount() {
+  python3 - "${NP[0]}" <<'PY'
+import json, socket, sys
+def ask(subject):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    f = s.makefile("rb")
+    f.readline()  # INFO
+    s.sendall(f"CONNECT {{}}\r\nSUB _INBOX.v 1\r\nPUB {subject} _INBOX.v 0\r\n\r\n".encode())
+    while True:
+        line = f.readline()
+        if line.startswith(b"PING"):
+            s.sendall(b"PONG\r\n")
+        elif line.startswith(b"MSG"):
+            return json.loads(f.read(int(line.split()[-1]) + 2)[:-2])
+print(ask("$JS.API.STREAM.INFO.KV_tessera_sessions")["state"]["last_seq"], ask("$JS.API.INFO")["api"]["total"])
+PY
+}
+# SESSIONS=N: N persistent sessions (one QoS 1 subscription each, left offline) made on node
+# 0 (the rate is the persistent CONNECT's cost); the session records written while they sit
+# idle for 30 s; node 0 restarted with them: time to /readyz, and the records written and
+# JetStream API requests made in the 30 s from its start.
+if [ -n "${SESSIONS:-}" ]; then
+  fill=$(LG fill --retained 0 --sessions "$SESSIONS")
+  read -r w0 _ < <(jscount)
+  sleep 30
+  read -r w1 _ < <(jscount)
+  kill -TERM "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+  read -r w2 a2 < <(jscount)
+  t0=$(date +%s%N)
+  "$TESSERA" serve --config "$DIR/t0.yml" >> "$DIR/t0.log" 2>&1 &
+  PIDS[0]=$!
+  until curl -sf "http://127.0.0.1:${XP[0]}/readyz" >/dev/null; do sleep 0.05; done
+  t1=$(date +%s%N)
+  sleep $((30 - (t1 - t0) / 1000000000))
+  read -r w3 a3 < <(jscount)
+  python3 - "$SESSIONS" "$fill" "$w0" "$w1" "$w2" "$a2" "$w3" "$a3" "$(( (t1 - t0) / 1000000 ))" <<'PY'
+import json, sys
+n, fill = int(sys.argv[1]), json.loads(sys.argv[2])
+w0, w1, w2, a2, w3, a3, ready = map(int, sys.argv[3:])
+print(f"| {n:,} persistent sessions on node 0 | |")
+print("|---|---|")
+print(f"| made (persistent CONNECT + SUBSCRIBE, 64 at a time, sessions/s) | {n / fill['secs']:,.0f} |")
+print(f"| records written while idle, per second (30 s) | {(w1 - w0) / 30:,.1f} |")
+print(f"| restart: to /readyz (ms) | {ready:,} |")
+print(f"| restart: records written in its first 30 s | {w3 - w2:,} |")
+print(f"| restart: JetStream API requests in its first 30 s | {a3 - a2:,} |")
+PY
+  exit 0
+fi
 [ -n "${FAULTS_ONLY:-}" ] && ROUNDS=0
 [ "$ROUNDS" = 0 ] || echo "| round | figure | one node | across nodes | across/one |"
 [ "$ROUNDS" = 0 ] || echo "|---|---|---|---|---|"
