@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::Nats;
 use crate::inbound::{Feed, follow};
-use crate::qos::consumer_filters;
+use crate::qos::{MAX_FILTER_SUBJECTS, consumer_filters};
 use crate::sessions::Position;
 use crate::subjects::filter_subjects;
 
@@ -157,7 +157,13 @@ fn update_filters(
     followed: &HashMap<String, Followed>,
     base: &str,
 ) {
-    let next = consumer_filters(base, consumer_subjects(followed, base));
+    // Many filters read everything (`consumer_filters`): known without listing them, which
+    // would cost a pass over every filter at each SUBACK.
+    let next = if followed.len() > MAX_FILTER_SUBJECTS {
+        vec![format!("{base}.>")]
+    } else {
+        consumer_filters(base, consumer_subjects(followed, base))
+    };
     if filters.borrow().1 != next {
         *generation += 1;
         let _ = filters.send((*generation, next));

@@ -94,13 +94,23 @@ pub(crate) fn collide(a: &str, b: &str) -> bool {
     }
 }
 
-/// The consumer's filter subjects for these subscription subjects: themselves if none
-/// overlap, else everything; a subject nothing is published to when there are none.
+/// Past this many subjects a consumer reads everything and the node routes what matches:
+/// checking that filters do not overlap is quadratic, JetStream matches each message against
+/// every filter, and the consumer's configuration must fit in one NATS message. A fleet whose
+/// devices each subscribe to their own topic has a filter per device.
+pub(crate) const MAX_FILTER_SUBJECTS: usize = 256;
+
+/// The consumer's filter subjects for these subscription subjects: themselves if there are
+/// at most `MAX_FILTER_SUBJECTS` and none overlap, else everything; a subject nothing is
+/// published to when there are none.
 pub(crate) fn consumer_filters(base: &str, mut subjects: Vec<String>) -> Vec<String> {
     subjects.sort();
     subjects.dedup();
     if subjects.is_empty() {
         return vec![format!("{base}.=none")];
+    }
+    if subjects.len() > MAX_FILTER_SUBJECTS {
+        return vec![format!("{base}.>")];
     }
     for (i, a) in subjects.iter().enumerate() {
         if subjects[i + 1..].iter().any(|b| collide(a, b)) {
@@ -359,5 +369,14 @@ mod tests {
         assert_eq!(f(&["t.q.a", "t.q.b.*"]), ["t.q.a", "t.q.b.*"]);
         assert_eq!(f(&["t.q.a", "t.q.a"]), ["t.q.a"]);
         assert_eq!(f(&["t.q.a.>", "t.q.a.b"]), ["t.q.>"]);
+        // A filter per device, past the bound: everything, without comparing them all.
+        let many: Vec<String> = (0..=MAX_FILTER_SUBJECTS)
+            .map(|i| format!("t.q.d{i}"))
+            .collect();
+        assert_eq!(consumer_filters("t.q", many.clone()), ["t.q.>"]);
+        assert_eq!(
+            consumer_filters("t.q", many[1..].to_vec()).len(),
+            MAX_FILTER_SUBJECTS
+        );
     }
 }
