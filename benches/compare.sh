@@ -9,7 +9,7 @@
 # with `persistence true`). VOLATILE=1 adds Tessera with `storage.durability: none` as the
 # broker "volatile". BEFORE=path/to/an/older/tessera adds that build as the broker
 # "before", run the same way in the same rounds, for before/after figures of a change;
-# ONLY="tessera before" runs just those brokers.
+# ONLY="tessera before" runs just those brokers. STORM and STORM_CONCURRENCY size the storm.
 #   Peers: Debian's mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd,
 #   outside this repository; found on PATH or in /opt/rumqttd/bin).
 set -euo pipefail
@@ -19,6 +19,9 @@ SECS=${SECS:-5}
 IDLE=${IDLE:-10000}
 RETAINED=${RETAINED:-100000}
 STORM=${STORM:-5000}
+# Clients connecting at once (each disconnects after its CONNACK and, below the total, connects
+# again); STORM=19000 STORM_CONCURRENCY=19000 is a fleet reconnecting together after an outage.
+STORM_CONCURRENCY=${STORM_CONCURRENCY:-32}
 SCENARIOS=${SCENARIOS:-fanin0_64 fanin0_1k fanin1_64 fanin1_persist pairs_flat pairs_1k pairs_1k_persist fanout storm idle retained relay}
 if [ "${QUICK:-0}" = 1 ]; then SECS=1; IDLE=1000; RETAINED=10000; STORM=300; fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -146,7 +149,7 @@ run_broker() {
       pairs_1k) out=$(LG pairs --pairs 8 --rate 1000 --secs "$SECS") ;;
       pairs_1k_persist) out=$(LG --persistent pairs --pairs 8 --rate 1000 --secs "$SECS") ;;
       fanout) out=$(LG fan-out --subscribers 1000 --payload 64 --secs "$SECS") ;;
-      storm) out=$(LG "${LOGIN[@]}" connect-storm --clients "$STORM" --pid "$PID") ;;
+      storm) out=$(LG "${LOGIN[@]}" connect-storm --clients "$STORM" --concurrency "$STORM_CONCURRENCY" --pid "$PID") ;;
       idle) out=$(LG idle --connections "$IDLE" --pid "$PID") ;;
       retained) out=$(LG retained --topics "$RETAINED") ;;
     esac || true
