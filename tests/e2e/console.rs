@@ -305,3 +305,18 @@ async fn audit_log_records_each_action_and_no_secret() {
     assert!(b.wait_log("subject=\"gen-1\"", Duration::from_secs(5)));
     assert!(!b.log_text().contains(&generated));
 }
+
+/// The console lists tokens a page at a time: 100 rows, then a Next link to the rest, no row
+/// on both pages.
+#[tokio::test]
+async fn console_lists_tokens_a_page_at_a_time() {
+    let b = setup("");
+    let out = b.command(&["user", "add", "root", "--admin"], "r00t-pass\n");
+    assert!(out.status.success(), "{out:?}");
+    for _ in 0..105 {
+        cli_token(&b, "bob", "3600", "mqtt");
+    }
+    let base = format!("https://localhost:{}", b.oauth.port());
+    let text = console_js(&["pages", &base, "root", "r00t-pass", "bob"]).await;
+    assert!(text.contains("first 100, next 5, both 0"), "{text}");
+}
