@@ -54,11 +54,11 @@ pub struct SessionTotals {
 
 /// Which of the attachment gauges a session is counted in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
+pub enum Counted {
     Online,
     Offline,
     /// Ended: counted in neither.
-    Gone,
+    Not,
 }
 
 impl Default for Shard {
@@ -122,16 +122,16 @@ impl SessionGauges {
     }
 
     /// A session went from `from` to `to`.
-    pub(crate) fn moved(&self, from: Presence, to: Presence) {
+    pub(crate) fn moved(&self, from: Counted, to: Counted) {
         if from == to {
             return;
         }
         let w = self.writer();
         for (p, delta) in [(from, -1), (to, 1)] {
             match p {
-                Presence::Online => w.add(&w.shard.online, delta),
-                Presence::Offline => w.add(&w.shard.offline, delta),
-                Presence::Gone => {}
+                Counted::Online => w.add(&w.shard.online, delta),
+                Counted::Offline => w.add(&w.shard.offline, delta),
+                Counted::Not => {}
             }
         }
     }
@@ -233,8 +233,8 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(g.totals(), SessionTotals::default());
-        g.moved(Presence::Gone, Presence::Offline);
-        g.moved(Presence::Offline, Presence::Online);
+        g.moved(Counted::Not, Counted::Offline);
+        g.moved(Counted::Offline, Counted::Online);
         assert_eq!((g.totals().online, g.totals().offline), (1, 0));
     }
 }

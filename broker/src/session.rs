@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::cluster::Cut;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
-use crate::gauges::{Presence, SessionGauges};
+use crate::gauges::{Counted, SessionGauges};
 use crate::journal::{Journal, Record};
 use crate::message::{Delivery, Message, Stored, StoredRef};
 
@@ -262,7 +262,7 @@ impl Session {
         detached: u64,
         gauges: &Arc<SessionGauges>,
     ) -> Arc<Session> {
-        gauges.moved(Presence::Gone, Presence::Offline);
+        gauges.moved(Counted::Not, Counted::Offline);
         Arc::new(Session {
             id,
             client_id,
@@ -426,11 +426,11 @@ impl std::task::Wake for Session {
     }
 }
 
-fn presence(a: &Attachment) -> Presence {
+fn counted(a: &Attachment) -> Counted {
     match a {
-        Attachment::Online(_) => Presence::Online,
-        Attachment::Offline { .. } => Presence::Offline,
-        Attachment::Ended => Presence::Gone,
+        Attachment::Online(_) => Counted::Online,
+        Attachment::Offline { .. } => Counted::Offline,
+        Attachment::Ended => Counted::Not,
     }
 }
 
@@ -450,7 +450,7 @@ impl SessionState {
     }
 
     fn set_attachment(&mut self, to: Attachment) -> Attachment {
-        self.gauges.moved(presence(&self.attachment), presence(&to));
+        self.gauges.moved(counted(&self.attachment), counted(&to));
         std::mem::replace(&mut self.attachment, to)
     }
 
@@ -563,7 +563,7 @@ impl SessionState {
 impl Drop for SessionState {
     fn drop(&mut self) {
         self.gauges
-            .moved(presence(&self.attachment), Presence::Gone);
+            .moved(counted(&self.attachment), Counted::Not);
         self.gauges
             .queue_changed(self.pending.len(), 0, -(self.pending.bytes() as i64));
         self.gauges.inflight(-(self.inflight.len() as i64));
