@@ -16,7 +16,8 @@
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
 # skips the flat-out pairs. FAULTS_ONLY=1: only the step-down and the server kill;
-# PAIRS_ONLY=1: only the pairs. SESSIONS=N: only the persistent sessions at scale (below).
+# PAIRS_ONLY=1: only the pairs. SESSIONS=N: first the persistent sessions at scale (below),
+# then the rest with them in place; SESSIONS_ONLY=1 stops after them.
 # TESSERA=path: the nodes run that binary (a build from before a change), with this loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -129,7 +130,8 @@ print(f"| records written while idle, per second (30 s) | {(w1 - w0) / 30:,.1f} 
 print(f"| restart: to /readyz (ms) | {ready:,} |")
 print(f"| restart: records written in its first 30 s | {w3 - w2:,} |")
 PY
-  exit 0
+  # Then the usual figures, with the sessions in place (SESSIONS_ONLY=1: not).
+  [ -z "${SESSIONS_ONLY:-}" ] || exit 0
 fi
 [ -n "${FAULTS_ONLY:-}" ] && ROUNDS=0
 [ "$ROUNDS" = 0 ] || echo "| round | figure | one node | across nodes | across/one |"
