@@ -562,8 +562,7 @@ impl SessionState {
 
 impl Drop for SessionState {
     fn drop(&mut self) {
-        self.gauges
-            .moved(counted(&self.attachment), Counted::Not);
+        self.gauges.moved(counted(&self.attachment), Counted::Not);
         self.gauges
             .queue_changed(self.pending.len(), 0, -(self.pending.bytes() as i64));
         self.gauges.inflight(-(self.inflight.len() as i64));
