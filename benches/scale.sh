@@ -110,7 +110,7 @@ done
 # The in-process curves, up to the largest size asked for.
 max=$(echo "$SIZES" | tr ' ' '\n' | sort -n | tail -1)
 SCALE_MAX=$max cargo bench -q -p tessera-bench --bench scale 2>"$WORK/bench.err" | tee "$WORK/divan.txt" >&2
-grep '^token store:' "$WORK/bench.err" >>"$WORK/divan.txt" || true
+grep '^token ' "$WORK/bench.err" >>"$WORK/divan.txt" || true
 
 python3 - "$RESULTS" "$WORK/divan.txt" <<'PY'
 import json, os, re, sys
@@ -127,6 +127,10 @@ for line in open(sys.argv[2]):
     m = re.match(r"^token store: (\d+) tokens, (\d+) bytes", line)
     if m:
         micro[("token_disk", int(m.group(1)))] = int(m.group(2)) / int(m.group(1))
+        continue
+    m = re.match(r"^token validation p99: (\d+) tokens, (\d+) ns", line)
+    if m:
+        micro[("validate_p99", int(m.group(1)))] = int(m.group(2)) / 1000
         continue
     m = re.match(r"^[│├╰\s─]*(\d+)\s+(.*)$", line)
     if m and bench:
@@ -163,6 +167,7 @@ for b in ["tessera", "mosquitto"]:
     figures.append((f"# subscriber catch-up (s) — {b}", get(b, "retained", "seconds")))
 for name, bench in [("subscription match per PUBLISH (us)", "match_topic"),
                     ("token validation (us)", "validate_token"),
+                    ("token validation p99 (us)", "validate_p99"),
                     ("token issuance, durable (us)", "issue_token"),
                     ("token list, first page of 1,000 (us)", "token_list_first_page"),
                     ("token store on disk (bytes per token)", "token_disk")]:

@@ -105,6 +105,16 @@ fn tokens(n: usize) -> Arc<Tokens> {
             // For the Sizing table: what a token costs on disk (scale.sh reads this line).
             let bytes = std::fs::metadata(dir.path().join("scale.redb")).map_or(0, |m| m.len());
             eprintln!("token store: {n} tokens, {bytes} bytes");
+            // Validation's tail, which divan's summary does not give: 10,000 timed one by one.
+            let mut took: Vec<u128> = (0..10_000)
+                .map(|i| {
+                    let started = std::time::Instant::now();
+                    let _ = service.validate(&sample[i % sample.len()]);
+                    started.elapsed().as_nanos()
+                })
+                .collect();
+            took.sort_unstable();
+            eprintln!("token validation p99: {n} tokens, {} ns", took[took.len() * 99 / 100]);
             Arc::new(Tokens {
                 _dir: dir,
                 service,
