@@ -114,7 +114,10 @@ fn tokens(n: usize) -> Arc<Tokens> {
                 })
                 .collect();
             took.sort_unstable();
-            eprintln!("token validation p99: {n} tokens, {} ns", took[took.len() * 99 / 100]);
+            eprintln!(
+                "token validation p99: {n} tokens, {} ns",
+                took[took.len() * 99 / 100]
+            );
             Arc::new(Tokens {
                 _dir: dir,
                 service,
