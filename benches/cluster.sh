@@ -77,24 +77,26 @@ YML
   done
 done
 LG() { "$BIN/loadgen" --addr "127.0.0.1:${MP[0]}" "$@"; }
-# JetStream's counters, through server 0: the session bucket's last sequence (every record
-# write is one) and the account's JetStream API requests so far.
-jscount() {
-  python3 - "${NP[0]}" <<'PY'
+# One JetStream API request through server 0 (`$JS.API...` subject): its JSON answer.
+jsapi() {
+  python3 - "${NP[0]}" "$1" <<'PY'
 import json, socket, sys
-def ask(subject):
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-    f = s.makefile("rb")
-    f.readline()  # INFO
-    s.sendall(f"CONNECT {{}}\r\nSUB _INBOX.v 1\r\nPUB {subject} _INBOX.v 0\r\n\r\n".encode())
-    while True:
-        line = f.readline()
-        if line.startswith(b"PING"):
-            s.sendall(b"PONG\r\n")
-        elif line.startswith(b"MSG"):
-            return json.loads(f.read(int(line.split()[-1]) + 2)[:-2])
-print(ask("$JS.API.STREAM.INFO.KV_tessera_sessions")["state"]["last_seq"], ask("$JS.API.INFO")["api"]["total"])
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+f = s.makefile("rb")
+f.readline()  # INFO
+s.sendall(f"CONNECT {{}}\r\nSUB _INBOX.v 1\r\nPUB {sys.argv[2]} _INBOX.v 0\r\n\r\n".encode())
+while True:
+    line = f.readline()
+    if line.startswith(b"PING"):
+        s.sendall(b"PONG\r\n")
+    elif line.startswith(b"MSG"):
+        print(f.read(int(line.split()[-1]) + 2)[:-2].decode())
+        break
 PY
+}
+# The session bucket's last sequence: every record write is one.
+jscount() {
+  jsapi '$JS.API.STREAM.INFO.KV_tessera_sessions' | python3 -c 'import json, sys; print(json.load(sys.stdin)["state"]["last_seq"])'
 }
 # SESSIONS=N: N persistent sessions (one QoS 1 subscription each, left offline) made on node
 # 0 (the rate is the persistent CONNECT's cost); once the record writer has caught up, the
@@ -104,24 +106,24 @@ PY
 if [ -n "${SESSIONS:-}" ]; then
   fill=$(LG fill --retained 0 --sessions "$SESSIONS")
   # The record writer catches up with the fill's changes first (opened, subscribed, offline).
-  t0=$(date +%s); read -r w0 _ < <(jscount)
-  while sleep 3; read -r w _ < <(jscount); [ "$w" != "$w0" ]; do w0=$w; done
+  t0=$(date +%s); w0=$(jscount)
+  while sleep 3; w=$(jscount); [ "$w" != "$w0" ]; do w0=$w; done
   settled=$(( $(date +%s) - t0 ))
   sleep 30
-  read -r w1 _ < <(jscount)
+  w1=$(jscount)
   kill -TERM "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
-  read -r w2 a2 < <(jscount)
+  w2=$(jscount)
   t0=$(date +%s%N)
   "$TESSERA" serve --config "$DIR/t0.yml" >> "$DIR/t0.log" 2>&1 &
   PIDS[0]=$!
   until curl -sf "http://127.0.0.1:${XP[0]}/readyz" >/dev/null; do sleep 0.05; done
   t1=$(date +%s%N)
   sleep $((30 - (t1 - t0) / 1000000000))
-  read -r w3 a3 < <(jscount)
-  python3 - "$SESSIONS" "$fill" "$w0" "$w1" "$w2" "$a2" "$w3" "$a3" "$(( (t1 - t0) / 1000000 ))" "$settled" <<'PY'
+  w3=$(jscount)
+  python3 - "$SESSIONS" "$fill" "$w0" "$w1" "$w2" "$w3" "$(( (t1 - t0) / 1000000 ))" "$settled" <<'PY'
 import json, sys
 n, fill = int(sys.argv[1]), json.loads(sys.argv[2])
-w0, w1, w2, a2, w3, a3, ready, settled = map(int, sys.argv[3:])
+w0, w1, w2, w3, ready, settled = map(int, sys.argv[3:])
 print(f"| {n:,} persistent sessions on node 0 | |")
 print("|---|---|")
 print(f"| made (persistent CONNECT + SUBSCRIBE, 64 at a time, sessions/s) | {n / fill['secs']:,.0f} |")
@@ -187,21 +189,11 @@ dropped() {
 # JetStream's view, through server 0: the QoS stream's message count and node 1's consumer's
 # pending and unacknowledged counts.
 jsview() {
-  python3 - "${NP[0]}" <<'PY'
-import json, socket, sys
-def ask(subject):
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-    f = s.makefile("rb")
-    f.readline()  # INFO
-    s.sendall(f"CONNECT {{}}\r\nSUB _INBOX.v 1\r\nPUB {subject} _INBOX.v 0\r\n\r\n".encode())
-    while True:
-        line = f.readline()
-        if line.startswith(b"PING"):
-            s.sendall(b"PONG\r\n")
-        elif line.startswith(b"MSG"):
-            return json.loads(f.read(int(line.split()[-1]) + 2)[:-2])
-st = ask("$JS.API.STREAM.INFO.tessera_qos")["state"]
-c = ask("$JS.API.CONSUMER.INFO.tessera_qos.tessera_qos_node1")
+  local st c
+  st=$(jsapi '$JS.API.STREAM.INFO.tessera_qos') && c=$(jsapi '$JS.API.CONSUMER.INFO.tessera_qos.tessera_qos_node1') || return 1
+  python3 - "$st" "$c" <<'PY'
+import json, sys
+st, c = json.loads(sys.argv[1])["state"], json.loads(sys.argv[2])
 print(f"stream: {st['messages']} messages, last seq {st['last_seq']}; node 1's consumer: pending {c.get('num_pending')}, unacknowledged {c.get('num_ack_pending')}, delivered to {c.get('delivered', {}).get('stream_seq')}, acknowledged to {c.get('ack_floor', {}).get('stream_seq')}")
 PY
 }
