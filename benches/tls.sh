@@ -4,7 +4,10 @@
 #   - whole TLS handshakes (no session resumption) + CONNECT + CONNACK + DISCONNECT per
 #     second, without client certificates and with `required` client certificates (mosquitto:
 #     `require_certificate true`); the broker's CPU time per handshake;
+#   - messages delivered per second by 4 publisher/subscriber pairs streaming 64-byte QoS 0
+#     messages over TLS (the record layer's cost);
 #   - idle memory of a connection with a client certificate (broker RSS growth per connection).
+# BEFORE=<a tessera binary> adds it as a third broker, for before/after figures of a change.
 # The PKI (a CA, the server's certificate for localhost, a device certificate; ECDSA P-256) is
 # made with openssl in a temporary directory.
 # Usage: benches/tls.sh [ROUNDS] (default 3); CLIENTS=2000 handshakes per run, IDLE=5000.
@@ -72,7 +75,7 @@ storage:
 log:
   level: warn
 YML
-  taskset -c 0 "$BIN/tessera" -c "$d/t.yml" serve 2>"$d/log" & PID=$!; PIDS+=("$PID")
+  taskset -c 0 "${TESSERA:-$BIN/tessera}" -c "$d/t.yml" serve 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
 }
 start_mosquitto() { # mode: none | required
@@ -91,17 +94,24 @@ CONF
   taskset -c 0 mosquitto -c "$d/m.conf" 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
 }
+start_before() { TESSERA=$BEFORE start_tessera "$1"; }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 LG() { timeout 300 taskset -c 1 "$BIN/loadgen" --addr "127.0.0.1:$PORT" --tls-ca "$P/ca.pem" "$@"; }
 record() { python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["broker"]=sys.argv[1]; d["label"]=sys.argv[2]; print(json.dumps(d))' "$1" "$2" "$3" >> "$RESULTS"; }
 DEVICE=(--tls-cert "$P/device.pem" --tls-key "$P/device.key")
 
+BROKERS=(tessera mosquitto); [ -n "${BEFORE:-}" ] && BROKERS+=(before)
 for round in $(seq "$ROUNDS"); do
-  if [ $((round % 2)) = 0 ]; then ORDER=(mosquitto tessera); else ORDER=(tessera mosquitto); fi
+  # Each round starts with the next broker, so none always runs first.
+  k=$(( (round - 1) % ${#BROKERS[@]} ))
+  ORDER=("${BROKERS[@]:k}" "${BROKERS[@]:0:k}")
   for b in "${ORDER[@]}"; do
     echo "round $round: $b" >&2
     "start_$b" none
     out=$(LG tls-handshakes --clients "$CLIENTS" --pid "$PID") && record "$b" tls "$out"
+    stop
+    "start_$b" none
+    out=$(LG tls-stream --pairs 4 --payload 64 --secs 5) && record "$b" stream "$out"
     stop
     "start_$b" required
     out=$(LG "${DEVICE[@]}" tls-handshakes --clients "$CLIENTS" --pid "$PID") && record "$b" mtls "$out"
@@ -122,17 +132,24 @@ metrics = [
     ("mtls", "handshakes_per_broker_cpu_sec", "  per broker CPU-second, client certificate"),
     ("tls", "p99_us", "  p99, no client certificate (us)"),
     ("mtls", "p99_us", "  p99, client certificate (us)"),
+    ("stream", "msgs_per_sec", "QoS 0 messages delivered over TLS, 4 pairs, 64 B (per s)"),
     ("mtls_idle", "kib_per_connection", "idle memory of an mTLS connection (KiB)"),
 ]
 def med(b, label, key):
     v = [r[key] for r in rows if r["broker"] == b and r["label"] == label and r.get(key) is not None]
     return statistics.median(v) if v else None
-print("| figure | tessera | mosquitto | tessera/mosquitto |")
-print("|---|---|---|---|")
+before = any(r["broker"] == "before" for r in rows)
+head = "| figure | tessera | mosquitto | tessera/mosquitto |"
+print(head + (" before | tessera/before |" if before else ""))
+print("|---|---|---|---|" + ("---|---|" if before else ""))
+fmt = lambda x: "-" if x is None else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
 for label, key, name in metrics:
     t, m = med("tessera", label, key), med("mosquitto", label, key)
-    fmt = lambda x: "-" if x is None else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
-    ratio = f"{t / m:.2f}" if t and m else "-"
-    print(f"| {name} | {fmt(t)} | {fmt(m)} | {ratio} |")
+    line = f"| {name} | {fmt(t)} | {fmt(m)} | {ratio(t, m)} |"
+    if before:
+        b = med("before", label, key)
+        line += f" {fmt(b)} | {ratio(t, b)} |"
+    print(line)
 print(f"\nrounds: {sys.argv[2]} | medians")
 PY

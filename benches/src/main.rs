@@ -114,6 +114,15 @@ enum Scenario {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// Publisher and subscriber pairs over TLS streaming QoS 0 messages; delivered per second.
+    TlsStream {
+        #[arg(long, default_value_t = 4)]
+        pairs: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
     /// N idle TLS connections; broker RSS per connection.
     TlsIdle {
         #[arg(long, default_value_t = 10000)]
@@ -231,7 +240,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        (None, Scenario::TlsHandshakes { .. } | Scenario::TlsIdle { .. }) => {
+        (
+            None,
+            Scenario::TlsHandshakes { .. } | Scenario::TlsIdle { .. } | Scenario::TlsStream { .. },
+        ) => {
             eprintln!("error: TLS scenarios need --tls-ca");
             return ExitCode::from(2);
         }
@@ -253,6 +265,23 @@ fn main() -> ExitCode {
                     clients,
                     concurrency,
                     pid,
+                )
+                .await
+            }
+            Scenario::TlsStream {
+                pairs,
+                payload,
+                secs,
+            } => {
+                let tls = tls.as_ref().ok_or("no TLS")?;
+                tessera_bench::tls::stream(
+                    target.addr,
+                    tls,
+                    &target.login,
+                    target.version,
+                    pairs,
+                    payload,
+                    secs,
                 )
                 .await
             }

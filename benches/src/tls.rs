@@ -1,6 +1,7 @@
 //! Scenarios over TLS, with or without a client certificate: a storm of full handshakes (TCP,
 //! TLS, CONNECT, CONNACK, DISCONNECT; no session resumption, so each is a whole handshake),
-//! and idle TLS connections for the broker's memory per connection. Kept apart from the
+//! idle TLS connections for the broker's memory per connection, and pairs streaming QoS 0
+//! messages for the broker's record layer. Kept apart from the
 //! plain-TCP client, whose hot path stays free of a TLS layer.
 
 use std::net::SocketAddr;
@@ -152,6 +153,101 @@ pub async fn handshake_storm(
         "handshakes_per_sec": all.len() as f64 / elapsed, "p99_us": percentile(&all, 0.99),
         "broker_cpu_us_per_handshake": broker_cpu_us,
         "handshakes_per_broker_cpu_sec": broker_cpu_us.filter(|&us| us > 0.0).map(|us| 1e6 / us),
+    }))
+}
+
+/// `pairs` publisher and subscriber pairs over TLS, a topic each; every publisher sends QoS 0
+/// messages of `payload` bytes as fast as its socket takes them for `secs`: messages
+/// delivered per second (all pairs).
+pub async fn stream(
+    addr: SocketAddr,
+    tls: &TlsClient,
+    login: &Login,
+    version: Version,
+    pairs: usize,
+    payload: usize,
+    secs: f64,
+) -> Result<Value, Error> {
+    let run = std::process::id();
+    let mut set = JoinSet::new();
+    let start = tokio::sync::Barrier::new(pairs * 2);
+    let start = Arc::new(start);
+    for i in 0..pairs {
+        let topic = format!("tls/{run}/{i}");
+        let mut sub = tls
+            .connect(addr, &format!("tlssub{run}-{i}"), login, version)
+            .await?;
+        let mut buf = BytesMut::new();
+        let filter = (topic.as_str().into(), Default::default());
+        let subscribe = codec::Subscribe {
+            packet_id: 1,
+            properties: Default::default(),
+            filters: vec![filter],
+        };
+        codec::encode(&Packet::Subscribe(subscribe), version, &mut buf);
+        sub.write_all(&buf).await?;
+        buf.clear();
+        loop {
+            match codec::decode(&mut buf, version, 1 << 20)? {
+                Some(Packet::SubAck(_)) => break,
+                Some(_) => {}
+                None if sub.read_buf(&mut buf).await? == 0 => return Err("closed".into()),
+                None => {}
+            }
+        }
+        let mut publisher = tls
+            .connect(addr, &format!("tlspub{run}-{i}"), login, version)
+            .await?;
+        let deadline = Duration::from_secs_f64(secs);
+        let gate = start.clone();
+        set.spawn(async move {
+            gate.wait().await;
+            let began = Instant::now();
+            let mut got = 0u64;
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            while began.elapsed() < deadline {
+                while let Some(p) = codec::decode(&mut buf, version, 1 << 20)? {
+                    got += matches!(p, Packet::Publish(_)) as u64;
+                }
+                buf.reserve(16 * 1024);
+                match tokio::time::timeout_at((began + deadline).into(), sub.read_buf(&mut buf))
+                    .await
+                {
+                    Ok(Ok(0)) => return Err("the subscriber's connection closed".into()),
+                    Ok(r) => drop(r?),
+                    Err(_) => break,
+                }
+            }
+            Ok::<_, Error>(got)
+        });
+        let gate = start.clone();
+        set.spawn(async move {
+            let message = crate::client::publish(
+                &topic,
+                bytes::Bytes::from(vec![b'x'; payload]),
+                codec::QoS::AtMostOnce,
+                0,
+                false,
+            );
+            let mut batch = BytesMut::new();
+            for _ in 0..32 {
+                codec::encode(&message, version, &mut batch);
+            }
+            gate.wait().await;
+            let began = Instant::now();
+            while began.elapsed() < deadline {
+                publisher.write_all(&batch).await?;
+            }
+            Ok::<_, Error>(0)
+        });
+    }
+    let mut delivered = 0;
+    while let Some(r) = set.join_next().await {
+        delivered += r??;
+    }
+    Ok(json!({
+        "scenario": "tls_stream", "pairs": pairs, "payload": payload, "secs": secs,
+        "msgs_per_sec": delivered as f64 / secs,
     }))
 }
 

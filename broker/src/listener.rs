@@ -125,11 +125,11 @@ impl BoundListener {
                 (Some(server), false) => {
                     // The configuration current now; a reload meanwhile is for later ones.
                     let tls = server.current();
-                    let handshake = Box::pin(tls.acceptor().accept(stream));
+                    let handshake = Box::pin(tls.accept(stream));
                     let Some(s) = set_up(setup, peer, "TLS handshake", handshake).await else {
                         return;
                     };
-                    let certificate = tls.client_certificate(s.get_ref().1);
+                    let certificate = tls.client_certificate(s.peer_certificates());
                     Box::pin(serve(broker, s, self.accepted(peer, certificate)))
                 }
                 (None, true) => {
@@ -142,8 +142,8 @@ impl BoundListener {
                 (Some(server), true) => {
                     let tls = server.current();
                     let upgrade = Box::pin(async {
-                        let s = tls.acceptor().accept(stream).await?;
-                        let certificate = tls.client_certificate(s.get_ref().1);
+                        let s = tls.accept(stream).await?;
+                        let certificate = tls.client_certificate(s.peer_certificates());
                         let ws = websocket::accept(s, &self.ws_path, max_size).await?;
                         Ok((ws, certificate))
                     });

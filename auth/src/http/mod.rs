@@ -268,7 +268,7 @@ pub fn serve(
                         let Ok(Ok(s)) = handshake.await else {
                             return;
                         };
-                        let certificate = tls.client_certificate(s.get_ref().1);
+                        let certificate = tls.client_certificate(s.get_ref().1.peer_certificates());
                         let app = app.layer(axum::Extension(PeerCertificate(certificate)));
                         let service = TowerToHyperService::new(app);
                         builder.serve_connection(TokioIo::new(s), service).await

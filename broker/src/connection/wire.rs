@@ -31,6 +31,15 @@ impl Split for tokio::net::TcpStream {
     }
 }
 
+/// A TLS connection splits into two handles on one lock of its own (see `tls/stream.rs`).
+impl Split for crate::tls::TlsStream {
+    type Read = crate::tls::TlsHalf;
+    type Write = crate::tls::TlsHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        crate::tls::TlsStream::split(self)
+    }
+}
+
 /// Streams split through tokio's lock.
 macro_rules! split_with_lock {
     ($($stream:ty),*) => {$(
@@ -44,9 +53,8 @@ macro_rules! split_with_lock {
     )*};
 }
 split_with_lock!(
-    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     crate::websocket::WsStream<tokio::net::TcpStream>,
-    crate::websocket::WsStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    crate::websocket::WsStream<crate::tls::TlsStream>,
     tokio::io::DuplexStream
 );
 

@@ -2,7 +2,7 @@
 //! localhost / 127.0.0.1 generated once into `data_dir/tls` and reused; what a server asks of
 //! client certificates and what a verified one says (`client.rs`); and [`TlsServer`], which
 //! holds one server's configuration and reads its files again on `tessera reload`
-//! (`server.rs`). Every configuration is built with the ring provider named explicitly.
+//! (`server.rs`); an MQTT listener's connection on rustls' unbuffered API (`stream.rs`). Every configuration is built with the ring provider named explicitly.
 
 use std::fs;
 use std::io;
@@ -19,9 +19,11 @@ use tracing::info;
 
 mod client;
 mod server;
+mod stream;
 
 pub use client::{ClientCertificate, Purpose, thumbprint, thumbprint_of_pem};
 pub use server::{Built, TlsServer, reload};
+pub use stream::{TlsHalf, TlsStream};
 
 /// The crypto provider of every TLS configuration here.
 pub(crate) fn provider() -> Arc<CryptoProvider> {

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use rustls::ServerConnection;
+use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
 use tessera_config::TlsFiles;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::client::{ChainCheck, ClientCertificate, Purpose};
@@ -25,6 +27,7 @@ pub struct TlsServer {
 
 /// One build of the configuration.
 pub struct Built {
+    config: Arc<ServerConfig>,
     acceptor: TlsAcceptor,
     chain_check: ChainCheck,
     purpose: Purpose,
@@ -87,20 +90,30 @@ pub fn reload(servers: &[Arc<TlsServer>]) -> io::Result<()> {
 fn build(files: &TlsFiles, data_dir: &Path, purpose: Purpose) -> io::Result<Built> {
     let (config, chain_check) = super::server_config(files, data_dir, purpose)?;
     Ok(Built {
-        acceptor: TlsAcceptor::from(config),
+        acceptor: TlsAcceptor::from(config.clone()),
+        config,
         chain_check,
         purpose,
     })
 }
 
 impl Built {
+    /// tokio-rustls' acceptor (the OAuth endpoint's HTTPS, where connections are short).
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 
-    /// The client certificate the handshake of `conn` verified, if the client sent one.
-    pub fn client_certificate(&self, conn: &ServerConnection) -> Option<Arc<ClientCertificate>> {
-        let chain = conn.peer_certificates()?;
+    /// An MQTT connection's handshake: a stream that holds no buffer while idle.
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<super::TlsStream> {
+        super::stream::accept(self.config.clone(), tcp).await
+    }
+
+    /// The client certificate of a handshake's peer `chain`, if the client sent one.
+    pub fn client_certificate(
+        &self,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Option<Arc<ClientCertificate>> {
+        let chain = chain?;
         let leaf = chain.first()?;
         // An MQTT listener's handshake checked the chain; the OAuth endpoint's `optional`
         // did not.
