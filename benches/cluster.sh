@@ -17,7 +17,8 @@
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
 # skips the flat-out pairs. FAULTS_ONLY=1: only the step-down and the server kill;
 # PAIRS_ONLY=1: only the pairs. SESSIONS=N: first the persistent sessions at scale (below),
-# then the rest with them in place; SESSIONS_ONLY=1 stops after them.
+# then the rest with them in place; SESSIONS_ONLY=1 stops after them; SESSION_NODES=3 makes
+# them on the three nodes at once, a third each (default: all on node 0).
 # TESSERA=path: the nodes run that binary (a build from before a change), with this loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,12 +100,21 @@ jscount() {
   jsapi '$JS.API.STREAM.INFO.KV_tessera_sessions' | python3 -c 'import json, sys; print(json.load(sys.stdin)["state"]["last_seq"])'
 }
 # SESSIONS=N: N persistent sessions (one QoS 1 subscription each, left offline) made on node
-# 0 (the rate is the persistent CONNECT's cost); once the record writer has caught up, the
+# 0, or on SESSION_NODES nodes at once (the rate is the persistent CONNECT's cost); once the
+# record writer has caught up, the
 # records written while they sit idle for 30 s; node 0 restarted with them: time to
 # /readyz, and the records written in the 30 s from its start (a KV read is not counted:
 # JetStream's API counter leaves out direct gets).
 if [ -n "${SESSIONS:-}" ]; then
-  fill=$(LG fill --retained 0 --sessions "$SESSIONS")
+  nodes=${SESSION_NODES:-1}
+  fills=()
+  for i in $(seq 0 $((nodes - 1))); do
+    "$BIN/loadgen" --addr "127.0.0.1:${MP[$i]}" fill --retained 0 --sessions $((SESSIONS / nodes)) > "$DIR/fill$i.json" &
+    fills+=($!)
+  done
+  for f in "${fills[@]}"; do wait "$f"; done
+  # The slowest node's fill is the time they all took.
+  fill=$(python3 -c 'import json, sys; print(json.dumps(max((json.load(open(f)) for f in sys.argv[1:]), key=lambda d: d["secs"])))' "$DIR"/fill*.json)
   # The record writer catches up with the fill's changes first (opened, subscribed, offline).
   t0=$(date +%s); w0=$(jscount)
   while sleep 3; w=$(jscount); [ "$w" != "$w0" ]; do w0=$w; done
@@ -120,16 +130,17 @@ if [ -n "${SESSIONS:-}" ]; then
   t1=$(date +%s%N)
   sleep $((30 - (t1 - t0) / 1000000000))
   w3=$(jscount)
-  python3 - "$SESSIONS" "$fill" "$w0" "$w1" "$w2" "$w3" "$(( (t1 - t0) / 1000000 ))" "$settled" <<'PY'
+  python3 - "$SESSIONS" "$fill" "$w0" "$w1" "$w2" "$w3" "$(( (t1 - t0) / 1000000 ))" "$settled" "$nodes" <<'PY'
 import json, sys
 n, fill = int(sys.argv[1]), json.loads(sys.argv[2])
-w0, w1, w2, w3, ready, settled = map(int, sys.argv[3:])
-print(f"| {n:,} persistent sessions on node 0 | |")
+w0, w1, w2, w3, ready, settled, nodes = map(int, sys.argv[3:])
+where = "on node 0" if nodes == 1 else f"on {nodes} nodes, {n // nodes:,} each"
+print(f"| {n:,} persistent sessions {where} | |")
 print("|---|---|")
 print(f"| made (persistent CONNECT + SUBSCRIBE, 64 at a time, sessions/s) | {n / fill['secs']:,.0f} |")
 print(f"| the record writer done with the fill after (s) | {settled} |")
 print(f"| records written while idle, per second (30 s) | {(w1 - w0) / 30:,.1f} |")
-print(f"| restart: to /readyz (ms) | {ready:,} |")
+print(f"| restart of node 0: to /readyz (ms) | {ready:,} |")
 print(f"| restart: records written in its first 30 s | {w3 - w2:,} |")
 PY
   # Then the usual figures, with the sessions in place (SESSIONS_ONLY=1: not).

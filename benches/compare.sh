@@ -9,7 +9,9 @@
 # with `persistence true`). VOLATILE=1 adds Tessera with `storage.durability: none` as the
 # broker "volatile". BEFORE=path/to/an/older/tessera adds that build as the broker
 # "before", run the same way in the same rounds, for before/after figures of a change;
-# ONLY="tessera before" runs just those brokers. STORM and STORM_CONCURRENCY size the storm.
+# ONLY="tessera before" runs just those brokers. STORM and STORM_CONCURRENCY size the storm;
+# STORM_TOKENS=1 gives each of Tessera's storm clients a token of its own (issued through the
+# admin socket before the storm), as a fleet's devices have.
 #   Peers: Debian's mosquitto (apt-get install mosquitto), rumqttd (cargo install rumqttd,
 #   outside this repository; found on PATH or in /opt/rumqttd/bin).
 set -euo pipefail
@@ -68,6 +70,18 @@ YML
   taskset -c 0 "$tessera" -c "$d/t.yml" serve 2>"$d/log" & PID=$!; PIDS+=("$PID")
   wait_port "$PORT"
   LOGIN=(--mqtt 5 "--token=$token")
+  if [ "$SCEN" = storm ] && [ -n "${STORM_TOKENS:-}" ]; then
+    python3 - "$d/data/run/admin.sock" "$STORM" > "$d/tokens" <<'PY'
+import json, socket, sys
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(json.dumps({"cmd": "token_issue", "user": "bench", "ttl": 86400, "scopes": []}).encode() + b"\n")
+    print(json.loads(s.makefile("rb").readline())["data"]["access_token"])
+    s.close()
+PY
+    LOGIN=(--mqtt 5 "--tokens=$d/tokens")
+  fi
 }
 start_mosquitto() {
   PORT=$(free_port); local d=$WORK/mosquitto; rm -rf "$d"; mkdir -p "$d"
