@@ -413,7 +413,7 @@ pub fn sessions(
     let connected = conns.iter().map(|c| {
         json!({
             "client_id": &*c.client_id,
-            "user": c.identity,
+            "user": c.identity.as_deref(),
             "address": c.peer.to_string(),
             "transport": c.transport,
             "protocol": c.version.name(),

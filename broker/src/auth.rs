@@ -91,8 +91,9 @@ impl AuthFailure {
 /// What a successful authentication grants.
 #[derive(Clone)]
 pub struct Grant {
-    /// The user the session acts as (`%u` in ACLs, logs, `disconnect_where`).
-    pub identity: Option<String>,
+    /// The user the session acts as (`%u` in ACLs, logs, `disconnect_where`). Shared with
+    /// the connection registry's record, as is `credential`: one copy per connection.
+    pub identity: Option<Arc<str>>,
     /// Authentication Data for the CONNACK or AUTH 0x00 that ends the exchange.
     pub data: Option<Bytes>,
     /// User Properties for that CONNACK or AUTH 0x00 (MQTT 5 clients).
@@ -102,7 +103,7 @@ pub struct Grant {
     pub expires_at: Option<SystemTime>,
     /// An opaque label of the credential used (a token id, never the token), so the mechanism
     /// can later end the sessions that use it.
-    pub credential: Option<String>,
+    pub credential: Option<Arc<str>>,
     /// The client's topic rights for this session.
     pub acl: Arc<dyn TopicAcl>,
 }
@@ -126,7 +127,7 @@ impl Grant {
     /// Everything allowed, no deadline.
     pub fn allow_all(identity: Option<String>) -> Grant {
         Grant {
-            identity,
+            identity: identity.map(Arc::from),
             data: None,
             user_properties: Vec::new(),
             expires_at: None,

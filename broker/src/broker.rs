@@ -178,8 +178,8 @@ impl Broker {
     pub fn update_connection(
         &self,
         conn_id: u64,
-        identity: Option<String>,
-        credential: Option<String>,
+        identity: Option<Arc<str>>,
+        credential: Option<Arc<str>>,
     ) {
         self.connections.update(conn_id, identity, credential);
     }

@@ -19,9 +19,9 @@ pub struct ConnectionInfo {
     pub conn_id: u64,
     pub client_id: Arc<str>,
     /// The identity granted by authentication.
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     /// The credential label from the grant (a token id, never a token).
-    pub credential: Option<String>,
+    pub credential: Option<Arc<str>>,
     pub peer: SocketAddr,
     /// Listener kind: "tcp", "tls", "ws" or "wss".
     pub transport: &'static str,
@@ -50,8 +50,8 @@ impl Registry {
     pub(crate) fn update(
         &self,
         conn_id: u64,
-        identity: Option<String>,
-        credential: Option<String>,
+        identity: Option<Arc<str>>,
+        credential: Option<Arc<str>>,
     ) {
         if let Some(c) = self.connections.lock().get_mut(&conn_id) {
             c.identity = identity;

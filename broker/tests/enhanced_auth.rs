@@ -57,7 +57,7 @@ impl AuthExchange for Pending {
             let short = answer.as_deref() == Some(&format!("{}:short", self.nonce));
             if ok || short {
                 let mut g = Grant::allow_all(self.user.clone());
-                g.credential = Some(format!("cred-{}", self.nonce));
+                g.credential = Some(format!("cred-{}", self.nonce).into());
                 g.data = Some(Bytes::from_static(b"welcome"));
                 if short {
                     g.expires_at = Some(SystemTime::now() + Duration::from_secs(1));

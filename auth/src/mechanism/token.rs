@@ -95,13 +95,13 @@ impl OAuthMechanism {
             })
             .unwrap_or_default();
         Grant {
-            identity: user,
+            identity: user.map(Arc::from),
             data: None,
             user_properties,
             expires_at: token
                 .and_then(|t| t.expires_at_ms)
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            credential: token.map(|t| t.label.clone()),
+            credential: token.map(|t| Arc::from(t.label.as_str())),
             acl: Arc::new(acl),
         }
     }

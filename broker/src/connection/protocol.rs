@@ -392,7 +392,7 @@ impl Connection {
                     .auth
                     .reauthenticate(ReauthRequest {
                         client_id: c.client_id().to_string(),
-                        identity: c.grant.identity.clone(),
+                        identity: c.grant.identity.as_deref().map(str::to_string),
                         method: method.name().to_string(),
                         data: auth.properties.authentication_data,
                         peer: self.endpoint.peer,
