@@ -15,7 +15,13 @@
 //! Order: messages handed over after a failure is seen are sent after every failed one is
 //! stored. What was already in flight when the first failure happened can be stored before a
 //! failed message that preceded it (the window is `ATTEMPT` of traffic; docs/cluster.md).
+//!
+//! QoS 0 does not wait for a recovery: while one runs, the queue is still read, core NATS
+//! messages go out at once and QoS 1/2 ones are held (up to `OUT_QUEUE`, the queue's own
+//! bound) to be sent, in order, after it. QoS 0 and QoS 1/2 travel apart anyway (core NATS
+//! and the stream), so no order between them is lost.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -46,6 +52,16 @@ pub(crate) enum Out {
     Core(String, Bytes),
     /// Into a stream; the ticket is settled with JetStream's answer.
     Durable(String, Bytes, u64),
+}
+
+/// A QoS 1/2 message as handed over (subject, frame, ticket), and when.
+type Held = (String, Bytes, u64, Instant);
+
+/// The publishing task's next step.
+enum Next {
+    Failed(Durable),
+    Core(String, Bytes),
+    Durable(Held),
 }
 
 /// A QoS 1/2 message until it is stored or given up.
@@ -113,33 +129,84 @@ pub(crate) fn spawn(nats: &Nats, broker: PeerHandle) -> mpsc::Sender<Out> {
             settled: Arc::default(),
         };
         let mut order = 0u64;
+        let mut held: VecDeque<Held> = VecDeque::new();
         loop {
-            tokio::select! {
-                biased;
-                Some(first) = failed_rx.recv() => p.recover(first, &mut failed_rx).await,
-                out = out_rx.recv() => match out {
-                    None => break,
-                    Some(Out::Core(subject, frame)) => {
-                        if let Err(e) = client.publish(subject, frame).await {
-                            debug!(error = %e, "publishing to NATS");
+            // What came during a recovery goes before anything newer, in the order it was
+            // handed over; a send that failed again is recovered first.
+            let next = match held.is_empty() {
+                true => tokio::select! {
+                    biased;
+                    Some(first) = failed_rx.recv() => Next::Failed(first),
+                    out = out_rx.recv() => match out {
+                        None => break,
+                        Some(Out::Core(subject, frame)) => Next::Core(subject, frame),
+                        Some(Out::Durable(subject, frame, ticket)) => {
+                            Next::Durable((subject, frame, ticket, Instant::now()))
                         }
-                    }
-                    Some(Out::Durable(subject, frame, ticket)) => {
-                        order += 1;
-                        p.send(Durable {
-                            subject,
-                            frame,
-                            ticket,
-                            order,
-                            give_up: Instant::now() + store_within,
-                        })
-                        .await;
-                    }
+                    },
                 },
+                false => match failed_rx.try_recv() {
+                    Ok(first) => Next::Failed(first),
+                    Err(_) => Next::Durable(held.pop_front().expect("not empty")),
+                },
+            };
+            match next {
+                Next::Failed(first) => {
+                    let recovery = p.recover(first, &mut failed_rx);
+                    if !meanwhile(recovery, &mut out_rx, &client, &mut held).await {
+                        break;
+                    }
+                }
+                Next::Core(subject, frame) => core(&client, subject, frame).await,
+                Next::Durable((subject, frame, ticket, handed)) => {
+                    order += 1;
+                    let give_up = handed + store_within;
+                    p.send(Durable {
+                        subject,
+                        frame,
+                        ticket,
+                        order,
+                        give_up,
+                    })
+                    .await;
+                }
             }
         }
     });
     out
+}
+
+async fn core(client: &async_nats::Client, subject: String, frame: Bytes) {
+    if let Err(e) = client.publish(subject, frame).await {
+        debug!(error = %e, "publishing to NATS");
+    }
+}
+
+/// Runs `recovery` while still reading the queue: QoS 0 goes out, QoS 1/2 is held for after
+/// it. False if the queue closed (the node is stopping) before the recovery ended.
+async fn meanwhile(
+    recovery: impl std::future::Future<Output = ()>,
+    out_rx: &mut mpsc::Receiver<Out>,
+    client: &async_nats::Client,
+    held: &mut VecDeque<Held>,
+) -> bool {
+    tokio::pin!(recovery);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut recovery => return true,
+            out = out_rx.recv(), if held.len() < OUT_QUEUE => match out {
+                None => {
+                    recovery.await;
+                    return false;
+                }
+                Some(Out::Core(subject, frame)) => core(client, subject, frame).await,
+                Some(Out::Durable(subject, frame, ticket)) => {
+                    held.push_back((subject, frame, ticket, Instant::now()));
+                }
+            },
+        }
+    }
 }
 
 impl Publisher {

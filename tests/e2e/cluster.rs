@@ -120,6 +120,51 @@ async fn revocation_reaches_every_node_while_jetstream_has_no_quorum() {
     }
 }
 
+/// A QoS 1 publish JetStream cannot store keeps its node's publishing task sending it again
+/// (until `store_within`); QoS 0 from that node still crosses to the others meanwhile.
+#[tokio::test]
+async fn qos0_crosses_nodes_while_a_qos1_publish_waits_for_jetstream() {
+    let mut nats = NatsCluster::start();
+    // Both nodes on server 0: killing 1 and 2 leaves core NATS up and JetStream without a
+    // quorum.
+    let a = TestBroker::start_secure(&(nats.node_config("a", &[0]) + "  store_within: 5\n"));
+    let b = TestBroker::start_secure(&nats.node_config("b", &[0]));
+    let out = a.command(&["user", "add", "bob"], "builder\n");
+    assert!(out.status.success(), "{out:?}");
+    let token = cli_token(&a, "bob", "3600", "mqtt");
+    let mut sub = login(&b, "sub", &token).await;
+    sub.subscribe("line/#", QoS::AtLeastOnce).await;
+    let mut publisher = login(&a, "pub", &token).await;
+    until_routed(&mut publisher, &mut sub, "line/probe").await;
+    nats.kill(1);
+    nats.kill(2);
+
+    publisher
+        .publish("line/q1", b"q1", QoS::AtLeastOnce, 1)
+        .await;
+    publisher
+        .publish("line/q0", b"q0", QoS::AtMostOnce, 0)
+        .await;
+    let q0_crossed = async {
+        loop {
+            match recv_acking(&mut sub, Duration::from_secs(30)).await {
+                Ok(Some(Packet::Publish(p))) if &p.payload[..] == b"q0" => return,
+                Ok(Some(_)) => {}
+                other => panic!("waiting for q0 on node b: {other:?}"),
+            }
+        }
+    };
+    tokio::select! {
+        () = q0_crossed => {}
+        ack = publisher.recv() => panic!("q1 was answered ({ack:?}) before q0 crossed"),
+    }
+    // And q1, which the cluster could not store, is refused once `store_within` has passed.
+    match publisher.recv().await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.reason_code, ReasonCode::UNSPECIFIED_ERROR),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn messages_cross_nodes_to_the_subscriptions_that_match_once_each() {
     let nats = NatsCluster::start();
