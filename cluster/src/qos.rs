@@ -37,6 +37,13 @@ pub const KEPT_FOR: Duration = Duration::from_secs(3600);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(tessera_config::DUPLICATE_WINDOW_SECS);
 /// Messages routed together before one sync and their acknowledgements.
 const BATCH: usize = 256;
+/// The consumer's pull requests: each lasts `PULL_EXPIRES`, and the server sends a heartbeat
+/// every `PULL_HEARTBEAT` while it has nothing to deliver. Two heartbeats missed end the
+/// reading session (and start the next from the acknowledgement floor). Without them a pull
+/// request lost with a NATS server left the node waiting for its expiry: the client's default
+/// of 30 s, seen as a 31 s lull in one NATS server kill of five in `benches/cluster.sh`.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Creates the stream on first start (or finds it).
 pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
@@ -256,6 +263,8 @@ async fn open_session(
     let messages = consumer
         .stream()
         .max_messages_per_batch(BATCH * 4)
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
         .messages()
         .await
         .map_err(|e| e.to_string())?;
