@@ -39,13 +39,14 @@ pub enum UserCmd {
     },
 }
 
-/// Which page of a long list (`user list`, `token list`).
+/// Which page of a long list (`user list`, `token list`, `session list`).
 #[derive(clap::Args)]
 pub struct PageArgs {
     /// At most this many (0: all).
     #[arg(long, default_value_t = 1000)]
     limit: usize,
-    /// Start after this one (the last of the page before: a user name, a token id).
+    /// Start after this one (the last of the page before: a user name, a token id, a client
+    /// id).
     #[arg(long)]
     after: Option<String>,
 }
@@ -159,10 +160,13 @@ pub enum TokenCmd {
 
 #[derive(Subcommand)]
 pub enum SessionCmd {
-    /// The live MQTT connections: client id, user, address, transport, protocol, since.
+    /// The live MQTT connections: client id, user, address, transport, protocol, since; in
+    /// client id order, a page at a time.
     List {
         #[arg(long)]
         user: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Disconnect a client (DISCONNECT 0x98, Administrative action). Its token stays valid:
     /// revoke it too to keep the client out.
@@ -364,7 +368,10 @@ pub fn request(cmd: Command) -> Result<AdminRequest, ExitCode> {
             jti: None,
             issuer: None,
         },
-        Command::Session(SessionCmd::List { user }) => AdminRequest::SessionList { user },
+        Command::Session(SessionCmd::List { user, page }) => AdminRequest::SessionList {
+            user,
+            page: page.page(),
+        },
         Command::Session(SessionCmd::Kick { client_id }) => AdminRequest::SessionKick { client_id },
         Command::Serve
         | Command::CheckConfig { .. }
@@ -389,7 +396,9 @@ pub fn run(config: &Config, request: AdminRequest, json: bool) -> ExitCode {
     }
     let ejabberd_style = matches!(request, AdminRequest::TokenIssue { .. });
     let page_limit = match &request {
-        AdminRequest::UserList { page } | AdminRequest::TokenList { page, .. } => page.limit,
+        AdminRequest::UserList { page }
+        | AdminRequest::TokenList { page, .. }
+        | AdminRequest::SessionList { page, .. } => page.limit,
         _ => 0,
     };
     let socket = admin::socket_path(&config.data_dir);

@@ -82,9 +82,11 @@ pub enum AdminRequest {
         #[serde(default)]
         issuer: Option<String>,
     },
-    /// The live MQTT connections, optionally of one user.
+    /// The live MQTT connections, optionally of one user, in client id order.
     SessionList {
         user: Option<String>,
+        #[serde(default)]
+        page: Page,
     },
     /// Ends a client's connection with DISCONNECT 0x98 (Administrative action).
     SessionKick {
@@ -353,14 +355,19 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
                 }
                 ok(format!("{n} token(s) revoked"), json!({ "revoked": n }))
             }
-            AdminRequest::SessionList { user } => {
+            AdminRequest::SessionList { user, page } => {
                 let broker = op.broker.ok_or(ServiceError::Usage(NO_BROKER))?;
-                let rows = sessions(broker, &s.onboardings, user.as_deref());
+                let rows = sessions(broker, &s.onboardings, user.as_deref(), &page);
                 let onboarding = rows.iter().filter(|r| r["state"] != "connected").count();
-                let message = match onboarding {
-                    0 => format!("{} connection(s)", rows.len()),
-                    n => format!("{} connection(s), {n} of them onboarding", rows.len()),
-                };
+                // A client id is the network's: control characters shown escaped.
+                let last = rows
+                    .last()
+                    .and_then(|r| r["client_id"].as_str())
+                    .map(|id| id.escape_debug().to_string());
+                let mut message = listed(rows.len(), "connection", &page, last.as_deref());
+                if onboarding > 0 {
+                    message.push_str(&format!(" ({onboarding} of them onboarding)"));
+                }
                 ok(message, Value::Array(rows))
             }
             AdminRequest::SessionKick { client_id } => {
@@ -400,16 +407,19 @@ fn run(op: &Operator<'_>, req: AdminRequest) -> AdminResponse {
 const NO_BROKER: &str = "sessions are the running server's: start `tessera serve` first";
 const NO_SERVER_TO_RELOAD: &str = "no server is running: nothing to reload";
 
-/// The live connections as rows (`tessera session list`, the console), oldest first, then
-/// the devices onboarding in-band (no user yet: not listed when asked for a user's).
+/// A page of the live connections as rows (`tessera session list`, the console), in client id
+/// order, with the devices onboarding in band among them (no user yet: not listed when asked
+/// for a user's).
 pub fn sessions(
     broker: &BrokerHandle,
     onboardings: &Onboardings,
     user: Option<&str>,
+    page: &Page,
 ) -> Vec<Value> {
-    let mut conns = broker.connected_clients();
-    conns.retain(|c| user.is_none_or(|u| c.identity.as_deref() == Some(u)));
-    conns.sort_by_key(|c| (c.since, c.conn_id));
+    let after = page.after.as_deref();
+    let conns = broker.connected_page(after, page.limit, |c| {
+        user.is_none_or(|u| c.identity.as_deref() == Some(u))
+    });
     let connected = conns.iter().map(|c| {
         json!({
             "client_id": &*c.client_id,
@@ -422,10 +432,12 @@ pub fn sessions(
             "state": "connected",
         })
     });
+    // A device onboarding in band has no user yet; there are at most 10,000 of them
+    // (`onboarding::IN_ALL`), so they are merged into the page rather than paged apart.
     let onboarding = onboardings
         .list()
         .into_iter()
-        .filter(|_| user.is_none())
+        .filter(|p| user.is_none() && after.is_none_or(|a| p.client_id.as_str() > a))
         .map(|p| {
             json!({
                 "client_id": p.client_id,
@@ -443,7 +455,12 @@ pub fn sessions(
                 ),
             })
         });
-    connected.chain(onboarding).collect()
+    let mut rows: Vec<Value> = connected.chain(onboarding).collect();
+    rows.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
+    if page.limit > 0 {
+        rows.truncate(page.limit);
+    }
+    rows
 }
 
 /// Where the admin socket of a data directory is. Its directory has mode 0700 and the socket

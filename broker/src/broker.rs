@@ -98,6 +98,17 @@ impl BrokerHandle {
         self.0.connections.list()
     }
 
+    /// A page of the live connections `pred` selects, in client id order: the first `limit`
+    /// (0: all) whose client id comes after `after`.
+    pub fn connected_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        pred: impl Fn(&ConnectionInfo) -> bool,
+    ) -> Vec<ConnectionInfo> {
+        self.0.connections.page(after, limit, pred)
+    }
+
     /// Waits until every change to durable state made so far is in the store (with `durable`
     /// storage; otherwise returns at once).
     pub async fn sync(&self) -> Result<(), crate::store::StoreError> {

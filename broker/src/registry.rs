@@ -3,7 +3,8 @@
 //!
 //! Its one lock guards only the map; it is never held while another broker lock is taken.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -76,6 +77,39 @@ impl Registry {
             .collect()
     }
 
+    /// The first `limit` connections `pred` selects in client id order whose client id comes
+    /// after `after` (0: no limit). One pass over the map keeping the best `limit` in a heap:
+    /// a page of a million connections copies the page, not the million.
+    pub(crate) fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        pred: impl Fn(&ConnectionInfo) -> bool,
+    ) -> Vec<ConnectionInfo> {
+        let conns = self.connections.lock();
+        let selected = conns
+            .values()
+            .map(|c| ByClientId(c))
+            .filter(|c| after.is_none_or(|a| &*c.0.client_id > a) && pred(c.0));
+        let mut page: Vec<&ConnectionInfo> = if limit == 0 {
+            selected.map(|c| c.0).collect()
+        } else {
+            // A max-heap of the `limit` smallest seen so far: its top is the one to drop.
+            let mut best = BinaryHeap::with_capacity(limit.min(conns.len()) + 1);
+            for c in selected {
+                if best.len() < limit {
+                    best.push(c);
+                } else if best.peek().is_some_and(|top| c < *top) {
+                    best.pop();
+                    best.push(c);
+                }
+            }
+            best.into_iter().map(|c| c.0).collect()
+        };
+        page.sort_unstable_by(|a, b| ByClientId(a).cmp(&ByClientId(b)));
+        page.into_iter().cloned().collect()
+    }
+
     /// Leaves DISCONNECT `reason` for every connection `pred` selects; returns how many.
     pub(crate) fn disconnect_where(
         &self,
@@ -93,5 +127,81 @@ impl Registry {
             n += 1;
         }
         n
+    }
+}
+
+/// A connection ordered by client id, then by connection id (two connections share a client
+/// id for the moment of a takeover).
+#[derive(Clone, Copy)]
+struct ByClientId<'a>(&'a ConnectionInfo);
+
+impl Ord for ByClientId<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (&*self.0.client_id, self.0.conn_id).cmp(&(&*other.0.client_id, other.0.conn_id))
+    }
+}
+
+impl PartialOrd for ByClientId<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for ByClientId<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for ByClientId<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::ControlSlot;
+
+    fn info(conn_id: u64, client_id: &str, identity: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            conn_id,
+            client_id: client_id.into(),
+            identity: Some(identity.into()),
+            credential: None,
+            peer: "127.0.0.1:1883".parse().unwrap(),
+            transport: "tcp",
+            version: Version::V5,
+            since: SystemTime::UNIX_EPOCH,
+            control: Arc::new(ControlSlot::default()),
+        }
+    }
+
+    fn ids(page: &[ConnectionInfo]) -> Vec<&str> {
+        page.iter().map(|c| &*c.client_id).collect()
+    }
+
+    #[test]
+    fn pages_walk_every_connection_once_in_client_id_order() {
+        let r = Registry::default();
+        // Registered out of order, so the map's order is not the answer.
+        for (i, n) in [7, 3, 9, 0, 5, 1, 8, 2, 6, 4].into_iter().enumerate() {
+            let user = if n % 2 == 0 { "even" } else { "odd" };
+            assert!(r.register(info(i as u64, &format!("c{n}"), user)));
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = r.page(after.as_deref(), 3, |_| true);
+            assert!(page.len() <= 3);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|c| c.client_id.to_string());
+            seen.extend(ids(&page).into_iter().map(str::to_string));
+        }
+        let all: Vec<String> = (0..10).map(|n| format!("c{n}")).collect();
+        assert_eq!(seen, all);
+        assert_eq!(ids(&r.page(None, 0, |_| true)).len(), 10);
+        let odd = r.page(Some("c2"), 2, |c| c.identity.as_deref() == Some("odd"));
+        assert_eq!(ids(&odd), ["c3", "c5"]);
+        assert!(r.page(Some("c9"), 5, |_| true).is_empty());
     }
 }

@@ -51,6 +51,20 @@ async fn session_list_shows_connections_and_kick_ends_one_with_0x98() {
     assert_eq!(s1["protocol"], "5.0");
     assert!(s1["address"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(s1["connected_at"].as_u64().unwrap() > 1_700_000_000);
+    // A page at a time, in client id order, and how to get the next.
+    let first = b.command(&["--json", "session", "list", "--limit", "1"], "");
+    assert_eq!(json_out(&first)[0]["client_id"], "sensor-1");
+    assert_eq!(json_out(&first).as_array().unwrap().len(), 1);
+    let hint = String::from_utf8_lossy(&first.stderr);
+    assert!(hint.contains("--after sensor-1"), "{hint}");
+    let next = [
+        "--json", "session", "list", "--limit", "1", "--after", "sensor-1",
+    ];
+    let second = json_out(&b.command(&next, ""));
+    assert_eq!(second.as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second[0]["client_id"], "sensor-2");
+    let last = ["--json", "session", "list", "--after", "sensor-2"];
+    assert_eq!(json_out(&b.command(&last, "")), Value::Array(vec![]));
     let none = json_out(&b.command(&["--json", "session", "list", "--user", "alice"], ""));
     assert_eq!(none, Value::Array(vec![]));
     let human = b.command(&["session", "list"], "");
@@ -317,6 +331,44 @@ async fn console_lists_tokens_a_page_at_a_time() {
         cli_token(&b, "bob", "3600", "mqtt");
     }
     let base = format!("https://localhost:{}", b.oauth.port());
-    let text = console_js(&["pages", &base, "root", "r00t-pass", "bob"]).await;
+    let text = console_js(&[
+        "pages",
+        &base,
+        "root",
+        "r00t-pass",
+        "/console/tokens?user=bob",
+    ])
+    .await;
+    assert!(text.contains("first 100, next 5, both 0"), "{text}");
+}
+
+#[tokio::test]
+async fn console_lists_retained_messages_a_page_at_a_time() {
+    let b = setup("");
+    let out = b.command(&["user", "add", "root", "--admin"], "r00t-pass\n");
+    assert!(out.status.success(), "{out:?}");
+    let tok = cli_token(&b, "bob", "3600", "mqtt");
+    let mut device = login(&b, "sensor-1", &tok).await;
+    // 105 under the prefix, and one beside it that no page of the prefix shows.
+    for i in 0..=105u16 {
+        let topic = if i < 105 {
+            format!("dev/{i:03}/config")
+        } else {
+            "other/config".into()
+        };
+        let mut config = crate::raw::publish(&topic, b"{}", QoS::AtLeastOnce, i + 1);
+        config.retain = true;
+        device.send(&Packet::Publish(config)).await;
+        assert!(matches!(device.recv().await, Some(Packet::PubAck(_))));
+    }
+    let base = format!("https://localhost:{}", b.oauth.port());
+    let text = console_js(&[
+        "pages",
+        &base,
+        "root",
+        "r00t-pass",
+        "/console/retained?prefix=dev/",
+    ])
+    .await;
     assert!(text.contains("first 100, next 5, both 0"), "{text}");
 }

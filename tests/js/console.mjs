@@ -8,9 +8,9 @@
 //     signs in as a user who is not an operator and prints the page it ends on
 //   node console.mjs retained BASE USER PASSWORD TOPIC
 //     signs in, finds TOPIC among the retained messages, deletes it, prints the page's text
-//   node console.mjs pages BASE USER PASSWORD TOKEN_USER
-//     signs in, lists TOKEN_USER's tokens, follows the "Next" link, and prints
-//     "first A, next B, both C" (rows on each page, rows on both)
+//   node console.mjs pages BASE USER PASSWORD PATH
+//     signs in, opens the list at PATH (`/console/tokens?user=bob`), follows its "Next"
+//     link, and prints "first A, next B, both C" (rows on each page, rows on both)
 import { session } from './chromium.mjs';
 
 const [mode, base, user, password, clientId, shot] = process.argv.slice(2);
@@ -54,7 +54,7 @@ try {
     await page.waitForSelector('[role=status], [role=alert]');
     console.log(await page.textContent('body'));
   } else if (mode === 'pages') {
-    await page.goto(`${base}/console/tokens?user=${encodeURIComponent(clientId)}`);
+    await page.goto(`${base}${clientId}`);
     const ids = async () => page.locator('main table tbody tr td:first-child').allTextContents();
     const first = await ids();
     const next = page.locator('a', { hasText: 'Next' });

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::html::{Notice, button, cell, page, secure_headers, table, when};
+use super::html::{Notice, button, cell, next_page, page, page_of, secure_headers, table, when};
 use super::{back, csrf_ok, operator, run, urlencode};
 use crate::admin::{self, AdminRequest, AdminResponse};
 use crate::http::AppState;
@@ -67,9 +67,15 @@ pub async fn home(
         })
         .collect();
     let rows = match &state.broker {
-        Some(b) => admin::sessions(b, &state.service.onboardings, None),
+        Some(b) => admin::sessions(b, &state.service.onboardings, None, &page_of(&n)),
         None => Vec::new(),
     };
+    let more = next_page(
+        "/console/",
+        "",
+        rows.len(),
+        rows.last().and_then(|r| r["client_id"].as_str()),
+    );
     let rows = rows
         .iter()
         .map(|r| {
@@ -106,7 +112,7 @@ pub async fn home(
         })
         .collect();
     let body = format!(
-        "{}<section class=\"counters\">{counters}</section><h2>Connected clients</h2>{}",
+        "{}<section class=\"counters\">{counters}</section><h2>Connected clients</h2>{}{more}",
         n.html(),
         table(
             &[
@@ -155,11 +161,18 @@ pub async fn retained(
 ) -> Response {
     let op = signed_in!(state, headers);
     let prefix = n.prefix.clone().unwrap_or_default();
+    let at = page_of(&n);
     let list = state
         .broker
         .as_ref()
-        .map(|b| b.retained(&prefix, 500))
+        .map(|b| b.retained(&prefix, at.after.as_deref(), at.limit))
         .unwrap_or_default();
+    let more = next_page(
+        "/console/retained",
+        &format!("prefix={}&", urlencode(&prefix)),
+        list.len(),
+        list.last().map(|m| m.topic.as_str()),
+    );
     let rows = list
         .iter()
         .map(|m| {
@@ -181,8 +194,7 @@ pub async fn retained(
         .collect();
     let body = format!(
         "{}<form method=\"get\" action=\"/console/retained\"><label for=\"prefix\">Topic starts with</label>\
-         <input id=\"prefix\" name=\"prefix\" value=\"{}\"><button>Browse</button></form>{}\
-         <p class=\"meta\">At most 500 shown.</p>",
+         <input id=\"prefix\" name=\"prefix\" value=\"{}\"><button>Browse</button></form>{}{more}",
         n.html(),
         esc(&prefix),
         table(&["Topic", "QoS", "Bytes", "Payload", ""], rows),
