@@ -170,6 +170,7 @@ for name, bench in [("subscription match per PUBLISH (us)", "match_topic"),
                     ("token validation p99 (us)", "validate_p99"),
                     ("token issuance, durable (us)", "issue_token"),
                     ("token list, first page of 1,000 (us)", "token_list_first_page"),
+                    ("token revoke --user, one token among all (us)", "revoke_user_with_one_token"),
                     ("token store on disk (bytes per token)", "token_disk")]:
     figures.append((f"{name} — tessera", {n: micro.get((bench, n)) for n in sizes}))
 

@@ -1,6 +1,6 @@
 //! Cost curves (issue 23): what one operation costs as the state grows to 10k, 100k and 1M
 //! entries. Subscriptions: matching a PUBLISH's topic. Tokens in the store: validating one,
-//! issuing one, and the first page of `token list`. Each should stay flat (or grow with the
+//! issuing one, the first page of `token list`, and revoking a user's tokens. Each should stay flat (or grow with the
 //! logarithm of a B-tree's depth); `benches/scale.sh` runs this and draws the curves.
 //! Run: `cargo bench -p tessera-bench --bench scale` (`SCALE_MAX=100000` stops there).
 
@@ -158,4 +158,19 @@ fn token_list_first_page(bencher: divan::Bencher, n: usize) {
         limit: 1000,
     };
     bencher.bench_local(|| t.service.list_tokens(None, &page).unwrap().len());
+}
+
+/// `token revoke --user` (and a password change, a user's deletion) for a user with one token
+/// among `n`: without an index of tokens by user it reads every token, so this one grows.
+#[divan::bench(args = sizes(), sample_count = 5, sample_size = 1)]
+fn revoke_user_with_one_token(bencher: divan::Bencher, n: usize) {
+    let t = tokens(n);
+    let _ = t.service.add_user("solo", "pw");
+    bencher
+        .with_inputs(|| {
+            t.service
+                .issue("solo", None, vec!["mqtt".into()], Some(60), false, None)
+                .unwrap()
+        })
+        .bench_local_values(|_| assert_eq!(t.service.revoke_user("solo").unwrap(), 1));
 }

@@ -250,15 +250,9 @@ impl TokenService {
         keep: impl Fn(&T) -> bool,
     ) -> ServiceResult<Vec<(String, T)>> {
         let mut out = Vec::new();
-        let mut failed = None;
-        self.store.scan_from(b, after, &mut |k, e| {
-            match from_json::<T>(b.name(), &e.value) {
-                Ok(v) if keep(&v) => out.push((k.to_string(), v)),
-                Ok(_) => {}
-                Err(err) => {
-                    failed = Some(err);
-                    return ControlFlow::Break(());
-                }
+        self.scan_each(b, after, |k, v: T| {
+            if keep(&v) {
+                out.push((k.to_string(), v));
             }
             if limit > 0 && out.len() >= limit {
                 ControlFlow::Break(())
@@ -266,10 +260,47 @@ impl TokenService {
                 ControlFlow::Continue(())
             }
         })?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        Ok(out)
+    }
+
+    /// The keys of the records of a bucket that `keep` keeps, reading one record at a time:
+    /// what a revocation holds is the keys it deletes, not the bucket.
+    fn keys_where<T: DeserializeOwned>(
+        &self,
+        b: Bucket,
+        keep: impl Fn(&T) -> bool,
+    ) -> ServiceResult<Vec<String>> {
+        let mut out = Vec::new();
+        self.scan_each(b, None, |k, v: T| {
+            if keep(&v) {
+                out.push(k.to_string());
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Gives the records of a bucket after the key `after`, in key order, parsed, to `visit`
+    /// until it answers `Break`; a record that does not parse ends the scan with its error.
+    fn scan_each<T: DeserializeOwned>(
+        &self,
+        b: Bucket,
+        after: Option<&str>,
+        mut visit: impl FnMut(&str, T) -> ControlFlow<()>,
+    ) -> ServiceResult<()> {
+        let mut failed = None;
+        self.store.scan_from(
+            b,
+            after,
+            &mut |k, e| match from_json::<T>(b.name(), &e.value) {
+                Ok(v) => visit(k, v),
+                Err(err) => {
+                    failed = Some(err);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Every record of a bucket, by key.
@@ -281,28 +312,38 @@ impl TokenService {
             .collect()
     }
 
+    /// How many records a bucket holds, each read and parsed, one at a time.
+    fn count<T: DeserializeOwned>(&self, b: Bucket) -> ServiceResult<usize> {
+        let mut n = 0;
+        self.scan_each(b, None, |_, _: T| {
+            n += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok(n)
+    }
+
     /// Reads every record of every bucket and checks it parses (`tessera check-data`).
     /// Returns how many records each bucket holds.
     pub fn check_records(&self) -> ServiceResult<Vec<(&'static str, usize)>> {
         use crate::model::{AccessToken, AuthCode, Client, DeviceCode, RefreshToken, User};
         Ok(vec![
-            ("users", self.scan::<User>(Bucket::Users)?.len()),
-            ("clients", self.scan::<Client>(Bucket::Clients)?.len()),
+            ("users", self.count::<User>(Bucket::Users)?),
+            ("clients", self.count::<Client>(Bucket::Clients)?),
             (
                 "access tokens",
-                self.scan::<AccessToken>(Bucket::AccessTokens)?.len(),
+                self.count::<AccessToken>(Bucket::AccessTokens)?,
             ),
             (
                 "refresh tokens",
-                self.scan::<RefreshToken>(Bucket::RefreshTokens)?.len(),
+                self.count::<RefreshToken>(Bucket::RefreshTokens)?,
             ),
             (
                 "authorization codes",
-                self.scan::<AuthCode>(Bucket::AuthCodes)?.len(),
+                self.count::<AuthCode>(Bucket::AuthCodes)?,
             ),
             (
                 "device codes",
-                self.scan::<DeviceCode>(Bucket::DeviceCodes)?.len(),
+                self.count::<DeviceCode>(Bucket::DeviceCodes)?,
             ),
         ])
     }

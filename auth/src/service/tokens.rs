@@ -317,13 +317,13 @@ impl TokenService {
         refresh: impl Fn(&RefreshToken) -> bool,
     ) -> ServiceResult<usize> {
         let mut n = 0;
-        for (k, t) in self.scan::<AccessToken>(Bucket::AccessTokens)? {
-            if access(&t) && self.store.delete(Bucket::AccessTokens, &k, None)? {
+        for k in self.keys_where::<AccessToken>(Bucket::AccessTokens, access)? {
+            if self.store.delete(Bucket::AccessTokens, &k, None)? {
                 n += 1;
             }
         }
-        for (k, r) in self.scan::<RefreshToken>(Bucket::RefreshTokens)? {
-            if refresh(&r) && self.store.delete(Bucket::RefreshTokens, &k, None)? {
+        for k in self.keys_where::<RefreshToken>(Bucket::RefreshTokens, refresh)? {
+            if self.store.delete(Bucket::RefreshTokens, &k, None)? {
                 n += 1;
             }
         }
