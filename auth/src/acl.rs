@@ -9,7 +9,9 @@
 //! lets the subscription be granted, and each message delivered through it is judged by
 //! topic ([`TopicAcl::can_receive`]), as mosquitto does.
 
-use tessera_broker::auth::TopicAcl;
+use std::sync::Arc;
+
+use tessera_broker::auth::{AllowAll, TopicAcl};
 use tessera_broker::codec::Utf8Bytes;
 use tessera_broker::codec::topic::matches;
 use tessera_config::{AccessRules, Effect};
@@ -116,6 +118,22 @@ impl SessionAcl {
             subscribe,
             scope_publish: scope_filters(scopes, "mqtt:publish:"),
             scope_subscribe: scope_filters(scopes, "mqtt:subscribe:"),
+        }
+    }
+}
+
+impl SessionAcl {
+    /// The rights of a session as the broker holds them: the shared [`AllowAll`] when nothing
+    /// restricts it (no rules, no scope filters), so such a session costs no allocation.
+    pub fn into_shared(self) -> Arc<dyn TopicAcl> {
+        let unrestricted = self.publish.is_none()
+            && self.subscribe.is_none()
+            && self.scope_publish.is_none()
+            && self.scope_subscribe.is_none();
+        if unrestricted {
+            AllowAll::shared()
+        } else {
+            Arc::new(self)
         }
     }
 }
@@ -235,6 +253,28 @@ mod tests {
         );
         assert!(acl.can_publish(&"any/topic".into()));
         assert!(acl.can_subscribe("#"));
+        // Held as the one shared instance: no allocation per session.
+        assert!(Arc::ptr_eq(&acl.into_shared(), &AllowAll::shared()));
+    }
+
+    #[test]
+    fn a_restricted_session_keeps_its_own_rights() {
+        let publish = rules(&[("devices/%u/#", ALL)]);
+        let acl =
+            SessionAcl::new(&publish, &AccessRules::default(), Some("ann"), "c", &[]).into_shared();
+        assert!(!Arc::ptr_eq(&acl, &AllowAll::shared()));
+        assert!(acl.can_publish(&"devices/ann/t".into()));
+        assert!(!acl.can_publish(&"devices/bob/t".into()));
+        let scoped = SessionAcl::new(
+            &AccessRules::default(),
+            &AccessRules::default(),
+            Some("ann"),
+            "c",
+            &["mqtt:subscribe:status/#".into()],
+        )
+        .into_shared();
+        assert!(!scoped.can_subscribe("#"));
+        assert!(scoped.can_subscribe("status/x"));
     }
 
     #[test]

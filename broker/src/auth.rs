@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -132,7 +132,7 @@ impl Grant {
             user_properties: Vec::new(),
             expires_at: None,
             credential: None,
-            acl: Arc::new(AllowAll),
+            acl: AllowAll::shared(),
         }
     }
 }
@@ -156,6 +156,15 @@ pub trait TopicAcl: Send + Sync {
 
 /// No restriction.
 pub struct AllowAll;
+
+impl AllowAll {
+    /// The one instance every unrestricted session shares: a connection under no rules and
+    /// no scope filters (the default) holds no ACL of its own, only a reference count.
+    pub fn shared() -> Arc<dyn TopicAcl> {
+        static SHARED: LazyLock<Arc<dyn TopicAcl>> = LazyLock::new(|| Arc::new(AllowAll));
+        SHARED.clone()
+    }
+}
 
 impl TopicAcl for AllowAll {
     fn can_publish(&self, _topic: &Utf8Bytes) -> bool {

@@ -102,7 +102,7 @@ impl OAuthMechanism {
                 .and_then(|t| t.expires_at_ms)
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             credential: token.map(|t| Arc::from(t.label.as_str())),
-            acl: Arc::new(acl),
+            acl: acl.into_shared(),
         }
     }
 
