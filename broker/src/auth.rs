@@ -108,20 +108,42 @@ pub struct Grant {
     pub acl: Arc<dyn TopicAcl>,
 }
 
-impl Grant {
+/// What a connection keeps of its grant once the CONNACK or AUTH 0x00 that carries the
+/// Authentication Data and User Properties is built: those are sent once, and the expiry
+/// becomes the connection's deadline. Who, with what credential, and the rights: 48 bytes of
+/// every idle connection, where the whole grant would be 120 (and, kept whole, a token
+/// login's three allocations).
+pub struct Rights {
+    pub identity: Option<Arc<str>>,
+    pub credential: Option<Arc<str>>,
+    pub acl: Arc<dyn TopicAcl>,
+}
+
+impl Rights {
     /// Whether the client may publish to `topic` (a PUBLISH or its will): never to `$SYS`,
     /// which only the broker writes, and only where its ACL allows.
     pub fn may_publish(&self, topic: &Utf8Bytes) -> bool {
-        !topic.as_bytes().starts_with(b"$SYS") && self.acl.can_publish(topic)
+        may_publish(&*self.acl, topic)
+    }
+}
+
+fn may_publish(acl: &dyn TopicAcl, topic: &Utf8Bytes) -> bool {
+    !topic.as_bytes().starts_with(b"$SYS") && acl.can_publish(topic)
+}
+
+impl Grant {
+    /// As [`Rights::may_publish`], before the connection keeps its rights (a CONNECT's will).
+    pub fn may_publish(&self, topic: &Utf8Bytes) -> bool {
+        may_publish(&*self.acl, topic)
     }
 
-    /// What a connection keeps of the grant once the CONNACK or AUTH 0x00 that carries its
-    /// Authentication Data and User Properties is built: those are sent once, and would
-    /// otherwise stay with every idle connection (a token login's are three allocations).
-    pub fn kept(mut self) -> Grant {
-        self.data = None;
-        self.user_properties = Vec::new();
-        self
+    /// What a connection keeps of the grant (see [`Rights`]).
+    pub fn kept(self) -> Rights {
+        Rights {
+            identity: self.identity,
+            credential: self.credential,
+            acl: self.acl,
+        }
     }
 
     /// Everything allowed, no deadline.

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::exchange::{Challenge, Method};
-use crate::auth::Grant;
+use crate::auth::{Grant, Rights};
 use crate::codec::{Utf8Bytes, Will};
 use crate::session::{ControlSlot, Session};
 use crate::tls::ClientCertificate;
@@ -57,7 +57,8 @@ pub(crate) struct Client {
     /// DISCONNECT (MQTT-3.1.2-29).
     pub problem_info: bool,
     pub will: Option<Box<Will>>,
-    pub grant: Grant,
+    /// Who the client is and what it may do (the grant, less what was sent once).
+    pub rights: Rights,
     /// When the grant's credential expires, on the runtime clock.
     pub credential_deadline: Option<Instant>,
     /// The Authentication Method of CONNECT, if it named one (re-authentication uses it).
@@ -78,7 +79,7 @@ impl Client {
     /// Takes a new grant (re-authentication): new rights, new deadline.
     pub(crate) fn renew(&mut self, grant: Grant) {
         self.credential_deadline = deadline_from(grant.expires_at);
-        self.grant = grant.kept();
+        self.rights = grant.kept();
     }
 }
 

@@ -39,7 +39,7 @@ impl Connection {
         let mut sent = SentTally::new(&broker.stats);
         // A subscription granted with a rule refusing part of what it matches (`acl.rs` of
         // the token service): each message is judged by its topic before it leaves.
-        let judged = c.grant.acl.judges_deliveries();
+        let judged = c.rights.acl.judges_deliveries();
         if c.resend {
             c.resend = false;
             let ids: Vec<u16> = st.inflight().keys().copied().collect();
@@ -94,7 +94,7 @@ impl Connection {
                 self.discard(&session, &d, Dropped::Expired);
                 continue;
             }
-            if judged && !c.grant.acl.can_receive(&d.message.topic) {
+            if judged && !c.rights.acl.can_receive(&d.message.topic) {
                 self.discard(&session, &d, Dropped::DeniedDelivery);
                 continue;
             }

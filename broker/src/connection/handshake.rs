@@ -353,7 +353,7 @@ impl Handshake<'_> {
             problem_info: c.properties.request_problem_information.unwrap_or(1) == 1,
             will: c.will.map(Box::new),
             credential_deadline: deadline_from(grant.expires_at),
-            grant: grant.kept(),
+            rights: grant.kept(),
             auth_method: method,
             challenge: None,
             expiry_zero_at_connect: terms.requested_expiry == 0,

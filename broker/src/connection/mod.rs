@@ -463,9 +463,12 @@ impl Connection {
 mod size_tests {
     /// Every idle connection carries its task's future: keep it small (4.9 KB before the
     /// connect phase and the will were boxed, 3.2 KB before packets were handled outside it
-    /// and the two timers became one, 1.1 KB before its arguments stopped being kept twice;
-    /// 992 bytes now). tokio rounds a task up to a multiple of 128 bytes: past about 1,030
-    /// bytes of future an idle connection costs 128 more.
+    /// and the two timers became one, 1.1 KB before its arguments stopped being kept twice,
+    /// 976 bytes before a connection kept its `Rights` instead of its whole grant; 904 now).
+    /// tokio allocates a task as one cell: a 32-byte header, the scheduler and task id (16),
+    /// the future behind the stage's 8-byte tag, a 48-byte trailer, rounded up to 128 bytes
+    /// (x86-64). Up to 920 bytes of future the cell is 1,024 bytes; one byte more and every
+    /// idle connection costs 128 more (it was 1,152 until the grant was trimmed).
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -487,6 +490,9 @@ mod size_tests {
         let f = super::serve(broker, s, accepted);
         let size = std::mem::size_of_val(&f);
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1024, "connection future grew to {size} bytes");
+        assert!(
+            size <= 920,
+            "connection future grew to {size} bytes: its tokio task is now 1,152 bytes, not 1,024"
+        );
     }
 }

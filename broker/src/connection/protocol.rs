@@ -220,7 +220,7 @@ impl Connection {
             && std::str::from_utf8(&p.payload).is_err()
         {
             ReasonCode::PAYLOAD_FORMAT_INVALID
-        } else if !c.grant.may_publish(&topic) {
+        } else if !c.rights.may_publish(&topic) {
             debug!(client_id = %c.client_id(), topic = %topic, "publish denied");
             ReasonCode::NOT_AUTHORIZED
         } else {
@@ -306,7 +306,7 @@ impl Connection {
                 {
                     ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
                 }
-                Ok(_) if !c.grant.acl.can_subscribe(filter) => ReasonCode::NOT_AUTHORIZED,
+                Ok(_) if !c.rights.acl.can_subscribe(filter) => ReasonCode::NOT_AUTHORIZED,
                 Ok(_)
                     if c.session
                         .at_subscription_limit(filter, cfg.max_subscriptions) =>
@@ -392,7 +392,7 @@ impl Connection {
                     .auth
                     .reauthenticate(ReauthRequest {
                         client_id: c.client_id().to_string(),
-                        identity: c.grant.identity.as_deref().map(str::to_string),
+                        identity: c.rights.identity.as_deref().map(str::to_string),
                         method: method.name().to_string(),
                         data: auth.properties.authentication_data,
                         peer: self.endpoint.peer,
