@@ -42,8 +42,8 @@ const BATCH: usize = 256;
 /// reading session (and start the next from the acknowledgement floor). Without them a pull
 /// request lost with a NATS server left the node waiting for its expiry: the client's default
 /// of 30 s, seen as a 31 s lull in one NATS server kill of five in `benches/cluster.sh`.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(10);
+pub(crate) const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Creates the stream on first start (or finds it).
 pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {

@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::Nats;
 use crate::frame::Frame;
-use crate::qos::consumer_filters;
+use crate::qos::{PULL_EXPIRES, PULL_HEARTBEAT, consumer_filters};
 use crate::subjects::filter_subjects;
 
 /// How long a message a node pulled waits for its acknowledgement before another gets it.
@@ -103,7 +103,17 @@ pub(crate) async fn follow(
                     .get_or_create_consumer(&name, config.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                consumer.messages().await.map_err(|e| e.to_string())
+                // Heartbeats, as the node's own consumer has (`qos::PULL_HEARTBEAT`): a pull
+                // request lost (a consumer still electing its leader, a NATS server gone)
+                // would otherwise leave the group's messages waiting out its 30 s expiry.
+                consumer
+                    .stream()
+                    .max_messages_per_batch(BATCH)
+                    .expires(PULL_EXPIRES)
+                    .heartbeat(PULL_HEARTBEAT)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())
             }
             .await;
             let mut messages = match messages {
@@ -116,20 +126,29 @@ pub(crate) async fn follow(
             };
             while let Some(batch) = messages.next().await {
                 let mut taken = Vec::new();
-                for m in batch.into_iter().filter_map(Result::ok) {
-                    if to_member(&broker, &group, &filter, &m.payload) {
-                        taken.push(m);
-                    } else {
-                        let _ = m.ack_with(AckKind::Nak(None)).await;
+                let mut broken = None;
+                for item in batch {
+                    match item {
+                        Ok(m) if to_member(&broker, &group, &filter, &m.payload) => taken.push(m),
+                        Ok(m) => {
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
+                        }
+                        Err(e) => broken = Some(e.to_string()),
                     }
                 }
-                if let Err(e) = broker.sync().await {
+                match broker.sync().await {
+                    Ok(()) => {
+                        for m in taken {
+                            let _ = m.ack().await;
+                        }
+                    }
                     // Not acknowledged: JetStream delivers them again (here or elsewhere).
-                    warn!(error = %e, "shared subscription messages are not durable here");
-                    continue;
+                    Err(e) => warn!(error = %e, "shared subscription messages are not durable here"),
                 }
-                for m in taken {
-                    let _ = m.ack().await;
+                if let Some(e) = broken {
+                    // Heartbeats missed or the pull refused: read again with a new request.
+                    warn!(error = %e, "a shared subscription's pull ended; reading again");
+                    break;
                 }
             }
         }
