@@ -26,6 +26,7 @@ mod limits;
 mod listener;
 mod message;
 mod operator;
+mod page;
 mod persistence;
 mod registry;
 mod retained;

@@ -3,14 +3,11 @@
 //! kick, the retained messages and their removal. Reads take each lock briefly and alone;
 //! nothing here runs on the message path.
 
-use std::collections::BinaryHeap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::broker::BrokerHandle;
 use crate::codec::{QoS, ReasonCode, Utf8Bytes};
-use crate::message::Message;
 use crate::stats::{Dropped, HistogramValues, TRANSPORTS};
 
 /// The broker's counters and gauges at one instant.
@@ -152,22 +149,9 @@ impl BrokerHandle {
             let topic = m.topic.as_str();
             topic.starts_with(prefix) && after.is_none_or(|a| topic > a)
         });
-        let mut page: Vec<Arc<Message>> = if limit == 0 {
-            selected.collect()
-        } else {
-            // A max-heap of the `limit` first topics seen so far: its top is the one to drop.
-            let mut best = BinaryHeap::with_capacity(limit + 1);
-            for m in selected.map(ByTopic) {
-                if best.len() < limit {
-                    best.push(m);
-                } else if best.peek().is_some_and(|top| m < *top) {
-                    best.pop();
-                    best.push(m);
-                }
-            }
-            best.into_iter().map(|m| m.0).collect()
-        };
-        page.sort_unstable_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+        let page = crate::page::first_by(selected, limit, |a, b| {
+            a.topic.as_str().cmp(b.topic.as_str())
+        });
         page.iter()
             .map(|m| RetainedInfo {
                 topic: m.topic.as_str().to_string(),
@@ -184,26 +168,3 @@ impl BrokerHandle {
             .clear_retained(Utf8Bytes::from_string(topic.to_string()))
     }
 }
-
-/// A retained message ordered by its topic (a topic holds one retained message).
-struct ByTopic(Arc<Message>);
-
-impl Ord for ByTopic {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.topic.as_str().cmp(other.0.topic.as_str())
-    }
-}
-
-impl PartialOrd for ByTopic {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for ByTopic {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for ByTopic {}

@@ -3,8 +3,7 @@
 //!
 //! Its one lock guards only the map; it is never held while another broker lock is taken.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -78,8 +77,8 @@ impl Registry {
     }
 
     /// The first `limit` connections `pred` selects in client id order whose client id comes
-    /// after `after` (0: no limit). One pass over the map keeping the best `limit` in a heap:
-    /// a page of a million connections copies the page, not the million.
+    /// after `after` (0: no limit); a page of a million connections copies the page
+    /// ([`crate::page`]).
     pub(crate) fn page(
         &self,
         after: Option<&str>,
@@ -89,25 +88,15 @@ impl Registry {
         let conns = self.connections.lock();
         let selected = conns
             .values()
-            .map(|c| ByClientId(c))
-            .filter(|c| after.is_none_or(|a| &*c.0.client_id > a) && pred(c.0));
-        let mut page: Vec<&ConnectionInfo> = if limit == 0 {
-            selected.map(|c| c.0).collect()
-        } else {
-            // A max-heap of the `limit` smallest seen so far: its top is the one to drop.
-            let mut best = BinaryHeap::with_capacity(limit.min(conns.len()) + 1);
-            for c in selected {
-                if best.len() < limit {
-                    best.push(c);
-                } else if best.peek().is_some_and(|top| c < *top) {
-                    best.pop();
-                    best.push(c);
-                }
-            }
-            best.into_iter().map(|c| c.0).collect()
-        };
-        page.sort_unstable_by(|a, b| ByClientId(a).cmp(&ByClientId(b)));
-        page.into_iter().cloned().collect()
+            .map(|c| &**c)
+            .filter(|c| after.is_none_or(|a| &*c.client_id > a) && pred(c));
+        // By client id, then connection id (two share a client id for a takeover's moment).
+        crate::page::first_by(selected, limit, |a, b| {
+            (&*a.client_id, a.conn_id).cmp(&(&*b.client_id, b.conn_id))
+        })
+        .into_iter()
+        .cloned()
+        .collect()
     }
 
     /// Leaves DISCONNECT `reason` for every connection `pred` selects; returns how many.
@@ -129,31 +118,6 @@ impl Registry {
         n
     }
 }
-
-/// A connection ordered by client id, then by connection id (two connections share a client
-/// id for the moment of a takeover).
-#[derive(Clone, Copy)]
-struct ByClientId<'a>(&'a ConnectionInfo);
-
-impl Ord for ByClientId<'_> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (&*self.0.client_id, self.0.conn_id).cmp(&(&*other.0.client_id, other.0.conn_id))
-    }
-}
-
-impl PartialOrd for ByClientId<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for ByClientId<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for ByClientId<'_> {}
 
 #[cfg(test)]
 mod tests {

@@ -263,23 +263,6 @@ impl TokenService {
         Ok(out)
     }
 
-    /// The keys of the records of a bucket that `keep` keeps, reading one record at a time:
-    /// what a revocation holds is the keys it deletes, not the bucket.
-    fn keys_where<T: DeserializeOwned>(
-        &self,
-        b: Bucket,
-        keep: impl Fn(&T) -> bool,
-    ) -> ServiceResult<Vec<String>> {
-        let mut out = Vec::new();
-        self.scan_each(b, None, |k, v: T| {
-            if keep(&v) {
-                out.push(k.to_string());
-            }
-            ControlFlow::Continue(())
-        })?;
-        Ok(out)
-    }
-
     /// Gives the records of a bucket after the key `after`, in key order, parsed, to `visit`
     /// until it answers `Break`; a record that does not parse ends the scan with its error.
     fn scan_each<T: DeserializeOwned>(

@@ -317,12 +317,13 @@ impl TokenService {
         refresh: impl Fn(&RefreshToken) -> bool,
     ) -> ServiceResult<usize> {
         let mut n = 0;
-        for k in self.keys_where::<AccessToken>(Bucket::AccessTokens, access)? {
+        // Read one token at a time; what is held is the ones to delete, not the bucket.
+        for (k, _) in self.scan_page::<AccessToken>(Bucket::AccessTokens, None, 0, access)? {
             if self.store.delete(Bucket::AccessTokens, &k, None)? {
                 n += 1;
             }
         }
-        for k in self.keys_where::<RefreshToken>(Bucket::RefreshTokens, refresh)? {
+        for (k, _) in self.scan_page::<RefreshToken>(Bucket::RefreshTokens, None, 0, refresh)? {
             if self.store.delete(Bucket::RefreshTokens, &k, None)? {
                 n += 1;
             }
