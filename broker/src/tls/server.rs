@@ -28,7 +28,6 @@ pub struct TlsServer {
 /// One build of the configuration.
 pub struct Built {
     config: Arc<ServerConfig>,
-    acceptor: TlsAcceptor,
     chain_check: ChainCheck,
     purpose: Purpose,
 }
@@ -90,7 +89,6 @@ pub fn reload(servers: &[Arc<TlsServer>]) -> io::Result<()> {
 fn build(files: &TlsFiles, data_dir: &Path, purpose: Purpose) -> io::Result<Built> {
     let (config, chain_check) = super::server_config(files, data_dir, purpose)?;
     Ok(Built {
-        acceptor: TlsAcceptor::from(config.clone()),
         config,
         chain_check,
         purpose,
@@ -99,8 +97,8 @@ fn build(files: &TlsFiles, data_dir: &Path, purpose: Purpose) -> io::Result<Buil
 
 impl Built {
     /// tokio-rustls' acceptor (the OAuth endpoint's HTTPS, where connections are short).
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
     }
 
     /// An MQTT connection's handshake: a stream that holds no buffer while idle.
