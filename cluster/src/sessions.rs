@@ -55,7 +55,7 @@ use tessera_broker::cluster::{Cut, MovedSession, PeerHandle, SessionSnapshot};
 use tessera_broker::codec::{QoS, RetainHandling, SubscriptionOptions};
 use tessera_broker::store::StoredSubscription;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::interest::Interest;
 use crate::keys::escape;
@@ -181,6 +181,12 @@ pub(crate) struct Sessions {
     broker: PeerHandle,
     nats: Arc<Nats>,
     owned: Mutex<HashMap<String, Owned>>,
+    /// Held by the record writer for each write and by the handoff responder while it lets a
+    /// session go. Without it, a write begun before a handoff could put the session back in
+    /// `owned` after the responder forgot it, and the write that follows the session's
+    /// release here would then delete the record the new owner is about to claim (which
+    /// then opens the session as new: Session Present 0).
+    turn: tokio::sync::Mutex<()>,
     /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
     replays: Mutex<HashMap<String, Replay>>,
     /// This process's origin (`Frame::origin`).
@@ -208,6 +214,7 @@ impl Sessions {
             broker,
             nats: nats.clone(),
             owned: Mutex::default(),
+            turn: tokio::sync::Mutex::new(()),
             replays: Mutex::default(),
             origin,
             changed,
@@ -265,6 +272,10 @@ impl Sessions {
         }
         let key = escape(client_id);
         if self.claim_in_one_write(client_id, &key, expiry).await {
+            debug!(
+                client_id,
+                "session claimed in one write (here already, or new)"
+            );
             return Ok(None);
         }
         // The owner's answer, kept across tries: it lets the session go once.
@@ -325,8 +336,19 @@ impl Sessions {
                 None => self.store.create(&key, value).await.ok(),
             };
             let Some(revision) = written else {
+                debug!(
+                    client_id,
+                    "the session's record changed while claiming it; reading again"
+                );
                 continue; // another node wrote in between: read again
             };
+            debug!(
+                client_id,
+                revision,
+                read = entry.as_ref().map(|e| e.revision),
+                moved = moved.is_some(),
+                "session claimed"
+            );
             self.owned.lock().insert(
                 client_id.to_string(),
                 Owned {

@@ -245,11 +245,17 @@ async fn qos2_messages_reach_a_subscriber_once_through_moves_between_live_nodes(
         at = 1 - at;
         let started = Instant::now();
         let (s, ack) = Raw::connect(nodes[at].tcp, keeper(&token, false)).await;
-        assert!(ack.session_present, "round {round}: {ack:?}");
-        println!(
-            "round {round}: moved to node {at} after {run} ms, CONNACK in {} ms",
-            started.elapsed().as_millis()
+        let took = started.elapsed().as_millis();
+        if !ack.session_present {
+            for (i, n) in nodes.iter().enumerate() {
+                println!("--- node {i}'s log:\n{}", n.log_text());
+            }
+        }
+        assert!(
+            ack.session_present,
+            "round {round} (CONNACK in {took} ms): {ack:?}"
         );
+        println!("round {round}: moved to node {at} after {run} ms, CONNACK in {took} ms");
         receiver.log.push(format!("round {round}"));
         sub = s;
     }

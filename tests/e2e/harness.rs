@@ -98,7 +98,11 @@ impl TestBroker {
         command
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            // TESSERA_TEST_LOG: another filter for a run under investigation.
+            .env(
+                "RUST_LOG",
+                std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

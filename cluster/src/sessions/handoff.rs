@@ -191,19 +191,22 @@ impl Sessions {
             let Ok(req) = serde_json::from_slice::<HandoffRequest>(&m.payload) else {
                 continue;
             };
-            // Forgotten first: the session's end below must not delete the record.
-            let owned = self.owned.lock().remove(&req.client_id);
-            let answer = self
-                .broker
-                .release_session(&req.client_id, req.clean)
-                .map(|mut s| {
-                    let inherited = owned.filter(|o| o.replaying).map(|o| o.record.floor_ms);
-                    Answer {
-                        record: self.record_of(&s, inherited),
-                        origin: self.origin,
-                        carried: s.carried.take(),
-                    }
-                });
+            let answer = {
+                // Between two writes of the record writer (see `Sessions::turn`).
+                let _turn = self.turn.lock().await;
+                // Forgotten first: the session's end below must not delete the record.
+                let owned = self.owned.lock().remove(&req.client_id);
+                self.broker
+                    .release_session(&req.client_id, req.clean)
+                    .map(|mut s| {
+                        let inherited = owned.filter(|o| o.replaying).map(|o| o.record.floor_ms);
+                        Answer {
+                            record: self.record_of(&s, inherited),
+                            origin: self.origin,
+                            carried: s.carried.take(),
+                        }
+                    })
+            };
             let body = match answer {
                 None => Bytes::from_static(b"null"),
                 Some(mut a) => {

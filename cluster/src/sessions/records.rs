@@ -108,6 +108,7 @@ impl Sessions {
     }
 
     async fn write(&self, client_id: &str) -> Result<(), String> {
+        let _turn = self.turn.lock().await;
         let key = escape(client_id);
         let snapshot = self.broker.session_snapshot(client_id);
         // Read, not taken out: a replay ending meanwhile clears `replaying` in the map.
@@ -119,6 +120,10 @@ impl Sessions {
         let Some(s) = snapshot else {
             if let Some((revision, _, _)) = owned {
                 // Ended here: the record goes, unless another node took it meanwhile.
+                debug!(
+                    client_id,
+                    revision, "session ended here; deleting its record"
+                );
                 self.owned.lock().remove(client_id);
                 let _ = self
                     .store
@@ -156,6 +161,7 @@ impl Sessions {
         let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         match self.store.update(&key, value, revision).await {
             Ok(revision) => {
+                debug!(client_id, revision, "session record written");
                 let mut owned = self.owned.lock();
                 let o = owned.entry(client_id.to_string()).or_insert(Owned {
                     revision,
