@@ -10,10 +10,16 @@ use tessera_broker::auth::AnonymousOnly;
 use tessera_broker::codec::QoS;
 use tessera_config::{Config, Transport};
 
+/// Queues that hold a whole scenario. With the default bound (1,000 messages) a subscriber
+/// that falls behind on a loaded machine has its oldest messages dropped, as the broker
+/// should, and counted (`queue_full`); this test checks that the counts are exact, so a
+/// subscriber's lag must not be able to drop anything.
+const QUEUES: &str = "mqtt:\n  max_queued_messages: 1000000\n  max_queued_bytes: 1073741824\n";
+
 async fn broker() -> (Server, Target, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n",
+        "data_dir: {}\nlisteners:\n  - type: tcp\n    bind: 127.0.0.1:0\nsys:\n  interval: 0\n{QUEUES}",
         dir.path().display()
     );
     let config = Config::parse(&yaml, "smoke.yml").unwrap();
@@ -41,32 +47,44 @@ async fn broker() -> (Server, Target, tempfile::TempDir) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_counts_exactly() {
-    let (_server, t, _dir) = broker().await;
+    let (server, t, _dir) = broker().await;
+    // Messages dropped for full queues so far (shown when a count is not exact).
+    let dropped = || {
+        let m = server.handle().metrics();
+        m.dropped
+            .iter()
+            .find(|(why, _)| *why == "queue_full")
+            .map_or(0, |d| d.1)
+    };
     let r = scenarios::fan_in(&t, 2, QoS::AtMostOnce, 64, 0.5)
         .await
         .unwrap();
     assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    let before = dropped();
     let r = scenarios::fan_in(&t, 2, QoS::AtLeastOnce, 1024, 0.5)
         .await
         .unwrap();
-    assert_eq!(r["exact"], true, "{r}");
+    assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
+    let before = dropped();
     let r = scenarios::pairs(&t, 2, Some(200), 0.5).await.unwrap();
-    assert_eq!(r["exact"], true, "{r}");
+    assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
     assert!(r["p99_us"].as_f64().unwrap() > 0.0, "{r}");
     // Persistent subscribers: every message journaled, each PUBACK after its commit.
     let persistent = Target {
         persistent: true,
         ..t.clone()
     };
+    let before = dropped();
     let r = scenarios::pairs(&persistent, 2, Some(200), 0.5)
         .await
         .unwrap();
-    assert_eq!(r["exact"], true, "{r}");
+    assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
     assert!(r["ack_p99_us"].as_f64().unwrap() > 0.0, "{r}");
+    let before = dropped();
     let r = scenarios::fan_in(&persistent, 2, QoS::AtLeastOnce, 64, 0.5)
         .await
         .unwrap();
-    assert_eq!(r["exact"], true, "{r}");
+    assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
     let r = scenarios::fan_out(&t, 20, 64, 0.5).await.unwrap();
     assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     let r = scenarios::connect_storm(&t, 100, 4, Some(std::process::id()))
