@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 
@@ -237,7 +237,7 @@ impl Connection {
                     biased;
                     // An order: taken at the top of the loop.
                     _ = self.endpoint.control.notified() => {}
-                    res = r.read_buf(&mut self.wire.rbuf), if want_read => {
+                    res = poll_fn(|cx| wire::poll_read_some(cx, &mut *r, &mut self.wire.rbuf)), if want_read => {
                         match res {
                             Ok(0) => return Ending::Transport("connection closed by client".into()),
                             Err(e) => return Ending::Transport(e.to_string()),

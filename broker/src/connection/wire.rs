@@ -2,12 +2,14 @@
 //! the client is quiet, packets decoded off its front, and encoded packets waiting for the
 //! socket ([`OutBuf`]). Knows the codec and the stream; nothing of sessions or the broker.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::outbuf::OutBuf;
@@ -63,7 +65,7 @@ split_with_lock!(
 /// holds a small buffer; a busy one reads in large chunks.
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
-/// What a read into an empty `BytesMut` allocates (`BytesMut::chunk_mut` reserves 64 bytes).
+/// The most a quiet connection's read takes in one go (into the stack: see [`poll_read_some`]).
 const IDLE_READ: usize = 64;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
@@ -132,26 +134,21 @@ impl Wire {
     }
 
     /// Readies the read buffer before waiting for bytes; returns the spare room offered, for
-    /// [`Wire::read_done`]. A quiet connection waits holding no read buffer: the read itself
-    /// allocates a small one (`IDLE_READ`) when bytes come, and most idle connections only ever
-    /// send PINGREQ.
+    /// [`Wire::read_done`]. A quiet connection waits holding no read buffer at all: its read
+    /// ([`poll_read_some`]) takes what comes into the stack and keeps only that, and most idle
+    /// connections only ever send PINGREQ.
     pub(crate) fn ready_to_read(&mut self) -> usize {
         if self.rbuf.is_empty() && self.read_size == MIN_READ {
-            if self.rbuf.capacity() > IDLE_READ {
-                self.rbuf = BytesMut::new();
-            }
-        } else {
-            self.make_room();
+            self.rbuf = BytesMut::new();
+            // A stack read that fills up says the client is busy: the next reads get a buffer.
+            return IDLE_READ;
         }
+        self.make_room();
         self.rbuf.capacity() - self.rbuf.len()
     }
 
     /// Adapts the read size to a read of `n` bytes into `spare` bytes of room.
     pub(crate) fn read_done(&mut self, n: usize, spare: usize) {
-        if spare == 0 {
-            // A read into the small buffer of a quiet connection says nothing about its rate.
-            return;
-        }
         if n >= spare {
             self.read_size = (self.read_size * 2).min(MAX_READ);
         } else if n < self.read_size / 4 {
@@ -226,6 +223,27 @@ impl Wire {
     }
 }
 
+/// Reads what the socket has into `rbuf`. A buffer with room is read into directly. One with
+/// none (a quiet connection's, see [`Wire::ready_to_read`]) is not given any while the read
+/// waits, as `read_buf` would (`BytesMut::chunk_mut` reserves 64 bytes before the first poll):
+/// the read goes to the stack, [`IDLE_READ`] bytes at most, and only what came is copied in.
+/// The array lives in one poll, not in the connection's future.
+pub(crate) fn poll_read_some<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    r: &mut R,
+    rbuf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if rbuf.capacity() > rbuf.len() {
+        // `read_buf`'s future keeps nothing between polls: one per poll is the same read.
+        return pin!(r.read_buf(rbuf)).poll(cx);
+    }
+    let mut probe = [0u8; IDLE_READ];
+    let mut buf = ReadBuf::new(&mut probe);
+    ready!(Pin::new(r).poll_read(cx, &mut buf))?;
+    rbuf.extend_from_slice(buf.filled());
+    Poll::Ready(Ok(buf.filled().len()))
+}
+
 impl Wire {
     /// Lingering close: after the write side is closed, reads and discards what the client
     /// still sends until it closes its side, [`LINGER`] passes or [`LINGER_BYTES`] arrived.
@@ -259,4 +277,45 @@ fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
     let body = buf.get(header.header_len..)?;
     let name_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
     body.get(2 + name_len).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_quiet_connection_waits_for_bytes_holding_no_read_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut wire = Wire::new(1 << 20);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(wire.ready_to_read(), IDLE_READ);
+        let poll = poll_read_some(&mut cx, &mut server, &mut wire.rbuf);
+        assert!(poll.is_pending());
+        assert_eq!(wire.rbuf.capacity(), 0, "an idle wait took a buffer");
+
+        // What comes is kept, a quiet read's worth at a time; then reads go to the buffer.
+        client.write_all(&[7u8; 100]).await.unwrap();
+        let n = poll_fn(|cx| poll_read_some(cx, &mut server, &mut wire.rbuf)).await;
+        assert_eq!(n.unwrap(), IDLE_READ);
+        // A full stack read: the client is busy, and reads get a buffer.
+        wire.read_done(IDLE_READ, IDLE_READ);
+        let spare = wire.ready_to_read();
+        assert!(spare >= MIN_READ, "{spare}");
+        let n = poll_fn(|cx| poll_read_some(cx, &mut server, &mut wire.rbuf)).await;
+        assert_eq!(n.unwrap(), 100 - IDLE_READ);
+        wire.read_done(100 - IDLE_READ, spare);
+        assert_eq!(&wire.rbuf[..], &[7u8; 100][..]);
+
+        // Emptied, and quiet again (small reads bring the read size down): the buffer goes.
+        wire.rbuf.advance(100);
+        for _ in 0..4 {
+            wire.read_done(2, MIN_READ);
+        }
+        assert_eq!(wire.ready_to_read(), IDLE_READ);
+        assert_eq!(wire.rbuf.capacity(), 0);
+        drop(client);
+        let n = poll_fn(|cx| poll_read_some(cx, &mut server, &mut wire.rbuf)).await;
+        assert_eq!(n.unwrap(), 0, "the end of the stream reads as 0");
+    }
 }
