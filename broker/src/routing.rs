@@ -292,6 +292,11 @@ impl Broker {
             last_merged = Some(merged.len() - 1);
         }
         let journal = self.journal();
+        // A message from the stream: its records and the stream position it moves go into
+        // one journal batch, so after a crash the position says exactly which messages the
+        // restored sessions hold (JetStream delivers those again; they are skipped, not
+        // queued a second time: a QoS 2 duplicate otherwise).
+        let pin = (origin == Origin::Peer).then(|| journal.map(|j| j.pin()));
         // Routed to one session, a message's body is stored in its entry; to several, once.
         let shared = merged.len() > 1;
         let mut routed = Routed {
@@ -336,6 +341,7 @@ impl Broker {
         if origin == Origin::Peer {
             self.cluster.routed_from_stream(messages);
         }
+        drop(pin);
         drop(tree);
         routed
     }

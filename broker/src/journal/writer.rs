@@ -93,9 +93,10 @@ impl Writer {
                 }
                 let batch = p.batch;
                 p.batch = self.shared.tickets.issue();
-                // Read before the records are taken: routing appends a message's records
-                // before it moves the position (Release), so every message at or below
-                // what is read here has its records in this batch or an earlier one.
+                // Read with the records, no pin held: routing a message from the stream
+                // appends its records and moves the position under one pin (`routing.rs`),
+                // so the messages at or below what is read here are exactly those whose
+                // records are in this batch or an earlier one.
                 let routed = self
                     .shared
                     .peers_routed
