@@ -139,9 +139,11 @@ impl Drop for Pin<'_> {
     fn drop(&mut self) {
         let mut p = self.journal.shared.pending.lock();
         p.pins -= 1;
-        let last = p.pins == 0;
+        // The writer waits for pins only over records (see `writer.rs`): a pin that appended
+        // nothing (a message from the stream for no persistent session) wakes no one.
+        let wake = p.pins == 0 && !p.records.is_empty();
         drop(p);
-        if last {
+        if wake {
             self.journal.shared.wake.notify_one();
         }
     }

@@ -77,8 +77,11 @@ impl Writer {
             let (batch, records, stop, routed) = {
                 let mut p = self.shared.pending.lock();
                 loop {
-                    if p.pins > 0 {
-                        // A group of records is being appended: let it finish.
+                    if p.pins > 0 && !p.records.is_empty() {
+                        // A group of records is being appended: let it finish. (With none
+                        // appended yet, a batch taken now holds none of the group's, and the
+                        // position it reads was not moved by it: a pinned router moves it
+                        // after appending.)
                         self.shared.wake.wait(&mut p);
                         continue;
                     }
