@@ -121,9 +121,9 @@ impl Nats {
                     match event {
                         async_nats::Event::Disconnected => {
                             up.send_replace(false);
-                            tracing::warn!(
-                                "NATS connection lost: serving this node's clients alone until it is back"
-                            )
+                            // The warning that the node now serves alone comes once it
+                            // does (`peers.rs`, `follow_connection`).
+                            tracing::info!("NATS disconnected")
                         }
                         async_nats::Event::Connected => {
                             up.send_replace(true);

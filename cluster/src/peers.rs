@@ -232,8 +232,17 @@ pub fn connect(nats: Arc<Nats>, broker: PeerHandle) -> Result<Arc<NatsPeers>, Cl
 fn follow_connection(nats: &Nats, broker: PeerHandle) {
     let mut connected = nats.connected.clone();
     nats.spawn(async move {
+        let mut was = true;
         loop {
-            broker.set_groups_across_nodes(*connected.borrow_and_update());
+            let now = *connected.borrow_and_update();
+            broker.set_groups_across_nodes(now);
+            // Logged once it is so: an operator (or a test) reading it may rely on it.
+            if was && !now {
+                tracing::warn!(
+                    "NATS connection lost: serving this node's clients alone until it is back"
+                );
+            }
+            was = now;
             if connected.changed().await.is_err() {
                 return;
             }
