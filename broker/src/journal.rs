@@ -253,10 +253,12 @@ impl Journal {
 
     /// The ticket of the last record appended. Not simply the batch being filled: when that
     /// is still empty, the last record is in an earlier batch (possibly committing), and a
-    /// wait on the empty one would last until the writer's next heartbeat commit.
+    /// wait on the empty one would last until the writer's next heartbeat commit. A pin held
+    /// with nothing appended yet does not change that (what it will append is not appended
+    /// so far; routing from the stream holds one per message, most appending nothing).
     pub(crate) fn last_ticket(&self) -> u64 {
         let p = self.shared.pending.lock();
-        if p.records.is_empty() && p.pins == 0 {
+        if p.records.is_empty() {
             p.batch.saturating_sub(1)
         } else {
             p.batch

@@ -131,5 +131,15 @@ async fn the_last_ticket_names_the_batch_of_the_last_record() {
     // A record in the batch being filled: that batch.
     let next = journal.append(enqueue(&"a".into(), 2, &message(2)));
     assert_eq!(journal.last_ticket(), next);
+    journal.wait(next).await.unwrap();
+    // A pin with nothing appended under it (a message from the stream for no persistent
+    // session): the last record's batch still, or a sync would wait for the heartbeat.
+    let pin = journal.pin();
+    assert_eq!(journal.last_ticket(), next);
+    tokio::time::timeout(std::time::Duration::from_secs(1), journal.sync())
+        .await
+        .expect("a sync under an empty pin waited for the heartbeat")
+        .unwrap();
+    drop(pin);
     journal.close();
 }
