@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -42,8 +42,21 @@ const BATCH: usize = 256;
 /// reading session (and start the next from the acknowledgement floor). Without them a pull
 /// request lost with a NATS server left the node waiting for its expiry: the client's default
 /// of 30 s, seen as a 31 s lull in one NATS server kill of five in `benches/cluster.sh`.
-pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(10);
-pub(crate) const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Reads `consumer` in pull requests of `per_pull` messages with the expiry and heartbeat
+/// above: this node's consumer and the shared groups' (`shared.rs`) both read so.
+pub(crate) async fn pull(consumer: &PullConsumer, per_pull: usize) -> Result<pull::Stream, String> {
+    consumer
+        .stream()
+        .max_messages_per_batch(per_pull)
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
 
 /// Creates the stream on first start (or finds it).
 pub(crate) fn open_stream(nats: &Nats) -> Result<(), ClusterError> {
@@ -260,14 +273,7 @@ async fn open_session(
     if consumer.cached_info().num_pending == 0 {
         position.caught_up.store(true, Ordering::Relaxed);
     }
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(BATCH * 4)
-        .expires(PULL_EXPIRES)
-        .heartbeat(PULL_HEARTBEAT)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
+    let messages = pull(&consumer, BATCH * 4).await?;
     Ok((stream, messages.ready_chunks(BATCH)))
 }
 

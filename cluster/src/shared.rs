@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::Nats;
 use crate::frame::Frame;
-use crate::qos::{PULL_EXPIRES, PULL_HEARTBEAT, consumer_filters};
+use crate::qos::consumer_filters;
 use crate::subjects::filter_subjects;
 
 /// How long a message a node pulled waits for its acknowledgement before another gets it.
@@ -103,17 +103,10 @@ pub(crate) async fn follow(
                     .get_or_create_consumer(&name, config.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                // Heartbeats, as the node's own consumer has (`qos::PULL_HEARTBEAT`): a pull
-                // request lost (a consumer still electing its leader, a NATS server gone)
-                // would otherwise leave the group's messages waiting out its 30 s expiry.
-                consumer
-                    .stream()
-                    .max_messages_per_batch(BATCH)
-                    .expires(PULL_EXPIRES)
-                    .heartbeat(PULL_HEARTBEAT)
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())
+                // With heartbeats (`qos::pull`): a pull request lost (a consumer still
+                // electing its leader, a NATS server gone) would otherwise leave the group's
+                // messages waiting out its 30 s expiry.
+                crate::qos::pull(&consumer, BATCH).await
             }
             .await;
             let mut messages = match messages {
