@@ -296,7 +296,7 @@ impl Broker {
         // one journal batch, so after a crash the position says exactly which messages the
         // restored sessions hold (JetStream delivers those again; they are skipped, not
         // queued a second time: a QoS 2 duplicate otherwise).
-        let pin = (origin == Origin::Peer).then(|| journal.map(|j| j.pin()));
+        let pin = journal.filter(|_| origin == Origin::Peer).map(|j| j.pin());
         // Routed to one session, a message's body is stored in its entry; to several, once.
         let shared = merged.len() > 1;
         let mut routed = Routed {
