@@ -20,22 +20,24 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use tessera_config::{MqttConfig, QueueFullPolicy};
 
 use crate::auth::Authenticator;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Qos2Step};
 use crate::codec::ReasonCode;
 use crate::gauges::SessionGauges;
 use crate::journal::Journal;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::retained::RetainedTree;
-use crate::session::{QueueLimits, Session};
+use crate::session::{QueueLimits, Session, SessionState};
 use crate::stats::{Stats, transport_index};
 use crate::store::Store;
 use crate::subscriptions::SubscriptionTree;
+use crate::tickets::Wait;
 
 pub struct Broker {
     pub config: MqttConfig,
@@ -158,6 +160,41 @@ impl Broker {
             Persistence::Journal { journal, .. } => Some(journal),
             _ => None,
         }
+    }
+
+    /// Whether every ticket of `w` is done (settled, whatever the outcome).
+    pub(crate) fn is_done(&self, w: Wait) -> bool {
+        let journal_done = w.journal == 0 || self.journal().is_some_and(|j| j.done() >= w.journal);
+        journal_done && (w.cluster == 0 || self.cluster.done() >= w.cluster)
+    }
+
+    /// Wakes `waker` once each ticket of `w` is done.
+    pub(crate) fn wake_after(&self, w: Wait, waker: &Waker) {
+        if w.journal != 0
+            && let Some(j) = self.journal()
+        {
+            j.wake_after(w.journal, waker);
+        }
+        if w.cluster != 0 {
+            self.cluster.wake_after(w.cluster, waker);
+        }
+    }
+
+    /// Reports a QoS 2 step of a persistent session's message to the cluster
+    /// ([`Qos2Step`]); under the session's lock. The ticket the next packet waits for (`wait`),
+    /// 0 for none: without a cluster, or for a session that ends with its connection.
+    pub(crate) fn report_qos2(
+        &self,
+        session: &Session,
+        st: &SessionState,
+        packet_id: u16,
+        step: Qos2Step,
+        wait: bool,
+    ) -> u64 {
+        if st.expiry_interval == 0 {
+            return 0;
+        }
+        self.cluster.qos2(&session.client_id, packet_id, step, wait)
     }
 
     /// The store, if the state outlives the process.

@@ -142,6 +142,12 @@ impl Peers for NatsPeers {
             }
             Event::Resumed { client_id } => self.sessions.resumed(client_id),
             Event::SessionChanged { client_id } => self.sessions.changed(client_id),
+            Event::Qos2 {
+                client_id,
+                packet_id,
+                step,
+                ticket,
+            } => self.sessions.qos2(client_id, packet_id, step, ticket),
             Event::Will { client_id, will } => self.wills.changed(
                 client_id,
                 will.map(|w| {

@@ -36,10 +36,12 @@
 //! only when that write loses, and a move adds the handoff.
 
 mod handoff;
+mod ledger;
 mod records;
 mod replay;
 
 use handoff::Answer;
+use ledger::{Ledger, Qos2};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,7 +53,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tessera_auth::clock::now_ms;
-use tessera_broker::cluster::{Cut, MovedSession, PeerHandle, SessionSnapshot};
+use tessera_broker::cluster::{Carried, Cut, MovedSession, PeerHandle, SessionSnapshot};
 use tessera_broker::codec::{QoS, RetainHandling, SubscriptionOptions};
 use tessera_broker::store::StoredSubscription;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -70,7 +72,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Clock differences between nodes and NATS servers the floor allows for (milliseconds).
 const MARGIN: u64 = 100;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     owner: String,
     expiry: u32,
@@ -80,6 +82,9 @@ struct Record {
     floor_ms: u64,
     /// When its connection went; `None` while one is attached.
     offline_since_ms: Option<u64>,
+    /// The QoS 2 messages its client holds an identifier for or has had (`ledger.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    qos2: Vec<Qos2>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +173,14 @@ struct Replay {
     cut: Option<(u64, Cut)>,
 }
 
+/// What a session moving here brings besides its record.
+enum Moved {
+    /// Its live owner's (`handoff.rs`): replayed after the owner's origin and cut.
+    HandedOver(u64, Carried),
+    /// From its last record (`ledger.rs`): replayed from the record's floor.
+    FromRecord(Carried),
+}
+
 struct Owned {
     revision: u64,
     record: Record,
@@ -189,6 +202,8 @@ pub(crate) struct Sessions {
     turn: tokio::sync::Mutex<()>,
     /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
     replays: Mutex<HashMap<String, Replay>>,
+    /// The QoS 2 entries of the sessions here, for their records (`ledger.rs`).
+    ledgers: Mutex<HashMap<String, Ledger>>,
     /// This process's origin (`Frame::origin`).
     origin: u64,
     changed: mpsc::UnboundedSender<String>,
@@ -216,6 +231,7 @@ impl Sessions {
             owned: Mutex::default(),
             turn: tokio::sync::Mutex::new(()),
             replays: Mutex::default(),
+            ledgers: Mutex::default(),
             origin,
             changed,
             position,
@@ -280,6 +296,8 @@ impl Sessions {
         }
         // The owner's answer, kept across tries: it lets the session go once.
         let mut answered: Option<Option<Answer>> = None;
+        // Without what it carried, what its last record says of its QoS 2 messages: read once.
+        let mut from_record: Option<(Carried, Vec<Qos2>)> = None;
         for _ in 0..3 {
             let now = now_ms();
             let entry = self.store.entry(&key).await.map_err(|e| e.to_string())?;
@@ -290,9 +308,8 @@ impl Sessions {
             let fresh = Record {
                 owner: self.node.clone(),
                 expiry,
-                subs: Vec::new(),
                 floor_ms: now.saturating_sub(MARGIN),
-                offline_since_ms: None,
+                ..Record::default()
             };
             let (record, moved) = match current {
                 Some((_, r)) if r.owner == self.node => {
@@ -315,16 +332,26 @@ impl Sessions {
                             a
                         }
                     };
-                    let (last, carried) = match answer {
+                    let (last, handed) = match answer {
                         Some(a) => (a.record, a.carried.map(|c| (a.origin, c))),
                         None => (r, None),
                     };
-                    let moved = Record {
+                    let mut moved = Record {
                         owner: self.node.clone(),
                         expiry,
-                        subs: last.subs,
-                        floor_ms: last.floor_ms,
                         offline_since_ms: None,
+                        ..last
+                    };
+                    let carried = match handed {
+                        Some((origin, c)) => Moved::HandedOver(origin, c),
+                        None => {
+                            if from_record.is_none() {
+                                from_record = Some(self.carried_from_record(&moved).await);
+                            }
+                            let (c, entries) = from_record.clone().unwrap_or_default();
+                            moved.qos2 = entries;
+                            Moved::FromRecord(c)
+                        }
                     };
                     (moved.clone(), Some((moved, carried)))
                 }
@@ -349,6 +376,7 @@ impl Sessions {
                 moved = moved.is_some(),
                 "session claimed"
             );
+            self.set_qos2(client_id, record.qos2.clone());
             self.owned.lock().insert(
                 client_id.to_string(),
                 Owned {
@@ -358,12 +386,15 @@ impl Sessions {
                 },
             );
             return Ok(moved.map(|(m, carried)| {
+                let (cut, carried) = match carried {
+                    Moved::HandedOver(origin, c) => (Some((origin, c.cut)), c),
+                    Moved::FromRecord(c) => (None, c),
+                };
                 let session = MovedSession {
                     expiry_interval: expiry,
                     subscriptions: m.subscriptions(),
-                    carried: carried.as_ref().map(|(_, c)| c.clone()),
+                    carried: Some(carried),
                 };
-                let cut = carried.map(|(origin, c)| (origin, c.cut));
                 self.replays
                     .lock()
                     .insert(client_id.to_string(), Replay { record: m, cut });
@@ -395,9 +426,8 @@ impl Sessions {
                 let r = Record {
                     owner: self.node.clone(),
                     expiry,
-                    subs: Vec::new(),
                     floor_ms: now_ms().saturating_sub(MARGIN),
-                    offline_since_ms: None,
+                    ..Record::default()
                 };
                 let value = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
                 let written = self.store.create(key, value).await.ok();
@@ -407,6 +437,7 @@ impl Sessions {
         let Some(revision) = written else {
             return false;
         };
+        self.set_qos2(client_id, record.qos2.clone());
         self.owned.lock().insert(
             client_id.to_string(),
             Owned {
@@ -479,7 +510,7 @@ impl Sessions {
     /// The record for a session as it is here now.
     /// `inherited`: the previous owner's floor, which stands until its messages are all
     /// queued here (the replay).
-    fn record_of(&self, s: &SessionSnapshot, inherited: Option<u64>) -> Record {
+    fn record_of(&self, client_id: &str, s: &SessionSnapshot, inherited: Option<u64>) -> Record {
         let now = now_ms();
         let floor_ms = match (inherited, s.oldest_unacked_ms) {
             (Some(floor), _) => floor,
@@ -494,6 +525,7 @@ impl Sessions {
             subs: subs_of(s),
             floor_ms,
             offline_since_ms: s.offline_since.map(ms),
+            qos2: self.qos2_entries(client_id, floor_ms),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! QoS 2 between nodes, exactly once: a subscriber whose node is killed with -9 at random
 //! moments (and started again from its data) gets every message its publisher on another
 //! node had completed, each once, though JetStream delivers again what the dead node had
-//! not acknowledged (cluster/src/qos.rs: the stream sequence journaled with each batch).
+//! not acknowledged (cluster/src/qos.rs: the stream sequence journaled with each batch); so
+//! does one that moves between live nodes, and one whose node dies and stays down while it
+//! opens its session on another (cluster/src/sessions/ledger.rs).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,6 +227,58 @@ async fn qos2_messages_reach_a_subscriber_once_through_kills_of_its_node() {
         sub = s;
     }
     let completed = publishing.finish().await;
+    receiver.all_once(&mut sub, completed).await;
+}
+
+#[tokio::test]
+async fn qos2_messages_reach_a_subscriber_once_when_its_node_dies_and_stays_down() {
+    let nats = NatsCluster::start();
+    let mut nodes: Vec<Option<TestBroker>> = three_nodes(&nats).into_iter().map(Some).collect();
+    let configs = [
+        nats.node_config("a", &[0, 1]),
+        nats.node_config("b", &[1, 2]),
+    ];
+    let token = cli_token(nodes[0].as_ref().unwrap(), "bob", "3600", "mqtt");
+    let mut publisher = login(nodes[2].as_ref().unwrap(), "pub", &token).await;
+    let (mut sub, mut receiver) =
+        subscribed_keeper(nodes[0].as_ref().unwrap(), &mut publisher, &token).await;
+    let publishing = Publishing::start(publisher);
+    // The subscriber's node is killed at a random moment of the flow and stays down while
+    // its client opens the session on the other node, which has only the dead node's
+    // record to go by (what was sent, released, completed); then the dead node comes back
+    // (and must not take the session back), and the next round kills the other one.
+    let mut at = 0;
+    for round in 0..4 {
+        let run = crate::cluster_sessions::random_ms(200, 1500);
+        receiver.take(&mut sub, Duration::from_millis(run)).await;
+        let dead = nodes[at].take().unwrap().kill();
+        at = 1 - at;
+        let started = Instant::now();
+        let (s, ack) = Raw::connect(nodes[at].as_ref().unwrap().tcp, keeper(&token, false)).await;
+        let took = started.elapsed().as_millis();
+        assert!(
+            ack.session_present,
+            "round {round} (CONNACK in {took} ms): {ack:?}"
+        );
+        println!(
+            "round {round}: node {} killed after {run} ms; CONNACK on node {at} in {took} ms",
+            1 - at
+        );
+        receiver.log.push(format!("round {round}"));
+        sub = s;
+        receiver.take(&mut sub, Duration::from_millis(300)).await;
+        nodes[1 - at] = Some(TestBroker::start_in(dead, &configs[1 - at]));
+    }
+    let completed = publishing.finish().await;
+    for line in nodes[at]
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("moved here") || l.contains("QoS 2"))
+    {
+        println!("{line}");
+    }
     receiver.all_once(&mut sub, completed).await;
 }
 

@@ -97,6 +97,18 @@ pub enum Event<'a> {
     /// A session's subscriptions or presence changed, or it ended (read it with
     /// [`PeerHandle::session_snapshot`]).
     SessionChanged { client_id: &'a str },
+    /// A QoS 2 message to a persistent session changed state under `packet_id` (see
+    /// [`Qos2Step`]): the other nodes must know it before the packet that follows leaves, so
+    /// the node that opens the session if this one dies sends that message again under the
+    /// same identifier, or only its PUBREL, or nothing. With a `ticket` (not 0), the PUBLISH
+    /// or PUBREL waits until the implementation settles it ([`PeerHandle::settle`]). Reported
+    /// under the session's lock, in the order of the session's changes.
+    Qos2 {
+        client_id: &'a str,
+        packet_id: u16,
+        step: Qos2Step,
+        ticket: u64,
+    },
     /// The will `client_id`'s session has here now, `None` once there is none (published,
     /// discarded, or the connection had none): the other nodes publish it if this node dies
     /// before it does (`PeerHandle::publish_will` there). Reported under the session's lock,
@@ -105,6 +117,19 @@ pub enum Event<'a> {
         client_id: &'a str,
         will: Option<ClusterWill<'a>>,
     },
+}
+
+/// What happened to a QoS 2 message on its way to a persistent session's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Step {
+    /// About to be sent (PUBLISH) under the identifier: `id` names it in the cluster,
+    /// `published_ms` is when it was published (ms since the epoch), as the session's floor
+    /// counts it.
+    Sent { id: ClusterId, published_ms: u64 },
+    /// The client received it (PUBREC); PUBREL is about to be sent.
+    Released,
+    /// Done: the client completed it (PUBCOMP), refused it, or it was dropped as too large.
+    Completed,
 }
 
 /// A will as the other nodes keep it while its connection's node is alive.
@@ -260,6 +285,23 @@ impl Cluster {
                 lost_at,
             }),
         });
+    }
+
+    /// Tells the other nodes of a QoS 2 step of a persistent session's message (see
+    /// [`Event::Qos2`]); call it under the session's lock. Returns the ticket the packet that
+    /// follows waits for (`wait`), 0 for none or without peers.
+    pub(crate) fn qos2(&self, client_id: &str, packet_id: u16, step: Qos2Step, wait: bool) -> u64 {
+        let Some(peers) = self.peers() else {
+            return 0;
+        };
+        let ticket = if wait { self.tickets.issue() } else { 0 };
+        peers.event(Event::Qos2 {
+            client_id,
+            packet_id,
+            step,
+            ticket,
+        });
+        ticket
     }
 
     /// `client_id`'s record is behind (see `records_behind`). Once per session between two

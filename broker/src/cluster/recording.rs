@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::{ClusterCounts, Event, MovedSession, Peers};
+use super::{ClusterCounts, Event, MovedSession, Peers, Qos2Step};
 use crate::auth::BoxFuture;
 use crate::codec::{self, Packet, Publish, Version};
 
@@ -40,6 +40,12 @@ pub enum Recorded {
     },
     Resumed(String),
     SessionChanged(String),
+    Qos2 {
+        client_id: String,
+        packet_id: u16,
+        step: Qos2Step,
+        ticket: u64,
+    },
     /// `will`: the PUBLISH, its delay, and whether its connection was gone.
     Will {
         client_id: String,
@@ -143,6 +149,17 @@ impl Peers for RecordingPeers {
             },
             Event::Resumed { client_id } => Recorded::Resumed(client_id.to_string()),
             Event::SessionChanged { client_id } => Recorded::SessionChanged(client_id.to_string()),
+            Event::Qos2 {
+                client_id,
+                packet_id,
+                step,
+                ticket,
+            } => Recorded::Qos2 {
+                client_id: client_id.to_string(),
+                packet_id,
+                step,
+                ticket,
+            },
             Event::Will { client_id, will } => Recorded::Will {
                 client_id: client_id.to_string(),
                 will: will.map(|w| {

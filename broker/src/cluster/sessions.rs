@@ -28,6 +28,7 @@ use bytes::Bytes;
 use super::inbound::{PeerHandle, PeerPacketError, decode};
 use super::{ClusterId, Cut};
 use crate::broker::Broker;
+use crate::codec::SubscriptionOptions;
 use crate::codec::topic::{matches, split_shared};
 use crate::codec::{QoS, ReasonCode};
 use crate::journal::Record;
@@ -72,6 +73,10 @@ pub struct Carried {
     /// The node it left, as the cluster names it (`ClusterId::origin`; the cluster sets it,
     /// 0 where it is made).
     pub origin: u64,
+    /// Messages it had there (in flight or completed QoS 2 ones, as the cluster recorded
+    /// them) that neither its replay nor this node's routing gives it again while the replay
+    /// runs. Set by the cluster for a session whose node died; empty where it is made.
+    pub delivered: Vec<ClusterId>,
 }
 
 /// One queue entry of a [`Carried`] session.
@@ -84,6 +89,60 @@ pub struct CarriedEntry {
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
     pub state: EntryState,
+    /// When it was published (ms since the epoch; 0 if not known): the floor of the
+    /// session's record counts from it.
+    pub published_ms: u64,
+    /// Its name in the cluster, as the node holding the entry calls it (origin 0: that node).
+    pub id: Option<ClusterId>,
+}
+
+impl CarriedEntry {
+    /// A QoS 2 message a dead node had sent to the session under `packet_id`, to be sent
+    /// again under it (DUP), as the session's `subscriptions` match it (shared ones
+    /// excepted); `None` if none does or the packet does not decode.
+    pub fn sent_again(
+        subscriptions: &[StoredSubscription],
+        packet: Bytes,
+        published_ms: u64,
+        id: ClusterId,
+        packet_id: u16,
+    ) -> Option<CarriedEntry> {
+        let message = decode(packet.clone(), published_ms).ok()?;
+        let subs = subscriptions
+            .iter()
+            .map(|s| (s.filter.as_str(), &s.options, s.subscription_id));
+        let (qos, retain_as_published, subscription_ids) =
+            best_match(subs, message.topic.as_str())?;
+        Some(CarriedEntry {
+            packet,
+            qos: message.qos.min(qos),
+            retain: retain_as_published && message.retain,
+            subscription_ids,
+            state: EntryState::Sent(packet_id),
+            published_ms,
+            id: Some(id),
+        })
+    }
+}
+
+/// How a session's non-shared subscriptions take a message to `topic`: the highest QoS,
+/// whether any keeps its retain flag, every subscription identifier; `None` if none matches.
+fn best_match<'a>(
+    subscriptions: impl Iterator<Item = (&'a str, &'a SubscriptionOptions, Option<u32>)>,
+    topic: &str,
+) -> Option<(QoS, bool, Vec<u32>)> {
+    let mut best: Option<(QoS, bool, Vec<u32>)> = None;
+    for (filter, options, id) in subscriptions {
+        let (group, inner) = split_shared(filter);
+        if group.is_some() || !matches(inner, topic) {
+            continue;
+        }
+        let entry = best.get_or_insert((options.qos, false, Vec::new()));
+        entry.0 = entry.0.max(options.qos);
+        entry.1 |= options.retain_as_published;
+        entry.2.extend(id);
+    }
+    best
 }
 
 impl PeerHandle {
@@ -179,18 +238,13 @@ impl PeerHandle {
             return Ok(false);
         };
         let mut st = session.state.lock();
-        let mut best: Option<(QoS, bool, Vec<u32>)> = None;
-        for (filter, r) in &st.subscriptions {
-            let (group, inner) = split_shared(filter);
-            if group.is_some() || !matches(inner, message.topic.as_str()) {
-                continue;
-            }
-            let entry = best.get_or_insert((r.options.qos, false, Vec::new()));
-            entry.0 = entry.0.max(r.options.qos);
-            entry.1 |= r.options.retain_as_published;
-            entry.2.extend(r.subscription_id);
-        }
-        let Some((qos, retain_as_published, subscription_ids)) = best else {
+        let subs = st
+            .subscriptions
+            .iter()
+            .map(|(filter, r)| (filter.as_str(), &r.options, r.subscription_id));
+        let Some((qos, retain_as_published, subscription_ids)) =
+            best_match(subs, message.topic.as_str())
+        else {
             return Ok(false);
         };
         let d = Delivery {
@@ -244,6 +298,8 @@ impl Broker {
             retain: d.retain,
             subscription_ids: d.subscription_ids.clone(),
             state,
+            published_ms: d.message.published_ms.load(Ordering::Relaxed),
+            id: d.message.cluster_id.get().copied(),
         };
         let inflight = st.inflight().iter().map(|(pid, i)| match i {
             Inflight::Published(d) => entry(d, EntryState::Sent(*pid)),
@@ -253,6 +309,8 @@ impl Broker {
                 retain: false,
                 subscription_ids: Vec::new(),
                 state: EntryState::Released(*pid),
+                published_ms: 0,
+                id: None,
             },
         });
         let queued = st
@@ -265,6 +323,7 @@ impl Broker {
             incoming_qos2: st.incoming_qos2.iter().copied().collect(),
             cut: self.cluster.cut(),
             origin: 0,
+            delivered: Vec::new(),
         }
     }
 
@@ -280,8 +339,9 @@ impl Broker {
         };
         let journal = self.journal();
         let mut st = session.state.lock();
+        // Each entry adopted is named in `moved_seen` as it is queued; what it had there
+        // besides them, and the cut (which the entries are all before), after them.
         st.moved_seen = Some(Box::default());
-        st.moved_from = Some(Box::new((carried.origin, carried.cut)));
         for pid in carried.incoming_qos2 {
             if st.incoming_qos2.insert(pid)
                 && let Some(j) = journal
@@ -292,11 +352,14 @@ impl Broker {
         for e in carried.entries {
             let message = match e.state {
                 EntryState::Released(_) => Message::delivered(),
-                _ => match decode(e.packet, 0) {
+                _ => match decode(e.packet, e.published_ms) {
                     Ok(m) => m,
                     Err(_) => continue,
                 },
             };
+            if let Some(id) = e.id {
+                let _ = message.cluster_id.set(id);
+            }
             let d = Delivery {
                 message: Arc::new(message),
                 qos: e.qos,
@@ -332,6 +395,10 @@ impl Broker {
             };
             st.insert_inflight(pid, inflight);
         }
+        if let Some(seen) = st.moved_seen.as_mut() {
+            seen.extend(carried.delivered.iter().map(|id| (id.origin, id.seq)));
+        }
+        st.moved_from = Some(Box::new((carried.origin, carried.cut)));
     }
 }
 

@@ -173,9 +173,7 @@ impl Connection {
     }
 
     fn is_done(&self, w: Wait) -> bool {
-        let journal_done =
-            w.journal == 0 || self.broker.journal().is_some_and(|j| j.done() >= w.journal);
-        journal_done && (w.cluster == 0 || self.broker.cluster.done() >= w.cluster)
+        self.broker.is_done(w)
     }
 
     /// How the tickets of a done wait ended.

@@ -3,26 +3,32 @@
 //! this client (topic alias, remaining expiry, subscription identifiers), and sending the
 //! broker's own packets without the reason strings a client asked not to get.
 
+use std::sync::atomic::Ordering;
+
 use bytes::BytesMut;
 use tracing::debug;
 
 use super::client::Client;
 use super::{Connection, Ending};
+use crate::cluster::Qos2Step;
 use crate::codec::{self, Packet, Properties, PublishHead, QoS, ReasonCode, Version};
 use crate::journal::Record;
 use crate::message::Delivery;
 use crate::session::{Inflight, Session};
 use crate::stats::{Dropped, SentTally};
 use crate::store::EntryState;
+use crate::tickets::Wait;
 
 impl Connection {
     /// Moves messages from the session into the write buffer, within the client's Receive
     /// Maximum and Maximum Packet Size. Fails if the session was taken away.
     ///
     /// With durability on, a journaled message's packet identifier is journaled when it is
-    /// given. A QoS 2 message is written only once that is durable (`SessionState::unsent`):
-    /// after a crash it is resent under the same identifier, so the client can tell it is a
-    /// duplicate. Order is kept among QoS 2 messages; other QoS levels are not held back
+    /// given; in a cluster, a QoS 2 message's identifier to a persistent session is recorded
+    /// where the other nodes read it (`Qos2Step::Sent`). A QoS 2 message is written only once
+    /// both are durable (`SessionState::unsent`): after a crash it is resent under the same
+    /// identifier, here or by the node that takes the session over, so the client can tell
+    /// it is a duplicate. Order is kept among QoS 2 messages; other QoS levels are not held back
     /// (MQTT 4.6 orders messages of one QoS).
     pub(crate) fn fill(&mut self, c: &mut Client) -> Result<(), Ending> {
         let session = c.session.clone();
@@ -63,21 +69,19 @@ impl Connection {
                 }
             }
         }
-        if let Some(j) = journal {
-            let done = j.done();
-            while let Some(&(pid, ticket)) = st.unsent.front() {
-                if ticket > done || self.wire.out.len() >= self.high_water {
-                    break;
-                }
-                st.unsent.pop_front();
-                let Some(Inflight::Published(d)) = st.inflight().get(&pid) else {
-                    continue;
-                };
-                let d = d.clone();
-                if !self.write_publish(c, &d, Some(pid), false, now, &mut sent) {
-                    st.remove_inflight(pid);
-                    self.discard(&session, &d, Dropped::TooLarge);
-                }
+        while let Some(&(pid, wait)) = st.unsent.front() {
+            if !broker.is_done(wait) || self.wire.out.len() >= self.high_water {
+                break;
+            }
+            st.unsent.pop_front();
+            let Some(Inflight::Published(d)) = st.inflight().get(&pid) else {
+                continue;
+            };
+            let d = d.clone();
+            if !self.write_publish(c, &d, Some(pid), false, now, &mut sent) {
+                st.remove_inflight(pid);
+                self.discard(&session, &d, Dropped::TooLarge);
+                broker.report_qos2(&session, &st, pid, Qos2Step::Completed, false);
             }
         }
         while self.wire.out.len() < self.high_water {
@@ -103,20 +107,30 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
+            let mut wait = Wait::default();
             if let (Some(j), Some(seq), Some(pid)) = (journal, d.stored.map(|s| s.seq), pid) {
-                let ticket = j.append(Record::Entry {
+                wait.journal = j.append(Record::Entry {
                     client: session.client_id.clone(),
                     seq,
                     state: EntryState::Sent(pid),
                 });
-                if d.qos == QoS::ExactlyOnce && (ticket > j.done() || !st.unsent.is_empty()) {
-                    if st.unsent.back().is_none_or(|(_, t)| *t != ticket) {
-                        j.wake_after(ticket, &session.waker());
-                    }
-                    st.unsent.push_back((pid, ticket));
-                    st.insert_inflight(pid, Inflight::Published(d));
-                    continue;
+            }
+            if let (QoS::ExactlyOnce, Some(pid), Some(&id)) =
+                (d.qos, pid, d.message.cluster_id.get())
+            {
+                let published_ms = d.message.published_ms.load(Ordering::Relaxed);
+                let step = Qos2Step::Sent { id, published_ms };
+                wait.cluster = broker.report_qos2(&session, &st, pid, step, true);
+            }
+            if let (QoS::ExactlyOnce, Some(pid)) = (d.qos, pid)
+                && (!broker.is_done(wait) || !st.unsent.is_empty())
+            {
+                if st.unsent.back().is_none_or(|(_, w)| *w != wait) {
+                    broker.wake_after(wait, &session.waker());
                 }
+                st.unsent.push_back((pid, wait));
+                st.insert_inflight(pid, Inflight::Published(d));
+                continue;
             }
             if self.write_publish(c, &d, pid, false, now, &mut sent) {
                 if let Some(pid) = pid {
@@ -125,6 +139,9 @@ impl Connection {
             } else {
                 // Larger than the client accepts: discarded as if delivered (MQTT-3.1.2-25).
                 self.discard(&session, &d, Dropped::TooLarge);
+                if let (QoS::ExactlyOnce, Some(pid)) = (d.qos, pid) {
+                    broker.report_qos2(&session, &st, pid, Qos2Step::Completed, false);
+                }
             }
         }
         // Whatever is left waits for the client (a full buffer or its Receive Maximum).

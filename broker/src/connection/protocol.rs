@@ -15,6 +15,7 @@ use super::violation::Violation;
 use super::{Connection, Ending};
 use crate::auth::ReauthRequest;
 use crate::broker::Broker;
+use crate::cluster::Qos2Step;
 use crate::codec::topic::{has_wildcard, parse_shared, valid_topic_filter};
 use crate::codec::{
     Auth, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, Subscribe, UnsubAck,
@@ -59,33 +60,41 @@ impl Connection {
                             if r.reason_code.is_error() {
                                 st.remove_inflight(r.packet_id);
                                 self.forget(&c.session, stored);
+                                let done = Qos2Step::Completed;
+                                self.broker
+                                    .report_qos2(&c.session, &st, r.packet_id, done, false);
                                 None
                             } else {
                                 st.insert_inflight(r.packet_id, Inflight::Released(stored));
                                 // PUBREL lets the client forget the identifier: it leaves once
-                                // the release is durable, or a crash would make the broker send
+                                // the release is durable (here, and in a cluster where the
+                                // other nodes read it), or a crash would make the broker send
                                 // the PUBLISH again, now a duplicate to the client.
-                                let durable_at = match (self.broker.journal(), stored) {
-                                    (Some(j), Some(s)) => Some(j.append(Record::Entry {
+                                let mut durable = Wait::default();
+                                if let (Some(j), Some(s)) = (self.broker.journal(), stored) {
+                                    durable.journal = j.append(Record::Entry {
                                         client: c.session.client_id.clone(),
                                         seq: s.seq,
                                         state: EntryState::Released(r.packet_id),
-                                    })),
-                                    _ => None,
-                                };
-                                Some((ReasonCode::SUCCESS, durable_at))
+                                    });
+                                }
+                                let step = Qos2Step::Released;
+                                durable.cluster = self.broker.report_qos2(
+                                    &c.session,
+                                    &st,
+                                    r.packet_id,
+                                    step,
+                                    true,
+                                );
+                                Some((ReasonCode::SUCCESS, durable))
                             }
                         }
-                        Some(Inflight::Released(_)) => Some((ReasonCode::SUCCESS, None)),
-                        _ => Some((ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None)),
+                        Some(Inflight::Released(_)) => Some((ReasonCode::SUCCESS, Wait::default())),
+                        _ => Some((ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, Wait::default())),
                     }
                 };
-                if let Some((code, durable_at)) = reply {
-                    self.acknowledge(
-                        c,
-                        Ack::new(AckKind::PubRel, r.packet_id, code),
-                        Wait::journal(durable_at),
-                    )?;
+                if let Some((code, durable)) = reply {
+                    self.acknowledge(c, Ack::new(AckKind::PubRel, r.packet_id, code), durable)?;
                 }
             }
             Packet::PubRel(r) => {
@@ -120,6 +129,9 @@ impl Connection {
                     && let Some(Inflight::Released(stored)) = st.remove_inflight(r.packet_id)
                 {
                     self.forget(&c.session, stored);
+                    let done = Qos2Step::Completed;
+                    self.broker
+                        .report_qos2(&c.session, &st, r.packet_id, done, false);
                 }
             }
             Packet::Subscribe(s) => self.on_subscribe(c, s)?,

@@ -11,6 +11,7 @@ use super::{Attachment, ConnLink, Inflight, SubRecord};
 use crate::cluster::Cut;
 use crate::gauges::{Counted, SessionGauges};
 use crate::message::{Delivery, Message};
+use crate::tickets::Wait;
 
 /// Messages waiting for the client, in order, with their payload bytes counted: the queue's
 /// bound is in messages and in bytes, and this type is the only place that counts them. Only
@@ -86,9 +87,10 @@ pub struct SessionState {
     /// The sequence number of the next journaled queue entry.
     pub next_seq: u64,
     /// QoS 2 messages given a packet identifier but not yet written to the client, with the
-    /// journal ticket of that assignment: a PUBLISH goes out only once its identifier is
-    /// durable, so a crash cannot make the broker resend it under another one (exactly once).
-    pub unsent: VecDeque<(u16, u64)>,
+    /// tickets of that assignment (journal; in a cluster, the record the other nodes read): a
+    /// PUBLISH goes out only once its identifier is durable, so a crash cannot make the
+    /// broker (or the node that takes the session over) resend it under another one.
+    pub(crate) unsent: VecDeque<(u16, Wait)>,
     /// A will waiting for its Will Delay Interval; cleared when a connection attaches.
     pub pending_will: Option<Arc<Message>>,
     /// The cluster was last told of a will of this session (`Broker::report_will`).

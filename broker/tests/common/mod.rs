@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub mod cluster;
+
 use bytes::BytesMut;
 use tessera_broker::codec::{self, Connect, Packet, Properties, ReasonCode, Version};
 use tessera_config::Config;

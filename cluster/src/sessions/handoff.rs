@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tessera_broker::cluster::{Carried, CarriedEntry, Cut};
+use tessera_broker::cluster::{Carried, CarriedEntry, ClusterId, Cut};
 use tessera_broker::codec::QoS;
 use tessera_broker::store::EntryState;
 use tracing::{debug, info, warn};
@@ -61,6 +61,12 @@ struct EntryHead {
     state: char,
     pid: u16,
     len: usize,
+    /// Publication time (ms), for the new owner's floor.
+    #[serde(default)]
+    at: u64,
+    /// Its origin (never 0: the owner's own is its origin) and number (`Frame`).
+    #[serde(default)]
+    id: Option<(u64, u64)>,
 }
 
 fn encode(answer: &Answer) -> Bytes {
@@ -86,6 +92,15 @@ fn encode(answer: &Answer) -> Bytes {
                     state,
                     pid,
                     len: e.packet.len(),
+                    at: e.published_ms,
+                    id: e.id.map(|id| {
+                        let origin = if id.origin == 0 {
+                            answer.origin
+                        } else {
+                            id.origin
+                        };
+                        (origin, id.seq)
+                    }),
                 }
             })
             .collect(),
@@ -101,7 +116,8 @@ fn encode(answer: &Answer) -> Bytes {
     out.freeze()
 }
 
-fn decode(bytes: &Bytes) -> Option<Answer> {
+/// `own`: this process's origin, which the engine calls 0.
+fn decode(bytes: &Bytes, own: u64) -> Option<Answer> {
     let at = bytes.iter().position(|b| *b == b'\n')?;
     let head: Head = serde_json::from_slice(&bytes[..at]).ok()?;
     let mut rest = bytes.slice(at + 1..);
@@ -125,6 +141,12 @@ fn decode(bytes: &Bytes) -> Option<Answer> {
                     retain: e.retain,
                     subscription_ids: e.ids,
                     state,
+                    published_ms: e.at,
+                    id: e.id.map(|(origin, seq)| ClusterId {
+                        origin: if origin == own { 0 } else { origin },
+                        seq,
+                        stream_seq: 0,
+                    }),
                 });
             }
             Some(Carried {
@@ -135,6 +157,7 @@ fn decode(bytes: &Bytes) -> Option<Answer> {
                     next_seq: c.next_seq,
                 },
                 origin: head.origin,
+                delivered: Vec::new(),
             })
         }
     };
@@ -161,7 +184,7 @@ impl Sessions {
         let body = Bytes::from(serde_json::to_vec(&request).ok()?);
         let asked = self.nats.client.request(subject, body);
         match tokio::time::timeout(HANDOFF_WITHIN, asked).await {
-            Ok(Ok(reply)) => decode(&reply.payload),
+            Ok(Ok(reply)) => decode(&reply.payload, self.origin),
             Ok(Err(e)) => {
                 debug!(owner, error = %e, "the session's owner did not answer (down?)");
                 None
@@ -196,16 +219,19 @@ impl Sessions {
                 let _turn = self.turn.lock().await;
                 // Forgotten first: the session's end below must not delete the record.
                 let owned = self.owned.lock().remove(&req.client_id);
-                self.broker
+                let answer = self
+                    .broker
                     .release_session(&req.client_id, req.clean)
                     .map(|mut s| {
                         let inherited = owned.filter(|o| o.replaying).map(|o| o.record.floor_ms);
                         Answer {
-                            record: self.record_of(&s, inherited),
+                            record: self.record_of(&req.client_id, &s, inherited),
                             origin: self.origin,
                             carried: s.carried.take(),
                         }
-                    })
+                    });
+                self.forget_qos2(&req.client_id);
+                answer
             };
             let body = match answer {
                 None => Bytes::from_static(b"null"),
@@ -237,6 +263,7 @@ impl Sessions {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ledger::Qos2;
     use super::*;
 
     #[test]
@@ -247,6 +274,13 @@ mod tests {
             subs: Vec::new(),
             floor_ms: 5,
             offline_since_ms: None,
+            qos2: vec![Qos2 {
+                origin: 9,
+                seq: 4,
+                at: 6,
+                pid: 7,
+                released: false,
+            }],
         };
         let entry = |packet: &'static [u8], state| CarriedEntry {
             packet: Bytes::from_static(packet),
@@ -254,6 +288,12 @@ mod tests {
             retain: false,
             subscription_ids: vec![3],
             state,
+            published_ms: 12,
+            id: Some(ClusterId {
+                origin: 0,
+                seq: 5,
+                stream_seq: 0,
+            }),
         };
         let answer = Answer {
             record,
@@ -270,12 +310,28 @@ mod tests {
                     next_seq: 11,
                 },
                 origin: 9,
+                delivered: Vec::new(),
             }),
         };
-        let back = decode(&encode(&answer)).unwrap();
+        // Read on another node: the owner's own messages are named by its origin there.
+        let back = decode(&encode(&answer), 2).unwrap();
         assert_eq!(back.record, answer.record);
         assert_eq!(back.origin, 9);
-        assert_eq!(back.carried, answer.carried);
-        assert!(decode(&Bytes::from_static(b"null")).is_none());
+        let named = |c: &Carried| c.entries.iter().map(|e| e.id).collect::<Vec<_>>();
+        let elsewhere = ClusterId {
+            origin: 9,
+            seq: 5,
+            stream_seq: 0,
+        };
+        assert_eq!(named(back.carried.as_ref().unwrap()), [Some(elsewhere); 3]);
+        let mut carried = back.carried.unwrap();
+        for e in &mut carried.entries {
+            e.id = answer.carried.as_ref().unwrap().entries[0].id;
+        }
+        assert_eq!(Some(carried), answer.carried);
+        // Read back on the owner, its own are its own again.
+        let home = decode(&encode(&answer), 9).unwrap().carried.unwrap();
+        assert_eq!(Some(home), answer.carried);
+        assert!(decode(&Bytes::from_static(b"null"), 2).is_none());
     }
 }

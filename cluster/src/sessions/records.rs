@@ -78,9 +78,10 @@ impl Sessions {
                     dropped += 1;
                 }
                 Some((revision, record)) if record.owner == self.node => {
+                    self.set_qos2(&id, record.qos2.clone());
                     let current = self.broker.session_snapshot(&id).map(|s| Record {
                         floor_ms: record.floor_ms,
-                        ..self.record_of(&s, None)
+                        ..self.record_of(&id, &s, Some(record.floor_ms))
                     });
                     let same = current.as_ref() == Some(&record);
                     self.owned.lock().insert(
@@ -109,6 +110,8 @@ impl Sessions {
 
     async fn write(&self, client_id: &str) -> Result<(), String> {
         let _turn = self.turn.lock().await;
+        // The packets waiting for this record go once it is written (or not: see `Settle`).
+        let _settle = self.take_tickets(client_id);
         let key = escape(client_id);
         let snapshot = self.broker.session_snapshot(client_id);
         // Read, not taken out: a replay ending meanwhile clears `replaying` in the map.
@@ -130,6 +133,7 @@ impl Sessions {
                     .delete_expect_revision(&key, Some(revision))
                     .await;
             }
+            self.forget_qos2(client_id);
             return Ok(());
         };
         let (revision, inherited) = match &owned {
@@ -154,7 +158,7 @@ impl Sessions {
                 None => (0, None),
             },
         };
-        let record = self.record_of(&s, inherited);
+        let record = self.record_of(client_id, &s, inherited);
         if owned.is_some_and(|(_, r, _)| r == record) {
             return Ok(());
         }

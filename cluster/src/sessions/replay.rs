@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{Replay, Sessions};
+use super::{Replay, Sessions, Sub};
 use crate::frame::Frame;
 use crate::interest::Interest;
 use crate::qos::consumer_filters;
@@ -85,28 +86,57 @@ impl Sessions {
     /// Queues to the session every message its subscriptions match that it did not have;
     /// how many, and the stream sequence it read to.
     async fn replay(&self, client_id: &str, replay: &Replay) -> Result<(usize, u64), String> {
-        let record = &replay.record;
+        let from = match replay.cut {
+            Some((_, cut)) => DeliverPolicy::ByStartSequence {
+                start_sequence: cut.peers_routed + 1,
+            },
+            None => DeliverPolicy::ByStartTime {
+                start_time: stream_time(replay.record.floor_ms)?,
+            },
+        };
+        let mut delivered = 0;
+        let read_to = self
+            .read_stream(
+                &replay.record.subs,
+                from,
+                |frame, packet, published_ms, seq| {
+                    // The owner routed its own messages numbered before the cut to the session.
+                    if let Some((owner, cut)) = replay.cut
+                        && frame.origin == owner
+                        && frame.seq < cut.next_seq
+                    {
+                        return true;
+                    }
+                    let id = frame.id(self.origin, seq);
+                    if let Ok(true) = self.broker.deliver_to(client_id, packet, published_ms, id) {
+                        delivered += 1;
+                    }
+                    true
+                },
+            )
+            .await?;
+        Ok((delivered, read_to))
+    }
+
+    /// Reads the QoS 1/2 stream from `from`, what `subs` (shared ones excepted) match, to its
+    /// end through a short-lived consumer: `each` gets every message's frame, PUBLISH,
+    /// publication time (ms) and stream sequence, and returns whether to go on. The stream
+    /// sequence it read to.
+    pub(super) async fn read_stream(
+        &self,
+        subs: &[Sub],
+        from: DeliverPolicy,
+        mut each: impl FnMut(Frame, Bytes, u64, u64) -> bool,
+    ) -> Result<u64, String> {
         let base = self.nats.subject("q");
-        let subjects: Vec<String> = record
-            .subs
+        let subjects: Vec<String> = subs
             .iter()
             .filter(|s| !s.filter.starts_with("$share/"))
             .flat_map(|s| filter_subjects(&base, &s.filter))
             .collect();
         if subjects.is_empty() {
-            return Ok((0, 0));
+            return Ok(0);
         }
-        let deliver_policy = match replay.cut {
-            Some((_, cut)) => DeliverPolicy::ByStartSequence {
-                start_sequence: cut.peers_routed + 1,
-            },
-            None => DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                    record.floor_ms as i128 * 1_000_000,
-                )
-                .map_err(|e| e.to_string())?,
-            },
-        };
         let stream = self
             .nats
             .jetstream
@@ -116,7 +146,7 @@ impl Sessions {
         let mut consumer = stream
             .create_consumer(pull::Config {
                 filter_subjects: consumer_filters(&base, subjects),
-                deliver_policy,
+                deliver_policy: from,
                 ack_policy: AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
@@ -129,8 +159,11 @@ impl Sessions {
             .map_err(|e| e.to_string())?
             .num_pending;
         let name = consumer.cached_info().name.clone();
-        let (mut delivered, mut read_to) = (0, 0);
-        if pending > 0 {
+        let mut read_to = 0;
+        let read = async {
+            if pending == 0 {
+                return Ok(());
+            }
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             let mut next_delivery = 1;
             while pending > 0 {
@@ -150,20 +183,20 @@ impl Sessions {
                 let Some((frame, packet)) = Frame::parse(&m.payload) else {
                     continue;
                 };
-                // The owner routed its own messages numbered before the cut to the session.
-                if let Some((owner, cut)) = replay.cut
-                    && frame.origin == owner
-                    && frame.seq < cut.next_seq
-                {
-                    continue;
-                }
-                let id = frame.id(self.origin, info.stream_sequence);
-                if let Ok(true) = self.broker.deliver_to(client_id, packet, published_ms, id) {
-                    delivered += 1;
+                if !each(frame, packet, published_ms, info.stream_sequence) {
+                    break;
                 }
             }
-        }
+            Ok(())
+        };
+        let read: Result<(), String> = read.await;
         let _ = stream.delete_consumer(&name).await;
-        Ok((delivered, read_to))
+        read.map(|()| read_to)
     }
+}
+
+/// A time in ms since the epoch as JetStream takes it.
+pub(super) fn stream_time(ms: u64) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map_err(|e| e.to_string())
 }
