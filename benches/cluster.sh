@@ -15,7 +15,8 @@
 #   - the same with two of the three NATS servers killed (no JetStream quorum: the durable
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
-# skips the flat-out pairs. FAULTS_ONLY=1: only the step-down and the server kill;
+# skips the flat-out pairs; QOS2=1 adds QoS 2 pairs flat out with persistent subscribers (each
+# QoS 2 step recorded in the session's cluster record before its packet leaves). FAULTS_ONLY=1: only the step-down and the server kill;
 # PAIRS_ONLY=1: only the pairs. SESSIONS=N: first the persistent sessions at scale (below),
 # then the rest with them in place; SESSIONS_ONLY=1 stops after them; SESSION_NODES=3 makes
 # them on the three nodes at once, a third each (default: all on node 0).
@@ -150,17 +151,23 @@ fi
 [ "$ROUNDS" = 0 ] || echo "| round | figure | one node | across nodes | across/one |"
 [ "$ROUNDS" = 0 ] || echo "|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
-  for rate in ${RATES:-flat 1000}; do
-    args=(pairs --secs "$SECS"); [ "$rate" = flat ] || args+=(--rate "$rate")
-    one=$(LG "${args[@]}")
-    across=$(LG --sub-addr "127.0.0.1:${MP[1]}" "${args[@]}")
+  for rate in ${RATES:-flat 1000} ${QOS2:+qos2}; do
+    args=(pairs --secs "$SECS"); lg=()
+    case "$rate" in
+      flat) ;;
+      qos2) args+=(--qos 2); lg=(--persistent) ;;
+      *) args+=(--rate "$rate") ;;
+    esac
+    one=$(LG "${lg[@]}" "${args[@]}")
+    across=$(LG "${lg[@]}" --sub-addr "127.0.0.1:${MP[1]}" "${args[@]}")
     python3 - "$r" "$rate" "$one" "$across" <<'PY'
 import json, sys
 r, rate, one, across = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-label = "flat out" if rate == "flat" else "@1k/s per pair"
+label = {"flat": "QoS 1 flat out", "qos2": "QoS 2 flat out, persistent subscribers"}.get(
+    rate, "QoS 1 @1k/s per pair")
 for key, unit in [("msgs_per_sec", "msgs/s"), ("p50_us", "p50 us"), ("p99_us", "p99 us")]:
     a, b = one[key], across[key]
-    print(f"| {r} | pairs QoS 1 {label}, {unit} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+    print(f"| {r} | pairs {label}, {unit} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
 if not (one["exact"] and across["exact"]):
     print(f"| {r} | counts exact | {one['exact']} | {across['exact']} | |")
 PY

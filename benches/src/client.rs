@@ -224,3 +224,26 @@ pub fn puback(packet_id: u16) -> Packet {
         ..Default::default()
     })
 }
+
+/// The QoS 2 answers, by what they answer: PUBREC to a PUBLISH, PUBREL to a PUBREC, PUBCOMP
+/// to a PUBREL.
+pub fn pubrec(packet_id: u16) -> Packet {
+    Packet::PubRec(PubResp {
+        packet_id,
+        ..Default::default()
+    })
+}
+
+pub fn pubrel(packet_id: u16) -> Packet {
+    Packet::PubRel(PubResp {
+        packet_id,
+        ..Default::default()
+    })
+}
+
+pub fn pubcomp(packet_id: u16) -> Packet {
+    Packet::PubComp(PubResp {
+        packet_id,
+        ..Default::default()
+    })
+}

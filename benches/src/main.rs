@@ -67,10 +67,12 @@ enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
     },
-    /// N publisher/subscriber pairs at QoS 1: throughput and latency.
+    /// N publisher/subscriber pairs at QoS 1 (or 2): throughput and latency.
     Pairs {
         #[arg(long, default_value_t = 8)]
         pairs: usize,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
         /// Messages per second per pair; flat out if absent.
         #[arg(long)]
         rate: Option<u64>,
@@ -303,9 +305,12 @@ fn main() -> ExitCode {
                 payload,
                 secs,
             } => scenarios::fan_in(&target, publishers, qos(q), payload, secs).await,
-            Scenario::Pairs { pairs, rate, secs } => {
-                scenarios::pairs(&target, pairs, rate, secs).await
-            }
+            Scenario::Pairs {
+                pairs,
+                qos: q,
+                rate,
+                secs,
+            } => scenarios::pairs(&target, pairs, qos(q), rate, secs).await,
             Scenario::FanOut {
                 subscribers,
                 payload,

@@ -50,7 +50,7 @@ fn now_nanos(epoch: Instant) -> u64 {
 }
 
 /// A subscriber that counts messages (and, with `epoch`, records latencies from an 8-byte
-/// timestamp at the start of each payload). Acknowledges QoS 1.
+/// timestamp at the start of each payload). Acknowledges QoS 1 and 2.
 async fn counting_subscriber(
     t: &Target,
     id: String,
@@ -84,9 +84,13 @@ async fn counting_subscriber(
                     let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or_default());
                     local.push(now_nanos(*epoch).saturating_sub(sent));
                 }
-                if let Some(id) = p.packet_id {
-                    w.queue(&client::puback(id));
+                match (p.qos, p.packet_id) {
+                    (QoS::ExactlyOnce, Some(id)) => w.queue(&client::pubrec(id)),
+                    (_, Some(id)) => w.queue(&client::puback(id)),
+                    _ => {}
                 }
+            } else if let Packet::PubRel(r) = p {
+                w.queue(&client::pubcomp(r.packet_id));
             }
             // Acknowledge in batches: write once the read buffer holds no further packet.
             if w.buffered() > 0 && !r.has_packet() {
@@ -133,12 +137,13 @@ struct Pub {
     rate: Option<u64>,
     /// Stamp each payload with the send time since this instant (for latency).
     epoch: Option<Instant>,
-    /// Record each QoS 1 message's time from PUBLISH written to PUBACK read (nanoseconds).
+    /// Record each QoS 1 message's time from PUBLISH written to PUBACK read (QoS 2: to
+    /// PUBREC read), in nanoseconds.
     ack_latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
 }
 
-/// A publisher sending until its deadline, at its rate if given; QoS 1 keeps at most `WINDOW`
-/// unacknowledged. Returns how many the broker accepted.
+/// A publisher sending until its deadline, at its rate if given; QoS 1 and 2 keep at most
+/// `WINDOW` unacknowledged (QoS 2: not completed). Returns how many the broker accepted.
 async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
     let Pub {
         id,
@@ -159,15 +164,35 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
     let sent_at: Arc<Vec<AtomicU64>> =
         Arc::new((0..=u16::MAX as usize).map(|_| AtomicU64::new(0)).collect());
     let clock = Instant::now();
-    let reader = if qos == QoS::AtLeastOnce {
+    // QoS 2: the PUBRECs read, for the writer to answer with PUBREL.
+    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel::<u16>();
+    let reader = if qos != QoS::AtMostOnce {
         let (acked, refused) = (acked.clone(), refused.clone());
         let window = window.clone();
         let sent_at = sent_at.clone();
         let latencies = ack_latencies.clone();
         Some(tokio::spawn(async move {
             while let Ok(p) = r.recv().await {
-                if let Packet::PubAck(a) = p {
-                    window.add_permits(1);
+                let a = match p {
+                    Packet::PubComp(_) => {
+                        window.add_permits(1);
+                        continue;
+                    }
+                    Packet::PubRec(a) if !a.reason_code.is_error() => {
+                        let _ = received_tx.send(a.packet_id);
+                        a
+                    }
+                    Packet::PubRec(a) => {
+                        window.add_permits(1);
+                        a
+                    }
+                    Packet::PubAck(a) => {
+                        window.add_permits(1);
+                        a
+                    }
+                    _ => continue,
+                };
+                {
                     if a.reason_code.is_error() {
                         // Not accepted (a cluster node without JetStream says 0x80).
                         REFUSED.fetch_add(1, Ordering::Relaxed);
@@ -198,14 +223,28 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
             t.tick().await;
         }
         for _ in 0..batch {
-            if qos == QoS::AtLeastOnce {
+            if qos != QoS::AtMostOnce {
+                while let Ok(id) = received.try_recv() {
+                    w.queue(&client::pubrel(id));
+                }
                 if w.buffered() > 0 && window.available_permits() == 0 {
                     w.flush().await?;
                 }
-                let permit = match tokio::time::timeout_at(deadline.into(), window.acquire()).await
-                {
-                    Ok(Ok(p)) => p,
-                    _ => break 'outer,
+                let permit = loop {
+                    let got = tokio::time::timeout_at(deadline.into(), async {
+                        tokio::select! {
+                            p = window.acquire() => Ok(p),
+                            id = received.recv() => Err(id),
+                        }
+                    });
+                    match got.await {
+                        Ok(Ok(Ok(p))) => break p,
+                        Ok(Err(Some(id))) => {
+                            w.queue(&client::pubrel(id));
+                            w.flush().await?;
+                        }
+                        _ => break 'outer,
+                    }
                 };
                 permit.forget();
                 pid = if pid == u16::MAX { 1 } else { pid + 1 };
@@ -218,7 +257,7 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
                 }
                 None => base.clone(),
             };
-            if ack_latencies.is_some() && qos == QoS::AtLeastOnce {
+            if ack_latencies.is_some() && qos != QoS::AtMostOnce {
                 // Stamped before the write, so the PUBACK can never be read first.
                 sent_at[pid as usize].store(now_nanos(clock), Ordering::Relaxed);
             }
@@ -228,12 +267,17 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
         w.flush().await?;
     }
     w.flush().await?;
-    if qos == QoS::AtLeastOnce {
-        // Wait for the outstanding acknowledgements.
+    if qos != QoS::AtMostOnce {
+        // Wait for the outstanding acknowledgements (QoS 2: completions).
         let until = Instant::now() + Duration::from_secs(10);
-        while acked.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < sent
+        while (acked.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < sent
+            || window.available_permits() < WINDOW)
             && Instant::now() < until
         {
+            while let Ok(id) = received.try_recv() {
+                w.queue(&client::pubrel(id));
+            }
+            w.flush().await?;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if let Some(r) = reader {
@@ -342,7 +386,13 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Scenario 2: N publisher/subscriber pairs at QoS 1, at `rate` per pair or flat out: throughput
 /// and end-to-end latency.
-pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result<Value, Error> {
+pub async fn pairs(
+    t: &Target,
+    n: usize,
+    qos: QoS,
+    rate: Option<u64>,
+    secs: f64,
+) -> Result<Value, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let got = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
@@ -356,7 +406,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
                 t,
                 format!("{k}-pair-sub{i}"),
                 &format!("pair/{k}/{i}"),
-                QoS::AtLeastOnce,
+                qos,
                 got.clone(),
                 Some((epoch, lat.clone())),
                 stop.clone(),
@@ -374,7 +424,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
             Pub {
                 id: format!("{k}-pair-pub{i}"),
                 topic: format!("pair/{k}/{i}"),
-                qos: QoS::AtLeastOnce,
+                qos,
                 size: 64,
                 deadline,
                 rate,
@@ -406,7 +456,7 @@ pub async fn pairs(t: &Target, n: usize, rate: Option<u64>, secs: f64) -> Result
     let mut a = ack_lat.lock().unwrap().clone();
     a.sort_unstable();
     let mut result = json!({
-        "scenario": "pairs", "pairs": n, "rate_per_pair": rate, "persistent": t.persistent,
+        "scenario": "pairs", "pairs": n, "qos": qos as u8, "rate_per_pair": rate, "persistent": t.persistent,
         "sent": accepted, "received": received, "exact": received == accepted,
         "refused": REFUSED.load(Ordering::Relaxed),
         "msgs_per_sec": received as f64 / end.duration_since(start).as_secs_f64(),

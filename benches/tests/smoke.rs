@@ -66,7 +66,9 @@ async fn every_scenario_runs_and_counts_exactly() {
         .unwrap();
     assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
     let before = dropped();
-    let r = scenarios::pairs(&t, 2, Some(200), 0.5).await.unwrap();
+    let r = scenarios::pairs(&t, 2, QoS::AtLeastOnce, Some(200), 0.5)
+        .await
+        .unwrap();
     assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
     assert!(r["p99_us"].as_f64().unwrap() > 0.0, "{r}");
     // Persistent subscribers: every message journaled, each PUBACK after its commit.
@@ -75,11 +77,18 @@ async fn every_scenario_runs_and_counts_exactly() {
         ..t.clone()
     };
     let before = dropped();
-    let r = scenarios::pairs(&persistent, 2, Some(200), 0.5)
+    let r = scenarios::pairs(&persistent, 2, QoS::AtLeastOnce, Some(200), 0.5)
         .await
         .unwrap();
     assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
     assert!(r["ack_p99_us"].as_f64().unwrap() > 0.0, "{r}");
+    // QoS 2 both ways: each message completed by the publisher and by the subscriber.
+    let before = dropped();
+    let r = scenarios::pairs(&persistent, 2, QoS::ExactlyOnce, None, 0.5)
+        .await
+        .unwrap();
+    assert_eq!(r["exact"], true, "{r}, dropped: {}", dropped() - before);
+    assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     let before = dropped();
     let r = scenarios::fan_in(&persistent, 2, QoS::AtLeastOnce, 64, 0.5)
         .await
