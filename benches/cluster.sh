@@ -16,7 +16,8 @@
 #     delete fails, the core NATS fast path still cuts the session).
 # Usage: benches/cluster.sh [ROUNDS] (default 3); N=20 revocations per series; RATES="1000"
 # skips the flat-out pairs; QOS2=1 adds QoS 2 pairs flat out with persistent subscribers (each
-# QoS 2 step recorded in the session's cluster record before its packet leaves). FAULTS_ONLY=1: only the step-down and the server kill;
+# QoS 2 step recorded in the session's cluster record before its packet leaves); PAIRS=N pairs
+# instead of 8. FAULTS_ONLY=1: only the step-down and the server kill;
 # PAIRS_ONLY=1: only the pairs. SESSIONS=N: first the persistent sessions at scale (below),
 # then the rest with them in place; SESSIONS_ONLY=1 stops after them; SESSION_NODES=3 makes
 # them on the three nodes at once, a third each (default: all on node 0).
@@ -152,7 +153,7 @@ fi
 [ "$ROUNDS" = 0 ] || echo "|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
   for rate in ${RATES:-flat 1000} ${QOS2:+qos2}; do
-    args=(pairs --secs "$SECS"); lg=()
+    args=(pairs --secs "$SECS" --pairs "${PAIRS:-8}"); lg=()
     case "$rate" in
       flat) ;;
       qos2) args+=(--qos 2); lg=(--persistent) ;;

@@ -194,12 +194,12 @@ pub(crate) struct Sessions {
     broker: PeerHandle,
     nats: Arc<Nats>,
     owned: Mutex<HashMap<String, Owned>>,
-    /// Held by the record writer for each write and by the handoff responder while it lets a
-    /// session go. Without it, a write begun before a handoff could put the session back in
+    /// Held by the record writer for each write (shared by writes of different sessions)
+    /// and by the handoff responder while it lets a session go (alone). Without it, a write begun before a handoff could put the session back in
     /// `owned` after the responder forgot it, and the write that follows the session's
     /// release here would then delete the record the new owner is about to claim (which
     /// then opens the session as new: Session Present 0).
-    turn: tokio::sync::Mutex<()>,
+    turn: tokio::sync::RwLock<()>,
     /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
     replays: Mutex<HashMap<String, Replay>>,
     /// The QoS 2 entries of the sessions here, for their records (`ledger.rs`).
@@ -229,7 +229,7 @@ impl Sessions {
             broker,
             nats: nats.clone(),
             owned: Mutex::default(),
-            turn: tokio::sync::Mutex::new(()),
+            turn: tokio::sync::RwLock::new(()),
             replays: Mutex::default(),
             ledgers: Mutex::default(),
             origin,

@@ -216,7 +216,7 @@ impl Sessions {
             };
             let answer = {
                 // Between two writes of the record writer (see `Sessions::turn`).
-                let _turn = self.turn.lock().await;
+                let _turn = self.turn.write().await;
                 // Forgotten first: the session's end below must not delete the record.
                 let owned = self.owned.lock().remove(&req.client_id);
                 let answer = self

@@ -9,10 +9,14 @@ use std::sync::Arc;
 use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
 use tessera_auth::clock::now_ms;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Owned, Record, SWEEP_EVERY, Sessions};
+
+/// Records written at the same time (distinct sessions).
+const WRITES_AT_ONCE: usize = 64;
 use crate::keys::escape;
 
 impl Sessions {
@@ -45,11 +49,16 @@ impl Sessions {
                     due.extend(self.broker.take_records_behind().iter().map(|s| s.to_string()));
                 }
             }
-            for id in due {
-                if let Err(e) = self.write(&id).await {
-                    debug!(client_id = id, error = %e, "writing a session record");
-                }
-            }
+            // Each session's write is one KV round trip: many at once, or a QoS 2 message to
+            // thousands of persistent sessions would leave one by one.
+            let this = &*self;
+            futures_util::stream::iter(due)
+                .for_each_concurrent(WRITES_AT_ONCE, |id| async move {
+                    if let Err(e) = this.write(&id).await {
+                        debug!(client_id = id, error = %e, "writing a session record");
+                    }
+                })
+                .await;
         }
     }
 
@@ -109,7 +118,7 @@ impl Sessions {
     }
 
     async fn write(&self, client_id: &str) -> Result<(), String> {
-        let _turn = self.turn.lock().await;
+        let _turn = self.turn.read().await;
         // The packets waiting for this record go once it is written (or not: see `Settle`).
         let _settle = self.take_tickets(client_id);
         let key = escape(client_id);
