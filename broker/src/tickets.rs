@@ -33,14 +33,6 @@ pub(crate) struct Wait {
 }
 
 impl Wait {
-    /// A journal ticket alone.
-    pub(crate) fn journal(ticket: Option<u64>) -> Wait {
-        Wait {
-            journal: ticket.unwrap_or(0),
-            cluster: 0,
-        }
-    }
-
     /// Waits for both this and `other`.
     pub(crate) fn and(self, other: Wait) -> Wait {
         Wait {

@@ -257,7 +257,7 @@ async fn qos2_step(
 }
 
 #[tokio::test]
-async fn a_qos2_message_to_a_persistent_session_leaves_once_the_cluster_recorded_each_step() {
+async fn qos2_packets_of_a_persistent_session_leave_once_the_cluster_recorded_each_step() {
     let n = node().await;
     let (mut c, _) = Raw::connect(n.addr, "keeper", true, 60).await;
     subscribed_at(&n, &mut c, 1, &["k/#"], QoS::ExactlyOnce).await;
@@ -289,6 +289,25 @@ async fn a_qos2_message_to_a_persistent_session_leaves_once_the_cluster_recorded
     c.send(Packet::PubComp(resp(pid))).await;
     let (completed, ticket) = qos2_step(&n, "keeper", 2, |s| *s == Qos2Step::Completed).await;
     assert_eq!((completed, ticket), (pid, 0));
+
+    // The client's own QoS 2 message: PUBREC once it is stored for the other nodes and the
+    // record names its identifier, PUBCOMP once the record lets it go.
+    c.send(publish("up", QoS::ExactlyOnce, 9, "up")).await;
+    let stored = forwarded(&n, "up").await.unwrap();
+    n.handle.settle(stored, true);
+    let (published, ticket) = qos2_step(&n, "keeper", 3, |s| *s == Qos2Step::ClientPublished).await;
+    assert_eq!(published, 9);
+    c.send(Packet::PingReq).await;
+    assert_eq!(c.recv().await, Some(Packet::PingResp));
+    n.handle.settle(ticket, true);
+    assert!(matches!(c.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 9));
+    c.send(Packet::PubRel(resp(9))).await;
+    let (released, ticket) = qos2_step(&n, "keeper", 4, |s| *s == Qos2Step::ClientReleased).await;
+    assert_eq!(released, 9);
+    c.send(Packet::PingReq).await;
+    assert_eq!(c.recv().await, Some(Packet::PingResp));
+    n.handle.settle(ticket, true);
+    assert!(matches!(c.recv().await, Some(Packet::PubComp(r)) if r.packet_id == 9));
 
     // A session that ends with its connection has nothing for another node to take over:
     // nothing is reported, nothing waits.

@@ -15,8 +15,10 @@
 //!   floor is the publication time of the oldest QoS 1/2 message the session had not
 //!   acknowledged when the record was written (or, with none, the time up to which this
 //!   node's consumer had routed everything), less `MARGIN` for clocks: nothing the session
-//!   had not acknowledged is older. A replayed message may be one the client acknowledged after the record was
-//!   written (at least once; QoS 2 too across a move).
+//!   had not acknowledged is older. A replayed QoS 1 message may be one the client
+//!   acknowledged after the record was written (at least once); QoS 2 ones are listed in the
+//!   record with their state (`sessions/ledger.rs`), so a dead owner's session resumes its
+//!   QoS 2 exchanges and gets no completed one again.
 //!
 //! Records are written when a session opens, subscribes, unsubscribes, goes offline or ends
 //! (`Event::SessionChanged`, coalesced), and every `SWEEP_EVERY` for the sessions that had a
@@ -85,6 +87,9 @@ struct Record {
     /// The QoS 2 messages its client holds an identifier for or has had (`ledger.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     qos2: Vec<Qos2>,
+    /// The identifiers of its client's own QoS 2 messages stored and not released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    incoming: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,7 +381,7 @@ impl Sessions {
                 moved = moved.is_some(),
                 "session claimed"
             );
-            self.set_qos2(client_id, record.qos2.clone());
+            self.set_qos2(client_id, &record);
             self.owned.lock().insert(
                 client_id.to_string(),
                 Owned {
@@ -437,7 +442,7 @@ impl Sessions {
         let Some(revision) = written else {
             return false;
         };
-        self.set_qos2(client_id, record.qos2.clone());
+        self.set_qos2(client_id, &record);
         self.owned.lock().insert(
             client_id.to_string(),
             Owned {
@@ -519,13 +524,15 @@ impl Sessions {
                 .saturating_sub(MARGIN),
             (None, None) => self.position.routed_up_to(now).saturating_sub(MARGIN),
         };
+        let (qos2, incoming) = self.qos2_of(client_id, floor_ms);
         Record {
             owner: self.node.clone(),
             expiry: s.expiry_interval,
             subs: subs_of(s),
             floor_ms,
             offline_since_ms: s.offline_since.map(ms),
-            qos2: self.qos2_entries(client_id, floor_ms),
+            qos2,
+            incoming,
         }
     }
 }

@@ -324,8 +324,21 @@ async fn qos2_messages_reach_a_subscriber_once_through_moves_between_live_nodes(
 
 #[tokio::test]
 async fn a_publisher_moving_mid_qos2_releases_its_message_on_the_new_node_once() {
+    publisher_resends_mid_qos2_on_another_node(false).await;
+}
+
+#[tokio::test]
+async fn a_publisher_whose_node_died_mid_qos2_releases_its_message_on_another_node_once() {
+    publisher_resends_mid_qos2_on_another_node(true).await;
+}
+
+/// A publisher gets PUBREC for its QoS 2 message on node a, and (as if it had not seen it)
+/// sends the PUBLISH again on node b, the session moved there (a live, or `kill_a`: killed
+/// with -9 and kept down), then releases it: PUBREC and PUBCOMP there, and the message
+/// reaches a watcher once; a new message under the released identifier reaches it too.
+async fn publisher_resends_mid_qos2_on_another_node(kill_a: bool) {
     let nats = NatsCluster::start();
-    let nodes = three_nodes(&nats);
+    let mut nodes = three_nodes(&nats);
     let token = cli_token(&nodes[0], "bob", "3600", "mqtt");
     let mut watcher = login(&nodes[2], "watcher", &token).await;
     watcher.subscribe("moving/#", QoS::AtLeastOnce).await;
@@ -340,34 +353,37 @@ async fn a_publisher_moving_mid_qos2_releases_its_message_on_the_new_node_once()
     let (mut on_a, _) = Raw::connect(nodes[0].tcp, mover(true)).await;
     on_a.publish("moving/m", b"once", QoS::ExactlyOnce, 7).await;
     assert!(matches!(on_a.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7));
-    // It did not see the PUBREC (say), so on node b it sends the PUBLISH again, then
-    // releases it: PUBREC and PUBCOMP there, and the message reaches the watcher once.
-    let (mut on_b, ack) = Raw::connect(nodes[1].tcp, mover(false)).await;
+    let _dead = kill_a.then(|| nodes.remove(0).kill());
+    let b = &nodes[if kill_a { 0 } else { 1 }];
+    let (mut on_b, ack) = Raw::connect(b.tcp, mover(false)).await;
     assert!(ack.session_present);
     let mut again = crate::raw::publish("moving/m", b"once", QoS::ExactlyOnce, 7);
     again.dup = true;
     on_b.send(&Packet::Publish(again)).await;
     assert!(matches!(on_b.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7));
-    on_b.send(&Packet::PubRel(PubResp {
+    let release = Packet::PubRel(PubResp {
         packet_id: 7,
         ..Default::default()
-    }))
-    .await;
+    });
+    on_b.send(&release).await;
     let Some(Packet::PubComp(done)) = on_b.recv().await else {
         panic!("no PUBCOMP")
     };
     assert_eq!(done.reason_code, ReasonCode::SUCCESS);
-    let mut seen = 0;
+    on_b.publish("moving/m", b"new", QoS::ExactlyOnce, 7).await;
+    assert!(matches!(on_b.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7));
+    on_b.send(&release).await;
+    assert!(matches!(on_b.recv().await, Some(Packet::PubComp(_))));
+    let mut seen = BTreeMap::<Vec<u8>, u32>::new();
     while let Ok(Some(p)) =
         crate::cluster_harness::recv_acking(&mut watcher, Duration::from_secs(2)).await
     {
-        if let Packet::Publish(p) = p
-            && &p.payload[..] == b"once"
-        {
-            seen += 1;
+        if let Packet::Publish(p) = p {
+            *seen.entry(p.payload.to_vec()).or_default() += 1;
         }
     }
-    assert_eq!(seen, 1);
+    assert_eq!(seen.get(&b"once"[..]), Some(&1), "{seen:?}");
+    assert_eq!(seen.get(&b"new"[..]), Some(&1), "{seen:?}");
 }
 
 #[tokio::test]

@@ -97,10 +97,11 @@ pub enum Event<'a> {
     /// A session's subscriptions or presence changed, or it ended (read it with
     /// [`PeerHandle::session_snapshot`]).
     SessionChanged { client_id: &'a str },
-    /// A QoS 2 message to a persistent session changed state under `packet_id` (see
-    /// [`Qos2Step`]): the other nodes must know it before the packet that follows leaves, so
-    /// the node that opens the session if this one dies sends that message again under the
-    /// same identifier, or only its PUBREL, or nothing. With a `ticket` (not 0), the PUBLISH
+    /// A QoS 2 message to or from a persistent session's client changed state under
+    /// `packet_id` (see [`Qos2Step`]): the other nodes must know it before the packet that
+    /// follows leaves, so the node that opens the session if this one dies sends that message
+    /// again under the same identifier, or only its PUBREL, or nothing, and takes a resend of
+    /// the client's own message for what it is. With a `ticket` (not 0), the PUBLISH
     /// or PUBREL waits until the implementation settles it ([`PeerHandle::settle`]). Reported
     /// under the session's lock, in the order of the session's changes.
     Qos2 {
@@ -119,7 +120,7 @@ pub enum Event<'a> {
     },
 }
 
-/// What happened to a QoS 2 message on its way to a persistent session's client.
+/// What happened to a QoS 2 message on its way to a persistent session's client, or from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Qos2Step {
     /// About to be sent (PUBLISH) under the identifier: `id` names it in the cluster,
@@ -130,6 +131,12 @@ pub enum Qos2Step {
     Released,
     /// Done: the client completed it (PUBCOMP), refused it, or it was dropped as too large.
     Completed,
+    /// The other way: the client's own QoS 2 message under the identifier is stored; PUBREC
+    /// is about to be sent (a resend of it with this identifier is not published again).
+    ClientPublished,
+    /// The client released its message under the identifier (PUBREL); PUBCOMP is about to be
+    /// sent, after which the client may use the identifier for a new message.
+    ClientReleased,
 }
 
 /// A will as the other nodes keep it while its connection's node is alive.

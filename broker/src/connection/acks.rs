@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use super::client::Client;
 use super::{Connection, Ending};
+use crate::cluster::Qos2Step;
 use crate::codec::{Packet, Properties, PubResp, ReasonCode, SubAck};
 use crate::journal::Record;
 use crate::message::Delivery;
@@ -251,7 +252,12 @@ impl Connection {
             AckKind::PubAck | AckKind::PubRec if !ack.code.is_error() => {
                 if ack.kind == AckKind::PubRec {
                     // Refused: the client may use the identifier again for a new message.
-                    c.session.state.lock().incoming_qos2.remove(&ack.packet_id);
+                    let mut st = c.session.state.lock();
+                    st.incoming_qos2.remove(&ack.packet_id);
+                    let step = Qos2Step::ClientReleased;
+                    self.broker
+                        .report_qos2(&c.session, &st, ack.packet_id, step, false);
+                    drop(st);
                     if let Some(j) = self.broker.journal() {
                         j.append(Record::IncomingRemove(
                             c.session.client_id.clone(),

@@ -98,30 +98,36 @@ impl Connection {
                 }
             }
             Packet::PubRel(r) => {
-                let (known, durable_at) = {
+                let (known, durable) = {
                     let mut st = c.session.state.lock();
                     let known = st.incoming_qos2.remove(&r.packet_id);
                     // The identifier is free for the client's next message once PUBCOMP is
-                    // sent: a crash must not bring it back.
-                    let durable_at = match self.broker.journal() {
-                        Some(j) if known && st.persisted => Some(j.append(Record::IncomingRemove(
+                    // sent: a crash must not bring it back (here, or on the node that takes
+                    // the session over).
+                    let mut durable = Wait::default();
+                    if let Some(j) = self.broker.journal()
+                        && known
+                        && st.persisted
+                    {
+                        durable.journal = j.append(Record::IncomingRemove(
                             c.session.client_id.clone(),
                             r.packet_id,
-                        ))),
-                        _ => None,
-                    };
-                    (known, durable_at)
+                        ));
+                    }
+                    if known {
+                        let step = Qos2Step::ClientReleased;
+                        durable.cluster =
+                            self.broker
+                                .report_qos2(&c.session, &st, r.packet_id, step, true);
+                    }
+                    (known, durable)
                 };
                 let code = if known {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.acknowledge(
-                    c,
-                    Ack::new(AckKind::PubComp, r.packet_id, code),
-                    Wait::journal(durable_at),
-                )?;
+                self.acknowledge(c, Ack::new(AckKind::PubComp, r.packet_id, code), durable)?;
             }
             Packet::PubComp(r) => {
                 let mut st = c.session.state.lock();
@@ -276,6 +282,10 @@ impl Connection {
                         let t = j.append(Record::IncomingAdd(c.session.client_id.clone(), pid));
                         durable.journal = durable.journal.max(t);
                     }
+                    // And known to the node that takes the session over if this one dies.
+                    let step = Qos2Step::ClientPublished;
+                    let t = self.broker.report_qos2(&c.session, &st, pid, step, true);
+                    durable.cluster = durable.cluster.max(t);
                 }
                 self.acknowledge(c, Ack::new(AckKind::PubRec, pid, code), durable)?;
             }

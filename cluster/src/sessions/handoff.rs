@@ -281,6 +281,7 @@ mod tests {
                 pid: 7,
                 released: false,
             }],
+            incoming: vec![3],
         };
         let entry = |packet: &'static [u8], state| CarriedEntry {
             packet: Bytes::from_static(packet),

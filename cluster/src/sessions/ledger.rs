@@ -7,6 +7,11 @@
 //!   identifier on PUBREL);
 //! - **completed** (PUBCOMP, refused, or too large): nothing waits; the next write carries it.
 //!
+//! and of the client's own QoS 2 messages, their identifiers from PUBREC (which waits for the
+//! record as for the stream) to PUBCOMP (which waits for the record that drops it): the node
+//! that takes the session over does not publish a resend of one again, and takes a new
+//! message under a released identifier for new.
+//!
 //! The node that opens the session of an owner that did not answer (`claim_here`) sends the
 //! released ones' PUBREL, the sent ones again under their identifier with DUP (read back from
 //! the stream), and neither its replay nor its routing gives the session any listed message
@@ -18,7 +23,7 @@
 //! a little after the time the engine gave it (the store's latency; longer only while NATS
 //! fails over).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -54,6 +59,8 @@ pub(super) struct Qos2 {
 #[derive(Default)]
 pub(super) struct Ledger {
     entries: Vec<Qos2>,
+    /// The identifiers of the client's own QoS 2 messages stored and not yet released.
+    incoming: BTreeSet<u16>,
     tickets: Vec<u64>,
 }
 
@@ -110,14 +117,16 @@ impl Sessions {
         }
     }
 
-    /// The entries the record with `floor_ms` keeps (older ones are dropped here too).
-    pub(super) fn qos2_entries(&self, client_id: &str, floor_ms: u64) -> Vec<Qos2> {
+    /// The entries the record with `floor_ms` keeps (older ones are dropped here too), and
+    /// the client's unreleased identifiers.
+    pub(super) fn qos2_of(&self, client_id: &str, floor_ms: u64) -> (Vec<Qos2>, Vec<u16>) {
         let mut ledgers = self.ledgers.lock();
         let Some(ledger) = ledgers.get_mut(client_id) else {
-            return Vec::new();
+            return Default::default();
         };
         ledger.prune(floor_ms);
-        ledger.entries.clone()
+        let incoming = ledger.incoming.iter().copied().collect();
+        (ledger.entries.clone(), incoming)
     }
 
     /// The session went (ended or moved): its entries go, its waiting tickets settle.
@@ -128,11 +137,12 @@ impl Sessions {
         }
     }
 
-    /// The session's entries are these now (it was claimed, or adopted at start).
-    pub(super) fn set_qos2(&self, client_id: &str, entries: Vec<Qos2>) {
+    /// The session's entries are its record's now (it was claimed, or adopted at start).
+    pub(super) fn set_qos2(&self, client_id: &str, record: &Record) {
         let mut ledgers = self.ledgers.lock();
         let ledger = ledgers.entry(client_id.to_string()).or_default();
-        ledger.entries = entries;
+        ledger.entries = record.qos2.clone();
+        ledger.incoming = record.incoming.iter().copied().collect();
     }
 
     /// What a session whose owner did not answer carries here, from its last record: its
@@ -185,7 +195,7 @@ impl Sessions {
         let delivered = entries.iter().map(|e| self.engine_id(e)).collect();
         let carried = Carried {
             entries: carried,
-            incoming_qos2: Vec::new(),
+            incoming_qos2: record.incoming.clone(),
             cut: Cut::default(),
             origin: 0,
             delivered,
@@ -249,6 +259,12 @@ impl Ledger {
                 }
             }
             Qos2Step::Completed => self.complete(pid),
+            Qos2Step::ClientPublished => {
+                self.incoming.insert(pid);
+            }
+            Qos2Step::ClientReleased => {
+                self.incoming.remove(&pid);
+            }
         }
     }
 
@@ -317,6 +333,18 @@ mod tests {
         // Sent again under another identifier (restored after a restart): one entry.
         l.apply(7, 5, sent(0, 11, 1_001));
         assert_eq!(states(&l), [(7, 10, 0, false), (7, 11, 5, false)]);
+    }
+
+    #[test]
+    fn the_clients_own_identifiers_are_kept_until_it_releases_them() {
+        let mut l = Ledger::default();
+        l.apply(7, 3, Qos2Step::ClientPublished);
+        l.apply(7, 4, Qos2Step::ClientPublished);
+        // Another space than the identifiers this node gives: 3 is in flight both ways.
+        l.apply(7, 3, sent(0, 10, 1_000));
+        l.apply(7, 4, Qos2Step::ClientReleased);
+        assert_eq!(l.incoming.iter().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(states(&l), [(7, 10, 3, false)]);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
-use tessera_auth::clock::now_ms;
 use futures_util::StreamExt;
+use tessera_auth::clock::now_ms;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -87,7 +87,7 @@ impl Sessions {
                     dropped += 1;
                 }
                 Some((revision, record)) if record.owner == self.node => {
-                    self.set_qos2(&id, record.qos2.clone());
+                    self.set_qos2(&id, &record);
                     let current = self.broker.session_snapshot(&id).map(|s| Record {
                         floor_ms: record.floor_ms,
                         ..self.record_of(&id, &s, Some(record.floor_ms))

@@ -6,7 +6,8 @@
 //!   messages those it numbered after the session left. Exactly once: what the session was
 //!   given here since it opened is skipped by name (`PeerHandle::deliver_to`);
 //! - from the last record of an owner that did not answer: everything published since the
-//!   record's floor (at least once: the client may have had some of it).
+//!   record's floor but the QoS 2 messages the record lists (`ledger.rs`) and what the session
+//!   was given here since it opened (QoS 1 at least once: the client may have had some).
 
 use std::sync::Arc;
 use std::time::Duration;
