@@ -200,10 +200,11 @@ pub(crate) struct Sessions {
     nats: Arc<Nats>,
     owned: Mutex<HashMap<String, Owned>>,
     /// Held by the record writer for each write (shared by writes of different sessions)
-    /// and by the handoff responder while it lets a session go (alone). Without it, a write begun before a handoff could put the session back in
-    /// `owned` after the responder forgot it, and the write that follows the session's
-    /// release here would then delete the record the new owner is about to claim (which
-    /// then opens the session as new: Session Present 0).
+    /// and by the handoff responder while it lets a session go (alone). Without it, a write
+    /// begun before a handoff could put the session back in `owned` after the responder
+    /// forgot it, and the write that follows the session's release here would then delete
+    /// the record the new owner is about to claim (which then opens the session as new:
+    /// Session Present 0).
     turn: tokio::sync::RwLock<()>,
     /// Claimed here, waiting for `resumed`: the floor and filters to replay from.
     replays: Mutex<HashMap<String, Replay>>,

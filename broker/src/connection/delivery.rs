@@ -28,8 +28,8 @@ impl Connection {
     /// where the other nodes read it (`Qos2Step::Sent`). A QoS 2 message is written only once
     /// both are durable (`SessionState::unsent`): after a crash it is resent under the same
     /// identifier, here or by the node that takes the session over, so the client can tell
-    /// it is a duplicate. Order is kept among QoS 2 messages; other QoS levels are not held back
-    /// (MQTT 4.6 orders messages of one QoS).
+    /// it is a duplicate. Order is kept among QoS 2 messages; other QoS levels are not held
+    /// back (MQTT 4.6 orders messages of one QoS).
     pub(crate) fn fill(&mut self, c: &mut Client) -> Result<(), Ending> {
         let session = c.session.clone();
         let mut st = session.state.lock();
