@@ -38,21 +38,40 @@ use super::{Record, Sessions};
 
 /// How far below the record's floor an entry is kept (ms).
 const KEEP_MS: u64 = 2_000;
+/// Completed entries a record keeps at most, the newest: a session that leaves one message
+/// unacknowledged while thousands complete would otherwise list them all (about 50 bytes
+/// each) in every write. Past it, the oldest may come again from a dead owner (at least
+/// once for them).
+const MAX_COMPLETED: usize = 1_000;
 /// How long a claim looks in the stream for the messages a dead owner had sent.
 const FIND_WITHIN: Duration = Duration::from_secs(1);
 
-/// One QoS 2 message of a session, as its record keeps it.
+/// One QoS 2 message of a session, as its record keeps it (short names: a record may list
+/// many).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Qos2 {
     /// The message's origin (a process, never 0) and number (`Frame`).
+    #[serde(rename = "o")]
     pub origin: u64,
+    #[serde(rename = "s")]
     pub seq: u64,
     /// When it was published (ms since the epoch), as the floor counts it.
+    #[serde(rename = "t")]
     pub at: u64,
     /// Its packet identifier while the client may hold it; 0 once completed.
+    #[serde(rename = "p", default, skip_serializing_if = "is_zero")]
     pub pid: u16,
     /// Its PUBREL was sent (or is about to be).
+    #[serde(rename = "r", default, skip_serializing_if = "is_false")]
     pub released: bool,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The QoS 2 entries of one session here, and the tickets waiting for a record with them.
@@ -277,9 +296,28 @@ impl Ledger {
         }
     }
 
-    /// Drops what a replay from `floor_ms` cannot read (see `KEEP_MS`).
+    /// Drops what a replay from `floor_ms` cannot read (see `KEEP_MS`), and completed entries
+    /// past `MAX_COMPLETED`, the oldest first.
     fn prune(&mut self, floor_ms: u64) {
         self.entries.retain(|e| e.at + KEEP_MS >= floor_ms);
+        let completed = self.entries.iter().filter(|e| e.pid == 0).count();
+        if completed > MAX_COMPLETED {
+            let mut times: Vec<u64> = self
+                .entries
+                .iter()
+                .filter(|e| e.pid == 0)
+                .map(|e| e.at)
+                .collect();
+            times.sort_unstable();
+            let mut over = completed - MAX_COMPLETED;
+            let cut = times[over - 1];
+            // The oldest `over` of them (ties at `cut` in the order they were recorded).
+            self.entries.retain(|e| {
+                let drop = e.pid == 0 && e.at <= cut && over > 0;
+                over -= usize::from(drop);
+                !drop
+            });
+        }
     }
 }
 
@@ -345,6 +383,30 @@ mod tests {
         l.apply(7, 4, Qos2Step::ClientReleased);
         assert_eq!(l.incoming.iter().copied().collect::<Vec<_>>(), [3]);
         assert_eq!(states(&l), [(7, 10, 3, false)]);
+    }
+
+    #[test]
+    fn a_record_keeps_the_newest_completed_entries_and_every_one_in_flight() {
+        let mut l = Ledger::default();
+        // One stuck in flight, then many completed after it.
+        l.apply(7, 1, sent(0, 1, 1_000));
+        for i in 0..MAX_COMPLETED as u64 + 10 {
+            l.apply(7, 2, sent(0, 100 + i, 2_000 + i));
+            l.apply(7, 2, Qos2Step::Completed);
+        }
+        l.prune(0);
+        assert_eq!(l.entries.len(), MAX_COMPLETED + 1);
+        assert!(l.entries.iter().any(|e| e.pid == 1), "in flight: kept");
+        let oldest = l.entries.iter().filter(|e| e.pid == 0).map(|e| e.seq).min();
+        assert_eq!(oldest, Some(110));
+        // What a record says of them, compactly, reads back the same.
+        let json = serde_json::to_string(&l.entries[..2]).unwrap();
+        assert!(
+            json.starts_with(r#"[{"o":7,"s":1,"t":1000,"p":1},{"o":7,"s":110"#),
+            "{json}"
+        );
+        let back: Vec<Qos2> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, l.entries[..2]);
     }
 
     #[test]
