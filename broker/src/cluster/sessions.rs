@@ -57,7 +57,8 @@ pub struct SessionSnapshot {
 pub struct MovedSession {
     pub expiry_interval: u32,
     pub subscriptions: Vec<StoredSubscription>,
-    /// What it held there, if that node let it go (`None`: it did not answer).
+    /// What it held there: as that node let it go, or, from one that did not answer, as the
+    /// cluster's record of it says (its QoS 2 exchanges); `None` when nothing is carried.
     pub carried: Option<Carried>,
 }
 
