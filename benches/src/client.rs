@@ -218,31 +218,11 @@ pub fn publish(topic: &str, payload: Bytes, qos: QoS, packet_id: u16, retain: bo
     })
 }
 
-pub fn puback(packet_id: u16) -> Packet {
-    Packet::PubAck(PubResp {
-        packet_id,
-        ..Default::default()
-    })
-}
-
-/// The QoS 2 answers, by what they answer: PUBREC to a PUBLISH, PUBREL to a PUBREC, PUBCOMP
-/// to a PUBREL.
-pub fn pubrec(packet_id: u16) -> Packet {
-    Packet::PubRec(PubResp {
-        packet_id,
-        ..Default::default()
-    })
-}
-
-pub fn pubrel(packet_id: u16) -> Packet {
-    Packet::PubRel(PubResp {
-        packet_id,
-        ..Default::default()
-    })
-}
-
-pub fn pubcomp(packet_id: u16) -> Packet {
-    Packet::PubComp(PubResp {
+/// An acknowledgement of `packet_id`: `kind` is `Packet::PubAck` (to a QoS 1 PUBLISH),
+/// `Packet::PubRec` (to a QoS 2 PUBLISH), `Packet::PubRel` (to a PUBREC) or `Packet::PubComp`
+/// (to a PUBREL).
+pub fn ack(kind: fn(PubResp) -> Packet, packet_id: u16) -> Packet {
+    kind(PubResp {
         packet_id,
         ..Default::default()
     })

@@ -85,12 +85,12 @@ async fn counting_subscriber(
                     local.push(now_nanos(*epoch).saturating_sub(sent));
                 }
                 match (p.qos, p.packet_id) {
-                    (QoS::ExactlyOnce, Some(id)) => w.queue(&client::pubrec(id)),
-                    (_, Some(id)) => w.queue(&client::puback(id)),
+                    (QoS::ExactlyOnce, Some(id)) => w.queue(&client::ack(Packet::PubRec, id)),
+                    (_, Some(id)) => w.queue(&client::ack(Packet::PubAck, id)),
                     _ => {}
                 }
             } else if let Packet::PubRel(r) = p {
-                w.queue(&client::pubcomp(r.packet_id));
+                w.queue(&client::ack(Packet::PubComp, r.packet_id));
             }
             // Acknowledge in batches: write once the read buffer holds no further packet.
             if w.buffered() > 0 && !r.has_packet() {
@@ -225,7 +225,7 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
         for _ in 0..batch {
             if qos != QoS::AtMostOnce {
                 while let Ok(id) = received.try_recv() {
-                    w.queue(&client::pubrel(id));
+                    w.queue(&client::ack(Packet::PubRel, id));
                 }
                 if w.buffered() > 0 && window.available_permits() == 0 {
                     w.flush().await?;
@@ -240,7 +240,7 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
                     match got.await {
                         Ok(Ok(Ok(p))) => break p,
                         Ok(Err(Some(id))) => {
-                            w.queue(&client::pubrel(id));
+                            w.queue(&client::ack(Packet::PubRel, id));
                             w.flush().await?;
                         }
                         _ => break 'outer,
@@ -275,7 +275,7 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
             && Instant::now() < until
         {
             while let Ok(id) = received.try_recv() {
-                w.queue(&client::pubrel(id));
+                w.queue(&client::ack(Packet::PubRel, id));
             }
             w.flush().await?;
             tokio::time::sleep(Duration::from_millis(5)).await;
