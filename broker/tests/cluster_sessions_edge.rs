@@ -184,26 +184,20 @@ async fn a_session_handed_over_carries_its_queue_its_qos2_states_and_what_was_ro
     );
     let (mut c, present) = Raw::connect(b.addr, "mover", false, 60).await;
     assert!(present);
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        match c.recv().await {
-            Some(Packet::Publish(p)) => got.push(format!(
-                "{} {} dup={}",
-                String::from_utf8_lossy(&p.payload),
-                p.packet_id == Some(p2),
-                p.dup
-            )),
-            Some(Packet::PubRel(r)) => got.push(format!("pubrel {}", r.packet_id == p1)),
-            other => panic!("{other:?}"),
-        }
-    }
-    got.sort();
+    let got: Vec<_> = next_sent(&mut c, 3)
+        .await
+        .into_iter()
+        .map(|(what, pid, dup)| {
+            let known = if what == "pubrel" { p1 } else { p2 };
+            (what, pid == known, dup)
+        })
+        .collect();
     assert_eq!(
         got,
         [
-            "pubrel true",
-            "queued false dup=false",
-            "sent true dup=true"
+            ("pubrel".to_string(), true, false),
+            ("queued".to_string(), false, false),
+            ("sent".to_string(), true, true)
         ]
     );
     c.send(Packet::PubRel(resp(9))).await;
@@ -227,6 +221,25 @@ async fn a_session_handed_over_carries_its_queue_its_qos2_states_and_what_was_ro
     assert!(b.handle.deliver_to("mover", after, 0, peer_id(4)).unwrap());
     a.server.shutdown().await;
     b.server.shutdown().await;
+}
+
+/// The next `n` PUBLISHes and PUBRELs the client gets, sorted: each one's payload (`pubrel`
+/// for a PUBREL), packet identifier and DUP flag.
+async fn next_sent(c: &mut Raw, n: usize) -> Vec<(String, u16, bool)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv().await {
+            Some(Packet::Publish(p)) => got.push((
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.packet_id.unwrap_or(0),
+                p.dup,
+            )),
+            Some(Packet::PubRel(r)) => got.push(("pubrel".to_string(), r.packet_id, false)),
+            other => panic!("{other:?}"),
+        }
+    }
+    got.sort();
+    got
 }
 
 /// The ticket of `client_id`'s first QoS 2 step recorded after `skip` of them that `step`
@@ -376,21 +389,13 @@ async fn a_session_from_a_dead_nodes_record_resends_what_was_in_flight_and_nothi
     );
     let (mut c, present) = Raw::connect(n.addr, "survivor", false, 60).await;
     assert!(present);
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        match c.recv().await {
-            Some(Packet::Publish(p)) => got.push(format!(
-                "{} pid={:?} dup={}",
-                String::from_utf8_lossy(&p.payload),
-                p.packet_id,
-                p.dup
-            )),
-            Some(Packet::PubRel(r)) => got.push(format!("pubrel {}", r.packet_id)),
-            other => panic!("{other:?}"),
-        }
-    }
-    got.sort();
-    assert_eq!(got, ["pubrel 8", "sent pid=Some(7) dup=true"]);
+    assert_eq!(
+        next_sent(&mut c, 2).await,
+        [
+            ("pubrel".to_string(), 8, false),
+            ("sent".to_string(), 7, true)
+        ]
+    );
     // Neither the replay nor this node's routing gives it a listed message again; what
     // it did not have, it gets.
     for (seq, payload) in [(1, "sent"), (2, "released"), (3, "completed")] {
