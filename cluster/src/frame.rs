@@ -35,7 +35,7 @@ impl Frame {
     /// The message's name for the broker: `own` (this process's origin) is 0 there.
     pub fn id(self, own: u64, stream_seq: u64) -> ClusterId {
         ClusterId {
-            origin: if self.origin == own { 0 } else { self.origin },
+            origin: origin_for_engine(self.origin, own),
             seq: self.seq,
             stream_seq,
         }
@@ -52,6 +52,16 @@ impl Frame {
         };
         Some((frame, bytes.slice(Self::LEN..)))
     }
+}
+
+/// An origin as the engine names it: `own` (this process's) is 0 there.
+pub(crate) fn origin_for_engine(origin: u64, own: u64) -> u64 {
+    if origin == own { 0 } else { origin }
+}
+
+/// An origin the engine gave, as the other nodes name it: its 0 is `own`.
+pub(crate) fn origin_from_engine(origin: u64, own: u64) -> u64 {
+    if origin == 0 { own } else { origin }
 }
 
 /// A client connected on some node.

@@ -20,6 +20,7 @@ use tessera_broker::store::EntryState;
 use tracing::{debug, info, warn};
 
 use super::{HANDOFF_WITHIN, Record, Sessions};
+use crate::frame::{origin_for_engine, origin_from_engine};
 use crate::keys::escape;
 
 #[derive(Serialize, Deserialize)]
@@ -93,14 +94,9 @@ fn encode(answer: &Answer) -> Bytes {
                     pid,
                     len: e.packet.len(),
                     at: e.published_ms,
-                    id: e.id.map(|id| {
-                        let origin = if id.origin == 0 {
-                            answer.origin
-                        } else {
-                            id.origin
-                        };
-                        (origin, id.seq)
-                    }),
+                    id: e
+                        .id
+                        .map(|id| (origin_from_engine(id.origin, answer.origin), id.seq)),
                 }
             })
             .collect(),
@@ -143,7 +139,7 @@ fn decode(bytes: &Bytes, own: u64) -> Option<Answer> {
                     state,
                     published_ms: e.at,
                     id: e.id.map(|(origin, seq)| ClusterId {
-                        origin: if origin == own { 0 } else { origin },
+                        origin: origin_for_engine(origin, own),
                         seq,
                         stream_seq: 0,
                     }),

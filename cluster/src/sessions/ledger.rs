@@ -35,6 +35,7 @@ use tessera_broker::store::EntryState;
 use tracing::warn;
 
 use super::{Record, Sessions};
+use crate::frame::{origin_for_engine, origin_from_engine};
 
 /// How far below the record's floor an entry is kept (ms).
 const KEEP_MS: u64 = 2_000;
@@ -225,7 +226,7 @@ impl Sessions {
     /// An entry's message as the engine names it (this process's origin is 0 there).
     fn engine_id(&self, e: &Qos2) -> ClusterId {
         ClusterId {
-            origin: if e.origin == self.origin { 0 } else { e.origin },
+            origin: origin_for_engine(e.origin, self.origin),
             seq: e.seq,
             stream_seq: 0,
         }
@@ -259,7 +260,7 @@ impl Ledger {
     fn apply(&mut self, own: u64, pid: u16, step: Qos2Step) {
         match step {
             Qos2Step::Sent { id, published_ms } => {
-                let origin = if id.origin == 0 { own } else { id.origin };
+                let origin = origin_from_engine(id.origin, own);
                 self.entries
                     .retain(|e| (e.origin, e.seq) != (origin, id.seq));
                 // The engine gives an identifier only once it is free: what held it completed.
