@@ -152,9 +152,10 @@ impl Sessions {
     /// The session went (ended or moved): its entries go, its waiting tickets settle.
     pub(super) fn forget_qos2(&self, client_id: &str) {
         let ledger = self.ledgers.lock().remove(client_id);
-        for t in ledger.map(|l| l.tickets).unwrap_or_default() {
-            self.broker.settle(t, true);
-        }
+        drop(Settle {
+            broker: &self.broker,
+            tickets: ledger.map(|l| l.tickets).unwrap_or_default(),
+        });
     }
 
     /// The session's entries are its record's now (it was claimed, or adopted at start).
@@ -301,24 +302,14 @@ impl Ledger {
     /// past `MAX_COMPLETED`, the oldest first.
     fn prune(&mut self, floor_ms: u64) {
         self.entries.retain(|e| e.at + KEEP_MS >= floor_ms);
+        // Entries are in the order they were sent: the first completed ones are the oldest.
         let completed = self.entries.iter().filter(|e| e.pid == 0).count();
-        if completed > MAX_COMPLETED {
-            let mut times: Vec<u64> = self
-                .entries
-                .iter()
-                .filter(|e| e.pid == 0)
-                .map(|e| e.at)
-                .collect();
-            times.sort_unstable();
-            let mut over = completed - MAX_COMPLETED;
-            let cut = times[over - 1];
-            // The oldest `over` of them (ties at `cut` in the order they were recorded).
-            self.entries.retain(|e| {
-                let drop = e.pid == 0 && e.at <= cut && over > 0;
-                over -= usize::from(drop);
-                !drop
-            });
-        }
+        let mut over = completed.saturating_sub(MAX_COMPLETED);
+        self.entries.retain(|e| {
+            let drop = e.pid == 0 && over > 0;
+            over -= usize::from(drop);
+            !drop
+        });
     }
 }
 
