@@ -88,10 +88,11 @@ impl Sessions {
                 }
                 Some((revision, record)) if record.owner == self.node => {
                     self.set_qos2(&id, &record);
-                    let current = self.broker.session_snapshot(&id).map(|s| Record {
-                        floor_ms: record.floor_ms,
-                        ..self.record_of(&id, &s, Some(record.floor_ms))
-                    });
+                    // With the record's floor (`inherited`): only a change beyond it rewrites.
+                    let current = self
+                        .broker
+                        .session_snapshot(&id)
+                        .map(|s| self.record_of(&id, &s, Some(record.floor_ms)));
                     let same = current.as_ref() == Some(&record);
                     self.owned.lock().insert(
                         id.to_string(),
