@@ -147,7 +147,7 @@ impl Connection {
     /// has no reason code to say so: the connection ends instead (its client sends the
     /// message again).
     pub(crate) fn acknowledge(&mut self, c: &Client, ack: Ack, wait: Wait) -> Result<(), Ending> {
-        if self.acks.is_none() && self.is_done(wait) {
+        if self.acks.is_none() && self.broker.is_done(wait) {
             let packet = self.outcome(c, ack, self.settled(wait))?;
             self.send(c, packet);
             return Ok(());
@@ -173,10 +173,6 @@ impl Connection {
         acks.queue.push_back((wait, ack));
     }
 
-    fn is_done(&self, w: Wait) -> bool {
-        self.broker.is_done(w)
-    }
-
     /// How the tickets of a done wait ended.
     fn settled(&self, w: Wait) -> Result<(), Unstored> {
         if w.journal != 0
@@ -197,7 +193,7 @@ impl Connection {
                 self.acks = None;
                 break;
             };
-            if !self.is_done(wait) {
+            if !self.broker.is_done(wait) {
                 break;
             }
             let Some((wait, ack)) = self.acks.as_mut().and_then(|a| a.queue.pop_front()) else {
