@@ -158,17 +158,16 @@ impl Connection {
 
     /// Queues `ack` behind the others, waking the session when its tickets are done.
     fn defer(&mut self, c: &Client, wait: Wait, ack: Ack) {
-        let broker = self.broker.clone();
         let acks = self.acks.get_or_insert_default();
-        if wait.journal > acks.registered.journal
-            && let Some(j) = broker.journal()
-        {
-            acks.registered.journal = wait.journal;
-            j.wake_after(wait.journal, &c.session.waker());
-        }
-        if wait.cluster > acks.registered.cluster {
-            acks.registered.cluster = wait.cluster;
-            broker.cluster.wake_after(wait.cluster, &c.session.waker());
+        // Only the tickets past those already registered (0: nothing to register).
+        let beyond = |t: u64, registered: u64| if t > registered { t } else { 0 };
+        let new = Wait {
+            journal: beyond(wait.journal, acks.registered.journal),
+            cluster: beyond(wait.cluster, acks.registered.cluster),
+        };
+        if new != Wait::default() {
+            self.broker.wake_after(new, &c.session.waker());
+            acks.registered = acks.registered.and(wait);
         }
         acks.queue.push_back((wait, ack));
     }
