@@ -173,6 +173,8 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
         let latencies = ack_latencies.clone();
         Some(tokio::spawn(async move {
             while let Ok(p) = r.recv().await {
+                // A PUBACK or a refusing PUBREC ends the exchange, as PUBCOMP does; an
+                // accepting PUBREC asks the writer for a PUBREL.
                 let a = match p {
                     Packet::PubComp(_) => {
                         window.add_permits(1);
@@ -182,31 +184,25 @@ async fn publisher(t: Target, spec: Pub) -> Result<u64, Error> {
                         let _ = received_tx.send(a.packet_id);
                         a
                     }
-                    Packet::PubRec(a) => {
-                        window.add_permits(1);
-                        a
-                    }
-                    Packet::PubAck(a) => {
+                    Packet::PubRec(a) | Packet::PubAck(a) => {
                         window.add_permits(1);
                         a
                     }
                     _ => continue,
                 };
-                {
-                    if a.reason_code.is_error() {
-                        // Not accepted (a cluster node without JetStream says 0x80).
-                        REFUSED.fetch_add(1, Ordering::Relaxed);
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    // Recorded at once: this task is aborted when the publisher is done.
-                    if let Some(all) = &latencies {
-                        let t0 = sent_at[a.packet_id as usize].load(Ordering::Relaxed);
-                        all.lock()
-                            .unwrap()
-                            .push(now_nanos(clock).saturating_sub(t0));
-                    }
+                if a.reason_code.is_error() {
+                    // Not accepted (a cluster node without JetStream says 0x80).
+                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                acked.fetch_add(1, Ordering::Relaxed);
+                // Recorded at once: this task is aborted when the publisher is done.
+                if let Some(all) = &latencies {
+                    let t0 = sent_at[a.packet_id as usize].load(Ordering::Relaxed);
+                    all.lock()
+                        .unwrap()
+                        .push(now_nanos(clock).saturating_sub(t0));
                 }
             }
         }))
